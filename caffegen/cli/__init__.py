@@ -1,0 +1,43 @@
+"""The ``caffegen`` command line: one module per command, user errors as one line and exit code 2."""
+
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import CaffegenError
+from .freeze import freeze_command
+from .head import head_command
+from .install import install_caffe_command
+from .lint import lint_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="caffegen")
+def cli():
+    """Turn a pretrained BVLC Caffe model into a correct fine-tuning job and run it."""
+
+
+for command in (freeze_command, head_command, lint_command, install_caffe_command):
+    cli.add_command(command)
+
+
+def main(argv=None):
+    """Entry point: run the command line and turn user errors into one line on stderr."""
+    try:
+        return cli.main(args=argv, prog_name="caffegen", standalone_mode=False) or 0
+    except CaffegenError as error:
+        click.echo(f"caffegen: error: {error}", err=True)
+        return error.exit_code
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except click.Abort:
+        click.echo("caffegen: interrupted", err=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

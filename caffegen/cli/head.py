@@ -1,0 +1,28 @@
+"""``caffegen head``: retarget the classifier to a new number of classes."""
+
+import click
+
+from ..head import retarget_head
+from .options import load_net, net_argument, output_options, proto_option, report, write_net
+
+
+@click.command("head")
+@net_argument
+@click.option("--num-output", type=click.IntRange(min=1), required=True, help="Number of classes of the new task.")
+@click.option("--layer", "layers", metavar="LAYER", multiple=True,
+              help="The classifier to retarget (default: every layer feeding a Softmax). Repeatable.")
+@click.option("--name", "new_name", help="New name of the classifier (default: <old>_ft).")
+@click.option("--lr-mult", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Learning-rate multiplier of the new weights (the bias gets twice this).")
+@output_options
+@proto_option
+def head_command(net_path, num_output, layers, new_name, lr_mult, output, in_place, proto_path):
+    """Retarget the classifier: rename it so Caffe initialises it fresh, and set num_output.
+
+    Missing fillers are added (gaussian std 0.01, bias 0) and the new layer learns faster
+    (lr_mult 10, bias 20, as in BVLC's flickr-style fine-tuning example).
+    """
+    loaded = load_net(net_path, proto_path)
+    result = retarget_head(loaded.net, num_output, layers, new_name, lr_mult, path=net_path)
+    write_net(loaded.net, net_path, output, in_place)
+    report(result.summary())

@@ -1,0 +1,63 @@
+"""Options shared by the commands, and the reading and writing they imply."""
+
+from pathlib import Path
+
+import click
+
+from ..errors import CaffegenError
+from ..prototxt import read_net, to_text, write_atomic
+from ..schema import BVLC, load_fork_schema
+
+
+def net_argument(command):
+    """The input net, a .prototxt path."""
+    return click.argument("net_path", metavar="NET.prototxt", type=click.Path(path_type=str))(command)
+
+
+def proto_option(command):
+    """--proto: read and write with a forked Caffe's schema."""
+    return click.option("--proto", "proto_path", type=click.Path(path_type=str),
+                        help="A forked Caffe's caffe.proto (SSD, DenseNet, …) to read and write with.")(command)
+
+
+def output_options(command):
+    """-o/--output and --in-place, meaning the same for every command that writes a net."""
+    command = click.option("--in-place", is_flag=True, help="Overwrite the input net.")(command)
+    return click.option("-o", "--output", type=click.Path(path_type=str),
+                        help="Where to write the result (default: standard output).")(command)
+
+
+def schema_for(proto_path):
+    """BVLC's schema, or the fork's given with --proto."""
+    return load_fork_schema(proto_path) if proto_path else BVLC
+
+
+def load_net(net_path, proto_path):
+    """Read the input net, telling the user when it was upgraded from the legacy V1 format."""
+    loaded = read_net(net_path, schema_for(proto_path))
+    if loaded.upgraded_from:
+        click.echo(f"{net_path}: upgraded legacy {loaded.upgraded_from} net (layers {{}}) "
+                   "to the current layer {} format", err=True)
+    return loaded
+
+
+def write_net(net, net_path, output, in_place):
+    """Write ``net`` to the output, to the input with --in-place, or to standard output."""
+    text = to_text(net)
+    target = output or (net_path if in_place else None)
+    if target is None:
+        click.echo(text, nl=False)
+        return
+    if _same_file(target, net_path) and not in_place:
+        raise CaffegenError("refusing to overwrite the input net; pass --in-place to do that", target)
+    write_atomic(target, text)
+
+
+def report(lines):
+    """Tell the user what a command did, on standard error."""
+    for line in lines:
+        click.echo(line, err=True)
+
+
+def _same_file(a, b):
+    return Path(a).resolve() == Path(b).resolve()

@@ -1,0 +1,107 @@
+"""Retargeting the classifier: a renamed, resized, freshly initialised final layer.
+
+Caffe copies pretrained weights by layer name, so a classifier whose ``num_output`` changes
+must also change its name, or Caffe aborts with "Cannot copy param 0 weights … shape mismatch".
+"""
+
+from dataclasses import dataclass, field
+
+from .errors import CaffegenError
+from .layers import PASSTHROUGH_TYPES, SOFTMAX_TYPES, learnable_blob_count, num_output_param
+from .netview import TEST, TRAIN, NetView
+
+BIAS_LR_FACTOR = 2.0
+
+
+@dataclass
+class HeadReport:
+    """The classifiers that were retargeted, as (old name, new name, old num_output) triples."""
+
+    num_output: int
+    renamed: list = field(default_factory=list)
+
+    def summary(self):
+        """One line per retargeted classifier."""
+        return [f"retargeted classifier '{old}' ({before} outputs) as '{new}' with {self.num_output} outputs"
+                for old, new, before in self.renamed]
+
+
+def find_classifiers(net, path=None):
+    """Names of the layers that produce class scores, walking back from each Softmax/SoftmaxWithLoss."""
+    found = []
+    for phase in (TRAIN, TEST):
+        view = NetView(net, phase, path=path)
+        for layer in view.layers:
+            if layer.type in SOFTMAX_TYPES and layer.bottom:
+                name = _scoring_layer(view, layer.name)
+                if name is not None and name not in found:
+                    found.append(name)
+    return found
+
+
+def _scoring_layer(view, softmax_name):
+    """The first layer with a ``num_output`` behind the scores, through parameter-free layers."""
+    current = view.sources(softmax_name)[0]
+    while current is not None:
+        layer = view.layer(current)
+        if num_output_param(layer) is not None:
+            return current
+        if layer.type not in PASSTHROUGH_TYPES or not layer.bottom:
+            return None
+        current = view.sources(current)[0]
+    return None
+
+
+def retarget_head(net, num_output, layers=None, new_name=None, lr_mult=10.0, path=None):
+    """Rename, resize and re-initialise the classifier(s) of ``net`` in place for ``num_output`` classes."""
+    if num_output < 1:
+        raise CaffegenError(f"--num-output must be at least 1, got {num_output}", path)
+    layers = list(layers) if layers else find_classifiers(net, path)
+    if not layers:
+        raise CaffegenError("no classifier found: no Softmax or SoftmaxWithLoss is fed by an InnerProduct "
+                            "or Convolution; name it with --layer", path)
+    if new_name is not None and len(layers) > 1:
+        raise CaffegenError(f"--name gives one name but the net has {len(layers)} classifiers "
+                            f"({', '.join(layers)}); use --layer to pick one", path)
+    existing = {layer.name for layer in net.layer}
+    report = HeadReport(num_output)
+    for old in layers:
+        new = new_name or f"{old}_ft"
+        if new in existing:
+            raise CaffegenError(f"cannot rename '{old}' to '{new}': a layer of that name exists; "
+                                "choose another with --name", path)
+        matches = [layer for layer in net.layer if layer.name == old]
+        if not matches:
+            raise CaffegenError(f"layer '{old}' not found", path)
+        before = None
+        for layer in matches:
+            before = retarget_layer(layer, new, num_output, lr_mult, path)
+        report.renamed.append((old, new, before))
+    return report
+
+
+def retarget_layer(layer, new_name, num_output, lr_mult=10.0, path=None):
+    """Make ``layer`` a fresh classifier: new name and size, fillers, boosted learning rate.
+
+    Returns the layer's previous ``num_output``.
+    """
+    param = num_output_param(layer)
+    if param is None:
+        raise CaffegenError(f"layer '{layer.name}' ({layer.type}) has no num_output; "
+                            "a classifier is an InnerProduct or a Convolution", path)
+    before = param.num_output
+    layer.name = new_name
+    param.num_output = num_output
+    if not param.HasField("weight_filler"):
+        param.weight_filler.type = "gaussian"
+        param.weight_filler.std = 0.01
+    blobs = learnable_blob_count(layer)
+    if blobs > 1 and not param.HasField("bias_filler"):
+        param.bias_filler.type = "constant"
+        param.bias_filler.value = 0
+    while len(layer.param) < blobs:
+        layer.param.add()
+    for i, spec in enumerate(layer.param[:blobs]):
+        spec.lr_mult = lr_mult * (BIAS_LR_FACTOR if i == 1 else 1)
+        spec.decay_mult = 1 if i == 0 else 0
+    return before

@@ -1,0 +1,54 @@
+"""What caffegen knows about Caffe's layer types: learnable blobs and output counts."""
+
+# Types that have no learnable blobs.
+KNOWN_PARAMETER_FREE = {
+    "AbsVal", "Accuracy", "ArgMax", "BNLL", "BatchReindex", "Clip", "Concat", "ContrastiveLoss", "Crop",
+    "Data", "Dropout", "DummyData", "ELU", "Eltwise", "EuclideanLoss", "Exp", "Filter", "Flatten",
+    "HDF5Data", "HDF5Output", "HingeLoss", "Im2col", "ImageData", "InfogainLoss", "Input", "LRN", "Log",
+    "MVN", "MemoryData", "MultinomialLogisticLoss", "Pooling", "Power", "ReLU",
+    "Reduction", "Reshape", "SPP", "Sigmoid", "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax",
+    "SoftmaxWithLoss", "Split", "Swish", "TanH", "Threshold", "Tile", "WindowData",
+}
+# Types whose learnable-blob count is fixed, or base + 1 when their bias_term flag is on.
+FIXED_BLOBS = {"BatchNorm": 3, "Bias": 1, "PReLU": 1, "Parameter": 1, "LSTM": 3, "RNN": 5}
+BIAS_TERM_BLOBS = {
+    # type: (parameter message, weight blobs, bias_term default)
+    "Convolution": ("convolution_param", 1, True),
+    "Deconvolution": ("convolution_param", 1, True),
+    "InnerProduct": ("inner_product_param", 1, True),
+    "Embed": ("embed_param", 1, True),
+    "Scale": ("scale_param", 1, False),
+}
+NUM_OUTPUT_PARAMS = {"Convolution": "convolution_param", "Deconvolution": "convolution_param",
+                     "InnerProduct": "inner_product_param", "Embed": "embed_param"}
+# Layers a classifier's scores pass through unchanged in meaning on their way to the softmax.
+PASSTHROUGH_TYPES = {"ReLU", "Dropout", "Pooling", "Flatten", "Reshape", "Split"}
+SOFTMAX_TYPES = {"Softmax", "SoftmaxWithLoss"}
+
+
+def learnable_blob_count(layer):
+    """How many learnable blobs Caffe gives ``layer``; None for a type caffegen does not know."""
+    if layer.type in FIXED_BLOBS:
+        return FIXED_BLOBS[layer.type]
+    if layer.type in BIAS_TERM_BLOBS:
+        param_name, weights, default = BIAS_TERM_BLOBS[layer.type]
+        param = getattr(layer, param_name)
+        has_bias = param.bias_term if param.HasField("bias_term") else default
+        return weights + int(has_bias)
+    if layer.param:
+        return len(layer.param)
+    return None if layer.type not in KNOWN_PARAMETER_FREE else 0
+
+
+def num_output_param(layer):
+    """The parameter message holding ``num_output`` for ``layer``, or None."""
+    name = NUM_OUTPUT_PARAMS.get(layer.type)
+    return getattr(layer, name) if name else None
+
+
+def is_frozen(layer):
+    """Whether every learnable blob of ``layer`` has ``lr_mult: 0`` (a parameter-free layer is not frozen)."""
+    count = learnable_blob_count(layer)
+    if not count:
+        return False
+    return len(layer.param) >= count and all(spec.lr_mult == 0 for spec in layer.param[:count])

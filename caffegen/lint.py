@@ -1,0 +1,123 @@
+"""Static checks for the classic fine-tuning traps, one finding per problem with its fix."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CaffegenError
+from .head import find_classifiers
+from .layers import is_frozen, learnable_blob_count, num_output_param
+from .netview import TEST, TRAIN, NetView
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem of one layer: what is wrong and how to fix it."""
+
+    layer: str
+    problem: str
+    fix: str
+
+    def format(self, path):
+        return f"{path}: layer '{self.layer}': {self.problem}; fix: {self.fix}"
+
+
+def lint(net, num_classes=None, path=None):
+    """All findings for ``net`` in both phases, in layer order, without duplicates."""
+    findings = []
+    for phase in (TRAIN, TEST):
+        view = NetView(net, phase, path=path)
+        checks = [check_trainable_scale_after_frozen_batchnorm(view), check_decay_without_learning(view),
+                  check_unproduced_bottoms(view)]
+        if phase == TRAIN:
+            checks.append(check_drifting_batchnorm(view))
+        if num_classes is not None:
+            checks.append(check_classifier_size(net, num_classes, path))
+        for finding in (f for check in checks for f in check):
+            if finding not in findings:
+                findings.append(finding)
+    return findings
+
+
+def check_drifting_batchnorm(view):
+    """A BatchNorm fed only by frozen layers that still computes batch statistics while training."""
+    for layer in view.layers:
+        if layer.type != "BatchNorm" or layer.batch_norm_param.use_global_stats:
+            continue
+        if behind_frozen_layers(view, layer.name):
+            yield Finding(layer.name,
+                          "BatchNorm sits behind frozen layers but still uses batch statistics, so its "
+                          "mean/variance keep drifting although nothing below it learns",
+                          "set batch_norm_param { use_global_stats: true } and three param "
+                          "{ lr_mult: 0 decay_mult: 0 } (caffegen freeze does both)")
+
+
+def check_trainable_scale_after_frozen_batchnorm(view):
+    """A Scale that still learns right after a BatchNorm in the frozen part of the net."""
+    for layer in view.layers:
+        if layer.type != "Scale" or is_frozen(layer):
+            continue
+        sources = [view.layer(name) for name in view.sources(layer.name)[:1] if name is not None]
+        if sources and sources[0].type == "BatchNorm" and behind_frozen_layers(view, sources[0].name):
+            yield Finding(layer.name,
+                          f"Scale still learns right after the frozen BatchNorm '{sources[0].name}'",
+                          "freeze it too (param { lr_mult: 0 decay_mult: 0 } per blob) or unfreeze the BatchNorm")
+
+
+def behind_frozen_layers(view, name):
+    """Whether every layer that layer ``name`` depends on and that learns by gradient is frozen.
+
+    BatchNorm does not count: its statistics are not learned by gradient.
+    """
+    ancestors = [view.layer(ancestor) for ancestor in view.ancestors(name)]
+    learnable = [a for a in ancestors if a.type != "BatchNorm" and learnable_blob_count(a)]
+    return bool(learnable) and all(is_frozen(ancestor) for ancestor in learnable)
+
+
+def check_decay_without_learning(view):
+    """``lr_mult: 0`` with a non-zero ``decay_mult`` (Caffe's decay_mult defaults to 1)."""
+    for layer in view.layers:
+        for i, spec in enumerate(layer.param):
+            if spec.lr_mult == 0 and spec.decay_mult != 0:
+                yield Finding(layer.name, f"param {i} has lr_mult 0 but decay_mult {spec.decay_mult:g} "
+                              "(decay_mult defaults to 1)", "add decay_mult: 0 to that param")
+
+
+def check_unproduced_bottoms(view):
+    """A bottom blob that no layer writes, or that is written only after the layer that reads it.
+
+    A blob written only by layers of another phase or stage is left to that phase's check.
+    """
+    for layer_name, blob in view.unproduced_bottoms():
+        position = view.index(layer_name)
+        if any(blob in later.top for later in view.layers[position + 1:]):
+            yield Finding(layer_name, f"bottom '{blob}' is produced only by a later layer in the {view.phase} phase",
+                          "move this layer after the one that produces the blob")
+        elif not any(blob in layer.top for layer in view.net.layer):
+            yield Finding(layer_name, f"bottom '{blob}' is produced by no layer and is no net input",
+                          "fix the blob name, or add the layer that produces it")
+
+
+def check_classifier_size(net, num_classes, path):
+    """A classifier whose ``num_output`` differs from the number of classes of the labels."""
+    for name in find_classifiers(net, path):
+        layer = next(layer for layer in net.layer if layer.name == name)
+        outputs = num_output_param(layer).num_output
+        if outputs != num_classes:
+            yield Finding(name, f"classifier has num_output {outputs} but the labels have {num_classes} classes",
+                          f"caffegen head --num-output {num_classes} (renames it so Caffe initialises it fresh)")
+
+
+def count_classes(path):
+    """Number of classes in a label file: a Caffe list (``path label`` lines: max label + 1) or one name per line."""
+    path = Path(path)
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise CaffegenError(f"cannot read label file: {error}", path) from None
+    if not lines:
+        raise CaffegenError("empty label file", path)
+    labels = [line.rsplit(maxsplit=1)[-1] for line in lines]
+    if all(" " in line or "\t" in line for line in lines) and all(label.lstrip("-").isdigit() for label in labels):
+        return max(int(label) for label in labels) + 1
+    return len(lines)
+

@@ -1,0 +1,23 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="caffegen",
+    version="0.1.0",
+    description="Turn a pretrained BVLC Caffe model into a correct fine-tuning job and run it.",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="BSD-2-Clause",
+    python_requires=">=3.9",
+    packages=find_packages(include=["caffegen", "caffegen.*"]),
+    install_requires=[
+        "protobuf>=6.31.1,<8",
+        "grpcio-tools>=1.85,<2",
+        "click>=8.1",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "grpcio-tools==1.85.1", "numpy>=1.24"],
+    },
+    entry_points={"console_scripts": ["caffegen = caffegen.cli:main"]},
+)

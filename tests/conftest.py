@@ -1,0 +1,57 @@
+"""Shared fixtures: the zoo of published nets, the real Caffe binary, and the real command line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT.parent / "shared" / "fixtures" / "zoo"
+
+# Zoo files that are not BVLC nets, with the words their error must contain.
+NOT_BVLC_NETS = {
+    "densenet/DenseNet_121.prototxt": "ceil_mode",
+    "ssd_mobilenet/MobileNetSSD_deploy.prototxt": "permute_param",
+    "ssd_mobilenet/MobileNetSSD_train.prototxt": "resize_param",
+    "ssd_mobilenet/MobileNetSSD_test.prototxt": "resize_param",
+    "ssd_labelmap/labelmap_voc.prototxt": "label map",
+}
+
+
+def zoo_files():
+    return sorted(path.relative_to(ZOO).as_posix() for path in ZOO.rglob("*.prototxt"))
+
+
+def is_solver(name):
+    return "solver" in Path(name).name
+
+
+def zoo_nets():
+    """Relative paths of the zoo files that are BVLC nets."""
+    return [name for name in zoo_files() if not is_solver(name) and name not in NOT_BVLC_NETS]
+
+
+@pytest.fixture(scope="session")
+def caffe():
+    """Path of a real Caffe 1.0 binary, installed into the user prefix when missing."""
+    from caffegen.errors import CaffegenError
+    from caffegen.install import install_caffe
+    try:
+        return install_caffe(log=lambda line: None)
+    except CaffegenError as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"real Caffe is required in CI: {error}")
+        pytest.skip(f"real Caffe unavailable: {error}")
+
+
+def run_caffegen(*args, cwd=None, env=None, input=None):
+    """Run the real command line, as a user would."""
+    return subprocess.run([sys.executable, "-m", "caffegen", *map(str, args)], cwd=cwd, env=env,
+                          input=input, capture_output=True, text=True)
+
+
+@pytest.fixture
+def cli():
+    return run_caffegen
