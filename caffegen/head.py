@@ -27,21 +27,41 @@ class HeadReport:
 
 
 def find_classifiers(net, path=None):
-    """Names of the layers that produce class scores, walking back from each Softmax/SoftmaxWithLoss."""
-    found = []
-    for phase in (TRAIN, TEST):
-        view = NetView(net, phase, path=path)
-        for layer in view.layers:
-            if layer.type in SOFTMAX_TYPES and layer.bottom:
-                name = _scoring_layer(view, layer.name)
-                if name is not None and name not in found:
-                    found.append(name)
+    """Names of the layers that produce class scores.
+
+    Walks back from each Softmax/SoftmaxWithLoss; a net without one (a deploy net ending in its
+    scores) is searched from its output blobs instead.
+    """
+    views = [NetView(net, phase, path=path) for phase in (TRAIN, TEST)]
+    found = _unique(_scoring_layer(view, layer.name) for view in views for layer in view.layers
+                    if layer.type in SOFTMAX_TYPES and layer.bottom)
+    if not found:
+        found = _unique(_scoring_layer(view, producer, include_self=True) for view in views
+                        for producer in _output_producers(view))
     return found
 
 
-def _scoring_layer(view, softmax_name):
-    """The first layer with a ``num_output`` behind the scores, through parameter-free layers."""
-    current = view.sources(softmax_name)[0]
+def _unique(names):
+    found = []
+    for name in names:
+        if name is not None and name not in found:
+            found.append(name)
+    return found
+
+
+def _output_producers(view):
+    """The layers writing the net's outputs: blobs that no later layer reads."""
+    read_later, producers = set(), []
+    for layer in reversed(view.layers):
+        if any(top not in read_later for top in layer.top):
+            producers.append(layer.name)
+        read_later.update(layer.bottom)
+    return reversed(producers)
+
+
+def _scoring_layer(view, name, include_self=False):
+    """The first layer with a ``num_output`` behind layer ``name``'s input (or at it), through parameter-free layers."""
+    current = name if include_self else view.sources(name)[0]
     while current is not None:
         layer = view.layer(current)
         if num_output_param(layer) is not None:

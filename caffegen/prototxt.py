@@ -36,6 +36,11 @@ def read_text(path):
         raise CaffegenError("no such file", path) from None
     except OSError as error:
         raise CaffegenError(f"cannot read: {error.strerror}", path) from None
+    return decode_text(data, path)
+
+
+def decode_text(data, path):
+    """The text of prototxt bytes, refusing empty input and binary data."""
     if not data.strip():
         raise CaffegenError("empty file, expected a Caffe net definition (layer { … })", path)
     if b"\0" in data:
@@ -57,8 +62,11 @@ def parse_text(text, message, path):
 
 def read_net(path, schema=BVLC):
     """Read a net definition, upgrading a legacy V1 net to the ``layer {}`` form."""
-    path = Path(path)
-    text = read_text(path)
+    return parse_net(read_text(path), path, schema)
+
+
+def parse_net(text, path, schema=BVLC):
+    """Parse the text of a net definition read from ``path`` (used in messages only)."""
     net = schema.NetParameter()
     try:
         parse_text(text, net, path)
@@ -67,8 +75,8 @@ def read_net(path, schema=BVLC):
     if not net.layer and not net.layers:
         raise _not_a_net(text, schema, path) or CaffegenError("no layers: not a Caffe net definition", path)
     if is_v1_net(net):
-        return LoadedNet(path, upgrade_v1_net(net, schema, path), "V1")
-    return LoadedNet(path, net)
+        return LoadedNet(Path(path), upgrade_v1_net(net, schema, path), "V1")
+    return LoadedNet(Path(path), net)
 
 
 def read_solver(path, schema=BVLC):
@@ -85,7 +93,10 @@ def to_text(message):
 def write_atomic(path, text):
     """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise CaffegenError(f"cannot write here: {error.strerror}", path) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
             out.write(text)
@@ -101,7 +112,7 @@ def _describe_parse_error(error, message, path):
     prefix = f"{line}:{column} : "
     if detail.startswith(prefix):
         detail = detail[len(prefix):]
-    if "has no field named" in detail:
+    if "has no field named" in detail and f'"{message.DESCRIPTOR.full_name}"' not in detail:
         detail += (" The file may be written for a forked Caffe (SSD, DenseNet, …): "
                    "pass --proto FORK.proto with that fork's caffe.proto.")
     return CaffegenError(detail, path, line if line > 0 else None, column if column > 0 else None)

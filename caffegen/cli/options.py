@@ -5,12 +5,14 @@ from pathlib import Path
 import click
 
 from ..errors import CaffegenError
-from ..prototxt import read_net, to_text, write_atomic
+from ..prototxt import decode_text, parse_net, read_net, to_text, write_atomic
 from ..schema import BVLC, load_fork_schema
+
+STDIN = "-"
 
 
 def net_argument(command):
-    """The input net, a .prototxt path."""
+    """The input net, a .prototxt path or - for standard input."""
     return click.argument("net_path", metavar="NET.prototxt", type=click.Path(path_type=str))(command)
 
 
@@ -34,7 +36,11 @@ def schema_for(proto_path):
 
 def load_net(net_path, proto_path):
     """Read the input net, telling the user when it was upgraded from the legacy V1 format."""
-    loaded = read_net(net_path, schema_for(proto_path))
+    schema = schema_for(proto_path)
+    if net_path == STDIN:
+        loaded = parse_net(decode_text(click.get_binary_stream("stdin").read(), "<stdin>"), "<stdin>", schema)
+    else:
+        loaded = read_net(net_path, schema)
     if loaded.upgraded_from:
         click.echo(f"{net_path}: upgraded legacy {loaded.upgraded_from} net (layers {{}}) "
                    "to the current layer {} format", err=True)
@@ -48,7 +54,9 @@ def write_net(net, net_path, output, in_place):
     if target is None:
         click.echo(text, nl=False)
         return
-    if _same_file(target, net_path) and not in_place:
+    if net_path == STDIN and in_place:
+        raise CaffegenError("--in-place needs a net file, not standard input")
+    if net_path != STDIN and _same_file(target, net_path) and not in_place:
         raise CaffegenError("refusing to overwrite the input net; pass --in-place to do that", target)
     write_atomic(target, text)
 
