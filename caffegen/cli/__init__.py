@@ -10,6 +10,7 @@ from .freeze import freeze_command
 from .head import head_command
 from .install import install_caffe_command
 from .lint import lint_command
+from .prepare import prepare_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,7 +19,7 @@ def cli():
     """Turn a pretrained BVLC Caffe model into a correct fine-tuning job and run it."""
 
 
-for command in (freeze_command, head_command, lint_command, install_caffe_command):
+for command in (freeze_command, head_command, lint_command, prepare_command, install_caffe_command):
     cli.add_command(command)
 
 

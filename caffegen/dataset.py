@@ -1,0 +1,146 @@
+"""Image data for a fine-tuning job: class folders or Caffe lists, checked, split and written.
+
+Caffe's ``ImageData`` layer reads ``path label`` lines and splits each on its last space,
+so paths may contain spaces; labels must be 0…K-1.
+"""
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import CaffegenError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff"}
+MAX_LISTED = 5
+
+
+@dataclass
+class Dataset:
+    """Labelled images (absolute paths) split into training and validation sets."""
+
+    classes: list
+    train: list
+    val: list
+
+    def list_text(self, subset):
+        """Caffe's list format for ``subset`` ("train" or "val")."""
+        return "".join(f"{path} {label}\n" for path, label in getattr(self, subset))
+
+    def labels_text(self):
+        return "".join(f"{name}\n" for name in self.classes)
+
+
+def scan_class_folders(data_dir, val_fraction=0.2, seed=1, skip_bad=False, warn=None):
+    """A dataset from ``data_dir/<class>/<image>``: labels in sorted class order, stratified split."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise CaffegenError("no such directory (expected one sub-folder of images per class)", data_dir)
+    if not 0 < val_fraction < 1:
+        raise CaffegenError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(folders) < 2:
+        raise CaffegenError(f"found {len(folders)} class folder(s); fine-tuning a classifier needs at least 2 "
+                            "(one sub-folder of images per class)", data_dir)
+    images, bad = {}, []
+    for folder in folders:
+        images[folder.name], problems = _images_in(folder)
+        bad += problems
+    if bad:
+        _report_bad_files(bad, data_dir, skip_bad, warn)
+    empty = [name for name, found in images.items() if not found]
+    if empty:
+        raise CaffegenError(f"class folder(s) without images: {', '.join(empty)}", data_dir)
+    small = [name for name, found in images.items() if len(found) < 2]
+    if small:
+        raise CaffegenError(f"class(es) with a single image cannot be split into training and validation: "
+                            f"{', '.join(small)}", data_dir)
+    return _split(images, val_fraction, seed)
+
+
+def read_lists(train_list, val_list):
+    """A dataset from existing Caffe lists: files must exist, labels must be 0…K-1 without gaps."""
+    train = _read_list(Path(train_list))
+    val = _read_list(Path(val_list))
+    labels = {label for _, label in train + val}
+    count = max(labels) + 1
+    missing = sorted(set(range(count)) - labels)
+    if missing:
+        raise CaffegenError(f"labels must be 0…{count - 1} without gaps; missing: "
+                            f"{', '.join(map(str, missing[:MAX_LISTED]))}", train_list)
+    return Dataset([str(label) for label in range(count)], train, val)
+
+
+def _images_in(folder):
+    """(image paths, [(path, problem)]) for the files of one class folder."""
+    found, problems = [], []
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        problem = image_problem(path)
+        if problem:
+            problems.append((path, problem))
+        else:
+            found.append(path.resolve())
+    return found, problems
+
+
+def image_problem(path):
+    """Why ``path`` is not an image Caffe can read, or None."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return "not an image file (by its extension)"
+    if "\n" in str(path):
+        return "a newline in the file name"
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        return f"unreadable image ({error.__class__.__name__})"
+    return None
+
+
+def _report_bad_files(bad, data_dir, skip_bad, warn):
+    listed = "; ".join(f"{path.relative_to(data_dir)}: {problem}" for path, problem in bad[:MAX_LISTED])
+    more = f" and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+    if not skip_bad:
+        raise CaffegenError(f"{len(bad)} file(s) are not usable images: {listed}{more} "
+                            "(remove them, or pass --skip-bad to leave them out)", data_dir)
+    if warn:
+        warn(f"left out {len(bad)} file(s) that are not usable images: {listed}{more}")
+
+
+def _split(images, val_fraction, seed):
+    rng = random.Random(seed)
+    classes = sorted(images)
+    train, val = [], []
+    for label, name in enumerate(classes):
+        paths = list(images[name])
+        rng.shuffle(paths)
+        n_val = min(len(paths) - 1, max(1, round(len(paths) * val_fraction)))
+        val += [(path, label) for path in paths[:n_val]]
+        train += [(path, label) for path in paths[n_val:]]
+    rng.shuffle(train)
+    rng.shuffle(val)
+    return Dataset(classes, train, val)
+
+
+def _read_list(path):
+    if not path.is_file():
+        raise CaffegenError("no such list file", path)
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        image, _, label = line.rstrip().rpartition(" ")
+        if not image or not label.isdigit():
+            raise CaffegenError(f"expected 'path label' with a label 0, 1, …, got '{line.strip()}'", path, number)
+        image_path = Path(image)
+        if not image_path.is_absolute():
+            image_path = (path.parent / image_path)
+        if not image_path.is_file():
+            raise CaffegenError(f"image not found: {image_path}", path, number)
+        entries.append((image_path.resolve(), int(label)))
+    if not entries:
+        raise CaffegenError("empty list", path)
+    return entries

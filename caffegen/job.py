@@ -1,0 +1,251 @@
+"""Preparing a fine-tuning job: a self-contained run directory that ``caffe train`` can run.
+
+The directory holds the wired train_val and deploy nets, the solver, the image lists and
+labels, ``train.sh``/``train.bat`` and a manifest of inputs (sizes, hashes) and the command.
+It is built beside its final place and renamed into it, so it is either complete or absent.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from PIL import Image
+
+from . import __version__
+from .dataset import read_lists, scan_class_folders
+from .errors import CaffegenError
+from .freeze import freeze
+from .head import retarget_head
+from .prototxt import read_net, read_solver, to_text
+from .scripts import caffe_arguments, render_train_bat, render_train_sh
+from .solver import FINE_TUNE_LR, epoch_schedule, parse_overrides, render_solver, solver_fields
+from .wiring import DataSettings, data_layers, deploy_net, wire_image_data
+
+MANIFEST = "manifest.json"
+SNAPSHOT_DIR = "snapshots"
+MEAN_FILE = "mean.binaryproto"
+
+
+@dataclass
+class JobOptions:
+    """Everything ``caffegen prepare`` is told."""
+
+    net: Path
+    weights: Path
+    data: Path = None
+    train_list: Path = None
+    val_list: Path = None
+    val_fraction: float = 0.2
+    seed: int = 1
+    skip_bad: bool = False
+    freeze_upto: str = None
+    freeze_from: str = None
+    epochs: int = 10
+    snapshot_every: int = 1
+    iter_size: int = 1
+    data_settings: DataSettings = field(default_factory=DataSettings)
+    mean_file: Path = None
+    base_lr: float = None
+    base_solver: Path = None
+    solver_set: tuple = ()
+    device: str = "cpu"
+    head_lr_mult: float = 10.0
+    head_name: str = None
+
+
+@dataclass
+class PreparedJob:
+    """A written run directory and what the user should hear about it."""
+
+    run_dir: Path
+    manifest: dict
+    notes: list
+
+
+def prepare(options, run_dir, force=False, caffe="caffe", warn=None):
+    """Write the run directory for ``options``; refuse an existing one unless ``force``."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not force:
+        raise CaffegenError("run directory exists; pass --force to replace it", run_dir)
+    notes = []
+    weights = _existing_file(options.weights, "weights")
+    dataset = _dataset(options, warn)
+    loaded = read_net(options.net)
+    if loaded.upgraded_from:
+        notes.append(f"upgraded the legacy {loaded.upgraded_from} net to the current layer format")
+    net = loaded.net
+    wire_image_data(net, options.data_settings, options.net)
+    mean_source = _resolve_mean_file(net, options)
+    num_classes = len(dataset.classes)
+    notes += retarget_head(net, num_classes, None, options.head_name, options.head_lr_mult, options.net).summary()
+    if options.freeze_upto or options.freeze_from:
+        notes += freeze(net, options.freeze_upto, options.freeze_from, options.net).summary()
+    channels, height, width = _input_geometry(net, dataset)
+    deploy = deploy_net(net, channels, height, width)
+    schedule, solver_text = _solver(options, net, dataset)
+    files = {
+        "train_val.prototxt": to_text(net),
+        "deploy.prototxt": to_text(deploy),
+        "solver.prototxt": solver_text,
+        "train.txt": dataset.list_text("train"),
+        "val.txt": dataset.list_text("val"),
+        "labels.txt": dataset.labels_text(),
+        "train.sh": render_train_sh(caffe, weights, _gpu_flag(options.device), net.name, num_classes),
+        "train.bat": render_train_bat(weights, _gpu_flag(options.device), net.name, num_classes),
+    }
+    manifest = _manifest(options, weights, dataset, schedule, mean_source)
+    files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
+    _write_run_dir(run_dir, files, mean_source, force)
+    return PreparedJob(run_dir, manifest, notes)
+
+
+def _existing_file(path, what):
+    path = Path(path)
+    if not path.is_file():
+        raise CaffegenError(f"no such {what} file", path)
+    return path.resolve()
+
+
+def _dataset(options, warn):
+    if options.data and (options.train_list or options.val_list):
+        raise CaffegenError("give --data DIR or --train-list/--val-list, not both")
+    if options.data:
+        return scan_class_folders(options.data, options.val_fraction, options.seed, options.skip_bad, warn)
+    if options.train_list and options.val_list:
+        return read_lists(options.train_list, options.val_list)
+    raise CaffegenError("give the images: --data DIR (one sub-folder per class) or --train-list and --val-list")
+
+
+def _resolve_mean_file(net, options):
+    """The mean file the data layers use, found and pointed at its copy in the run directory."""
+    layers = [layer for layer in data_layers(net) if layer.transform_param.mean_file]
+    if not layers:
+        return None
+    if options.data_settings.mean_value:
+        for layer in layers:
+            layer.transform_param.ClearField("mean_file")
+        return None
+    named = Path(layers[0].transform_param.mean_file)
+    candidates = [Path(options.mean_file)] if options.mean_file else \
+        [named, Path(options.net).parent / named, Path(options.net).parent / named.name]
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise CaffegenError(f"the base net's mean_file '{named}' is not found; pass --mean-file PATH "
+                            "or --mean-value B,G,R", options.net)
+    for layer in layers:
+        layer.transform_param.mean_file = MEAN_FILE
+    return found.resolve()
+
+
+def _input_geometry(net, dataset):
+    """(channels, height, width) the deploy net takes: the crop, the resize, or the images' own size."""
+    layer = data_layers(net)[0]
+    channels = 3 if layer.image_data_param.is_color else 1
+    crop = layer.transform_param.crop_size
+    if crop:
+        return channels, crop, crop
+    if layer.image_data_param.new_height:
+        return channels, layer.image_data_param.new_height, layer.image_data_param.new_width
+    with Image.open(dataset.train[0][0]) as image:
+        return channels, image.height, image.width
+
+
+def _solver(options, net, dataset):
+    batches = {layer.include[0].phase: layer.image_data_param.batch_size for layer in data_layers(net)}
+    gpus = _gpu_count(options.device)
+    schedule = epoch_schedule(len(dataset.train), len(dataset.val), batches[0], batches[1], options.epochs,
+                              options.iter_size, gpus, options.snapshot_every)
+    fields = solver_fields(schedule, _base_lr(options), options.device != "cpu",
+                           options.seed, options.iter_size, snapshot_prefix=f"{SNAPSHOT_DIR}/ft")
+    return schedule, render_solver(fields, schedule, parse_overrides(options.solver_set))
+
+
+def _base_lr(options):
+    if options.base_lr is not None:
+        return options.base_lr
+    if options.base_solver:
+        solver = read_solver(options.base_solver)
+        if solver.HasField("base_lr"):
+            return solver.base_lr / 10
+    return FINE_TUNE_LR
+
+
+def _gpu_flag(device):
+    return None if device == "cpu" else device
+
+
+def _gpu_count(device):
+    """How many GPUs share each iteration: 1 on CPU (one worker), else the listed ids."""
+    if device in ("cpu", "all"):
+        return 1
+    return len(device.split(","))
+
+
+def _manifest(options, weights, dataset, schedule, mean_source):
+    inputs = {"net": _describe(options.net), "weights": _describe(weights)}
+    if options.base_solver:
+        inputs["base_solver"] = _describe(options.base_solver)
+    if mean_source:
+        inputs["mean_file"] = _describe(mean_source)
+    if options.data:
+        inputs["data"] = str(Path(options.data).resolve())
+    else:
+        inputs["train_list"] = _describe(options.train_list)
+        inputs["val_list"] = _describe(options.val_list)
+    return {
+        "caffegen": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inputs": inputs,
+        "classes": dataset.classes,
+        "images": {"train": len(dataset.train), "val": len(dataset.val)},
+        "freeze": {"upto": options.freeze_upto, "from": options.freeze_from},
+        "schedule": {"epochs": schedule.epochs, "iters_per_epoch": schedule.iters_per_epoch,
+                     "max_iter": schedule.max_iter, "test_iter": schedule.test_iter},
+        "device": options.device,
+        "weights": str(weights),
+        "command": ["caffe"] + caffe_arguments(weights=weights, gpu=_gpu_flag(options.device)),
+    }
+
+
+def _describe(path):
+    path = Path(path).resolve()
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _write_run_dir(run_dir, files, mean_source, force):
+    """Build the directory beside ``run_dir`` and rename it into place."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
+    try:
+        for name, text in files.items():
+            with open(staging / name, "w", encoding="utf-8", newline="") as out:
+                out.write(text)
+        (staging / "train.sh").chmod(0o755)
+        (staging / SNAPSHOT_DIR).mkdir()
+        if mean_source:
+            shutil.copyfile(mean_source, staging / MEAN_FILE)
+        os.chmod(staging, 0o755)
+        if run_dir.exists() and force:
+            _replace(run_dir, staging)
+        else:
+            os.rename(staging, run_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace(run_dir, staging):
+    old = run_dir.with_name(f".{run_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(run_dir, old)
+    os.rename(staging, run_dir)
+    shutil.rmtree(old, ignore_errors=True)

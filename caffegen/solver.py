@@ -1,0 +1,158 @@
+"""Epoch-based fine-tuning solvers, rendered from a jinja2 template and checked by protobuf.
+
+The rendered text is parsed back into ``SolverParameter`` before anything is written, so a
+template or an override can never produce a solver Caffe rejects as malformed.
+"""
+
+import math
+from dataclasses import dataclass
+from difflib import get_close_matches
+
+import jinja2
+from google.protobuf import text_format
+
+from . import __version__
+from .errors import CaffegenError
+from .resources import resource_dir
+from .schema import BVLC
+
+FINE_TUNE_LR = 0.001
+STEP_FRACTION = 0.4
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Iterations derived from image counts, batch sizes and epochs."""
+
+    train_images: int
+    val_images: int
+    images_per_iter: int
+    iters_per_epoch: int
+    epochs: int
+    test_iter: int
+    snapshot_every: int
+
+    @property
+    def max_iter(self):
+        return self.epochs * self.iters_per_epoch
+
+    @property
+    def snapshot(self):
+        return self.snapshot_every * self.iters_per_epoch
+
+
+def epoch_schedule(train_images, val_images, batch_size, val_batch_size, epochs,
+                   iter_size=1, n_gpus=1, snapshot_every=1):
+    """The schedule of ``epochs`` epochs: every GPU takes ``batch_size`` images ``iter_size`` times per iteration."""
+    if train_images < 1 or val_images < 1:
+        raise CaffegenError("need at least one training and one validation image")
+    for name, value in (("batch size", batch_size), ("validation batch size", val_batch_size),
+                        ("epochs", epochs), ("iter_size", iter_size), ("number of GPUs", n_gpus),
+                        ("snapshot interval", snapshot_every)):
+        if value < 1:
+            raise CaffegenError(f"the {name} must be at least 1, got {value}")
+    images_per_iter = batch_size * iter_size * n_gpus
+    return Schedule(train_images, val_images, images_per_iter, math.ceil(train_images / images_per_iter),
+                    epochs, math.ceil(val_images / val_batch_size), snapshot_every)
+
+
+def solver_fields(schedule, base_lr=FINE_TUNE_LR, gpu=False, seed=1, iter_size=1,
+                  net="train_val.prototxt", snapshot_prefix="snapshots/ft"):
+    """The solver's fields as (name, value, note) in the order they are written."""
+    display = max(1, min(20, schedule.iters_per_epoch // 4))
+    return [
+        ("net", net, None),
+        ("test_iter", schedule.test_iter, f"{schedule.val_images} validation images"),
+        ("test_interval", schedule.iters_per_epoch, "once per epoch"),
+        ("base_lr", base_lr, None),
+        ("lr_policy", "step", None),
+        ("gamma", 0.1, None),
+        ("stepsize", max(1, round(schedule.max_iter * STEP_FRACTION)), None),
+        ("momentum", 0.9, None),
+        ("weight_decay", 0.0005, None),
+        ("iter_size", iter_size, None),
+        ("max_iter", schedule.max_iter, f"{schedule.epochs} epochs"),
+        ("display", display, None),
+        ("average_loss", display, None),
+        ("snapshot", schedule.snapshot, f"every {schedule.snapshot_every} epoch(s)"),
+        ("snapshot_prefix", snapshot_prefix, None),
+        ("solver_mode", "GPU" if gpu else "CPU", None),
+        ("random_seed", seed, None),
+        ("type", "SGD", None),
+    ]
+
+
+def parse_overrides(settings):
+    """``key=value`` strings (from --solver-set) as [(key, prototxt literal)], each checked by protobuf.
+
+    A repeated field (``stepvalue``, ``test_iter``) may be given several times.
+    """
+    overrides = []
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise CaffegenError(f"--solver-set expects key=value, got '{setting}'")
+        field = _check_field(key)
+        if not field.is_repeated and any(existing == key for existing, _ in overrides):
+            raise CaffegenError(f"--solver-set {key} given twice")
+        literal = _literal(key, value)
+        try:
+            text_format.Parse(f"{key}: {literal}", BVLC.SolverParameter())
+        except text_format.ParseError as error:
+            detail = str(error).split(" : ", 1)[-1]
+            raise CaffegenError(f"--solver-set {key}={value}: {detail}") from None
+        overrides.append((key, literal))
+    return overrides
+
+
+def render_solver(fields, schedule, overrides=()):
+    """The solver text: ``fields`` with ``overrides`` (from :func:`parse_overrides`) in their place."""
+    overridden = {key for key, _ in overrides}
+    rows = []
+    for key, value, note in fields:
+        if key in overridden:
+            rows += [(key, literal, "set by --solver-set") for k, literal in overrides if k == key]
+            overridden.discard(key)
+        else:
+            rows.append((key, _literal(key, value), note))
+    rows += [(key, literal, "set by --solver-set") for key, literal in overrides if key in overridden]
+    template = _environment().get_template("solver.prototxt.j2")
+    text = template.render(fields=rows, schedule=schedule, version=__version__)
+    check_solver_text(text)
+    return text
+
+
+def check_solver_text(text, path="solver.prototxt"):
+    """Parse solver text into ``SolverParameter``; a problem becomes a one-line error."""
+    try:
+        return text_format.Parse(text, BVLC.SolverParameter())
+    except text_format.ParseError as error:
+        raise CaffegenError(f"invalid solver: {error}", path) from None
+
+
+def _check_field(key):
+    fields = BVLC.SolverParameter.DESCRIPTOR.fields_by_name
+    if key not in fields:
+        close = get_close_matches(key, list(fields), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise CaffegenError(f"--solver-set: SolverParameter has no field '{key}'{hint}")
+    return fields[key]
+
+
+def _literal(key, value):
+    """``value`` written as prototxt for field ``key``: strings quoted, enums and numbers bare."""
+    field = BVLC.SolverParameter.DESCRIPTOR.fields_by_name[key]
+    text = str(value)
+    if field.type == field.TYPE_STRING:
+        if text.startswith('"') and text.endswith('"') and len(text) >= 2:
+            return text
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if field.type == field.TYPE_BOOL:
+        return text.lower()
+    return text
+
+
+def _environment():
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

@@ -1,0 +1,180 @@
+"""Wiring a base net to a fine-tuning job: ImageData layers on the job's lists, and a deploy net.
+
+A train_val net keeps everything but its data layers, which become ``ImageData`` layers with
+the base net's batch sizes and transformations (mirroring for training only). A deploy-only net
+(ResNet, MobileNet publish only those) gains data layers, a loss and an accuracy instead.
+"""
+
+from dataclasses import dataclass
+
+from .errors import CaffegenError
+from .netview import PHASE_NUMBERS, TEST, TRAIN, NetView
+
+DATA_TYPES = {"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData", "AnnotatedData"}
+CARRIED_TRANSFORMS = ("scale", "crop_size", "mean_file", "mean_value", "force_color", "force_gray")
+DEFAULT_BATCH = {TRAIN: 32, TEST: 50}
+BATCH_PARAMS = ("data_param", "image_data_param", "hdf5_data_param", "window_data_param", "memory_data_param")
+
+
+@dataclass
+class DataSettings:
+    """How the job feeds images: batch sizes (None: the base net's), resize, colour, extra transforms."""
+
+    batch_size: int = None
+    val_batch_size: int = None
+    resize: tuple = None
+    mean_value: tuple = ()
+
+
+def data_layers(net):
+    """The data layers of ``net`` in order."""
+    return [layer for layer in net.layer if layer.type in DATA_TYPES]
+
+
+def wire_image_data(net, settings, path=None):
+    """Replace the data layers of ``net`` (in place) by ImageData layers reading train.txt and val.txt.
+
+    Returns {phase: batch size}.
+    """
+    if not data_layers(net):
+        add_training_layers(net, settings, path)
+    batches = {}
+    for phase, source in ((TRAIN, "train.txt"), (TEST, "val.txt")):
+        base = _phase_data_layer(net, phase, path)
+        replacement = _image_data_layer(base, phase, source, settings)
+        batches[phase] = replacement.image_data_param.batch_size
+        _insert_replacing(net, base, replacement)
+    return batches
+
+
+def _phase_data_layer(net, phase, path):
+    layers = [layer for layer in NetView(net, phase).layers if layer.type in DATA_TYPES]
+    if len(layers) != 1:
+        names = ", ".join(layer.name for layer in layers) or "none"
+        raise CaffegenError(f"expected one data layer in the {phase} phase, found {names}; "
+                            "keep your own with --keep-data-layers", path)
+    if len(layers[0].top) != 2:
+        raise CaffegenError(f"data layer '{layers[0].name}' must have two tops (images and labels)", path)
+    return layers[0]
+
+
+def _image_data_layer(base, phase, source, settings):
+    layer = type(base)()
+    layer.name, layer.type = base.name, "ImageData"
+    layer.top.extend(base.top)
+    layer.include.add().phase = PHASE_NUMBERS[phase]
+    for field in CARRIED_TRANSFORMS:
+        _copy_if_set(base.transform_param, layer.transform_param, field)
+    if phase == TRAIN and base.transform_param.mirror:
+        layer.transform_param.mirror = True
+    if settings.mean_value:
+        layer.transform_param.ClearField("mean_value")
+        layer.transform_param.mean_value.extend(settings.mean_value)
+    params = layer.image_data_param
+    params.source = source
+    params.batch_size = _batch_size(base, phase, settings)
+    if phase == TRAIN:
+        params.shuffle = True
+    resize = settings.resize or _base_resize(base)
+    if resize:
+        params.new_height, params.new_width = resize
+    if base.type == "ImageData":
+        params.is_color = base.image_data_param.is_color
+    return layer
+
+
+def _batch_size(base, phase, settings):
+    chosen = settings.batch_size if phase == TRAIN else settings.val_batch_size
+    if chosen:
+        return chosen
+    for name in BATCH_PARAMS:
+        if base.HasField(name) and getattr(base, name).batch_size:
+            return getattr(base, name).batch_size
+    return DEFAULT_BATCH[phase]
+
+
+def _base_resize(base):
+    params = base.image_data_param
+    if base.type == "ImageData" and params.new_height and params.new_width:
+        return params.new_height, params.new_width
+    crop = base.transform_param.crop_size
+    if crop:
+        side = 256 if crop in (224, 227) else crop + crop // 7
+        return side, side
+    return None
+
+
+def _copy_if_set(source, target, field):
+    descriptor = source.DESCRIPTOR.fields_by_name[field]
+    if descriptor.is_repeated:
+        getattr(target, field).extend(getattr(source, field))
+    elif source.HasField(field):
+        setattr(target, field, getattr(source, field))
+
+
+def _insert_replacing(net, old, new):
+    index = next(i for i, layer in enumerate(net.layer) if layer is old)
+    net.layer[index].CopyFrom(new)
+
+
+def add_training_layers(net, settings, path=None):
+    """Give a deploy net (Input layer or input fields) data layers, a loss and an accuracy, in place."""
+    view = NetView(net, TEST)
+    if len(view.inputs) != 1:
+        raise CaffegenError("a net without data layers needs exactly one input blob to feed images into, "
+                            f"found {len(view.inputs)}", path)
+    blob, dims = view.inputs[0], _input_dims(net)
+    softmaxes = [layer for layer in net.layer if layer.type == "Softmax"]
+    if len(softmaxes) != 1:
+        raise CaffegenError("a deploy net must end in one Softmax to be turned into a training net", path)
+    scores = softmaxes[0].bottom[0]
+    layers = [layer for layer in net.layer if layer.type != "Input" and layer is not softmaxes[0]]
+    for field in ("input", "input_dim", "input_shape"):
+        net.ClearField(field)
+    net.ClearField("layer")
+    for phase in (TRAIN, TEST):
+        data = net.layer.add(name="data", type="ImageData", top=[blob, "label"])
+        data.include.add().phase = PHASE_NUMBERS[phase]
+        data.image_data_param.is_color = dims[1] != 1
+        data.image_data_param.batch_size = DEFAULT_BATCH[phase]
+        data.transform_param.crop_size = dims[2]
+    net.layer.extend(layers)
+    net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=[scores, "label"], top=["loss"])
+    accuracy = net.layer.add(name="accuracy", type="Accuracy", bottom=[scores, "label"], top=["accuracy"])
+    accuracy.include.add().phase = PHASE_NUMBERS[TEST]
+
+
+def _input_dims(net):
+    for layer in net.layer:
+        if layer.type == "Input":
+            return list(layer.input_param.shape[0].dim)
+    if net.input_shape:
+        return list(net.input_shape[0].dim)
+    return list(net.input_dim[:4])
+
+
+def deploy_net(train_val, num_channels, height, width):
+    """The deploy version of a train_val net: an Input layer, the layers the main classifier needs, a Softmax.
+
+    The main classifier is the one the last SoftmaxWithLoss of the TEST phase scores; auxiliary
+    classifiers (GoogLeNet's) and every layer that reads labels are left out.
+    """
+    view = NetView(train_val, TEST)
+    data = [layer for layer in view.layers if layer.type in DATA_TYPES]
+    losses = [layer for layer in view.layers if layer.type == "SoftmaxWithLoss"]
+    if len(data) != 1 or not losses:
+        raise CaffegenError("cannot derive a deploy net: expected one TEST-phase data layer and a SoftmaxWithLoss")
+    image_blob = data[0].top[0]
+    deploy = type(train_val)()
+    deploy.name = train_val.name
+    deploy.layer.add(name=image_blob, type="Input", top=[image_blob]).input_param.shape.add(
+        dim=[1, num_channels, height, width])
+    needed = view.ancestors(losses[-1].name) - {data[0].name}
+    for layer in view.layers:
+        if layer.name in needed:
+            copy = deploy.layer.add()
+            copy.CopyFrom(layer)
+            copy.ClearField("include")
+            copy.ClearField("exclude")
+    deploy.layer.add(name="prob", type="Softmax", bottom=[losses[-1].bottom[0]], top=["prob"])
+    return deploy
