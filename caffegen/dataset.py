@@ -24,9 +24,17 @@ class Dataset:
     train: list
     val: list
 
-    def list_text(self, subset):
-        """Caffe's list format for ``subset`` ("train" or "val")."""
-        return "".join(f"{path} {label}\n" for path, label in getattr(self, subset))
+    def list_text(self, subset, names=None):
+        """Caffe's list format for ``subset`` ("train" or "val"), with paths renamed by ``names`` if given."""
+        names = names or {}
+        return "".join(f"{names.get(path, path)} {label}\n" for path, label in getattr(self, subset))
+
+    def copy_names(self, folder="data"):
+        """{image path: relative path under ``folder``} for copying the images into a run directory."""
+        names = {}
+        for path, label in self.train + self.val:
+            names[path] = f"{folder}/{self.classes[label]}/{len(names):06d}{path.suffix.lower()}"
+        return names
 
     def labels_text(self):
         return "".join(f"{name}\n" for name in self.classes)

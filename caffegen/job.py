@@ -29,6 +29,7 @@ from .wiring import DataSettings, data_layers, deploy_net, wire_image_data
 MANIFEST = "manifest.json"
 SNAPSHOT_DIR = "snapshots"
 MEAN_FILE = "mean.binaryproto"
+WEIGHTS_COPY = "base.caffemodel"
 
 
 @dataclass
@@ -43,6 +44,7 @@ class JobOptions:
     val_fraction: float = 0.2
     seed: int = 1
     skip_bad: bool = False
+    copy_data: bool = False
     freeze_upto: str = None
     freeze_from: str = None
     epochs: int = 10
@@ -88,19 +90,25 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None):
     channels, height, width = _input_geometry(net, dataset)
     deploy = deploy_net(net, channels, height, width)
     schedule, solver_text = _solver(options, net, dataset)
+    copies = dataset.copy_names() if options.copy_data else {}
+    weights_ref = weights
+    if options.copy_data:
+        copies[weights] = weights_ref = WEIGHTS_COPY
     files = {
         "train_val.prototxt": to_text(net),
         "deploy.prototxt": to_text(deploy),
         "solver.prototxt": solver_text,
-        "train.txt": dataset.list_text("train"),
-        "val.txt": dataset.list_text("val"),
+        "train.txt": dataset.list_text("train", copies),
+        "val.txt": dataset.list_text("val", copies),
         "labels.txt": dataset.labels_text(),
-        "train.sh": render_train_sh(caffe, weights, _gpu_flag(options.device), net.name, num_classes),
-        "train.bat": render_train_bat(weights, _gpu_flag(options.device), net.name, num_classes),
+        "train.sh": render_train_sh(caffe, weights_ref, _gpu_flag(options.device), net.name, num_classes),
+        "train.bat": render_train_bat(weights_ref, _gpu_flag(options.device), net.name, num_classes),
     }
-    manifest = _manifest(options, weights, dataset, schedule, mean_source)
+    manifest = _manifest(options, weights, weights_ref, dataset, schedule, mean_source)
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
-    _write_run_dir(run_dir, files, mean_source, force)
+    if mean_source:
+        copies[mean_source] = MEAN_FILE
+    _write_run_dir(run_dir, files, copies, force)
     return PreparedJob(run_dir, manifest, notes)
 
 
@@ -186,14 +194,14 @@ def _gpu_count(device):
     return len(device.split(","))
 
 
-def _manifest(options, weights, dataset, schedule, mean_source):
+def _manifest(options, weights, weights_ref, dataset, schedule, mean_source):
     inputs = {"net": _describe(options.net), "weights": _describe(weights)}
     if options.base_solver:
         inputs["base_solver"] = _describe(options.base_solver)
     if mean_source:
         inputs["mean_file"] = _describe(mean_source)
     if options.data:
-        inputs["data"] = str(Path(options.data).resolve())
+        inputs["data"] = {"path": str(Path(options.data).resolve()), "copied": options.copy_data}
     else:
         inputs["train_list"] = _describe(options.train_list)
         inputs["val_list"] = _describe(options.val_list)
@@ -207,8 +215,8 @@ def _manifest(options, weights, dataset, schedule, mean_source):
         "schedule": {"epochs": schedule.epochs, "iters_per_epoch": schedule.iters_per_epoch,
                      "max_iter": schedule.max_iter, "test_iter": schedule.test_iter},
         "device": options.device,
-        "weights": str(weights),
-        "command": ["caffe"] + caffe_arguments(weights=weights, gpu=_gpu_flag(options.device)),
+        "weights": str(weights_ref),
+        "command": ["caffe"] + caffe_arguments(weights=weights_ref, gpu=_gpu_flag(options.device)),
     }
 
 
@@ -221,8 +229,8 @@ def _describe(path):
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def _write_run_dir(run_dir, files, mean_source, force):
-    """Build the directory beside ``run_dir`` and rename it into place."""
+def _write_run_dir(run_dir, files, copies, force):
+    """Build the directory beside ``run_dir`` (texts, then copies of files) and rename it into place."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
     try:
@@ -231,8 +239,9 @@ def _write_run_dir(run_dir, files, mean_source, force):
                 out.write(text)
         (staging / "train.sh").chmod(0o755)
         (staging / SNAPSHOT_DIR).mkdir()
-        if mean_source:
-            shutil.copyfile(mean_source, staging / MEAN_FILE)
+        for source, name in copies.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, staging / name)
         os.chmod(staging, 0o755)
         if run_dir.exists() and force:
             _replace(run_dir, staging)

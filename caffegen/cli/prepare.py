@@ -25,18 +25,19 @@ def _numbers(kind, count=None):
 
 
 def choose_device(gpu, caffe_path, echo):
-    """The device to train on: --gpu as given, else a GPU when this Caffe can use one, else CPU."""
-    if gpu is not None:
-        return gpu.lower()
+    """(device, Caffe binary or None): --gpu as given, else a GPU when the Caffe found can use one, else CPU."""
     try:
         caffe = find_caffe(caffe_path)
     except CaffegenError:
-        echo("no Caffe found yet: preparing for CPU (pass --gpu 0 to train on a GPU)")
-        return "cpu"
+        if gpu is None:
+            echo("no Caffe found yet: preparing for CPU (pass --gpu 0 to train on a GPU)")
+        return (gpu or "cpu").lower(), None
+    if gpu is not None:
+        return gpu.lower(), caffe
     if caffe_is_cpu_only(caffe):
         echo(f"{caffe} is a CPU-only build: training on the CPU")
-        return "cpu"
-    return "0"
+        return "cpu", caffe
+    return "0", caffe
 
 
 @click.command("prepare")
@@ -49,6 +50,7 @@ def choose_device(gpu, caffe_path, echo):
 @click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of each class kept for validation.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the split and of Caffe.")
 @click.option("--skip-bad", is_flag=True, help="Leave out unreadable or non-image files instead of stopping.")
+@click.option("--copy-data", is_flag=True, help="Copy the images into the run directory (relative paths: portable).")
 @click.option("--freeze-upto", metavar="LAYER", help="Freeze LAYER and everything before it.")
 @click.option("--freeze-from", metavar="LAYER", help="Train LAYER and what follows; freeze the rest.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
@@ -70,8 +72,8 @@ def choose_device(gpu, caffe_path, echo):
               help="Learning-rate multiplier of the new classifier.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="The run directory to create.")
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
-def prepare_command(net, weights, data, train_list, val_list, val_fraction, seed, skip_bad, freeze_upto,
-                    freeze_from, epochs, batch_size, val_batch_size, iter_size, resize, mean_value, mean_file,
+def prepare_command(net, weights, data, train_list, val_list, val_fraction, seed, skip_bad, copy_data,
+                    freeze_upto, freeze_from, epochs, batch_size, val_batch_size, iter_size, resize, mean_value, mean_file,
                     base_lr, base_solver, solver_set, snapshot_every, gpu, caffe_path, head_name, lr_mult,
                     output, force):
     """Prepare a fine-tuning run: wired nets, epoch-based solver, image lists, train.sh/.bat, manifest.
@@ -81,16 +83,16 @@ def prepare_command(net, weights, data, train_list, val_list, val_fraction, seed
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     if freeze_upto and freeze_from:
         raise CaffegenError("give --freeze-upto or --freeze-from, not both")
-    device = choose_device(gpu, caffe_path, echo)
+    device, caffe = choose_device(gpu, caffe_path, echo)
     settings = DataSettings(batch_size, val_batch_size, (resize * 2)[:2] if resize else None,
                             mean_value or ())
     options = JobOptions(net=net, weights=weights, data=data, train_list=train_list, val_list=val_list,
-                         val_fraction=val_fraction, seed=seed, skip_bad=skip_bad, freeze_upto=freeze_upto,
-                         freeze_from=freeze_from, epochs=epochs, snapshot_every=snapshot_every,
+                         val_fraction=val_fraction, seed=seed, skip_bad=skip_bad, copy_data=copy_data,
+                         freeze_upto=freeze_upto, freeze_from=freeze_from, epochs=epochs, snapshot_every=snapshot_every,
                          iter_size=iter_size, data_settings=settings, mean_file=mean_file, base_lr=base_lr,
                          base_solver=base_solver, solver_set=solver_set, device=device,
                          head_lr_mult=lr_mult, head_name=head_name)
-    job = prepare(options, output, force=force, caffe=caffe_path or "caffe", warn=echo)
+    job = prepare(options, output, force=force, caffe=caffe or "caffe", warn=echo)
     report(job.notes)
     images = job.manifest["images"]
     echo(f"prepared {job.run_dir}: {len(job.manifest['classes'])} classes, {images['train']} training and "

@@ -1,0 +1,218 @@
+"""Preparing jobs without running Caffe: data, solver arithmetic, wiring, scripts, the run directory."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from caffegen.dataset import read_lists, scan_class_folders
+from caffegen.errors import CaffegenError
+from caffegen.job import JobOptions, prepare
+from caffegen.prototxt import read_net, read_solver
+from caffegen.resources import resource_dir
+from caffegen.scripts import render_train_bat, render_train_sh
+from caffegen.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
+from caffegen.wiring import DataSettings, deploy_net, wire_image_data
+from conftest import ZOO
+
+DIGITS = resource_dir("models") / "digits"
+
+
+def write_images(folder, counts, size=(12, 10)):
+    for name, count in counts.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.new("L", size, color=i * 7 % 255).save(folder / name / f"img {i}.png")
+    return folder
+
+
+class TestSolverArithmetic:
+    @pytest.mark.parametrize("train, val, batch, val_batch, iter_size, gpus, per_epoch, test_iter", [
+        (1000, 200, 32, 50, 1, 1, 32, 4),
+        (1000, 201, 32, 50, 1, 1, 32, 5),
+        (1000, 200, 32, 50, 2, 1, 16, 4),
+        (1000, 200, 32, 50, 1, 4, 8, 4),
+        (1000, 200, 10, 50, 3, 2, 17, 4),
+        (7, 3, 32, 50, 1, 1, 1, 1),
+    ])
+    def test_epochs_to_iterations(self, train, val, batch, val_batch, iter_size, gpus, per_epoch, test_iter):
+        schedule = epoch_schedule(train, val, batch, val_batch, epochs=10, iter_size=iter_size, n_gpus=gpus)
+        assert schedule.iters_per_epoch == per_epoch
+        assert schedule.max_iter == 10 * per_epoch
+        assert schedule.test_iter == test_iter
+        solver = check_solver_text(render_solver(solver_fields(schedule, iter_size=iter_size), schedule))
+        assert (solver.max_iter, solver.test_iter[0], solver.test_interval, solver.snapshot) == \
+            (10 * per_epoch, test_iter, per_epoch, per_epoch)
+        assert solver.iter_size == iter_size
+
+    def test_overrides_replace_and_extend(self):
+        schedule = epoch_schedule(100, 10, 10, 10, 2)
+        text = render_solver(solver_fields(schedule), schedule,
+                             parse_overrides(["base_lr=0.01", "lr_policy=multistep", "stepvalue=5", "stepvalue=9"]))
+        solver = check_solver_text(text)
+        assert solver.base_lr == pytest.approx(0.01)
+        assert list(solver.stepvalue) == [5, 9]
+        assert text.count("base_lr:") == 1
+
+    @pytest.mark.parametrize("setting, words", [
+        ("base_lr=fast", "base_lr=fast"), ("baselr=1", "did you mean base_lr"),
+        ("solver_mode=TPU", "TPU"), ("nothing", "key=value")])
+    def test_bad_overrides(self, setting, words):
+        with pytest.raises(CaffegenError, match=words):
+            parse_overrides([setting])
+
+
+class TestData:
+    def test_class_folders_split_stratified_and_stable(self, tmp_path):
+        write_images(tmp_path, {"cat": 10, "dog": 5, "eel": 3})
+        first = scan_class_folders(tmp_path, val_fraction=0.2, seed=3)
+        again = scan_class_folders(tmp_path, val_fraction=0.2, seed=3)
+        assert first == again
+        assert first.classes == ["cat", "dog", "eel"]
+        assert sorted(label for _, label in first.val) == [0, 0, 1, 2]
+        assert len(first.train) + len(first.val) == 18
+        assert scan_class_folders(tmp_path, val_fraction=0.2, seed=4).train != first.train
+
+    def test_paths_with_spaces_keep_their_label_last(self, tmp_path):
+        dataset = scan_class_folders(write_images(tmp_path / "my data", {"a b": 2, "c": 2}))
+        line = dataset.list_text("train").splitlines()[0]
+        path, _, label = line.rpartition(" ")
+        assert " " in path and label in ("0", "1")
+
+    @pytest.mark.parametrize("counts, words", [({"only": 3}, "at least 2"), ({"a": 3, "b": 0}, "without images"),
+                                               ({"a": 3, "b": 1}, "single image")])
+    def test_bad_class_layouts(self, tmp_path, counts, words):
+        write_images(tmp_path, counts)
+        with pytest.raises(CaffegenError, match=words):
+            scan_class_folders(tmp_path)
+
+    def test_non_images_are_reported_or_skipped(self, tmp_path):
+        write_images(tmp_path, {"a": 3, "b": 3})
+        (tmp_path / "a" / "notes.txt").write_text("hello")
+        (tmp_path / "b" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+        (tmp_path / "a" / ".DS_Store").write_bytes(b"\0")
+        with pytest.raises(CaffegenError, match=r"2 file\(s\) are not usable images.*--skip-bad"):
+            scan_class_folders(tmp_path)
+        warnings = []
+        dataset = scan_class_folders(tmp_path, skip_bad=True, warn=warnings.append)
+        assert len(dataset.train) + len(dataset.val) == 6 and "left out 2" in warnings[0]
+
+    def test_lists_are_validated(self, tmp_path):
+        write_images(tmp_path, {"a": 2})
+        good = tmp_path / "train.txt"
+        good.write_text("a/img 0.png 0\na/img 1.png 2\n")
+        val = tmp_path / "val.txt"
+        val.write_text("a/img 0.png 1\n")
+        dataset = read_lists(good, val)
+        assert dataset.classes == ["0", "1", "2"] and dataset.train[0][0].is_absolute()
+        val.write_text("a/img 0.png 3\n")
+        with pytest.raises(CaffegenError, match="0…3 without gaps; missing: 1$"):
+            read_lists(good, val)
+        val.write_text("a/missing.png 1\n")
+        with pytest.raises(CaffegenError, match=r"val.txt:1: image not found"):
+            read_lists(good, val)
+        val.write_text("a/img 0.png one\n")
+        with pytest.raises(CaffegenError, match="expected 'path label'"):
+            read_lists(good, val)
+
+
+class TestWiring:
+    def test_train_val_gets_image_data_with_the_base_transforms(self):
+        net = read_net(ZOO / "bvlc_googlenet/train_val.prototxt").net
+        assert wire_image_data(net, DataSettings(batch_size=8)) == {"TRAIN": 8, "TEST": 50}
+        train, test = [layer for layer in net.layer if layer.type == "ImageData"]
+        assert (train.image_data_param.source, test.image_data_param.source) == ("train.txt", "val.txt")
+        assert train.transform_param.mirror and not test.transform_param.mirror
+        assert train.transform_param.crop_size == 224 and list(test.transform_param.mean_value) == [104, 117, 123]
+        assert train.image_data_param.shuffle and not test.image_data_param.shuffle
+        assert (train.image_data_param.new_height, train.image_data_param.new_width) == (256, 256)
+
+    def test_deploy_keeps_the_main_classifier_only(self):
+        net = read_net(ZOO / "bvlc_googlenet/train_val.prototxt").net
+        wire_image_data(net, DataSettings())
+        deploy = deploy_net(net, 3, 224, 224)
+        names = [layer.name for layer in deploy.layer]
+        assert names[0] == "data" and deploy.layer[0].type == "Input"
+        assert names[-2:] == ["loss3/classifier", "prob"]
+        assert not any(name.startswith(("loss1", "loss2")) for name in names)
+        assert not any(layer.include or "label" in layer.bottom for layer in deploy.layer)
+
+    def test_deploy_only_net_gains_data_loss_and_accuracy(self):
+        net = read_net(ZOO / "resnet/ResNet-50-deploy.prototxt").net
+        wire_image_data(net, DataSettings(mean_value=(104, 117, 123)))
+        types = [layer.type for layer in net.layer]
+        assert types[:2] == ["ImageData", "ImageData"] and types[-2:] == ["SoftmaxWithLoss", "Accuracy"]
+        assert "Softmax" not in types and not net.input
+        assert net.layer[0].transform_param.crop_size == 224
+
+
+class TestScripts:
+    def test_bat_is_crlf_with_cmd_quoting(self):
+        weights = r"C:\my models (v2)\50% & more^\base.caffemodel"
+        text = render_train_bat(weights, "0", "Net & co", 5)
+        assert "\r\n" in text and "\n" not in text.replace("\r\n", "")
+        assert r'--weights="C:\my models (v2)\50%% & more^\base.caffemodel"' in text
+        assert "--solver=solver.prototxt" in text and "--gpu=0" in text
+        assert 'set "CAFFE=caffe.exe"' in text and text.rstrip().endswith("pause")
+        assert ">> train.log 2>&1" in text
+
+    def test_bat_without_gpu_and_plain_path(self):
+        text = render_train_bat("/w/base.caffemodel", None, "n", 2)
+        assert "--weights=/w/base.caffemodel" in text and "--gpu" not in text
+
+    def test_sh_quotes_for_posix(self):
+        text = render_train_sh("/opt/my caffe/caffe", "/w/it's here.caffemodel", None, "n", 2)
+        assert "'/w/it'\"'\"'s here.caffemodel'" in text
+        assert 'CAFFE="${CAFFE:-/opt/my caffe/caffe}"' in text and "\r" not in text
+
+
+class TestPrepare:
+    def options(self, data, **extra):
+        settings = dict(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=data,
+                        freeze_upto="conv2", epochs=2)
+        return JobOptions(**{**settings, **extra})
+
+    def test_run_directory(self, tmp_path):
+        data = write_images(tmp_path / "images", {"x": 6, "y": 4}, size=(28, 28))
+        job = prepare(self.options(data, copy_data=True), tmp_path / "run")
+        run = tmp_path / "run"
+        assert sorted(p.name for p in run.iterdir()) == [
+            "base.caffemodel", "data", "deploy.prototxt", "labels.txt", "manifest.json", "snapshots",
+            "solver.prototxt", "train.bat", "train.sh", "train.txt", "train_val.prototxt", "val.txt"]
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest == job.manifest and manifest["classes"] == ["x", "y"]
+        assert manifest["command"][:4] == ["caffe", "train", "-solver", "solver.prototxt"]
+        assert len(manifest["inputs"]["weights"]["sha256"]) == 64
+        for line in (run / "train.txt").read_text().splitlines() + (run / "val.txt").read_text().splitlines():
+            path, _, _ = line.rpartition(" ")
+            assert (run / path).is_file()
+        net = read_net(run / "train_val.prototxt").net
+        head = next(layer for layer in net.layer if layer.name == "fc2_ft")
+        assert head.inner_product_param.num_output == 2
+        conv2 = next(layer for layer in net.layer if layer.name == "conv2")
+        assert all(spec.lr_mult == 0 for spec in conv2.param)
+        deploy = read_net(run / "deploy.prototxt").net
+        assert list(deploy.layer[0].input_param.shape[0].dim) == [1, 1, 28, 28]
+        solver = read_solver(run / "solver.prototxt")
+        assert solver.max_iter == 2 * manifest["schedule"]["iters_per_epoch"] and solver.solver_mode == solver.CPU
+
+    def test_existing_run_directory_needs_force(self, tmp_path):
+        data = write_images(tmp_path / "images", {"x": 3, "y": 3})
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "keep.txt").write_text("mine")
+        with pytest.raises(CaffegenError, match="--force"):
+            prepare(self.options(data), tmp_path / "run")
+        assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+        prepare(self.options(data), tmp_path / "run", force=True)
+        assert not (tmp_path / "run" / "keep.txt").exists()
+
+    def test_failure_leaves_nothing_behind(self, tmp_path):
+        data = write_images(tmp_path / "images", {"x": 3, "y": 3})
+        with pytest.raises(CaffegenError, match="not found"):
+            prepare(self.options(data, freeze_upto="conv9"), tmp_path / "run")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+    def test_base_solver_lr_is_divided_by_ten(self, tmp_path):
+        data = write_images(tmp_path / "images", {"x": 3, "y": 3})
+        prepare(self.options(data, base_solver=ZOO / "bvlc_alexnet/solver.prototxt"), tmp_path / "run")
+        assert read_solver(tmp_path / "run" / "solver.prototxt").base_lr == pytest.approx(0.001)
