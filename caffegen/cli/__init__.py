@@ -6,9 +6,11 @@ import click
 
 from .. import __version__
 from ..errors import CaffegenError
+from .demo import demo_command
 from .freeze import freeze_command
 from .head import head_command
 from .install import install_caffe_command
+from .launch import launch_command
 from .lint import lint_command
 from .prepare import prepare_command
 
@@ -19,7 +21,8 @@ def cli():
     """Turn a pretrained BVLC Caffe model into a correct fine-tuning job and run it."""
 
 
-for command in (freeze_command, head_command, lint_command, prepare_command, install_caffe_command):
+for command in (demo_command, prepare_command, launch_command, freeze_command, head_command, lint_command,
+                install_caffe_command):
     cli.add_command(command)
 
 

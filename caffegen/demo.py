@@ -1,0 +1,53 @@
+"""The whole flow on the bundled model, offline, on the CPU.
+
+The bundled base model was trained on the handwritten digits 0–4; the demo fine-tunes it,
+trunk frozen, to the digits 5–9: it writes the images, prepares a run directory and launches
+the real Caffe. The directory is left complete, so ``caffegen launch DIR`` can run it again.
+"""
+
+import tempfile
+from pathlib import Path
+
+from .digits import write_digit_images
+from .errors import CaffeNotFound, CaffegenError
+from .install import default_prefix, install_caffe
+from .job import JobOptions, prepare
+from .launch import launch
+from .locate import find_caffe
+from .resources import resource_dir
+
+NEW_TASK = range(5, 10)
+FREEZE_UPTO = "conv2"
+EPOCHS = 10
+
+
+def ensure_caffe(caffe, echo):
+    """The Caffe binary to use, installed into the user prefix when none is found."""
+    try:
+        return find_caffe(caffe)
+    except CaffeNotFound:
+        if caffe:
+            raise
+        echo(f"Caffe not found: installing a CPU build of Caffe 1.0 into {default_prefix()} (once, about a minute)")
+        return install_caffe(log=echo)
+
+
+def run_demo(out_dir, caffe=None, force=False, echo=None, show_progress=None):
+    """Fine-tune the bundled digits model to new digits in ``out_dir``; return the launch result."""
+    echo = echo or (lambda line: None)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise CaffegenError("exists; pass --force to replace it, or choose another directory with -o", out_dir)
+    caffe = ensure_caffe(caffe, echo)
+    base = resource_dir("models") / "digits"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
+        count = write_digit_images(Path(tmp), NEW_TASK)
+        echo(f"wrote {count} images of the digits {NEW_TASK[0]}–{NEW_TASK[-1]} (the base model knows 0–4)")
+        options = JobOptions(net=base / "train_val.prototxt", weights=base / "digits.caffemodel", data=Path(tmp),
+                             freeze_upto=FREEZE_UPTO, epochs=EPOCHS, copy_data=True, device="cpu")
+        job = prepare(options, out_dir, force=force, caffe=caffe, warn=echo)
+    for note in job.notes:
+        echo(note)
+    echo(f"prepared {out_dir}; training on the CPU")
+    return launch(out_dir, caffe, "cpu", echo=echo, show_progress=show_progress)

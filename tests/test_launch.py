@@ -1,0 +1,139 @@
+"""Launching prepared jobs with real Caffe: progress, curves, diagnosis, interruption, resume, the demo."""
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from caffegen.digits import write_digit_images
+from caffegen.resources import resource_dir
+from conftest import run_caffegen
+
+DIGITS = resource_dir("models") / "digits"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Real images: scikit-learn's digits 5–9, a task the bundled model (trained on 0–4) never saw."""
+    folder = tmp_path_factory.mktemp("digits")
+    write_digit_images(folder, range(5, 10))
+    return folder
+
+
+def prepare(images, run_dir, *extra, epochs=3):
+    result = run_caffegen("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
+                          "--data", images, "--freeze-upto", "conv2", "--epochs", epochs, "-o", run_dir, *extra)
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def curve_rows(run_dir):
+    with open(run_dir / "curves.csv", newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_prepare_then_launch(caffe, images, tmp_path):
+    run = prepare(images, tmp_path / "run")
+    result = run_caffegen("launch", run)
+    assert result.returncode == 0, result.stderr
+    log = (run / "train.log").read_text()
+    assert "Optimization Done." in log and "Finetuning from" in log
+    for frozen in ("conv1", "bn1", "scale1", "conv2", "bn2", "scale2"):
+        assert f"{frozen} does not need backward computation." in log
+    assert "fc1 does not need backward computation." not in log
+    rows = curve_rows(run)
+    assert rows[0]["iteration"] == "0" and rows[-1]["iteration"] == "69"
+    assert {"loss", "lr", "test/accuracy", "test/loss"} <= set(rows[0])
+    last_accuracy = [float(row["test/accuracy"]) for row in rows if row["test/accuracy"]][-1]
+    assert last_accuracy > 0.8
+    assert f"validation accuracy: last {last_accuracy:.4f}" in result.stderr
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "snapshots" / "ft_iter_69.caffemodel").is_file()
+    assert f"final model: {run / 'snapshots' / 'ft_iter_69.caffemodel'}" in result.stderr
+
+
+def test_interrupt_then_resume_reaches_max_iter(caffe, images, tmp_path):
+    run = prepare(images, tmp_path / "run", epochs=30)
+    launch = subprocess.Popen([sys.executable, "-m", "caffegen", "launch", str(run)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while "Iteration 100 " not in _read(run / "train.log") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    launch.send_signal(signal.SIGINT)
+    _, stderr = launch.communicate(timeout=60)
+    assert launch.returncode == 130, stderr
+    assert "Optimization stopped early." in _read(run / "train.log")
+    assert "--resume" in stderr and ".solverstate" in stderr
+    state = stderr.split("snapshot: ")[1].split(";")[0]
+    stopped_at = int(state.rpartition("_iter_")[2].removesuffix(".solverstate"))
+    assert 100 <= stopped_at < 690 and (run / "snapshots" / f"ft_iter_{stopped_at}.caffemodel").is_file()
+
+    result = run_caffegen("launch", run, "--resume")
+    assert result.returncode == 0, result.stderr
+    log = _read(run / "train.log")
+    first_run, _, second_run = log.partition("Optimization stopped early.")
+    assert "Finetuning from" in first_run and "Finetuning from" not in second_run
+    assert f"Resuming from snapshots/ft_iter_{stopped_at}.solverstate" in second_run
+    iterations = [int(row["iteration"]) for row in curve_rows(run)]
+    assert iterations == sorted(set(iterations))
+    assert iterations[0] == 0 and iterations[-1] == 690 and any(i < stopped_at for i in iterations)
+
+
+def _read(path):
+    return path.read_text() if path.exists() else ""
+
+
+def test_diverging_run_is_stopped_and_explained(caffe, images, tmp_path):
+    run = prepare(images, tmp_path / "run", "--base-lr", "1000", epochs=30)
+    started = time.monotonic()
+    result = run_caffegen("launch", run)
+    assert result.returncode == 3, result.stderr
+    assert "learning rate" in result.stderr and "Traceback" not in result.stderr
+    assert "Optimization Done." not in _read(run / "train.log")
+    assert time.monotonic() - started < 30
+
+
+def test_labels_beyond_the_classifier_are_refused_before_caffe_runs(caffe, images, tmp_path):
+    run = prepare(images, tmp_path / "run")
+    lines = (run / "val.txt").read_text().splitlines()
+    lines[3] = lines[3].rpartition(" ")[0] + " 5"
+    (run / "val.txt").write_text("\n".join(lines) + "\n")
+    result = run_caffegen("launch", run)
+    assert result.returncode == 2
+    assert f"{run / 'val.txt'}:4: label '5' is not in 0…4" in result.stderr
+    assert not (run / "train.log").exists()
+
+
+def test_gpu_on_a_cpu_only_caffe_is_refused(caffe, images, tmp_path):
+    run = prepare(images, tmp_path / "run")
+    result = run_caffegen("launch", run, "--gpu", "0")
+    assert result.returncode == 2
+    assert "CPU-only build" in result.stderr and "drop --gpu" in result.stderr
+    assert not (run / "train.log").exists()
+
+
+def test_prepared_for_gpu_falls_back_to_cpu(caffe, images, tmp_path):
+    run = prepare(images, tmp_path / "run", "--gpu", "0")
+    assert "-gpu 0" in (run / "train.sh").read_text()
+    result = run_caffegen("launch", run)
+    assert result.returncode == 0, result.stderr
+    assert "CPU-only build: training on the CPU" in result.stderr
+    assert "solver_mode: CPU" in (run / "solver.prototxt").read_text()
+
+
+def test_demo_leaves_a_run_directory_that_launches_again(caffe, tmp_path):
+    demo = tmp_path / "demo"
+    result = run_caffegen("demo", "-o", demo)
+    assert result.returncode == 0, result.stderr
+    accuracy = float(result.stderr.split("validation accuracy: last ")[1].split()[0])
+    assert accuracy > 0.9
+    for name in ("train_val.prototxt", "deploy.prototxt", "solver.prototxt", "train.txt", "val.txt", "labels.txt",
+                 "train.sh", "train.bat", "manifest.json", "train.log", "curves.csv", "curves.png",
+                 "base.caffemodel", "snapshots/ft_iter_230.caffemodel"):
+        assert (demo / name).is_file(), name
+    assert run_caffegen("demo", "-o", demo).returncode == 2
+    again = run_caffegen("launch", demo)
+    assert again.returncode == 0, again.stderr
