@@ -28,6 +28,7 @@ from .locate import caffe_is_cpu_only, find_caffe
 from .prototxt import read_net, read_solver, to_text, write_atomic
 from .scripts import caffe_arguments
 
+RESULT = "result.json"
 INTERRUPTED = 130
 DIAGNOSED = 3
 SNAPSHOT_NAME = re.compile(r"_iter_(\d+)\.solverstate$")
@@ -229,6 +230,31 @@ def _finish(result, run_dir):
         result.exit_code = 128 - result.caffe_exit_code
     elif result.caffe_exit_code == 0 and result.interrupted:
         result.exit_code = INTERRUPTED
+    write_atomic(run_dir / RESULT, json.dumps(result_summary(result), indent=2) + "\n")
+
+
+def result_summary(result):
+    """What a finished run amounts to, as stored in result.json: for people, sweeps and later stages."""
+    accuracies = validation_accuracies(result.records)
+    best = max(accuracies, key=lambda pair: pair[1]) if accuracies else None
+    return {
+        "exit_code": result.exit_code,
+        "caffe_exit_code": result.caffe_exit_code,
+        "diagnosis": result.diagnosis.kind if result.diagnosis else None,
+        "interrupted": result.interrupted,
+        "seconds": round(result.seconds, 3),
+        "iterations": result.records[-1]["iteration"] if result.records else 0,
+        "last_accuracy": accuracies[-1][1] if accuracies else None,
+        "best_accuracy": best[1] if best else None,
+        "best_iteration": best[0] if best else None,
+        "final_model": str(result.final_model) if result.final_model else None,
+    }
+
+
+def validation_accuracies(records):
+    """(iteration, accuracy) for every validation pass in ``records``."""
+    return [(record["iteration"], value) for record in records for key, value in record.items()
+            if key.startswith("test/") and key.endswith("accuracy")]
 
 
 def summary_lines(result, run_dir):
@@ -236,8 +262,7 @@ def summary_lines(result, run_dir):
     lines = []
     if result.diagnosis is not None:
         lines.append(f"problem: {result.diagnosis.message}")
-    accuracies = [(record["iteration"], record[key]) for record in result.records
-                  for key in record if key.startswith("test/") and key.endswith("accuracy")]
+    accuracies = validation_accuracies(result.records)
     if accuracies:
         best = max(accuracies, key=lambda pair: pair[1])
         lines.append(f"validation accuracy: last {accuracies[-1][1]:.4f} (iteration {accuracies[-1][0]}), "

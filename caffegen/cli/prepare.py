@@ -40,58 +40,76 @@ def choose_device(gpu, caffe_path, echo):
     return "0", caffe
 
 
+JOB_OPTIONS = [
+    click.option("--net", "net", required=True, type=click.Path(path_type=str),
+                 help="The base net: a train_val .prototxt (or a deploy net, which gains data layers and a loss)."),
+    click.option("--weights", required=True, type=click.Path(path_type=str), help="The pretrained .caffemodel."),
+    click.option("--data", type=click.Path(path_type=str), help="A folder with one sub-folder of images per class."),
+    click.option("--train-list", type=click.Path(path_type=str), help="A Caffe list of training images ('path label')."),
+    click.option("--val-list", type=click.Path(path_type=str), help="A Caffe list of validation images."),
+    click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of each class kept for validation."),
+    click.option("--seed", type=int, default=1, show_default=True, help="Seed of the split and of Caffe."),
+    click.option("--skip-bad", is_flag=True, help="Leave out unreadable or non-image files instead of stopping."),
+    click.option("--copy-data", is_flag=True, help="Copy the images into the run directory (relative paths: portable)."),
+    click.option("--freeze-upto", metavar="LAYER", help="Freeze LAYER and everything before it."),
+    click.option("--freeze-from", metavar="LAYER", help="Train LAYER and what follows; freeze the rest."),
+    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1), help="Training batch (default: the base net's)."),
+    click.option("--val-batch-size", type=click.IntRange(min=1), help="Validation batch (default: the base net's)."),
+    click.option("--iter-size", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Batches accumulated per iteration."),
+    click.option("--resize", callback=_numbers(int, (1, 2)), metavar="H[,W]", help="Resize images to H×W before cropping."),
+    click.option("--mean-value", callback=_numbers(float, (1, 3)), metavar="B,G,R", help="Per-channel mean to subtract."),
+    click.option("--mean-file", type=click.Path(path_type=str), help="The mean .binaryproto the base net names."),
+    click.option("--base-lr", type=float, help="Learning rate (default: 1/10 of --solver's, else 0.001)."),
+    click.option("--solver", "base_solver", type=click.Path(path_type=str), help="The base model's solver, for its learning rate."),
+    click.option("--solver-set", multiple=True, metavar="KEY=VALUE", help="Set any solver field. Repeatable."),
+    click.option("--snapshot-every", type=click.IntRange(min=1), default=1, show_default=True, help="Epochs between snapshots."),
+    click.option("--gpu", metavar="ID|all|cpu", help="0, 0,1, all or cpu (default: a GPU when Caffe can use one)."),
+    click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary."),
+    click.option("--head-name", help="Name of the new classifier (default: <old>_ft)."),
+    click.option("--head-lr-mult", type=click.FloatRange(min=0), default=10.0, show_default=True,
+                 help="Learning-rate multiplier of the new classifier (its bias gets twice this)."),
+]
+
+
+def job_options(command):
+    """The options that describe a fine-tuning job, shared by prepare and the commands built on it."""
+    for option in reversed(JOB_OPTIONS):
+        command = option(command)
+    return command
+
+
+def job_from_options(params, echo):
+    """(JobOptions, Caffe binary or None) from the parsed job options."""
+    if params["freeze_upto"] and params["freeze_from"]:
+        raise CaffegenError("give --freeze-upto or --freeze-from, not both")
+    device, caffe = choose_device(params["gpu"], params["caffe_path"], echo)
+    resize = params["resize"]
+    settings = DataSettings(params["batch_size"], params["val_batch_size"], (resize * 2)[:2] if resize else None,
+                            params["mean_value"] or ())
+    options = JobOptions(
+        net=params["net"], weights=params["weights"], data=params["data"], train_list=params["train_list"],
+        val_list=params["val_list"], val_fraction=params["val_fraction"], seed=params["seed"],
+        skip_bad=params["skip_bad"], copy_data=params["copy_data"], freeze_upto=params["freeze_upto"],
+        freeze_from=params["freeze_from"], epochs=params["epochs"], snapshot_every=params["snapshot_every"],
+        iter_size=params["iter_size"], data_settings=settings, mean_file=params["mean_file"],
+        base_lr=params["base_lr"], base_solver=params["base_solver"], solver_set=params["solver_set"],
+        device=device, head_lr_mult=params["head_lr_mult"], head_name=params["head_name"])
+    return options, caffe
+
+
 @click.command("prepare")
-@click.option("--net", "net", required=True, type=click.Path(path_type=str),
-              help="The base net: a train_val .prototxt (or a deploy net, which gains data layers and a loss).")
-@click.option("--weights", required=True, type=click.Path(path_type=str), help="The pretrained .caffemodel.")
-@click.option("--data", type=click.Path(path_type=str), help="A folder with one sub-folder of images per class.")
-@click.option("--train-list", type=click.Path(path_type=str), help="A Caffe list of training images ('path label').")
-@click.option("--val-list", type=click.Path(path_type=str), help="A Caffe list of validation images.")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of each class kept for validation.")
-@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the split and of Caffe.")
-@click.option("--skip-bad", is_flag=True, help="Leave out unreadable or non-image files instead of stopping.")
-@click.option("--copy-data", is_flag=True, help="Copy the images into the run directory (relative paths: portable).")
-@click.option("--freeze-upto", metavar="LAYER", help="Freeze LAYER and everything before it.")
-@click.option("--freeze-from", metavar="LAYER", help="Train LAYER and what follows; freeze the rest.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), help="Training batch (default: the base net's).")
-@click.option("--val-batch-size", type=click.IntRange(min=1), help="Validation batch (default: the base net's).")
-@click.option("--iter-size", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Batches accumulated per iteration.")
-@click.option("--resize", callback=_numbers(int, (1, 2)), metavar="H[,W]", help="Resize images to H×W before cropping.")
-@click.option("--mean-value", callback=_numbers(float, (1, 3)), metavar="B,G,R", help="Per-channel mean to subtract.")
-@click.option("--mean-file", type=click.Path(path_type=str), help="The mean .binaryproto the base net names.")
-@click.option("--base-lr", type=float, help="Learning rate (default: 1/10 of --solver's, else 0.001).")
-@click.option("--solver", "base_solver", type=click.Path(path_type=str), help="The base model's solver, for its learning rate.")
-@click.option("--solver-set", multiple=True, metavar="KEY=VALUE", help="Set any solver field. Repeatable.")
-@click.option("--snapshot-every", type=click.IntRange(min=1), default=1, show_default=True, help="Epochs between snapshots.")
-@click.option("--gpu", metavar="ID|all|cpu", help="0, 0,1, all or cpu (default: a GPU when Caffe can use one).")
-@click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary.")
-@click.option("--head-name", help="Name of the new classifier (default: <old>_ft).")
-@click.option("--lr-mult", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Learning-rate multiplier of the new classifier.")
+@job_options
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="The run directory to create.")
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
-def prepare_command(net, weights, data, train_list, val_list, val_fraction, seed, skip_bad, copy_data,
-                    freeze_upto, freeze_from, epochs, batch_size, val_batch_size, iter_size, resize, mean_value, mean_file,
-                    base_lr, base_solver, solver_set, snapshot_every, gpu, caffe_path, head_name, lr_mult,
-                    output, force):
+def prepare_command(output, force, **params):
     """Prepare a fine-tuning run: wired nets, epoch-based solver, image lists, train.sh/.bat, manifest.
 
     Labels are 0…K-1 in sorted class order; the classifier is retargeted to K classes.
     """
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    if freeze_upto and freeze_from:
-        raise CaffegenError("give --freeze-upto or --freeze-from, not both")
-    device, caffe = choose_device(gpu, caffe_path, echo)
-    settings = DataSettings(batch_size, val_batch_size, (resize * 2)[:2] if resize else None,
-                            mean_value or ())
-    options = JobOptions(net=net, weights=weights, data=data, train_list=train_list, val_list=val_list,
-                         val_fraction=val_fraction, seed=seed, skip_bad=skip_bad, copy_data=copy_data,
-                         freeze_upto=freeze_upto, freeze_from=freeze_from, epochs=epochs, snapshot_every=snapshot_every,
-                         iter_size=iter_size, data_settings=settings, mean_file=mean_file, base_lr=base_lr,
-                         base_solver=base_solver, solver_set=solver_set, device=device,
-                         head_lr_mult=lr_mult, head_name=head_name)
+    options, caffe = job_from_options(params, echo)
     job = prepare(options, output, force=force, caffe=caffe or "caffe", warn=echo)
     report(job.notes)
     images = job.manifest["images"]
