@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,8 +21,9 @@ from .dataset import read_lists, scan_class_folders
 from .errors import CaffegenError
 from .freeze import freeze
 from .head import retarget_head
+from .lr_rules import apply_lr_rules
 from .prototxt import read_net, read_solver, to_text
-from .scripts import caffe_arguments, render_train_bat, render_train_sh
+from .scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
 from .solver import FINE_TUNE_LR, epoch_schedule, parse_overrides, render_solver, solver_fields
 from .wiring import DataSettings, data_layers, deploy_net, wire_image_data
 
@@ -58,6 +59,56 @@ class JobOptions:
     device: str = "cpu"
     head_lr_mult: float = 10.0
     head_name: str = None
+    lr_rules: tuple = ()
+
+
+@dataclass
+class Stage:
+    """One stage of a staged fine-tuning; what it leaves unset comes from the job's options."""
+
+    freeze_upto: str = None
+    freeze_from: str = None
+    base_lr: float = None
+    epochs: int = None
+
+    def describe(self):
+        point = (f"frozen up to {self.freeze_upto}" if self.freeze_upto else
+                 f"trained from {self.freeze_from}" if self.freeze_from else "nothing frozen")
+        return f"{point}, base_lr {self.base_lr:g}, {self.epochs} epochs"
+
+
+STAGE_KEYS = {"upto": "freeze_upto", "from": "freeze_from", "lr": "base_lr", "epochs": "epochs"}
+
+
+def parse_stages(text):
+    """Stages from 'upto=fc7,lr=0.001,epochs=5;from=conv4,lr=0.0001,epochs=5' (``upto=none``: freeze nothing)."""
+    stages = []
+    for number, part in enumerate(filter(None, (p.strip() for p in text.split(";"))), start=1):
+        values = {}
+        for item in filter(None, (i.strip() for i in part.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or key.strip() not in STAGE_KEYS:
+                raise CaffegenError(f"--stages: stage {number}: expected upto=LAYER, from=LAYER, lr=X or epochs=N, "
+                                    f"got '{item}'")
+            values[STAGE_KEYS[key.strip()]] = value.strip()
+        stages.append(_stage(values, number))
+    if len(stages) < 2:
+        raise CaffegenError("--stages needs at least two stages separated by ';'")
+    return stages
+
+
+def _stage(values, number):
+    try:
+        stage = Stage(values.get("freeze_upto"), values.get("freeze_from"),
+                      float(values["base_lr"]) if "base_lr" in values else None,
+                      int(values["epochs"]) if "epochs" in values else None)
+    except ValueError as error:
+        raise CaffegenError(f"--stages: stage {number}: {error}") from None
+    if stage.freeze_upto and stage.freeze_from:
+        raise CaffegenError(f"--stages: stage {number}: give upto= or from=, not both")
+    if stage.freeze_upto == "none":
+        stage.freeze_upto = None
+    return stage
 
 
 @dataclass
@@ -69,14 +120,65 @@ class PreparedJob:
     notes: list
 
 
-def prepare(options, run_dir, force=False, caffe="caffe", warn=None):
-    """Write the run directory for ``options``; refuse an existing one unless ``force``."""
+@dataclass
+class _Build:
+    """The files of one run directory, before they are written."""
+
+    files: dict
+    copies: dict
+    manifest: dict
+    notes: list
+
+
+def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=()):
+    """Write the run directory for ``options``; refuse an existing one unless ``force``.
+
+    With ``stages``, the directory holds one run per stage (stage1/, stage2/, …); each stage
+    starts from the final weights of the one before.
+    """
     run_dir = Path(run_dir)
     if run_dir.exists() and not force:
         raise CaffegenError("run directory exists; pass --force to replace it", run_dir)
-    notes = []
     weights = _existing_file(options.weights, "weights")
     dataset = _dataset(options, warn)
+    if not stages:
+        build = _build(options, dataset, weights, weights, caffe)
+        _write_run_dir(run_dir, build.files, build.copies, force)
+        return PreparedJob(run_dir, build.manifest, build.notes)
+    return _prepare_stages(options, stages, dataset, weights, run_dir, force, caffe)
+
+
+def _prepare_stages(options, stages, dataset, weights, run_dir, force, caffe):
+    if options.copy_data:
+        raise CaffegenError("--copy-data does not combine with --stages yet; leave the images where they are")
+    files, notes, entries, weights_ref = {}, [], [], weights
+    for number, stage in enumerate(stages, start=1):
+        stage = Stage(stage.freeze_upto, stage.freeze_from,
+                      stage.base_lr if stage.base_lr is not None else _base_lr(options),
+                      stage.epochs or options.epochs)
+        stage_options = replace(options, freeze_upto=stage.freeze_upto, freeze_from=stage.freeze_from,
+                                base_lr=stage.base_lr, epochs=stage.epochs)
+        build = _build(stage_options, dataset, weights, weights_ref, caffe)
+        name = f"stage{number}"
+        build.manifest["stage"] = number
+        files.update({f"{name}/{path}": text for path, text in build.files.items()})
+        files[f"{name}/{MANIFEST}"] = json.dumps(build.manifest, indent=2) + "\n"
+        notes += [f"stage {number}: {stage.describe()}"] + [f"  {note}" for note in build.notes]
+        entries.append({"dir": name, "freeze": build.manifest["freeze"], "base_lr": stage.base_lr,
+                        "epochs": stage.epochs, "max_iter": build.manifest["schedule"]["max_iter"]})
+        weights_ref = f"../{name}/{SNAPSHOT_DIR}/ft_iter_{build.manifest['schedule']['max_iter']}.caffemodel"
+    manifest = {"caffegen": __version__, "created": _now(), "stages": entries, "classes": dataset.classes,
+                "images": {"train": len(dataset.train), "val": len(dataset.val)}, "device": options.device,
+                "schedule": {"max_iter": sum(entry["max_iter"] for entry in entries)}}
+    files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
+    files["train.sh"] = render_stages_sh([entry["dir"] for entry in entries])
+    _write_run_dir(run_dir, files, {}, force)
+    return PreparedJob(run_dir, manifest, notes)
+
+
+def _build(options, dataset, weights, weights_ref, caffe):
+    """Nets, solver, lists, scripts and manifest of one run, from the base net and ``options``."""
+    notes = []
     loaded = read_net(options.net)
     if loaded.upgraded_from:
         notes.append(f"upgraded the legacy {loaded.upgraded_from} net to the current layer format")
@@ -87,11 +189,12 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None):
     notes += retarget_head(net, num_classes, None, options.head_name, options.head_lr_mult, options.net).summary()
     if options.freeze_upto or options.freeze_from:
         notes += freeze(net, options.freeze_upto, options.freeze_from, options.net).summary()
+    if options.lr_rules:
+        notes += apply_lr_rules(net, options.lr_rules).summary()
     channels, height, width = _input_geometry(net, dataset)
     deploy = deploy_net(net, channels, height, width)
     schedule, solver_text = _solver(options, net, dataset)
     copies = dataset.copy_names() if options.copy_data else {}
-    weights_ref = weights
     if options.copy_data:
         copies[weights] = weights_ref = WEIGHTS_COPY
     files = {
@@ -108,8 +211,7 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None):
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     if mean_source:
         copies[mean_source] = MEAN_FILE
-    _write_run_dir(run_dir, files, copies, force)
-    return PreparedJob(run_dir, manifest, notes)
+    return _Build(files, copies, manifest, notes)
 
 
 def _existing_file(path, what):
@@ -207,7 +309,7 @@ def _manifest(options, weights, weights_ref, dataset, schedule, mean_source):
         inputs["val_list"] = _describe(options.val_list)
     return {
         "caffegen": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": _now(),
         "inputs": inputs,
         "classes": dataset.classes,
         "images": {"train": len(dataset.train), "val": len(dataset.val)},
@@ -218,6 +320,10 @@ def _manifest(options, weights, weights_ref, dataset, schedule, mean_source):
         "weights": str(weights_ref),
         "command": ["caffe"] + caffe_arguments(weights=weights_ref, gpu=_gpu_flag(options.device)),
     }
+
+
+def _now():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _describe(path):
@@ -235,10 +341,13 @@ def _write_run_dir(run_dir, files, copies, force):
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
     try:
         for name, text in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
             with open(staging / name, "w", encoding="utf-8", newline="") as out:
                 out.write(text)
-        (staging / "train.sh").chmod(0o755)
-        (staging / SNAPSHOT_DIR).mkdir()
+            if name.endswith(".sh"):
+                (staging / name).chmod(0o755)
+            if name.endswith("solver.prototxt"):
+                (staging / name).parent.joinpath(SNAPSHOT_DIR).mkdir(exist_ok=True)
         for source, name in copies.items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, staging / name)

@@ -62,6 +62,8 @@ def launch(run_dir, caffe=None, gpu=None, resume=False, echo=None, show_progress
     run_dir = Path(run_dir).resolve()
     echo = echo or (lambda line: None)
     manifest = load_manifest(run_dir)
+    if "stages" in manifest:
+        return launch_stages(run_dir, manifest, caffe, gpu, resume, echo, show_progress)
     caffe = find_caffe(caffe)
     device = choose_launch_device(manifest["device"], gpu, caffe, echo)
     match_solver_mode(run_dir, device, echo)
@@ -69,6 +71,63 @@ def launch(run_dir, caffe=None, gpu=None, resume=False, echo=None, show_progress
     arguments = _arguments(run_dir, manifest, device, resume)
     history = earlier_records(run_dir, _iteration_of(arguments)) if resume else []
     return _run(caffe, arguments, run_dir, history, echo, show_progress)
+
+
+def launch_stages(run_dir, manifest, caffe, gpu, resume, echo, show_progress):
+    """Run the stages of a staged job in order, each from the final weights of the one before.
+
+    With ``resume``, finished stages are skipped and the first unfinished one resumes from its
+    newest snapshot (or starts over when it has none). The stages' curves are joined, with the
+    stage boundaries marked.
+    """
+    results, offsets, offset = [], [], 0
+    for number, stage in enumerate(manifest["stages"], start=1):
+        stage_dir = run_dir / stage["dir"]
+        offsets.append(offset)
+        offset += stage["max_iter"]
+        finished = _finished(stage_dir)
+        if resume and finished:
+            results.append(finished)
+            continue
+        echo(f"stage {number}/{len(manifest['stages'])}: {_stage_words(stage)}")
+        resumable = resume and any((stage_dir / SNAPSHOT_DIR).glob("*.solverstate"))
+        result = launch(stage_dir, caffe, gpu, resumable, echo, show_progress)
+        results.append(result)
+        if result.exit_code != 0:
+            break
+    return _joined(run_dir, results, offsets)
+
+
+def _finished(stage_dir):
+    """The result of a stage that ran to its end, rebuilt from its files, or None."""
+    path = stage_dir / RESULT
+    if not path.is_file() or json.loads(path.read_text(encoding="utf-8"))["exit_code"] != 0:
+        return None
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    records = earlier_records(stage_dir, summary["iterations"] + 1)
+    final = Path(summary["final_model"]) if summary["final_model"] else None
+    return LaunchResult(0, 0, LogWatcher(), records, seconds=summary["seconds"], final_model=final)
+
+
+def _stage_words(stage):
+    freeze = stage["freeze"]
+    point = (f"frozen up to {freeze['upto']}" if freeze["upto"] else
+             f"trained from {freeze['from']}" if freeze["from"] else "nothing frozen")
+    return f"{point}, base_lr {stage['base_lr']:g}, {stage['epochs']} epochs"
+
+
+def _joined(run_dir, results, offsets):
+    """One result for the whole staged run: records on one iteration axis, the last stage's outcome."""
+    records = [dict(record, iteration=record["iteration"] + offset)
+               for result, offset in zip(results, offsets) for record in result.records]
+    last = results[-1]
+    joined = LaunchResult(last.exit_code, last.caffe_exit_code, last.watcher, records, last.diagnosis,
+                          last.interrupted, sum(result.seconds for result in results), last.final_model)
+    if records:
+        write_curves_csv(records, run_dir / "curves.csv")
+        plot_curves(records, run_dir / "curves.png", stage_boundaries=offsets[1:len(results)])
+    write_atomic(run_dir / RESULT, json.dumps(result_summary(joined), indent=2) + "\n")
+    return joined
 
 
 def choose_launch_device(planned, gpu, caffe, echo):
@@ -274,6 +333,8 @@ def summary_lines(result, run_dir):
         where = f"; snapshot: {state}" if state else ""
         lines.append(f"interrupted at iteration {result.watcher.iteration}{where}; "
                      f"continue with: caffegen launch {run_dir} --resume")
-    lines.append(f"{result.seconds:.1f} s; log: {Path(run_dir) / 'train.log'}"
+    log = Path(run_dir) / "train.log"
+    logs = log if log.exists() else Path(run_dir) / "stage*" / "train.log"
+    lines.append(f"{result.seconds:.1f} s; log: {logs}"
                  + (f"; curves: {Path(run_dir) / 'curves.png'}" if result.records else ""))
     return lines

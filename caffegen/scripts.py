@@ -32,6 +32,11 @@ def render_train_sh(caffe, weights, gpu, net_name, num_classes):
         arguments=arguments, net_name=net_name, num_classes=num_classes, version=__version__)
 
 
+def render_stages_sh(stage_dirs):
+    """``train.sh`` of a staged run: each stage's own train.sh, in order, stopping at the first failure."""
+    return _environment("\n").get_template("stages.sh.j2").render(stages=stage_dirs, version=__version__)
+
+
 def render_train_bat(weights, gpu, net_name, num_classes):
     """``train.bat``: the Windows twin of train.sh, with CRLF line endings and cmd.exe quoting."""
     arguments = " ".join(_bat_argument(arg) for arg in caffe_arguments(weights=weights, gpu=gpu, flag_style="--"))

@@ -3,8 +3,9 @@
 import click
 
 from ..errors import CaffegenError
-from ..job import JobOptions, prepare
+from ..job import JobOptions, parse_stages, prepare
 from ..locate import caffe_is_cpu_only, find_caffe
+from ..lr_rules import parse_lr_rules
 from ..wiring import DataSettings
 from .options import report
 
@@ -67,6 +68,9 @@ JOB_OPTIONS = [
     click.option("--snapshot-every", type=click.IntRange(min=1), default=1, show_default=True, help="Epochs between snapshots."),
     click.option("--gpu", metavar="ID|all|cpu", help="0, 0,1, all or cpu (default: a GPU when Caffe can use one)."),
     click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary."),
+    click.option("--lr-mult", "lr_rules", multiple=True, metavar="PATTERN=MULT",
+                 help="lr_mult of the trainable layers whose names match PATTERN (glob; the most specific "
+                      "wins; a bias gets twice MULT). Repeatable."),
     click.option("--head-name", help="Name of the new classifier (default: <old>_ft)."),
     click.option("--head-lr-mult", type=click.FloatRange(min=0), default=10.0, show_default=True,
                  help="Learning-rate multiplier of the new classifier (its bias gets twice this)."),
@@ -95,22 +99,27 @@ def job_from_options(params, echo):
         freeze_from=params["freeze_from"], epochs=params["epochs"], snapshot_every=params["snapshot_every"],
         iter_size=params["iter_size"], data_settings=settings, mean_file=params["mean_file"],
         base_lr=params["base_lr"], base_solver=params["base_solver"], solver_set=params["solver_set"],
-        device=device, head_lr_mult=params["head_lr_mult"], head_name=params["head_name"])
+        device=device, head_lr_mult=params["head_lr_mult"], head_name=params["head_name"],
+        lr_rules=parse_lr_rules(params["lr_rules"]))
     return options, caffe
 
 
 @click.command("prepare")
 @job_options
+@click.option("--stages", metavar="STAGE;STAGE…",
+              help="Staged fine-tuning, e.g. 'upto=fc7,lr=0.001,epochs=5;from=conv4,lr=0.0001,epochs=5': "
+                   "each stage starts from the one before.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="The run directory to create.")
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
-def prepare_command(output, force, **params):
+def prepare_command(stages, output, force, **params):
     """Prepare a fine-tuning run: wired nets, epoch-based solver, image lists, train.sh/.bat, manifest.
 
     Labels are 0…K-1 in sorted class order; the classifier is retargeted to K classes.
     """
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     options, caffe = job_from_options(params, echo)
-    job = prepare(options, output, force=force, caffe=caffe or "caffe", warn=echo)
+    job = prepare(options, output, force=force, caffe=caffe or "caffe", warn=echo,
+                  stages=parse_stages(stages) if stages else ())
     report(job.notes)
     images = job.manifest["images"]
     echo(f"prepared {job.run_dir}: {len(job.manifest['classes'])} classes, {images['train']} training and "
