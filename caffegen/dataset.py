@@ -36,6 +36,26 @@ class Dataset:
             names[path] = f"{folder}/{self.classes[label]}/{len(names):06d}{path.suffix.lower()}"
         return names
 
+    @property
+    def train_count(self):
+        return len(self.train)
+
+    @property
+    def val_count(self):
+        return len(self.val)
+
+    def labels_text(self):
+        return "".join(f"{name}\n" for name in self.classes)
+
+
+@dataclass
+class KeptData:
+    """The base net's own data layers (LMDB, HDF5, …), described by the counts the user gives."""
+
+    classes: list
+    train_count: int
+    val_count: int
+
     def labels_text(self):
         return "".join(f"{name}\n" for name in self.classes)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import __version__
-from .dataset import read_lists, scan_class_folders
+from .dataset import Dataset, KeptData, read_lists, scan_class_folders
 from .errors import CaffegenError
 from .freeze import freeze
 from .head import retarget_head
@@ -25,7 +25,8 @@ from .lr_rules import apply_lr_rules
 from .prototxt import read_net, read_solver, to_text
 from .scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
 from .solver import FINE_TUNE_LR, epoch_schedule, parse_overrides, render_solver, solver_fields
-from .wiring import DataSettings, data_layers, deploy_net, wire_image_data
+from .netview import TEST, TRAIN
+from .wiring import DataSettings, data_layers, deploy_net, phase_batch_sizes, wire_image_data
 
 MANIFEST = "manifest.json"
 SNAPSHOT_DIR = "snapshots"
@@ -60,6 +61,10 @@ class JobOptions:
     head_lr_mult: float = 10.0
     head_name: str = None
     lr_rules: tuple = ()
+    keep_data_layers: bool = False
+    num_classes: int = None
+    train_images: int = None
+    val_images: int = None
 
 
 @dataclass
@@ -168,7 +173,7 @@ def _prepare_stages(options, stages, dataset, weights, run_dir, force, caffe):
                         "epochs": stage.epochs, "max_iter": build.manifest["schedule"]["max_iter"]})
         weights_ref = f"../{name}/{SNAPSHOT_DIR}/ft_iter_{build.manifest['schedule']['max_iter']}.caffemodel"
     manifest = {"caffegen": __version__, "created": _now(), "stages": entries, "classes": dataset.classes,
-                "images": {"train": len(dataset.train), "val": len(dataset.val)}, "device": options.device,
+                "images": {"train": dataset.train_count, "val": dataset.val_count}, "device": options.device,
                 "schedule": {"max_iter": sum(entry["max_iter"] for entry in entries)}}
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     files["train.sh"] = render_stages_sh([entry["dir"] for entry in entries])
@@ -183,7 +188,8 @@ def _build(options, dataset, weights, weights_ref, caffe):
     if loaded.upgraded_from:
         notes.append(f"upgraded the legacy {loaded.upgraded_from} net to the current layer format")
     net = loaded.net
-    wire_image_data(net, options.data_settings, options.net)
+    if not options.keep_data_layers:
+        wire_image_data(net, options.data_settings, options.net)
     mean_source = _resolve_mean_file(net, options)
     num_classes = len(dataset.classes)
     notes += retarget_head(net, num_classes, None, options.head_name, options.head_lr_mult, options.net).summary()
@@ -191,7 +197,7 @@ def _build(options, dataset, weights, weights_ref, caffe):
         notes += freeze(net, options.freeze_upto, options.freeze_from, options.net).summary()
     if options.lr_rules:
         notes += apply_lr_rules(net, options.lr_rules).summary()
-    channels, height, width = _input_geometry(net, dataset)
+    channels, height, width = _input_geometry(net, dataset, options.data_settings)
     deploy = deploy_net(net, channels, height, width)
     schedule, solver_text = _solver(options, net, dataset)
     copies = dataset.copy_names() if options.copy_data else {}
@@ -201,12 +207,13 @@ def _build(options, dataset, weights, weights_ref, caffe):
         "train_val.prototxt": to_text(net),
         "deploy.prototxt": to_text(deploy),
         "solver.prototxt": solver_text,
-        "train.txt": dataset.list_text("train", copies),
-        "val.txt": dataset.list_text("val", copies),
         "labels.txt": dataset.labels_text(),
         "train.sh": render_train_sh(caffe, weights_ref, _gpu_flag(options.device), net.name, num_classes),
         "train.bat": render_train_bat(weights_ref, _gpu_flag(options.device), net.name, num_classes),
     }
+    if isinstance(dataset, Dataset):
+        files["train.txt"] = dataset.list_text("train", copies)
+        files["val.txt"] = dataset.list_text("val", copies)
     manifest = _manifest(options, weights, weights_ref, dataset, schedule, mean_source)
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     if mean_source:
@@ -222,6 +229,8 @@ def _existing_file(path, what):
 
 
 def _dataset(options, warn):
+    if options.keep_data_layers:
+        return _kept_data(options)
     if options.data and (options.train_list or options.val_list):
         raise CaffegenError("give --data DIR or --train-list/--val-list, not both")
     if options.data:
@@ -231,14 +240,31 @@ def _dataset(options, warn):
     raise CaffegenError("give the images: --data DIR (one sub-folder per class) or --train-list and --val-list")
 
 
+def _kept_data(options):
+    if options.data or options.train_list or options.val_list or options.copy_data:
+        raise CaffegenError("--keep-data-layers uses the base net's data layers: drop --data, the lists "
+                            "and --copy-data")
+    counts = (options.num_classes, options.train_images, options.val_images)
+    if not all(count and count > 0 for count in counts):
+        raise CaffegenError("--keep-data-layers needs --num-classes, --train-images and --val-images "
+                            "(caffegen cannot count what is inside an LMDB)")
+    return KeptData([str(label) for label in range(options.num_classes)], options.train_images, options.val_images)
+
+
 def _resolve_mean_file(net, options):
-    """The mean file the data layers use, found and pointed at its copy in the run directory."""
+    """The mean file the data layers use, found and pointed at its copy in the run directory.
+
+    ``--mean-value`` replaces the mean file of every data layer.
+    """
+    mean_value = options.data_settings.mean_value
+    if mean_value:
+        for layer in data_layers(net):
+            layer.transform_param.ClearField("mean_file")
+            layer.transform_param.ClearField("mean_value")
+            layer.transform_param.mean_value.extend(mean_value)
+        return None
     layers = [layer for layer in data_layers(net) if layer.transform_param.mean_file]
     if not layers:
-        return None
-    if options.data_settings.mean_value:
-        for layer in layers:
-            layer.transform_param.ClearField("mean_file")
         return None
     named = Path(layers[0].transform_param.mean_file)
     candidates = [Path(options.mean_file)] if options.mean_file else \
@@ -252,23 +278,29 @@ def _resolve_mean_file(net, options):
     return found.resolve()
 
 
-def _input_geometry(net, dataset):
+def _input_geometry(net, dataset, settings):
     """(channels, height, width) the deploy net takes: the crop, the resize, or the images' own size."""
     layer = data_layers(net)[0]
-    channels = 3 if layer.image_data_param.is_color else 1
+    gray = not layer.image_data_param.is_color or layer.transform_param.force_gray
+    channels = 1 if gray else 3
     crop = layer.transform_param.crop_size
     if crop:
         return channels, crop, crop
     if layer.image_data_param.new_height:
         return channels, layer.image_data_param.new_height, layer.image_data_param.new_width
+    if settings.resize:
+        return (channels, *settings.resize)
+    if not isinstance(dataset, Dataset):
+        raise CaffegenError("cannot tell the input size of the deploy net: the data layers neither crop nor "
+                            "resize; pass --resize H,W")
     with Image.open(dataset.train[0][0]) as image:
         return channels, image.height, image.width
 
 
 def _solver(options, net, dataset):
-    batches = {layer.include[0].phase: layer.image_data_param.batch_size for layer in data_layers(net)}
+    batches = phase_batch_sizes(net, options.data_settings, options.net)
     gpus = _gpu_count(options.device)
-    schedule = epoch_schedule(len(dataset.train), len(dataset.val), batches[0], batches[1], options.epochs,
+    schedule = epoch_schedule(dataset.train_count, dataset.val_count, batches[TRAIN], batches[TEST], options.epochs,
                               options.iter_size, gpus, options.snapshot_every)
     fields = solver_fields(schedule, _base_lr(options), options.device != "cpu",
                            options.seed, options.iter_size, snapshot_prefix=f"{SNAPSHOT_DIR}/ft")
@@ -302,7 +334,9 @@ def _manifest(options, weights, weights_ref, dataset, schedule, mean_source):
         inputs["base_solver"] = _describe(options.base_solver)
     if mean_source:
         inputs["mean_file"] = _describe(mean_source)
-    if options.data:
+    if options.keep_data_layers:
+        inputs["data"] = "the base net's data layers"
+    elif options.data:
         inputs["data"] = {"path": str(Path(options.data).resolve()), "copied": options.copy_data}
     else:
         inputs["train_list"] = _describe(options.train_list)
@@ -312,7 +346,7 @@ def _manifest(options, weights, weights_ref, dataset, schedule, mean_source):
         "created": _now(),
         "inputs": inputs,
         "classes": dataset.classes,
-        "images": {"train": len(dataset.train), "val": len(dataset.val)},
+        "images": {"train": dataset.train_count, "val": dataset.val_count},
         "freeze": {"upto": options.freeze_upto, "from": options.freeze_from},
         "schedule": {"epochs": schedule.epochs, "iters_per_epoch": schedule.iters_per_epoch,
                      "max_iter": schedule.max_iter, "test_iter": schedule.test_iter},

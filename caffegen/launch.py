@@ -160,10 +160,9 @@ def check_labels(run_dir):
                for layer in net.layer if layer.name == name]
     if not outputs:
         return
-    for list_name in ("train.txt", "val.txt"):
-        path = run_dir / list_name
+    for path in (run_dir / "train.txt", run_dir / "val.txt"):
         if not path.is_file():
-            raise CaffegenError(f"missing {list_name}: the run directory is incomplete", run_dir)
+            continue
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             label = line.rpartition(" ")[2]
             if line.strip() and (not label.isdigit() or int(label) >= min(outputs)):

@@ -47,6 +47,11 @@ def wire_image_data(net, settings, path=None):
     return batches
 
 
+def phase_batch_sizes(net, settings, path=None):
+    """{phase: batch size} of the data layers of ``net`` (``settings`` override the net's own)."""
+    return {phase: _batch_size(_phase_data_layer(net, phase, path), phase, settings) for phase in (TRAIN, TEST)}
+
+
 def _phase_data_layer(net, phase, path):
     layers = [layer for layer in NetView(net, phase).layers if layer.type in DATA_TYPES]
     if len(layers) != 1:
@@ -67,9 +72,6 @@ def _image_data_layer(base, phase, source, settings):
         _copy_if_set(base.transform_param, layer.transform_param, field)
     if phase == TRAIN and base.transform_param.mirror:
         layer.transform_param.mirror = True
-    if settings.mean_value:
-        layer.transform_param.ClearField("mean_value")
-        layer.transform_param.mean_value.extend(settings.mean_value)
     params = layer.image_data_param
     params.source = source
     params.batch_size = _batch_size(base, phase, settings)

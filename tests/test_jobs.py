@@ -216,3 +216,28 @@ class TestPrepare:
         data = write_images(tmp_path / "images", {"x": 3, "y": 3})
         prepare(self.options(data, base_solver=ZOO / "bvlc_alexnet/solver.prototxt"), tmp_path / "run")
         assert read_solver(tmp_path / "run" / "solver.prototxt").base_lr == pytest.approx(0.001)
+
+
+class TestKeptDataLayers:
+    def test_lmdb_data_layers_stay_and_counts_drive_the_solver(self, tmp_path):
+        options = JobOptions(net=ZOO / "bvlc_reference_caffenet/train_val.prototxt", weights=DIGITS / "digits.caffemodel",
+                             keep_data_layers=True, num_classes=7, train_images=2560, val_images=500,
+                             freeze_upto="conv5", epochs=2, data_settings=DataSettings(mean_value=(104, 117, 123)))
+        job = prepare(options, tmp_path / "run")
+        net = read_net(tmp_path / "run" / "train_val.prototxt").net
+        data = [layer for layer in net.layer if layer.type == "Data"]
+        assert [layer.data_param.source for layer in data] == ["examples/imagenet/ilsvrc12_train_lmdb",
+                                                               "examples/imagenet/ilsvrc12_val_lmdb"]
+        assert job.manifest["schedule"] == {"epochs": 2, "iters_per_epoch": 10, "max_iter": 20, "test_iter": 10}
+        assert not (tmp_path / "run" / "train.txt").exists()
+        assert all(list(layer.transform_param.mean_value) == [104, 117, 123] and not layer.transform_param.mean_file
+                   for layer in data)
+        assert (tmp_path / "run" / "labels.txt").read_text().split() == [str(i) for i in range(7)]
+        deploy = read_net(tmp_path / "run" / "deploy.prototxt").net
+        assert list(deploy.layer[0].input_param.shape[0].dim) == [1, 3, 227, 227]
+
+    def test_counts_are_required(self, tmp_path):
+        options = JobOptions(net=ZOO / "bvlc_reference_caffenet/train_val.prototxt", weights=DIGITS / "digits.caffemodel",
+                             keep_data_layers=True, num_classes=7)
+        with pytest.raises(CaffegenError, match="--train-images"):
+            prepare(options, tmp_path / "run")

@@ -51,6 +51,11 @@ JOB_OPTIONS = [
     click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of each class kept for validation."),
     click.option("--seed", type=int, default=1, show_default=True, help="Seed of the split and of Caffe."),
     click.option("--skip-bad", is_flag=True, help="Leave out unreadable or non-image files instead of stopping."),
+    click.option("--keep-data-layers", is_flag=True,
+                 help="Keep the base net's own data layers (LMDB, …) instead of ImageData on lists."),
+    click.option("--num-classes", type=click.IntRange(min=2), help="With --keep-data-layers: the classes."),
+    click.option("--train-images", type=click.IntRange(min=1), help="With --keep-data-layers: training images."),
+    click.option("--val-images", type=click.IntRange(min=1), help="With --keep-data-layers: validation images."),
     click.option("--copy-data", is_flag=True, help="Copy the images into the run directory (relative paths: portable)."),
     click.option("--freeze-upto", metavar="LAYER", help="Freeze LAYER and everything before it."),
     click.option("--freeze-from", metavar="LAYER", help="Train LAYER and what follows; freeze the rest."),
@@ -100,7 +105,8 @@ def job_from_options(params, echo):
         iter_size=params["iter_size"], data_settings=settings, mean_file=params["mean_file"],
         base_lr=params["base_lr"], base_solver=params["base_solver"], solver_set=params["solver_set"],
         device=device, head_lr_mult=params["head_lr_mult"], head_name=params["head_name"],
-        lr_rules=parse_lr_rules(params["lr_rules"]))
+        lr_rules=parse_lr_rules(params["lr_rules"]), keep_data_layers=params["keep_data_layers"],
+        num_classes=params["num_classes"], train_images=params["train_images"], val_images=params["val_images"])
     return options, caffe
 
 
