@@ -266,8 +266,9 @@ def _update(bar, watcher):
     if watcher.iteration is not None and watcher.iteration > bar.n:
         bar.update(watcher.iteration - bar.n)
         postfix = {}
-        if watcher.records and watcher.records[-1].get("loss") is not None:
-            postfix["loss"] = f"{watcher.records[-1]['loss']:.4g}"
+        loss = next((record["loss"] for record in reversed(watcher.records) if record.get("loss") is not None), None)
+        if loss is not None:
+            postfix["loss"] = f"{loss:.4g}"
         accuracy = watcher.latest_test.get("test/accuracy")
         if accuracy is not None:
             postfix["val acc"] = f"{accuracy:.3f}"
