@@ -7,11 +7,7 @@ file. matplotlib is imported only when a plot is drawn.
 import csv
 import io
 import math
-import os
-import tempfile
-from pathlib import Path
 
-from .errors import CaffegenError
 from .prototxt import write_atomic
 
 FIRST_COLUMNS = ("iteration", "loss", "lr")
@@ -65,7 +61,7 @@ def plot_curves(records, path, stage_boundaries=(), title="Training curves"):
     figure.suptitle(title)
     image = io.BytesIO()
     figure.savefig(image, format="png")
-    _write_bytes_atomic(path, image.getvalue())
+    write_atomic(path, image.getvalue())
 
 
 def _series(records):
@@ -109,19 +105,3 @@ def _draw(axis, series, ylabel, stage_boundaries):
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if axis.get_legend_handles_labels()[0]:
         axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
-
-
-def _write_bytes_atomic(path, data):
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise CaffegenError(f"cannot write here: {error.strerror}", path) from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -90,16 +90,18 @@ def to_text(message):
     return text_format.MessageToString(message)
 
 
-def write_atomic(path, text):
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+def write_atomic(path, data):
+    """Write ``data`` (text or bytes) to ``path`` so that readers see the old file or the new one, never half."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
         raise CaffegenError(f"cannot write here: {error.strerror}", path) from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
+        binary = isinstance(data, bytes)
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8",
+                       newline=None if binary else "") as out:
+            out.write(data)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
