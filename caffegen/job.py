@@ -192,9 +192,9 @@ def _build(options, dataset, weights, weights_ref, caffe):
         wire_image_data(net, options.data_settings, options.net)
     mean_source = _resolve_mean_file(net, options)
     num_classes = len(dataset.classes)
-    notes += retarget_head(net, num_classes, None, options.head_name, options.head_lr_mult, options.net).summary()
     if options.freeze_upto or options.freeze_from:
         notes += freeze(net, options.freeze_upto, options.freeze_from, options.net).summary()
+    notes += retarget_head(net, num_classes, None, options.head_name, options.head_lr_mult, options.net).summary()
     if options.lr_rules:
         notes += apply_lr_rules(net, options.lr_rules).summary()
     channels, height, width = _input_geometry(net, dataset, options.data_settings)

@@ -196,6 +196,14 @@ class TestPrepare:
         solver = read_solver(run / "solver.prototxt")
         assert solver.max_iter == 2 * manifest["schedule"]["iters_per_epoch"] and solver.solver_mode == solver.CPU
 
+    def test_freeze_from_names_the_classifier_of_the_base_net(self, tmp_path):
+        data = write_images(tmp_path / "images", {"x": 3, "y": 3})
+        prepare(self.options(data, freeze_upto=None, freeze_from="fc2"), tmp_path / "run")
+        net = read_net(tmp_path / "run" / "train_val.prototxt").net
+        rates = {layer.name: [spec.lr_mult for spec in layer.param] for layer in net.layer}
+        assert rates["fc1"] == [0, 0] and rates["conv1"] == [0, 0]
+        assert rates["fc2_ft"] == [10, 20]
+
     def test_existing_run_directory_needs_force(self, tmp_path):
         data = write_images(tmp_path / "images", {"x": 3, "y": 3})
         (tmp_path / "run").mkdir()

@@ -6,6 +6,7 @@ import click
 
 from .. import __version__
 from ..errors import CaffegenError
+from .advise import advise_command
 from .demo import demo_command
 from .freeze import freeze_command
 from .head import head_command
@@ -21,8 +22,8 @@ def cli():
     """Turn a pretrained BVLC Caffe model into a correct fine-tuning job and run it."""
 
 
-for command in (demo_command, prepare_command, launch_command, freeze_command, head_command, lint_command,
-                install_caffe_command):
+for command in (demo_command, advise_command, prepare_command, launch_command, freeze_command, head_command,
+                lint_command, install_caffe_command):
     cli.add_command(command)
 
 
