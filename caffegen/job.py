@@ -19,6 +19,7 @@ from PIL import Image
 from . import __version__
 from .dataset import Dataset, KeptData, read_lists, scan_class_folders
 from .errors import CaffegenError
+from .advise import advise
 from .freeze import freeze
 from .head import retarget_head
 from .lr_rules import apply_lr_rules
@@ -32,6 +33,8 @@ MANIFEST = "manifest.json"
 SNAPSHOT_DIR = "snapshots"
 MEAN_FILE = "mean.binaryproto"
 WEIGHTS_COPY = "base.caffemodel"
+DEFAULT_EPOCHS = 10
+DEFAULT_HEAD_LR_MULT = 10.0
 
 
 @dataclass
@@ -49,7 +52,7 @@ class JobOptions:
     copy_data: bool = False
     freeze_upto: str = None
     freeze_from: str = None
-    epochs: int = 10
+    epochs: int = None
     snapshot_every: int = 1
     iter_size: int = 1
     data_settings: DataSettings = field(default_factory=DataSettings)
@@ -58,13 +61,15 @@ class JobOptions:
     base_solver: Path = None
     solver_set: tuple = ()
     device: str = "cpu"
-    head_lr_mult: float = 10.0
+    head_lr_mult: float = None
     head_name: str = None
     lr_rules: tuple = ()
     keep_data_layers: bool = False
     num_classes: int = None
     train_images: int = None
     val_images: int = None
+    strategy: str = None
+    similarity: str = None
 
 
 @dataclass
@@ -146,11 +151,41 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=()):
         raise CaffegenError("run directory exists; pass --force to replace it", run_dir)
     weights = _existing_file(options.weights, "weights")
     dataset = _dataset(options, warn)
+    options, notes = _apply_strategy(options, dataset)
+    options = _with_defaults(options)
     if not stages:
         build = _build(options, dataset, weights, weights, caffe)
         _write_run_dir(run_dir, build.files, build.copies, force)
-        return PreparedJob(run_dir, build.manifest, build.notes)
-    return _prepare_stages(options, stages, dataset, weights, run_dir, force, caffe)
+        return PreparedJob(run_dir, build.manifest, notes + build.notes)
+    job = _prepare_stages(options, stages, dataset, weights, run_dir, force, caffe)
+    job.notes[:0] = notes
+    return job
+
+
+def _with_defaults(options):
+    """``options`` with the defaults of what neither the user nor a strategy chose."""
+    return replace(options, epochs=DEFAULT_EPOCHS if options.epochs is None else options.epochs,
+                   head_lr_mult=DEFAULT_HEAD_LR_MULT if options.head_lr_mult is None else options.head_lr_mult)
+
+
+def _apply_strategy(options, dataset):
+    """With ``--strategy auto``, the advisor's freeze point, learning rate and epochs where the user gave none."""
+    if options.strategy is None:
+        return options, []
+    if options.strategy != "auto":
+        raise CaffegenError(f"--strategy takes 'auto', got '{options.strategy}'")
+    if options.similarity is None:
+        raise CaffegenError("--strategy auto needs --similarity high|low: how close your images are to what "
+                            "the base model was trained on")
+    advice = advise(read_net(options.net).net, dataset.train_count, options.similarity, len(dataset.classes),
+                    options.net)
+    chosen = {"freeze_upto": advice.freeze_upto, "base_lr": advice.base_lr, "epochs": advice.epochs,
+              "head_lr_mult": advice.head_lr_mult}
+    if options.freeze_upto or options.freeze_from:
+        del chosen["freeze_upto"]
+    chosen = {key: value for key, value in chosen.items() if getattr(options, key) is None}
+    note = f"strategy: case {advice.case}, {advice.title}: " + ", ".join(f"{k} {v}" for k, v in chosen.items())
+    return replace(options, **chosen), [note]
 
 
 def _prepare_stages(options, stages, dataset, weights, run_dir, force, caffe):

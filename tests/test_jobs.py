@@ -249,3 +249,31 @@ class TestKeptDataLayers:
                              keep_data_layers=True, num_classes=7)
         with pytest.raises(CaffegenError, match="--train-images"):
             prepare(options, tmp_path / "run")
+
+
+class TestStrategyAuto:
+    def options(self, data, **extra):
+        settings = dict(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=data,
+                        strategy="auto", similarity="high")
+        return JobOptions(**{**settings, **extra})
+
+    def test_small_similar_dataset_trains_the_classifier_only(self, tmp_path):
+        data = write_images(tmp_path / "images", {"x": 6, "y": 6}, size=(28, 28))
+        job = prepare(self.options(data), tmp_path / "run")
+        assert job.notes[0].startswith("strategy: case 1")
+        net = read_net(tmp_path / "run" / "train_val.prototxt").net
+        learning = [layer.name for layer in net.layer if any(spec.lr_mult for spec in layer.param)]
+        assert learning == ["fc2_ft"]
+        assert job.manifest["freeze"]["upto"] == "fc1" and job.manifest["schedule"]["epochs"] == 20
+
+    def test_what_the_user_gives_wins(self, tmp_path):
+        data = write_images(tmp_path / "images", {"x": 6, "y": 6}, size=(28, 28))
+        job = prepare(self.options(data, freeze_upto="conv1", epochs=3, head_lr_mult=2), tmp_path / "run")
+        assert job.manifest["freeze"]["upto"] == "conv1" and job.manifest["schedule"]["epochs"] == 3
+        net = read_net(tmp_path / "run" / "train_val.prototxt").net
+        assert [spec.lr_mult for spec in net.layer[-3].param] == [2, 4]
+
+    def test_similarity_is_required(self, tmp_path):
+        data = write_images(tmp_path / "images", {"x": 3, "y": 3})
+        with pytest.raises(CaffegenError, match="--similarity"):
+            prepare(self.options(data, similarity=None), tmp_path / "run")

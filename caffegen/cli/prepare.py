@@ -59,7 +59,11 @@ JOB_OPTIONS = [
     click.option("--copy-data", is_flag=True, help="Copy the images into the run directory (relative paths: portable)."),
     click.option("--freeze-upto", metavar="LAYER", help="Freeze LAYER and everything before it."),
     click.option("--freeze-from", metavar="LAYER", help="Train LAYER and what follows; freeze the rest."),
-    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+    click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training images (default: 10)."),
+    click.option("--strategy", type=click.Choice(["auto"]),
+                 help="auto: freeze point, learning rate and epochs from `caffegen advise` (needs --similarity)."),
+    click.option("--similarity", type=click.Choice(["high", "low"]),
+                 help="How close your images are to the base model's training data (for --strategy auto)."),
     click.option("--batch-size", type=click.IntRange(min=1), help="Training batch (default: the base net's)."),
     click.option("--val-batch-size", type=click.IntRange(min=1), help="Validation batch (default: the base net's)."),
     click.option("--iter-size", type=click.IntRange(min=1), default=1, show_default=True,
@@ -77,8 +81,8 @@ JOB_OPTIONS = [
                  help="lr_mult of the trainable layers whose names match PATTERN (glob; the most specific "
                       "wins; a bias gets twice MULT). Repeatable."),
     click.option("--head-name", help="Name of the new classifier (default: <old>_ft)."),
-    click.option("--head-lr-mult", type=click.FloatRange(min=0), default=10.0, show_default=True,
-                 help="Learning-rate multiplier of the new classifier (its bias gets twice this)."),
+    click.option("--head-lr-mult", type=click.FloatRange(min=0),
+                 help="Learning-rate multiplier of the new classifier (default: 10; its bias gets twice this)."),
 ]
 
 
@@ -106,7 +110,8 @@ def job_from_options(params, echo):
         base_lr=params["base_lr"], base_solver=params["base_solver"], solver_set=params["solver_set"],
         device=device, head_lr_mult=params["head_lr_mult"], head_name=params["head_name"],
         lr_rules=parse_lr_rules(params["lr_rules"]), keep_data_layers=params["keep_data_layers"],
-        num_classes=params["num_classes"], train_images=params["train_images"], val_images=params["val_images"])
+        num_classes=params["num_classes"], train_images=params["train_images"], val_images=params["val_images"],
+        strategy=params["strategy"], similarity=params["similarity"])
     return options, caffe
 
 
