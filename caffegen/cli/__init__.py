@@ -10,10 +10,12 @@ from .advise import advise_command
 from .demo import demo_command
 from .freeze import freeze_command
 from .head import head_command
+from .inspect import inspect_command
 from .install import install_caffe_command
 from .launch import launch_command
 from .lint import lint_command
 from .prepare import prepare_command
+from .upgrade import upgrade_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,8 +24,8 @@ def cli():
     """Turn a pretrained BVLC Caffe model into a correct fine-tuning job and run it."""
 
 
-for command in (demo_command, advise_command, prepare_command, launch_command, freeze_command, head_command,
-                lint_command, install_caffe_command):
+for command in (demo_command, advise_command, prepare_command, launch_command, freeze_command,
+                head_command, lint_command, inspect_command, upgrade_command, install_caffe_command):
     cli.add_command(command)
 
 

@@ -1,0 +1,122 @@
+"""``caffegen inspect``: shapes, parameters and learning rates of a net, and what it takes from a caffemodel."""
+
+import json
+
+import click
+
+from ..inspect import LOADED, MISMATCH, NEW, inspect_net
+from ..netview import TEST, TRAIN
+from ..shapes import format_shape
+from .options import load_net, net_argument, proto_option
+
+
+def parse_input_shape(ctx, param, value):
+    """--input-shape N,C,H,W as a tuple of four positive integers."""
+    if value is None:
+        return None
+    try:
+        dims = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or min(dims) < 1:
+        raise click.BadParameter(f"'{value}': expected four positive integers N,C,H,W, such as 1,3,224,224")
+    return dims
+
+
+@click.command("inspect")
+@net_argument
+@click.option("--weights", "weights_path", metavar="FILE.caffemodel", type=click.Path(path_type=str),
+              help="Pretrained weights: say what each layer gets from them.")
+@click.option("--phase", type=click.Choice([TRAIN, TEST], case_sensitive=False), default=TRAIN, show_default=True,
+              help="The phase whose layers to show.")
+@click.option("--input-shape", callback=parse_input_shape, metavar="N,C,H,W",
+              help="Shape of the data where the net does not give it (the images of an LMDB, say).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@proto_option
+@click.pass_context
+def inspect_command(ctx, net_path, weights_path, phase, input_shape, as_json, proto_path):
+    """Show each layer's output shape, learnable parameters, learning rates and whether it learns.
+
+    With --weights, also what each layer gets from the caffemodel, matched by name as Caffe copies
+    weights: loaded, new (not in the weights: its fillers initialise it), mismatch (same name, another
+    shape: Caffe would abort), none (nothing to learn); and the weights' layers the net ignores.
+    Exit 1 when Caffe would reject the net or abort loading the weights, 0 otherwise.
+    """
+    loaded = load_net(net_path, proto_path)
+    inspection = inspect_net(loaded.net, phase, input_shape, weights_path, path=net_path)
+    if as_json:
+        click.echo(json.dumps(inspection.to_json(), indent=2))
+    else:
+        for line in render(inspection, net_path):
+            click.echo(line)
+    ctx.exit(1 if inspection.caffe_would_abort else 0)
+
+
+def render(inspection, net_path):
+    """The lines of the inspection as a table, totals, notes and weight findings."""
+    with_weights = inspection.weights_path is not None
+    header = ["layer", "type", "output", "params", "lr_mult", "decay_mult", "state"] + (["weights"] * with_weights)
+    rows = [[report.name, report.type, _shapes(report.tops.values()), _shapes(report.params or []) or "",
+             _numbers(report.lr_mult), _numbers(report.decay_mult), report.state]
+            + ([report.weights] * with_weights) for report in inspection.layers]
+    yield from _table(header, rows)
+    yield ""
+    yield from _totals(inspection.totals(), inspection.phase)
+    for report in inspection.layers:
+        if report.note:
+            yield f"note: layer '{report.name}': {report.note}"
+    if with_weights:
+        yield from _weight_findings(inspection, net_path)
+
+
+def _table(header, rows):
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    for row in [header] + rows:
+        yield "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+
+
+def _shapes(shapes):
+    return ", ".join(format_shape(shape) for shape in shapes)
+
+
+def _numbers(values):
+    return ", ".join(f"{value:g}" for value in values)
+
+
+def _totals(totals, phase):
+    trainable, frozen = totals["params_trainable"], totals["params_frozen"]
+    unknown = totals["param_blobs_unknown"]
+    extra = f", and {_plural(unknown, 'blob')} of unknown size" if unknown else ""
+    yield (f"{phase} phase: {trainable + frozen:,} learnable parameters: {trainable:,} trainable, "
+           f"{frozen:,} frozen{extra}")
+    partial = totals["layers_unknown_multiply_adds"]
+    extra = f" (not counting {_plural(partial, 'layer')} of unknown shape)" if partial else ""
+    yield (f"forward pass: {_human(totals['multiply_adds'])} multiply-adds in convolution and inner-product "
+           f"layers{extra}")
+
+
+def _plural(count, noun):
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _human(count):
+    for size, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return str(count)
+
+
+def _weight_findings(inspection, net_path):
+    totals = inspection.totals()
+    yield (f"weights {inspection.weights_path}: {_plural(totals['layers_loaded'], 'layer')} loaded, "
+           f"{totals['layers_new']} new, {totals['layers_mismatch']} mismatched, "
+           f"{totals['layers_ignored']} ignored")
+    new = [report.name for report in inspection.layers if report.weights == NEW]
+    if new:
+        yield f"new (not in the weights, initialised by their fillers): {', '.join(new)}"
+    if inspection.ignored:
+        yield f"ignored (in the weights, not in the net): {', '.join(inspection.ignored)}"
+    for problem in inspection.problems:
+        yield problem.format(net_path)
+    if not any(report.weights in (LOADED, MISMATCH) for report in inspection.layers):
+        yield "warning: no layer of the net takes anything from these weights: are they for another net?"

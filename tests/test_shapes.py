@@ -1,0 +1,424 @@
+"""Shape inference agrees with real Caffe: the "Top shape" lines it logs while it builds each net.
+
+Every zoo net is built by real Caffe at batch 1 and stopped once the net is set up. Nets that
+read files (LMDB, image lists, window files) get Input layers with the shapes caffegen infers
+for their data layers, which ``TestDataLayers`` checks on its own against real files.
+"""
+
+import os
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from caffe_runs import run_caffe
+from caffegen.caffemodel import read_caffemodel
+from caffegen.netview import TEST, TRAIN, NetView
+from caffegen.prototxt import read_net, to_text
+from caffegen.schema import BVLC, load_fork_schema
+from caffegen.shapes import format_shape, infer_shapes
+from conftest import ROOT, ZOO, zoo_nets
+
+READY = "Network initialization done."
+FILE_DATA_TYPES = {"Data", "ImageData", "WindowData"}
+# The size of the images a zoo net's database holds, by folder (N, C, H, W); ImageNet-sized otherwise.
+STORED_IMAGES = {"mnist": (1, 1, 28, 28), "v1_2015_mnist": (1, 1, 28, 28), "siamese": (1, 2, 28, 28),
+                 "cifar10": (1, 3, 32, 32)}
+IMAGENET = (1, 3, 256, 256)
+DENSENET = ZOO / "densenet/DenseNet_121.prototxt"
+# One layer of every type and option caffegen infers, in a net that real Caffe builds.
+EVERY_RULE = """
+layer { name: "dummy" type: "DummyData" top: "dummy_a" top: "dummy_b"
+  dummy_data_param { num: 2 channels: 3 channels: 4 height: 5 width: 6 width: 7 } }
+layer { name: "memory" type: "MemoryData" top: "memory" top: "memory_label"
+  memory_data_param { batch_size: 2 channels: 3 height: 8 width: 9 } }
+layer { name: "data" type: "Input" top: "data" top: "ids" top: "label" top: "index"
+  input_param { shape { dim: 2 dim: 6 dim: 13 dim: 11 } shape { dim: 2 dim: 5 } shape { dim: 2 } shape { dim: 3 } } }
+layer { name: "conv_dil" type: "Convolution" bottom: "data" top: "conv_dil"
+  convolution_param { num_output: 6 kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0 dilation: 2 group: 3 } }
+layer { name: "conv_nd" type: "Convolution" bottom: "data" top: "conv_nd"
+  convolution_param { num_output: 4 kernel_size: 3 kernel_size: 1 stride: 2 pad: 1 pad: 0 bias_term: false } }
+layer { name: "deconv" type: "Deconvolution" bottom: "conv_dil" top: "deconv"
+  convolution_param { num_output: 4 kernel_size: 4 stride: 2 pad: 1 group: 2 } }
+layer { name: "pool_clip" type: "Pooling" bottom: "data" top: "pool_clip"
+  pooling_param { pool: MAX kernel_size: 3 stride: 3 pad: 2 } }
+layer { name: "pool_floor" type: "Pooling" bottom: "data" top: "pool_floor" top: "pool_mask"
+  pooling_param { pool: MAX kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 3 round_mode: FLOOR } }
+layer { name: "pool_ceil" type: "Pooling" bottom: "data" top: "pool_ceil"
+  pooling_param { pool: AVE kernel_size: 2 stride: 2 pad_h: 1 pad_w: 0 } }
+layer { name: "pool_global" type: "Pooling" bottom: "data" top: "pool_global" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "im2col" type: "Im2col" bottom: "data" top: "im2col" convolution_param { kernel_size: 3 stride: 2 } }
+layer { name: "lrn" type: "LRN" bottom: "data" top: "lrn" }
+layer { name: "prelu" type: "PReLU" bottom: "conv_dil" top: "prelu" }
+layer { name: "prelu_shared" type: "PReLU" bottom: "conv_dil" top: "prelu_shared" prelu_param { channel_shared: true } }
+layer { name: "elu" type: "ELU" bottom: "prelu" top: "prelu" }
+layer { name: "sig" type: "Sigmoid" bottom: "prelu" top: "sig" }
+layer { name: "tanh" type: "TanH" bottom: "sig" top: "sig" }
+layer { name: "abs" type: "AbsVal" bottom: "sig" top: "abs" }
+layer { name: "power" type: "Power" bottom: "abs" top: "abs" power_param { power: 2 } }
+layer { name: "exp" type: "Exp" bottom: "abs" top: "abs" }
+layer { name: "log" type: "Log" bottom: "abs" top: "abs" }
+layer { name: "bnll" type: "BNLL" bottom: "abs" top: "abs" }
+layer { name: "drop" type: "Dropout" bottom: "abs" top: "abs" }
+layer { name: "bn" type: "BatchNorm" bottom: "abs" top: "abs" }
+layer { name: "scale" type: "Scale" bottom: "abs" top: "abs" scale_param { bias_term: true } }
+layer { name: "bias" type: "Bias" bottom: "abs" top: "abs" bias_param { num_axes: -1 } }
+layer { name: "thr" type: "Threshold" bottom: "abs" top: "thr" }
+layer { name: "scale_2d" type: "Scale" bottom: "abs" top: "scale_2d" scale_param { axis: 1 num_axes: 2 } }
+layer { name: "mvn" type: "MVN" bottom: "abs" top: "mvn" }
+layer { name: "factor" type: "Parameter" top: "factor" parameter_param { shape { dim: 6 } } }
+layer { name: "scale_by" type: "Scale" bottom: "mvn" bottom: "factor" top: "scale_by" scale_param { bias_term: true } }
+layer { name: "bias_by" type: "Bias" bottom: "mvn" bottom: "factor" top: "bias_by" }
+layer { name: "sum" type: "Eltwise" bottom: "scale_by" bottom: "bias_by" top: "sum" }
+layer { name: "cat" type: "Concat" bottom: "conv_dil" bottom: "prelu_shared" top: "cat" }
+layer { name: "cat0" type: "Concat" bottom: "data" bottom: "data" top: "cat0" concat_param { concat_dim: 0 } }
+layer { name: "cat_last" type: "Concat" bottom: "data" bottom: "lrn" top: "cat_last" concat_param { axis: -1 } }
+layer { name: "slice" type: "Slice" bottom: "data" top: "s1" top: "s2" top: "s3" slice_param { slice_point: 1 slice_point: 4 } }
+layer { name: "slice_even" type: "Slice" bottom: "data" top: "e1" top: "e2" slice_param { axis: 0 } }
+layer { name: "split" type: "Split" bottom: "data" top: "copy1" top: "copy2" }
+layer { name: "flatten" type: "Flatten" bottom: "data" top: "flat" flatten_param { axis: 1 end_axis: 2 } }
+layer { name: "flatten_all" type: "Flatten" bottom: "data" top: "flat_all" }
+layer { name: "reshape" type: "Reshape" bottom: "data" top: "reshaped" reshape_param { shape { dim: 0 dim: -1 dim: 11 } } }
+layer { name: "reshape_mid" type: "Reshape" bottom: "data" top: "reshaped_mid"
+  reshape_param { axis: 1 num_axes: 2 shape { dim: 3 dim: -1 dim: 2 } } }
+layer { name: "reshape_end" type: "Reshape" bottom: "data" top: "reshaped_end" reshape_param { axis: -1 shape { dim: 1 } } }
+layer { name: "crop" type: "Crop" bottom: "data" bottom: "pool_ceil" top: "crop" crop_param { axis: 2 offset: 1 offset: 2 } }
+layer { name: "crop_all" type: "Crop" bottom: "data" bottom: "pool_floor" top: "crop_all" crop_param { axis: 1 offset: 0 } }
+layer { name: "softmax" type: "Softmax" bottom: "data" top: "softmax" softmax_param { axis: 2 } }
+layer { name: "fc_axis2" type: "InnerProduct" bottom: "data" top: "fc_axis2" inner_product_param { num_output: 7 axis: 2 transpose: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 10 bias_term: false } }
+layer { name: "argmax" type: "ArgMax" bottom: "fc" top: "argmax" argmax_param { top_k: 3 out_max_val: true } }
+layer { name: "argmax_axis" type: "ArgMax" bottom: "data" top: "argmax_axis" argmax_param { top_k: 2 axis: 1 } }
+layer { name: "reduce" type: "Reduction" bottom: "data" top: "reduced" reduction_param { axis: 2 operation: ASUM } }
+layer { name: "reduce_all" type: "Reduction" bottom: "data" top: "reduced_all" }
+layer { name: "tile" type: "Tile" bottom: "data" top: "tiled" tile_param { axis: -1 tiles: 3 } }
+layer { name: "embed" type: "Embed" bottom: "ids" top: "embedded" embed_param { input_dim: 10 num_output: 4 } }
+layer { name: "reindex" type: "BatchReindex" bottom: "data" bottom: "index" top: "reindexed" }
+layer { name: "accuracy" type: "Accuracy" bottom: "fc" bottom: "label" top: "accuracy" top: "per_class" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+layer { name: "l2" type: "EuclideanLoss" bottom: "fc" bottom: "fc" top: "l2" }
+layer { name: "swish" type: "Swish" bottom: "data" top: "swish" }
+layer { name: "silence" type: "Silence" bottom: "tiled" }
+"""
+
+
+def caffe_top_shapes(caffe, workdir, net, phase=TRAIN):
+    """{layer name: [top shapes]} as real Caffe logs them while building ``net`` in ``phase``."""
+    (workdir / "net.prototxt").write_text(to_text(constant_fillers(net)))
+    process = subprocess.Popen([str(caffe), "time", "-model", "net.prototxt", "-phase", phase, "-iterations", "1"],
+                               cwd=workdir, env=dict(os.environ, GLOG_logtostderr="1"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    shapes, layer, log = {}, None, []
+    try:
+        for line in process.stderr:
+            log.append(line)
+            if READY in line:
+                break
+            setting_up = re.search(r"\] Setting up (.+)$", line)
+            top = re.search(r"\] Top shape: ([\d ]*)\(\d+\)$", line)
+            if setting_up:
+                layer = setting_up.group(1)
+                shapes[layer] = []
+            elif top:
+                shapes[layer].append(tuple(int(dim) for dim in top.group(1).split()))
+    finally:
+        watchdog.cancel()
+        process.kill()
+        process.wait()
+    assert log and READY in log[-1], "".join(log[-30:])
+    return shapes
+
+
+def constant_fillers(net):
+    """A copy of ``net`` whose weights Caffe fills with zeros, which is quicker than random numbers."""
+    quick = BVLC.NetParameter()
+    quick.CopyFrom(net)
+    for layer in quick.layer:
+        for name in ("convolution_param", "inner_product_param", "embed_param"):
+            if layer.HasField(name):
+                getattr(layer, name).weight_filler.CopyFrom(BVLC.FillerParameter(type="constant"))
+    return quick
+
+
+def assert_same_shapes(ours, theirs):
+    for result in ours:
+        assert result.name in theirs, f"Caffe did not build layer '{result.name}'"
+        assert list(result.tops.values()) == theirs[result.name], (
+            f"layer '{result.name}' ({result.type}): caffegen {list(map(format_shape, result.tops.values()))}, "
+            f"Caffe {list(map(format_shape, theirs[result.name]))}")
+    inserted = {name for name in theirs if name.endswith("_split")}
+    assert set(theirs) - inserted == {result.name for result in ours}
+
+
+def batch_of_one(net):
+    """Set every batch size of ``net`` to 1, in place."""
+    for shape in net.input_shape:
+        shape.dim[0] = 1
+    for index in range(0, len(net.input_dim), 4):
+        net.input_dim[index] = 1
+    for layer in net.layer:
+        for shape in list(layer.input_param.shape) + list(layer.dummy_data_param.shape):
+            shape.dim[0] = 1
+        for name in ("data_param", "image_data_param", "window_data_param", "hdf5_data_param", "memory_data_param"):
+            if layer.HasField(name):
+                getattr(layer, name).batch_size = 1
+    return net
+
+
+def layer_types(net):
+    return {layer.type for layer in net.layer}
+
+
+def deploy_nets():
+    """Zoo nets that Caffe builds without any file: their data comes from Input layers or input fields."""
+    return [name for name in zoo_nets()
+            if not layer_types(read_net(ZOO / name).net) & (FILE_DATA_TYPES | {"HDF5Data", "Python"})]
+
+
+def file_data_nets():
+    """(net, phase) of the zoo nets whose data layers read databases, image lists or window files."""
+    cases = []
+    for name in zoo_nets():
+        net = read_net(ZOO / name).net
+        if layer_types(net) & {"HDF5Data", "Python"}:
+            continue
+        for phase in (TRAIN, TEST):
+            if {layer.type for layer in NetView(net, phase).layers} & FILE_DATA_TYPES:
+                cases.append((name, phase))
+    return cases
+
+
+def with_inputs_for_file_data(net, phase, shapes):
+    """``net`` with each file-reading data layer of ``phase`` replaced by an Input layer of the inferred shapes."""
+    inferred = {result.name: result for result in shapes}
+    view = NetView(net, phase)
+    runnable = BVLC.NetParameter()
+    runnable.CopyFrom(net)
+    runnable.ClearField("layer")
+    for layer in view.layers:
+        if layer.type in FILE_DATA_TYPES:
+            tops = inferred[layer.name].tops
+            assert all(None not in shape for shape in tops.values()), (layer.name, tops)
+            runnable.layer.add(name=layer.name, type="Input", top=layer.top).input_param.shape.extend(
+                [BVLC.BlobShape(dim=tops[top]) for top in layer.top])
+        else:
+            runnable.layer.add().CopyFrom(layer)
+    return runnable
+
+
+class TestZooAgainstCaffe:
+    def test_the_deploy_nets_cover_the_published_families(self):
+        names = set(deploy_nets())
+        for expected in ("bvlc_alexnet/deploy.prototxt", "bvlc_reference_caffenet/deploy.prototxt",
+                         "bvlc_googlenet/deploy.prototxt", "resnet/ResNet-50-deploy.prototxt",
+                         "resnet/ResNet-101-deploy.prototxt", "resnet/ResNet-152-deploy.prototxt",
+                         "squeezenet_v1.0/deploy.prototxt", "squeezenet_v1.1/deploy.prototxt",
+                         "mobilenet/mobilenet_deploy.prototxt", "mobilenet/mobilenet_v2_deploy.prototxt",
+                         "fcn_voc8s/deploy.prototxt"):
+            assert expected in names
+
+    @pytest.mark.parametrize("name", deploy_nets())
+    def test_deploy_net(self, caffe, tmp_path, name):
+        net = batch_of_one(read_net(ZOO / name).net)
+        ours = infer_shapes(NetView(net, TEST))
+        assert not [result.name for result in ours if result.note], [(r.name, r.note) for r in ours if r.note]
+        assert_same_shapes(ours, caffe_top_shapes(caffe, tmp_path, net, TEST))
+
+    @pytest.mark.parametrize("name,phase", file_data_nets())
+    def test_net_reading_files(self, caffe, tmp_path, name, phase):
+        net = batch_of_one(read_net(ZOO / name).net)
+        ours = infer_shapes(NetView(net, phase), STORED_IMAGES.get(Path(name).parts[0], IMAGENET))
+        assert_same_shapes(ours, caffe_top_shapes(caffe, tmp_path, with_inputs_for_file_data(net, phase, ours), phase))
+
+    def test_densenet_with_its_forks_ceil_mode(self, caffe, tmp_path):
+        fork = fork_schema(tmp_path)
+        net = read_net(DENSENET, fork).net
+        floor = [layer.name for layer in net.layer if layer.type == "Pooling" and not layer.pooling_param.ceil_mode]
+        assert floor, "DenseNet-Caffe should round some pooled sizes down"
+        ours = infer_shapes(NetView(net, TEST))
+        assert_same_shapes(ours, caffe_top_shapes(caffe, tmp_path, as_bvlc_rounding(net), TEST))
+
+    def test_every_rule(self, caffe, tmp_path):
+        net = every_rule_net()
+        ours = infer_shapes(NetView(net, TRAIN))
+        assert not [result.name for result in ours if result.note]
+        assert_same_shapes(ours, caffe_top_shapes(caffe, tmp_path, net))
+
+
+def every_rule_net():
+    return text_format.Parse(EVERY_RULE, BVLC.NetParameter(name="every_rule"))
+
+
+def fork_schema(folder):
+    """A fork-style schema: BVLC's with the ceil_mode DenseNet-Caffe adds to PoolingParameter."""
+    number = max(field.number for field in BVLC.PoolingParameter.DESCRIPTOR.fields) + 1
+    anchor = "message PoolingParameter {"
+    path = folder / "fork.proto"
+    path.write_text((ROOT / "caffe.proto").read_text().replace(
+        anchor, f"{anchor}\n  optional bool ceil_mode = {number} [default = true];"))
+    return load_fork_schema(path)
+
+
+def as_bvlc_rounding(net):
+    """A fork net in BVLC's schema: ceil_mode becomes the round_mode BVLC Caffe has."""
+    for layer in net.layer:
+        param = layer.pooling_param
+        if layer.type == "Pooling" and param.HasField("ceil_mode"):
+            param.round_mode = param.CEIL if param.ceil_mode else param.FLOOR
+            param.ClearField("ceil_mode")
+    return text_format.Parse(to_text(net), BVLC.NetParameter())
+
+
+class TestParameterShapes:
+    """Learnable blob shapes agree with the blobs real Caffe saves in a snapshot of the net."""
+
+    @pytest.mark.parametrize("path", [None, ZOO / "bvlc_alexnet/deploy.prototxt",
+                                      ZOO / "resnet/ResNet-50-deploy.prototxt",
+                                      ZOO / "squeezenet_v1.1/deploy.prototxt",
+                                      ZOO / "mobilenet/mobilenet_v2_deploy.prototxt",
+                                      ZOO / "bvlc_googlenet/deploy.prototxt"], ids=lambda path: path.parent.name if path else "every_rule")
+    def test_snapshot_blobs(self, caffe, tmp_path, path):
+        net = batch_of_one(read_net(path).net) if path else every_rule_net()
+        (tmp_path / "net.prototxt").write_text(to_text(constant_fillers(net)))
+        (tmp_path / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\n'
+                                                  'max_iter: 0\nsolver_mode: CPU\nsnapshot_prefix: "snap"\n')
+        code, log = run_caffe(caffe, "train", "-solver", "solver.prototxt", cwd=tmp_path)
+        assert code == 0, log[-2000:]
+        saved = {layer.name: [blob.shape for blob in layer.blobs]
+                 for layer in read_caffemodel(tmp_path / "snap_iter_0.caffemodel").layers}
+        ours = {result.name: result.params for result in infer_shapes(NetView(net, TRAIN)) if result.layer}
+        assert ours == {name: saved[name] for name in ours}
+
+
+class TestDataLayers:
+    """Data layers as Caffe shapes them from real files: an LMDB made by convert_imageset, image lists."""
+
+    def test_lmdb_with_crop(self, caffe, tmp_path):
+        write_image(tmp_path / "a.ppm", height=260, width=300, channels=3)
+        make_lmdb(caffe, tmp_path, ["a.ppm 0"], "db")
+        net = reading_files(ZOO / "bvlc_alexnet/train_val.prototxt", tmp_path / "db")
+        ours = infer_shapes(NetView(net, TRAIN), (1, 3, 260, 300))
+        assert ours[0].tops["data"] == (1, 3, 227, 227)
+        assert_same_shapes(ours, caffe_top_shapes(caffe, tmp_path, net))
+
+    def test_lmdb_without_crop(self, caffe, tmp_path):
+        write_image(tmp_path / "a.pgm", height=20, width=24, channels=1)
+        make_lmdb(caffe, tmp_path, ["a.pgm 0"], "db", "--gray")
+        net = reading_files(ZOO / "mnist/lenet_train_test.prototxt", tmp_path / "db")
+        ours = infer_shapes(NetView(net, TRAIN), (1, 1, 20, 24))
+        assert ours[0].tops["data"] == (1, 1, 20, 24)
+        assert_same_shapes(ours, caffe_top_shapes(caffe, tmp_path, net))
+
+    def test_image_list_resized_and_cropped(self, caffe, tmp_path):
+        write_image(tmp_path / "a.ppm", height=30, width=40, channels=3)
+        (tmp_path / "list.txt").write_text("a.ppm 0\n")
+        net = reading_files(ZOO / "finetune_flickr_style/train_val.prototxt", tmp_path / "list.txt", tmp_path)
+        ours = infer_shapes(NetView(net, TRAIN))
+        assert ours[0].tops["data"] == (1, 3, 227, 227) and not ours[0].note
+        assert_same_shapes(ours, caffe_top_shapes(caffe, tmp_path, net))
+
+    def test_image_list_keeps_the_nets_channels(self, caffe, tmp_path):
+        write_image(tmp_path / "a.ppm", height=28, width=28, channels=3)
+        (tmp_path / "list.txt").write_text("a.ppm 0\n")
+        net = reading_files(ROOT / "models/digits/train_val.prototxt", tmp_path / "list.txt", tmp_path)
+        unknown = infer_shapes(NetView(net, TRAIN))
+        assert unknown[0].tops["data"] == (1, 1, None, None) and "--input-shape" in unknown[0].note
+        ours = infer_shapes(NetView(net, TRAIN), (1, 3, 28, 28))
+        assert ours[0].tops["data"] == (1, 1, 28, 28)
+        assert_same_shapes(ours, caffe_top_shapes(caffe, tmp_path, net))
+
+
+def write_image(path, height, width, channels):
+    """A binary PPM (colour) or PGM (grey) image of random pixels."""
+    pixels = np.random.default_rng(height * width).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    path.write_bytes(f"P{6 if channels == 3 else 5}\n{width} {height}\n255\n".encode() + pixels.tobytes())
+
+
+def make_lmdb(caffe, folder, lines, name, *flags):
+    (folder / "list.txt").write_text("\n".join(lines) + "\n")
+    code, log = run_caffe(caffe.with_name("convert_imageset"), *flags, f"{folder}/", "list.txt", name, cwd=folder)
+    assert code == 0, log[-2000:]
+
+
+def reading_files(path, source, root=None):
+    """A zoo net at batch 1 whose data layers read ``source``, without mean files."""
+    net = batch_of_one(read_net(path).net)
+    for layer in net.layer:
+        if layer.type in ("Data", "ImageData"):
+            param = layer.data_param if layer.type == "Data" else layer.image_data_param
+            param.source = str(source)
+            if layer.type == "Data":
+                param.backend = param.LMDB
+            else:
+                param.root_folder = f"{root}/"
+                param.shuffle = False
+            layer.transform_param.ClearField("mean_file")
+    return net
+
+
+REJECTED = {
+    "eltwise of different shapes": 'layer { name: "bad" type: "Eltwise" bottom: "data" bottom: "other" top: "bad" }',
+    "pad not below the kernel": 'layer { name: "bad" type: "Pooling" bottom: "data" top: "bad" '
+                                'pooling_param { kernel_size: 2 pad: 2 } }',
+    "reshape to another count": 'layer { name: "bad" type: "Reshape" bottom: "data" top: "bad" '
+                                'reshape_param { shape { dim: 0 dim: 5 dim: -1 dim: 7 } } }',
+    "slice that does not divide": 'layer { name: "bad" type: "Slice" bottom: "data" top: "a" top: "b" }',
+    "group that does not divide": 'layer { name: "bad" type: "Convolution" bottom: "data" top: "bad" '
+                                  'convolution_param { num_output: 4 kernel_size: 1 group: 2 } }',
+    "param on a layer without blobs": 'layer { name: "bad" type: "ReLU" bottom: "data" top: "bad" param { lr_mult: 0 } }',
+    "concat of different sizes": 'layer { name: "bad" type: "Concat" bottom: "data" bottom: "other" top: "bad" }',
+}
+TWO_INPUTS = ('layer { name: "input" type: "Input" top: "data" top: "other" '
+              'input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } shape { dim: 1 dim: 3 dim: 8 dim: 9 } } }\n')
+
+
+class TestWithoutCaffe:
+    @pytest.mark.parametrize("case", sorted(REJECTED))
+    def test_what_caffe_rejects_is_flagged_and_caffe_does_reject_it(self, caffe, tmp_path, case):
+        net = text_format.Parse(TWO_INPUTS + REJECTED[case], BVLC.NetParameter())
+        bad = infer_shapes(NetView(net, TRAIN))[-1]
+        assert bad.rejected and bad.note.startswith("Caffe would reject it")
+        (tmp_path / "net.prototxt").write_text(to_text(net))
+        code, log = run_caffe(caffe, "time", "-model", "net.prototxt", "-iterations", "1", cwd=tmp_path)
+        assert code != 0 and "Check failed" in log and READY not in log
+
+    def test_an_unknown_layer_type_leaves_what_follows_unknown(self):
+        net = read_net(ZOO / "bvlc_alexnet/deploy.prototxt").net
+        pool2 = next(layer for layer in net.layer if layer.name == "pool2")
+        pool2.type = "MyPooling"
+        results = {result.name: result for result in infer_shapes(NetView(net, TRAIN))}
+        assert results["pool2"].tops == {"pool2": None} and "'MyPooling'" in results["pool2"].note
+        assert results["conv3"].tops == {"conv3": None} and results["conv3"].note is None
+        assert results["conv3"].params == [None, None]
+        assert results["conv2"].tops["conv2"] is not None
+
+    def test_unknown_image_size_stays_partly_known(self):
+        net = batch_of_one(read_net(ZOO / "mnist/lenet_train_test.prototxt").net)
+        results = {result.name: result for result in infer_shapes(NetView(net, TRAIN))}
+        assert results["mnist"].tops["data"] == (1, None, None, None) and "--input-shape" in results["mnist"].note
+        assert results["conv1"].tops["conv1"] == (1, 20, None, None)
+        assert results["conv1"].params == [(20, None, 5, 5), (20,)]
+        assert results["ip1"].tops["ip1"] == (1, 500) and results["ip1"].params == [(500, None), (500,)]
+        assert results["conv1"].multiply_adds is None
+        assert results["loss"].tops["loss"] == ()
+
+    def test_multiply_adds_and_parameters_match_published_figures(self):
+        """MobileNet v1: 569 million mult-adds and 4.2 million parameters (Howard et al. 2017, table 8);
+        ResNet-50: 3.8 billion FLOPs, counted as multiply-adds (He et al. 2015, table 1)."""
+        def totals(name):
+            results = infer_shapes(NetView(read_net(ZOO / name).net, TEST))
+            multiply_adds = sum(result.multiply_adds for result in results)
+            parameters = sum(np.prod(shape, dtype=np.int64) for result in results
+                             if result.type not in ("BatchNorm",) for shape in result.params or [])
+            return multiply_adds, parameters
+
+        multiply_adds, parameters = totals("mobilenet/mobilenet_deploy.prototxt")
+        assert round(multiply_adds / 1e6) == 569 and round(parameters / 1e5) == 42
+        multiply_adds, _ = totals("resnet/ResNet-50-deploy.prototxt")
+        assert round(multiply_adds / 1e8) in (38, 39)
