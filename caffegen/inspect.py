@@ -11,6 +11,7 @@ caffemodel does not name keeps its fillers' initialisation.
 from dataclasses import dataclass, field
 
 from .caffemodel import read_caffemodel
+from .errors import CaffegenError
 from .netview import TEST, TRAIN, NetView
 from .shapes import format_shape, infer_shapes, product
 
@@ -136,6 +137,28 @@ def check_weights(net, caffemodel_path, phase=TRAIN, input_shape=None):
     too, as it would keep its random initialisation.
     """
     return inspect_net(net, phase, input_shape, weights=caffemodel_path).problems
+
+
+def preflight(net, caffemodel_path, input_shape=None):
+    """Refuse weights Caffe would abort on, in either phase (it loads them into both nets).
+
+    Returns what is not fatal but worth reading, one line each: frozen layers without weights, and
+    weights that give the net nothing at all (the wrong file, most likely).
+    """
+    warnings = []
+    for phase in (TRAIN, TEST):
+        inspection = inspect_net(net, phase, input_shape, weights=caffemodel_path)
+        fatal = [problem for problem in inspection.problems if problem.fatal]
+        if fatal:
+            more = f" (and {len(fatal) - 1} more)" if len(fatal) > 1 else ""
+            raise CaffegenError(f"Caffe would abort loading these weights: layer '{fatal[0].layer}': "
+                                f"{fatal[0].message}{more}", caffemodel_path)
+        warnings += [line for line in (problem.format(caffemodel_path) for problem in inspection.problems)
+                     if line not in warnings]
+    if not any(layer.weights == LOADED for layer in inspection.layers):
+        warnings.append(f"{caffemodel_path}: names none of the net's layers: every layer starts from its "
+                        "fillers; are these the right weights?")
+    return warnings
 
 
 def _layer_report(result, phase):

@@ -22,6 +22,7 @@ from .errors import CaffegenError
 from .advise import advise
 from .freeze import freeze
 from .head import retarget_head
+from .inspect import preflight
 from .lr_rules import apply_lr_rules
 from .prototxt import read_net, read_solver, to_text
 from .scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
@@ -234,6 +235,8 @@ def _build(options, dataset, weights, weights_ref, caffe):
         notes += apply_lr_rules(net, options.lr_rules).summary()
     channels, height, width = _input_geometry(net, dataset, options.data_settings)
     deploy = deploy_net(net, channels, height, width)
+    if weights_ref == weights:
+        notes += preflight(net, weights, [1, channels, height, width])
     schedule, solver_text = _solver(options, net, dataset)
     copies = dataset.copy_names() if options.copy_data else {}
     if options.copy_data:

@@ -24,6 +24,7 @@ from .errors import CaffegenError
 from .job import MANIFEST, SNAPSHOT_DIR
 from .layers import num_output_param
 from .head import find_classifiers
+from .inspect import preflight
 from .locate import caffe_is_cpu_only, find_caffe
 from .prototxt import read_net, read_solver, to_text, write_atomic
 from .scripts import caffe_arguments
@@ -68,7 +69,7 @@ def launch(run_dir, caffe=None, gpu=None, resume=False, echo=None, show_progress
     device = choose_launch_device(manifest["device"], gpu, caffe, echo)
     match_solver_mode(run_dir, device, echo)
     check_labels(run_dir)
-    arguments = _arguments(run_dir, manifest, device, resume)
+    arguments = _arguments(run_dir, manifest, device, resume, echo)
     history = earlier_records(run_dir, _iteration_of(arguments)) if resume else []
     return _run(caffe, arguments, run_dir, history, echo, show_progress)
 
@@ -180,7 +181,15 @@ def newest_snapshot(run_dir):
     return max(states)[1]
 
 
-def _arguments(run_dir, manifest, device, resume):
+def preflight_weights(run_dir, weights, echo):
+    """Check the weights against the run's net before Caffe spends minutes loading them."""
+    deploy = read_net(run_dir / "deploy.prototxt").net
+    input_shape = list(deploy.layer[0].input_param.shape[0].dim) if deploy.layer[0].type == "Input" else None
+    for warning in preflight(read_net(run_dir / "train_val.prototxt").net, weights, input_shape):
+        echo(warning)
+
+
+def _arguments(run_dir, manifest, device, resume, echo):
     gpu = None if device == "cpu" else device
     if resume:
         snapshot = newest_snapshot(run_dir).relative_to(run_dir)
@@ -189,6 +198,7 @@ def _arguments(run_dir, manifest, device, resume):
         weights = run_dir / manifest["weights"]
         if not weights.is_file():
             raise CaffegenError("the pretrained weights named in the manifest are missing", weights)
+        preflight_weights(run_dir, weights, echo)
         arguments = caffe_arguments(weights=weights, gpu=gpu)
     return arguments + ["-sigint_effect", "stop"]
 

@@ -18,7 +18,7 @@ from conftest import ZOO
 DIGITS = resource_dir("models") / "digits"
 
 
-def write_images(folder, counts, size=(12, 10)):
+def write_images(folder, counts, size=(28, 28)):
     for name, count in counts.items():
         (folder / name).mkdir(parents=True, exist_ok=True)
         for i in range(count):
@@ -226,9 +226,19 @@ class TestPrepare:
         assert read_solver(tmp_path / "run" / "solver.prototxt").base_lr == pytest.approx(0.001)
 
 
+def unrelated_weights(tmp_path):
+    """A caffemodel that names none of the net's layers: every layer starts from its fillers."""
+    from caffegen.schema import BVLC
+    path = tmp_path / "other.caffemodel"
+    net = BVLC.NetParameter(name="other")
+    net.layer.add(name="elsewhere", type="InnerProduct").blobs.add().shape.dim.extend([2, 2])
+    path.write_bytes(net.SerializeToString())
+    return path
+
+
 class TestKeptDataLayers:
     def test_lmdb_data_layers_stay_and_counts_drive_the_solver(self, tmp_path):
-        options = JobOptions(net=ZOO / "bvlc_reference_caffenet/train_val.prototxt", weights=DIGITS / "digits.caffemodel",
+        options = JobOptions(net=ZOO / "bvlc_reference_caffenet/train_val.prototxt", weights=unrelated_weights(tmp_path),
                              keep_data_layers=True, num_classes=7, train_images=2560, val_images=500,
                              freeze_upto="conv5", epochs=2, data_settings=DataSettings(mean_value=(104, 117, 123)))
         job = prepare(options, tmp_path / "run")
@@ -241,11 +251,12 @@ class TestKeptDataLayers:
         assert all(list(layer.transform_param.mean_value) == [104, 117, 123] and not layer.transform_param.mean_file
                    for layer in data)
         assert (tmp_path / "run" / "labels.txt").read_text().split() == [str(i) for i in range(7)]
+        assert any("names none of the net's layers" in note for note in job.notes)
         deploy = read_net(tmp_path / "run" / "deploy.prototxt").net
         assert list(deploy.layer[0].input_param.shape[0].dim) == [1, 3, 227, 227]
 
     def test_counts_are_required(self, tmp_path):
-        options = JobOptions(net=ZOO / "bvlc_reference_caffenet/train_val.prototxt", weights=DIGITS / "digits.caffemodel",
+        options = JobOptions(net=ZOO / "bvlc_reference_caffenet/train_val.prototxt", weights=unrelated_weights(tmp_path),
                              keep_data_layers=True, num_classes=7)
         with pytest.raises(CaffegenError, match="--train-images"):
             prepare(options, tmp_path / "run")
@@ -277,3 +288,11 @@ class TestStrategyAuto:
         data = write_images(tmp_path / "images", {"x": 3, "y": 3})
         with pytest.raises(CaffegenError, match="--similarity"):
             prepare(self.options(data, similarity=None), tmp_path / "run")
+
+
+def test_prepare_refuses_weights_caffe_would_abort_on(tmp_path):
+    data = write_images(tmp_path / "images", {"x": 3, "y": 3}, size=(40, 40))
+    options = JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=data)
+    with pytest.raises(CaffegenError, match=r"layer 'fc1'.*64×3200 differs from the weights' 64×1568"):
+        prepare(options, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
