@@ -15,6 +15,7 @@ from .install import install_caffe_command
 from .launch import launch_command
 from .lint import lint_command
 from .prepare import prepare_command
+from .sweep import sweep_command
 from .upgrade import upgrade_command
 
 
@@ -24,7 +25,7 @@ def cli():
     """Turn a pretrained BVLC Caffe model into a correct fine-tuning job and run it."""
 
 
-for command in (demo_command, advise_command, prepare_command, launch_command, freeze_command,
+for command in (demo_command, advise_command, prepare_command, launch_command, sweep_command, freeze_command,
                 head_command, lint_command, inspect_command, upgrade_command, install_caffe_command):
     cli.add_command(command)
 

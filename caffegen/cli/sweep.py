@@ -1,0 +1,151 @@
+"""``caffegen sweep``: one fine-tuning run per freeze point and learning rate, here or on Slurm, compared."""
+
+from pathlib import Path
+
+import click
+
+from ..errors import CaffegenError
+from ..locate import caffe_is_cpu_only, find_caffe
+from ..sweep import (PLOT, TABLE, check_slurm, collect, combinations, prepare_sweep, run_here, run_on_gpus, submit,
+                     table_lines, write_slurm_script)
+from .prepare import job_from_options, job_options
+
+
+def _optional(*names):
+    """Make the named options of a command optional: they are needed in one mode only, and checked there."""
+    def relax(command):
+        for param in command.params:
+            if param.name in names:
+                param.required = False
+        return command
+    return relax
+
+
+def _learning_rates(ctx, param, value):
+    if value is None:
+        return ()
+    try:
+        rates = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got '{value}'") from None
+    if not all(rate > 0 for rate in rates):
+        raise click.BadParameter(f"learning rates must be positive, got '{value}'")
+    return rates
+
+
+def _names(value, option):
+    """The comma-separated names of ``option`` as a tuple; none when it was not given."""
+    if value is None:
+        return ()
+    names = tuple(part.strip() for part in value.split(","))
+    if not all(names):
+        raise CaffegenError(f"{option} takes comma-separated names, got '{value}'")
+    return names
+
+
+@_optional("net", "weights")
+@click.command("sweep")
+@job_options
+@click.option("--lr", "learning_rates", callback=_learning_rates, metavar="LR[,LR…]",
+              help="Learning rates to try, one run each per freeze point (default: as --base-lr).")
+@click.option("-o", "--output", type=click.Path(path_type=str), help="The sweep directory to create.")
+@click.option("--force", is_flag=True, help="Replace an existing sweep directory.")
+@click.option("--gpus", metavar="ID[,ID…]", help="Train here on these GPUs, one run per GPU at a time.")
+@click.option("--slurm", is_flag=True, help="Write slurm.sh, a job array with one task per run, and submit it.")
+@click.option("--slurm-opt", "slurm_opts", multiple=True, metavar="OPTION",
+              help="An sbatch option for slurm.sh, such as --partition=gpu or --gres=gpu:1. Repeatable.")
+@click.option("--no-submit", is_flag=True, help="With --slurm: write slurm.sh without submitting it.")
+@click.option("--collect", "collect_dir", metavar="DIR", type=click.Path(path_type=str),
+              help="Gather the results of the sweep in DIR (after Slurm, or any time).")
+@click.pass_context
+def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, no_submit, collect_dir, **params):
+    """Fine-tune once per freeze point × learning rate and compare the runs.
+
+    \b
+    caffegen sweep --net N --weights W --data DIR --freeze-upto conv5,fc6,fc7 --lr 0.001,0.0001 -o runs/sweep
+    caffegen sweep ... --gpus 0,1          one run per GPU at a time
+    caffegen sweep ... --slurm [--slurm-opt --partition=gpu ...]
+    caffegen sweep --collect runs/sweep    gather the results, any time
+
+    --freeze-upto (or --freeze-from) takes comma-separated layers. Each run gets a directory such as
+    upto-conv5_lr-0.001, listed in sweep.json. Without --slurm the runs train here, one after another;
+    a failing run does not stop the others. --slurm writes slurm.sh, a job array with one task per
+    run, and submits it with sbatch. The comparison goes to results.csv and results.png, the table to
+    standard output. Exit code after training here: 0 when every run ended well, 1 when one did not,
+    130 after Ctrl-C.
+    """
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    if collect_dir:
+        if output or slurm or gpus:
+            raise CaffegenError("--collect DIR gathers an existing sweep: give it without -o, --slurm or --gpus")
+        _show(collect(collect_dir), collect_dir, echo)
+        return
+    _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit)
+    gpu_ids = _gpu_ids(gpus)
+    if gpu_ids:
+        params = dict(params, gpu=gpu_ids[0])
+    options, caffe = job_from_options(params, echo)
+    planned = combinations(options, _names(params["freeze_upto"], "--freeze-upto"),
+                           _names(params["freeze_from"], "--freeze-from"), learning_rates)
+    if not slurm:
+        caffe = _local_caffe(params["caffe_path"], gpus)
+    runs = prepare_sweep(planned, output, force, caffe or "caffe", echo)
+    if slurm:
+        _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, echo)
+        return
+    errors = run_on_gpus(output, runs, gpu_ids, caffe, echo) if gpu_ids else run_here(output, runs, caffe, echo)
+    rows = _show(collect(output, runs, errors), output, echo)
+    statuses = {row["status"] for row in rows}
+    ctx.exit(130 if "interrupted" in statuses else 0 if statuses == {"ok"} else 1)
+
+
+def _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit):
+    """Refuse option combinations that cannot mean anything, before anything is written."""
+    if not output:
+        raise CaffegenError("give the sweep directory to create with -o DIR (or gather one with --collect DIR)")
+    if not params["net"] or not params["weights"]:
+        raise CaffegenError("give the base model with --net and --weights")
+    if learning_rates and params["base_lr"] is not None:
+        raise CaffegenError("give --lr (the learning rates to sweep) or --base-lr, not both")
+    if gpus and slurm:
+        raise CaffegenError("--gpus runs here; with --slurm ask Slurm for GPUs with --slurm-opt --gres=gpu:1")
+    if gpus and params["gpu"]:
+        raise CaffegenError("give --gpus (one run per GPU) or --gpu (every run on these GPUs), not both")
+    if (slurm_opts or no_submit) and not slurm:
+        raise CaffegenError("--slurm-opt and --no-submit go with --slurm")
+    if slurm:
+        check_slurm(output, slurm_opts)
+
+
+def _gpu_ids(gpus):
+    ids = _names(gpus, "--gpus")
+    if not all(gpu.isdigit() for gpu in ids):
+        raise CaffegenError(f"--gpus takes GPU ids such as 0,1, got '{gpus}'")
+    return ids
+
+
+def _local_caffe(caffe_path, gpus):
+    """The Caffe that trains here; a CPU-only build cannot take --gpus."""
+    caffe = find_caffe(caffe_path)
+    if gpus and caffe_is_cpu_only(caffe):
+        raise CaffegenError(f"{caffe} is a CPU-only build and cannot use --gpus {gpus}; drop --gpus to train "
+                            "the runs one after another on the CPU")
+    return caffe
+
+
+def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):
+    script = write_slurm_script(output, runs, slurm_opts, caffe_path)
+    if no_submit:
+        echo(f"wrote {script} ({len(runs)} tasks); submit it with: sbatch {script}")
+        return
+    job_id = submit(script)
+    click.echo(job_id)
+    echo(f"submitted job array {job_id} ({len(runs)} tasks); logs: {Path(output) / f'slurm-{job_id}_*.out'}")
+    echo(f"gather the results with: caffegen sweep --collect {output}")
+
+
+def _show(rows, sweep_dir, echo):
+    for line in table_lines(rows):
+        click.echo(line)
+    echo(f"table: {Path(sweep_dir) / TABLE}; plot: {Path(sweep_dir) / PLOT}")
+    return rows

@@ -1,0 +1,382 @@
+"""Sweeps: one fine-tuning run per freeze point and learning rate, compared in one table and one plot.
+
+:func:`prepare_sweep` writes a run directory per combination and ``sweep.json``. The runs are
+launched here one after another (:func:`run_here`), one per GPU at a time (:func:`run_on_gpus`),
+or as a Slurm job array (:func:`write_slurm_script`, :func:`submit`). :func:`collect` reads each
+run's ``result.json`` into ``results.csv`` and ``results.png``, whenever the runs have ended.
+"""
+
+import csv
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jinja2
+
+from . import __version__
+from .errors import CaffegenError
+from .job import prepare
+from .launch import RESULT, launch, summary_lines
+from .prototxt import read_solver, write_atomic
+from .resources import resource_dir
+
+SWEEP = "sweep.json"
+TABLE = "results.csv"
+PLOT = "results.png"
+SLURM_SCRIPT = "slurm.sh"
+LAUNCH_LOG = "launch.log"
+COLUMNS = ("run", "freeze", "lr", "best_accuracy", "last_accuracy", "seconds", "exit_code", "status")
+NOT_FINISHED = "not finished"
+UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One combination of the sweep and its run directory, relative to the sweep directory."""
+
+    run_dir: str
+    freeze_upto: str = None
+    freeze_from: str = None
+    lr: float = None
+
+    @property
+    def freeze(self):
+        """The freeze point in words: ``upto conv5``, ``from fc6`` or ``none``."""
+        if self.freeze_upto:
+            return f"upto {self.freeze_upto}"
+        return f"from {self.freeze_from}" if self.freeze_from else "none"
+
+
+def combinations(options, freeze_upto=(), freeze_from=(), learning_rates=()):
+    """(SweepRun, JobOptions) for every freeze point × learning rate, the freeze points first."""
+    points = [(layer, None) for layer in freeze_upto] + [(None, layer) for layer in freeze_from] or [(None, None)]
+    planned = []
+    for upto, start in points:
+        for lr in learning_rates or [None]:
+            run = SweepRun(_run_name(upto, start, lr), upto, start, lr)
+            job = replace(options, freeze_upto=upto, freeze_from=start,
+                          base_lr=options.base_lr if lr is None else lr)
+            planned.append((run, job))
+    names = [run.run_dir for run, _ in planned]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise CaffegenError(f"the sweep lists the run {', '.join(twice)} more than once; give each layer and "
+                            "learning rate once")
+    return planned
+
+
+def _run_name(upto, start, lr):
+    parts = [f"upto-{upto}" if upto else None, f"from-{start}" if start else None,
+             f"lr-{lr:g}" if lr is not None else None]
+    return UNSAFE_NAME.sub("-", "_".join(part for part in parts if part)) or "run"
+
+
+def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None):
+    """Prepare every run of ``planned`` (from :func:`combinations`) and ``sweep.json`` in ``out_dir``.
+
+    The directory is built beside its place and renamed into it, so a bad layer name leaves nothing.
+    """
+    echo = echo or (lambda line: None)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise CaffegenError("sweep directory exists; pass --force to replace it, or gather it with --collect",
+                            out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        runs = [_prepare_run(run, options, staging, caffe, echo) for run, options in planned]
+        _write_sweep_file(staging, runs)
+        os.chmod(staging, 0o755)
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return runs
+
+
+def _prepare_run(run, options, staging, caffe, echo):
+    job = prepare(options, staging / run.run_dir, caffe=caffe, warn=echo)
+    lr = float(f"{read_solver(job.run_dir / 'solver.prototxt').base_lr:.7g}")  # base_lr is a float32
+    echo(f"prepared {run.run_dir}: freeze {run.freeze}, base_lr {lr:g}, "
+         f"{job.manifest['schedule']['max_iter']} iterations")
+    return replace(run, lr=lr)
+
+
+def _write_sweep_file(sweep_dir, runs):
+    data = {"caffegen": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "runs": [{"run_dir": run.run_dir, "freeze_upto": run.freeze_upto, "freeze_from": run.freeze_from,
+                      "lr": run.lr} for run in runs]}
+    write_atomic(sweep_dir / SWEEP, json.dumps(data, indent=2) + "\n")
+
+
+def _move_into_place(staging, out_dir):
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out_dir, old)
+        os.rename(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, out_dir)
+
+
+def load_sweep(sweep_dir):
+    """The runs listed in a sweep directory's ``sweep.json``."""
+    path = Path(sweep_dir) / SWEEP
+    if not path.is_file():
+        raise CaffegenError(f"not a caffegen sweep directory (no {SWEEP}); create one with caffegen sweep -o DIR",
+                            sweep_dir)
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["runs"]
+        return [SweepRun(entry["run_dir"], entry["freeze_upto"], entry["freeze_from"], entry["lr"])
+                for entry in entries]
+    except (ValueError, KeyError, TypeError) as error:
+        raise CaffegenError(f"unreadable sweep file ({error}); prepare the sweep again", path) from None
+
+
+def run_here(sweep_dir, runs, caffe=None, echo=None, show_progress=None):
+    """Launch the runs one after another; return {run_dir: error} for runs refused before Caffe started.
+
+    A failing run does not stop the others; Ctrl-C stops the run in progress and the sweep.
+    """
+    echo = echo or (lambda line: None)
+    errors = {}
+    for number, run in enumerate(runs, start=1):
+        echo(f"[{number}/{len(runs)}] {run.run_dir}")
+        try:
+            result = launch(Path(sweep_dir) / run.run_dir, caffe, echo=echo, show_progress=show_progress)
+        except CaffegenError as error:
+            errors[run.run_dir] = str(error)
+            echo(f"caffegen: error: {error}")
+            continue
+        for line in summary_lines(result, Path(sweep_dir) / run.run_dir):
+            echo(line)
+        if result.interrupted:
+            echo("interrupted: the remaining runs are not started")
+            break
+    return errors
+
+
+def run_on_gpus(sweep_dir, runs, gpus, caffe=None, echo=None, poll_seconds=1.0):
+    """Launch the runs as ``caffegen launch --gpu ID`` processes, one per GPU at a time.
+
+    Each process writes its report to ``launch.log`` in its run directory. Returns
+    {run_dir: error} for runs that ended without a result. Ctrl-C lets the running ones
+    snapshot and stop, and starts no more.
+    """
+    echo = echo or (lambda line: None)
+    sweep_dir = Path(sweep_dir)
+    pending, running, errors = list(runs), {}, {}
+    try:
+        while pending or running:
+            for slot, gpu in enumerate(gpus):
+                if slot not in running and pending:
+                    running[slot] = _start_launch(sweep_dir, pending.pop(0), gpu, caffe, echo)
+            _reap(sweep_dir, running, errors, echo)
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        echo("interrupted: waiting for the running runs to snapshot and stop; the remaining runs are not started")
+        for run, _, process in running.values():
+            process.wait()
+            _record_exit(sweep_dir / run.run_dir, process, errors)
+    return errors
+
+
+def _start_launch(sweep_dir, run, gpu, caffe, echo):
+    run_dir = sweep_dir / run.run_dir
+    command = [sys.executable, "-m", "caffegen", "launch", str(run_dir), "--gpu", gpu]
+    if caffe:
+        command += ["--caffe", str(caffe)]
+    echo(f"GPU {gpu}: started {run.run_dir}")
+    with open(run_dir / LAUNCH_LOG, "w", encoding="utf-8") as log:
+        return run, gpu, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _reap(sweep_dir, running, errors, echo):
+    for slot, (run, gpu, process) in list(running.items()):
+        if process.poll() is not None:
+            del running[slot]
+            _record_exit(sweep_dir / run.run_dir, process, errors)
+            echo(f"GPU {gpu}: {run.run_dir} ended with exit code {process.returncode}")
+
+
+def _record_exit(run_dir, process, errors):
+    """A run that left no result.json failed before Caffe ran: keep the last line of its report."""
+    if not (run_dir / RESULT).is_file():
+        lines = (run_dir / LAUNCH_LOG).read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        errors[run_dir.name] = lines[-1] if lines else f"caffegen launch exited with {process.returncode}"
+
+
+def check_slurm(sweep_dir, sbatch_options=()):
+    """Refuse what an sbatch script cannot hold: a quote or newline in the path, a line that is no option."""
+    sweep_dir = Path(sweep_dir).resolve()
+    if any(char in str(sweep_dir) for char in '"\n'):
+        raise CaffegenError("an sbatch script cannot name a path with a double quote or a newline; "
+                            "choose another sweep directory", sweep_dir)
+    for option in sbatch_options:
+        if not option.startswith("-") or "\n" in option:
+            raise CaffegenError(f"--slurm-opt takes an sbatch option such as --partition=gpu, got '{option}'")
+
+
+def write_slurm_script(sweep_dir, runs, sbatch_options=(), caffe=None):
+    """Write ``slurm.sh``: a job array whose task i runs ``caffegen launch`` on run i; return its path."""
+    check_slurm(sweep_dir, sbatch_options)
+    sweep_dir = Path(sweep_dir).resolve()
+    command = [sys.executable, "-m", "caffegen", "launch"] + (["--caffe", str(Path(caffe).resolve())] if caffe else [])
+    script = sweep_dir / SLURM_SCRIPT
+    text = _templates().get_template("sweep_slurm.sh.j2").render(
+        job_name=UNSAFE_NAME.sub("-", f"caffegen-{sweep_dir.name}"), last_task=len(runs) - 1,
+        output=sweep_dir / "slurm-%A_%a.out", sbatch_options=sbatch_options, command=shlex.join(command),
+        runs=[shlex.quote(str(sweep_dir / run.run_dir)) for run in runs], script=shlex.quote(str(script)),
+        sweep_dir=shlex.quote(str(sweep_dir)), version=__version__)
+    write_atomic(script, text)
+    script.chmod(0o755)
+    return script
+
+
+def submit(script):
+    """Submit ``script`` with sbatch (no shell involved); return the job id."""
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise CaffegenError(f"sbatch not found: run this on a Slurm login node, or submit {script} there "
+                            f"with: sbatch {shlex.quote(str(script))}")
+    done = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise CaffegenError(f"sbatch refused the job array: {reason}", script)
+    return done.stdout.strip().split(";")[0]
+
+
+def collect(sweep_dir, runs=None, errors=None):
+    """Read each run's result.json; write ``results.csv`` and ``results.png``; return the table's rows."""
+    sweep_dir = Path(sweep_dir)
+    runs = load_sweep(sweep_dir) if runs is None else runs
+    rows = [_row(sweep_dir, run, (errors or {}).get(run.run_dir)) for run in runs]
+    write_atomic(sweep_dir / TABLE, _csv_text(rows))
+    plot_sweep(rows, [_accuracy_curve(sweep_dir / run.run_dir) for run in runs], sweep_dir / PLOT)
+    return rows
+
+
+def _row(sweep_dir, run, error):
+    path = sweep_dir / run.run_dir / RESULT
+    result = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return {"run": run.run_dir, "freeze": run.freeze, "lr": run.lr,
+            "best_accuracy": result.get("best_accuracy"), "last_accuracy": result.get("last_accuracy"),
+            "seconds": result.get("seconds"), "exit_code": result.get("exit_code"),
+            "status": f"error: {error}" if error else _status(result)}
+
+
+def _status(result):
+    if not result:
+        return NOT_FINISHED
+    if result["diagnosis"]:
+        return result["diagnosis"]
+    if result["interrupted"]:
+        return "interrupted"
+    return "ok" if result["exit_code"] == 0 else f"exit {result['exit_code']}"
+
+
+def _csv_text(rows):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
+    return text.getvalue()
+
+
+def table_lines(rows):
+    """The rows as an aligned text table for the terminal."""
+    header = ("run", "freeze", "lr", "best acc", "last acc", "time", "exit", "status")
+    cells = [header] + [(row["run"], row["freeze"], _number(row["lr"], "g"), _number(row["best_accuracy"], ".4f"),
+                         _number(row["last_accuracy"], ".4f"), _number(row["seconds"], ".1f", " s"),
+                         _number(row["exit_code"], "d"), row["status"]) for row in rows]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(header))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
+
+
+def _number(value, spec, unit=""):
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def _accuracy_curve(run_dir):
+    """(iterations, validation accuracies) from a run's curves.csv; empty when it has none."""
+    path = run_dir / "curves.csv"
+    if not path.is_file():
+        return [], []
+    with path.open(newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        column = next((key for key in reader.fieldnames or () if key.startswith("test/") and key.endswith("accuracy")),
+                      None)
+        points = [(int(record["iteration"]), float(record[column])) for record in reader if column and record[column]]
+    return [i for i, _ in points], [value for _, value in points]
+
+
+def plot_sweep(rows, curves, path):
+    """Draw each run's best validation accuracy as a bar, and all validation curves on one axis, as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 1.6 + 0.45 * max(len(rows), 6)), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    bars, lines = figure.subplots(1, 2, width_ratios=(1, 1.3))
+    _draw_bars(bars, rows)
+    _draw_curves(lines, rows, curves)
+    figure.suptitle("Sweep: validation accuracy per run")
+    _save_atomic(figure, Path(path))
+
+
+def _draw_bars(axis, rows):
+    positions = range(len(rows))
+    values = [row["best_accuracy"] or 0.0 for row in rows]
+    colors = ["tab:blue" if row["status"] == "ok" else "tab:red" for row in rows]
+    axis.barh(positions, values, color=colors)
+    for position, row, value in zip(positions, rows, values):
+        label = f"{value:.3f}" if row["best_accuracy"] is not None else ""
+        if row["status"] != "ok":
+            label = f"{label}  {row['status']}".strip()
+        axis.text(value + 0.01, position, label, va="center", fontsize="small")
+    axis.set_yticks(list(positions), [row["run"] for row in rows])
+    axis.invert_yaxis()
+    axis.set_xlim(0, 1.3)
+    axis.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    axis.set_xlabel("best validation accuracy")
+    axis.grid(True, axis="x", alpha=0.3)
+
+
+def _draw_curves(axis, rows, curves):
+    for row, (iterations, values) in zip(rows, curves):
+        if iterations:
+            axis.plot(iterations, values, marker="o" if len(values) < 30 else None, markersize=3, label=row["run"])
+    axis.set_xlabel("iteration")
+    axis.set_ylabel("validation accuracy")
+    axis.set_ylim(-0.02, 1.02)
+    axis.grid(True, alpha=0.3)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(loc="lower right", fontsize="small")
+
+
+def _save_atomic(figure, path):
+    """Save ``figure`` as a PNG so that a viewer sees the old file or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        figure.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _templates():
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

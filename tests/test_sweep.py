@@ -1,0 +1,224 @@
+"""caffegen sweep with real Caffe: runs per freeze point × learning rate, here and as a real Slurm job array."""
+
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from caffegen.digits import write_digit_images
+from caffegen.job import JobOptions
+from caffegen.resources import resource_dir
+from caffegen.sweep import collect, combinations, prepare_sweep, run_on_gpus
+from conftest import ROOT, run_caffegen
+from slurm_cluster import APT_PACKAGES, SlurmCluster, missing_programs
+
+DIGITS = resource_dir("models") / "digits"
+BASE_MODEL = ("--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Real images: scikit-learn's digits 5–9, a task the bundled model (trained on 0–4) never saw."""
+    folder = tmp_path_factory.mktemp("digits")
+    write_digit_images(folder, range(5, 10))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real Slurm (munged, slurmctld, slurmd) on localhost for this session; required in CI."""
+    missing = missing_programs()
+    if missing:
+        reason = f"Slurm is not installed (no {', '.join(missing)}); apt-get install {' '.join(APT_PACKAGES)}"
+        if os.environ.get("CI"):
+            pytest.fail(f"a real Slurm is required in CI: {reason}")
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def sweep(images, out, *extra, epochs=2, env=None):
+    return run_caffegen("sweep", *BASE_MODEL, "--data", images, "--epochs", epochs, "-o", out, *extra, env=env)
+
+
+def table(sweep_dir):
+    with open(sweep_dir / "results.csv", newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def result(run_dir):
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def assert_real_result(row, run_dir):
+    """The table's row says what the run's result.json says: a finished run with a real accuracy."""
+    recorded = result(run_dir)
+    assert row["status"] == "ok" and row["exit_code"] == "0"
+    assert float(row["best_accuracy"]) == recorded["best_accuracy"] > 0.5
+    assert float(row["last_accuracy"]) == recorded["last_accuracy"]
+    assert float(row["seconds"]) == recorded["seconds"] > 0
+
+
+def printed_row(stdout, run):
+    return next(line.split() for line in stdout.splitlines() if line.startswith(run + " "))
+
+
+def test_local_sweep_trains_each_combination_and_compares_them(caffe, images, tmp_path):
+    out = tmp_path / "sweep"
+    done = sweep(images, out, "--freeze-upto", "conv1,fc1", "--lr", "0.002")
+    assert done.returncode == 0, done.stderr
+    runs = ["upto-conv1_lr-0.002", "upto-fc1_lr-0.002"]
+    assert json.loads((out / "sweep.json").read_text())["runs"] == [
+        {"run_dir": runs[0], "freeze_upto": "conv1", "freeze_from": None, "lr": 0.002},
+        {"run_dir": runs[1], "freeze_upto": "fc1", "freeze_from": None, "lr": 0.002}]
+    rows = table(out)
+    assert [row["run"] for row in rows] == runs
+    for row in rows:
+        assert_real_result(row, out / row["run"])
+        assert printed_row(done.stdout, row["run"])[4] == f"{float(row['best_accuracy']):.4f}"
+        assert "base_lr: 0.002" in (out / row["run"] / "solver.prototxt").read_text()
+    conv1_log, fc1_log = ((out / run / "train.log").read_text() for run in runs)
+    assert "conv1 does not need backward computation." in conv1_log
+    assert "fc1 does not need backward computation." in fc1_log
+    assert "fc1 does not need backward computation." not in conv1_log
+    assert (out / "results.png").read_bytes()[:8] == PNG
+
+
+def test_a_diverging_run_is_diagnosed_and_the_next_one_still_runs(caffe, images, tmp_path):
+    out = tmp_path / "sweep"
+    done = sweep(images, out, "--freeze-upto", "conv2", "--lr", "1000,0.001")
+    assert done.returncode == 1, done.stderr
+    diverged, good = table(out)
+    assert diverged["run"] == "upto-conv2_lr-1000"
+    assert diverged["status"] == "diverged" and diverged["exit_code"] == "3"
+    assert printed_row(done.stdout, diverged["run"])[-1] == "diverged"
+    assert "training diverged" in done.stderr and "Traceback" not in done.stderr
+    assert good["run"] == "upto-conv2_lr-0.001"
+    assert_real_result(good, out / good["run"])
+    assert "Optimization Done." in (out / good["run"] / "train.log").read_text()
+
+
+def test_gpus_on_a_cpu_only_caffe_are_refused_before_anything_is_written(caffe, images, tmp_path):
+    done = sweep(images, tmp_path / "sweep", "--freeze-upto", "conv1,conv2", "--gpus", "0,1")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith("is a CPU-only build and cannot use --gpus 0,1; "
+                                                         "drop --gpus to train the runs one after another on the CPU")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_an_unknown_layer_leaves_no_sweep_behind(caffe, images, tmp_path):
+    done = sweep(images, tmp_path / "sweep", "--freeze-upto", "conv1,conv9")
+    assert done.returncode == 2
+    assert "conv9" in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_run_per_device_at_a_time(caffe, images, tmp_path):
+    options = JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=images,
+                         epochs=1)
+    out = tmp_path / "sweep"
+    runs = prepare_sweep(combinations(options, ("conv1", "conv2", "fc1")), out)
+    events = []
+    errors = run_on_gpus(out, runs, ["cpu", "cpu"], caffe, events.append, poll_seconds=0.05)
+    assert errors == {}
+    assert events[:2] == ["GPU cpu: started upto-conv1", "GPU cpu: started upto-conv2"]
+    assert events[2].startswith("GPU cpu: upto-conv") and events[2].endswith("ended with exit code 0")
+    assert events.index("GPU cpu: started upto-fc1") > 2
+    for row in collect(out):
+        assert row["status"] == "ok" and row["best_accuracy"] == result(out / row["run"])["best_accuracy"]
+
+
+def test_a_run_refused_by_launch_shows_why(caffe, images, tmp_path):
+    options = JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=images,
+                         epochs=1)
+    out = tmp_path / "sweep"
+    runs = prepare_sweep(combinations(options, ("conv1",)), out)
+    errors = run_on_gpus(out, runs, ["0"], caffe, poll_seconds=0.05)
+    assert errors["upto-conv1"].endswith("CPU-only build and cannot use --gpu 0; drop --gpu to train on the CPU")
+    [row] = collect(out, runs, errors)
+    assert row["status"] == "error: " + errors["upto-conv1"] and row["best_accuracy"] is None
+
+
+def test_slurm_script_gives_each_task_its_run(caffe, images, tmp_path):
+    out = tmp_path / "my sweep"
+    done = sweep(images, out, "--freeze-upto", "conv1,conv2,fc1", "--slurm", "--no-submit",
+                 "--slurm-opt", "--partition=gpu", "--slurm-opt=--time=00:10:00")
+    assert done.returncode == 0, done.stderr
+    lines = (out / "slurm.sh").read_text().splitlines()
+    first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+    assert [line for line in lines[first_command:] if line.startswith("#SBATCH")] == []
+    assert lines[0] == "#!/bin/bash"
+    assert "#SBATCH --array=0-2" in lines
+    assert f'#SBATCH --output="{out}/slurm-%A_%a.out"' in lines
+    assert "#SBATCH --partition=gpu" in lines and "#SBATCH --time=00:10:00" in lines
+    assert f"exec {shlex.quote(sys.executable)} -m caffegen launch " + '"${RUNS[$SLURM_ARRAY_TASK_ID]}"' in lines
+    for run in ("upto-conv1", "upto-conv2", "upto-fc1"):
+        assert f"  {shlex.quote(str(out / run))}" in lines
+
+    task = subprocess.run(["bash", out / "slurm.sh"], cwd=ROOT, env=dict(os.environ, SLURM_ARRAY_TASK_ID="1"),
+                          capture_output=True, text=True)
+    assert task.returncode == 0, task.stderr
+    collected = run_caffegen("sweep", "--collect", out)
+    assert collected.returncode == 0, collected.stderr
+    first, second, third = table(out)
+    assert first["status"] == third["status"] == "not finished" and first["best_accuracy"] == ""
+    assert_real_result(second, out / "upto-conv2")
+    assert printed_row(collected.stdout, "upto-fc1")[-2:] == ["not", "finished"]
+
+
+def test_bad_sweep_options_are_one_line_errors(tmp_path):
+    cases = [
+        (("sweep", "--collect", tmp_path), "no sweep.json"),
+        (("sweep", *BASE_MODEL, "--data", tmp_path, "--lr", "0.01", "--base-lr", "0.1", "-o", tmp_path / "s"),
+         "--lr (the learning rates to sweep) or --base-lr, not both"),
+        (("sweep", *BASE_MODEL, "--data", tmp_path, "--freeze-upto", "conv1,conv1", "-o", tmp_path / "s"),
+         "upto-conv1 more than once"),
+        (("sweep", *BASE_MODEL, "--data", tmp_path, "--gpus", "0,x", "-o", tmp_path / "s"), "GPU ids such as 0,1"),
+        (("sweep", *BASE_MODEL, "--data", tmp_path, "--slurm", "--slurm-opt", "partition=x", "-o", tmp_path / "s"),
+         "an sbatch option such as --partition=gpu"),
+        (("sweep", "--data", tmp_path, "-o", tmp_path / "s"), "--net and --weights"),
+    ]
+    for args, message in cases:
+        done = run_caffegen(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("caffegen: error: ") and message in last and "Traceback" not in done.stderr, args
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_slurm_job_array_trains_every_run_and_collect_gathers_them(slurm, caffe, images, tmp_path):
+    out = tmp_path / "slurm sweep"
+    done = sweep(images, out, "--freeze-upto", "conv1,conv2", "--slurm", "--slurm-opt=--time=10", env=slurm.env)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    assert job_id.isdigit(), done.stdout
+    slurm.wait_for_job(job_id, timeout=180)
+    collected = run_caffegen("sweep", "--collect", out, env=slurm.env)
+    assert collected.returncode == 0, collected.stderr
+    rows = table(out)
+    assert [row["run"] for row in rows] == ["upto-conv1", "upto-conv2"]
+    for task, row in enumerate(rows):
+        log = (out / f"slurm-{job_id}_{task}.out").read_text()
+        assert row["status"] == "ok", log + slurm.logs()
+        assert_real_result(row, out / row["run"])
+        assert f"log: {out / row['run'] / 'train.log'}" in log
+        assert printed_row(collected.stdout, row["run"])[4] == f"{float(row['best_accuracy']):.4f}"
+
+
+def test_sbatch_refusing_the_array_is_a_one_line_error(slurm, caffe, images, tmp_path):
+    done = sweep(images, tmp_path / "sweep", "--freeze-upto", "conv1", "--slurm", "--slurm-opt=--partition=nowhere",
+                 env=slurm.env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"caffegen: error: {tmp_path / 'sweep' / 'slurm.sh'}: sbatch refused the job array: "
+        "sbatch: error: Batch job submission failed: Invalid partition name specified")
