@@ -52,6 +52,16 @@ def run_caffegen(*args, cwd=None, env=None, input=None):
                           input=input, capture_output=True, text=True)
 
 
+def assert_one_line_error(result, *words):
+    """The command failed as a user error: exit code 2, one line on stderr with ``words``, no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
 @pytest.fixture
 def cli():
     return run_caffegen

@@ -5,7 +5,7 @@ from google.protobuf import text_format
 
 from caffegen.prototxt import read_net
 from caffegen.schema import BVLC
-from conftest import ZOO
+from conftest import ZOO, assert_one_line_error
 
 ALEXNET = ZOO / "bvlc_alexnet/train_val.prototxt"
 
@@ -61,41 +61,33 @@ class TestFreezeHeadLint:
 
 
 class TestBadInput:
-    def check_one_line_error(self, result, *words):
-        assert result.returncode == 2
-        assert "Traceback" not in result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, result.stderr
-        for word in words:
-            assert word in lines[0]
-
     def test_unknown_layer_suggests_and_writes_nothing(self, cli, tmp_path):
         out = tmp_path / "out.prototxt"
         result = cli("freeze", "--upto", "conv6", ALEXNET, "-o", out)
-        self.check_one_line_error(result, "layer 'conv6' not found", "did you mean 'conv5'")
+        assert_one_line_error(result, "layer 'conv6' not found", "did you mean 'conv5'")
         assert not out.exists()
 
     def test_test_only_layer(self, cli):
-        self.check_one_line_error(cli("freeze", "--upto", "accuracy", ALEXNET), "only in the TEST phase")
+        assert_one_line_error(cli("freeze", "--upto", "accuracy", ALEXNET), "only in the TEST phase")
 
     def test_missing_file(self, cli, tmp_path):
-        self.check_one_line_error(cli("freeze", "--upto", "x", tmp_path / "no.prototxt"), "no such file")
+        assert_one_line_error(cli("freeze", "--upto", "x", tmp_path / "no.prototxt"), "no such file")
 
     def test_syntax_error(self, cli, tmp_path):
         bad = tmp_path / "bad.prototxt"
         bad.write_text("layer {\n  name: 'a'\n  type:: 3\n}\n")
-        self.check_one_line_error(cli("lint", bad), f"{bad}:3:")
+        assert_one_line_error(cli("lint", bad), f"{bad}:3:")
 
     def test_solver_given_as_net(self, cli):
-        self.check_one_line_error(cli("lint", ZOO / "bvlc_alexnet/solver.prototxt"), "solver definition")
+        assert_one_line_error(cli("lint", ZOO / "bvlc_alexnet/solver.prototxt"), "solver definition")
 
     def test_input_is_never_overwritten_without_in_place(self, cli, tmp_path):
         net = tmp_path / "net.prototxt"
         net.write_text(ALEXNET.read_text())
-        self.check_one_line_error(cli("head", net, "--num-output", "3", "-o", net), "--in-place")
+        assert_one_line_error(cli("head", net, "--num-output", "3", "-o", net), "--in-place")
         assert net.read_text() == ALEXNET.read_text()
         assert cli("head", net, "--num-output", "3", "--in-place").returncode == 0
         assert layer(read_net(net).net, "fc8_ft").inner_product_param.num_output == 3
 
     def test_freeze_needs_exactly_one_point(self, cli):
-        self.check_one_line_error(cli("freeze", ALEXNET), "--upto")
+        assert_one_line_error(cli("freeze", ALEXNET), "--upto")
