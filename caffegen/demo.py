@@ -28,7 +28,7 @@ def ensure_caffe(caffe, echo):
     except CaffeNotFound:
         if caffe:
             raise
-        echo(f"Caffe not found: installing a CPU build of Caffe 1.0 into {default_prefix()} (once, about a minute)")
+        echo(f"Caffe not found: installing a CPU build of Caffe 1.0 into {default_prefix()} (once, about 20 s)")
         return install_caffe(log=echo)
 
 
