@@ -25,7 +25,7 @@ setup(
         "scikit-learn>=1.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "grpcio-tools==1.85.1"],
+        "test": ["pytest>=7", "grpcio-tools==1.85.1", "h5py>=3"],
     },
     entry_points={"console_scripts": ["caffegen = caffegen.cli:main"]},
 )

@@ -40,6 +40,8 @@ RESUMING = re.compile(r"Resuming from (.+)")
 CREATING_LAYER = re.compile(r"Creating [Ll]ayer (\S+)")
 OPENING_LIST = re.compile(r"Opening file (.+)")
 
+# A test's outputs end at the solver's next line; data threads may print in between ("Waiting for data").
+SOLVER_SOURCES = ("solver.cpp", "sgd_solver.cpp", "caffe.cpp")
 SOLVER_DUMP = "Initializing solver from parameters:"
 NETS_BUILT = "Network initialization done."
 DONE = "Optimization Done."
@@ -121,7 +123,9 @@ class LogWatcher:
         line = line.rstrip("\r\n")
         glog = GLOG_PREFIX.fullmatch(line)
         message = glog[3].rstrip() if glog else line
-        events = [] if self._test is None or TEST_OUTPUT.fullmatch(message) else self._finish_test()
+        ends_test = self._test is not None and not TEST_OUTPUT.fullmatch(message) and \
+            (not glog or glog[1] == "F" or glog[2] in SOLVER_SOURCES)
+        events = self._finish_test() if ends_test else []
         if glog:
             self._in_solver_dump = False
             events += self._on_glog(glog[1], glog[2], message)

@@ -17,21 +17,21 @@ from pathlib import Path
 from PIL import Image
 
 from . import __version__
+from .advise import advise
+from .cache import check_cacheable, plan_cache
 from .dataset import Dataset, KeptData, read_lists, scan_class_folders
 from .errors import CaffegenError
-from .advise import advise
 from .freeze import freeze
 from .head import retarget_head
 from .inspect import preflight
 from .lr_rules import apply_lr_rules
+from .netview import TEST, TRAIN
 from .prototxt import read_net, read_solver, to_text
+from .rundir import MANIFEST, SNAPSHOT_DIR
 from .scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
 from .solver import FINE_TUNE_LR, epoch_schedule, parse_overrides, render_solver, solver_fields
-from .netview import TEST, TRAIN
 from .wiring import DataSettings, data_layers, deploy_net, phase_batch_sizes, wire_image_data
 
-MANIFEST = "manifest.json"
-SNAPSHOT_DIR = "snapshots"
 MEAN_FILE = "mean.binaryproto"
 WEIGHTS_COPY = "base.caffemodel"
 DEFAULT_EPOCHS = 10
@@ -71,6 +71,7 @@ class JobOptions:
     val_images: int = None
     strategy: str = None
     similarity: str = None
+    cache_features: bool = False
 
 
 @dataclass
@@ -157,6 +158,8 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=()):
     if not stages:
         build = _build(options, dataset, weights, weights, caffe)
         _write_run_dir(run_dir, build.files, build.copies, force)
+        if options.cache_features:
+            build.notes.append(plan_cache(run_dir).describe())
         return PreparedJob(run_dir, build.manifest, notes + build.notes)
     job = _prepare_stages(options, stages, dataset, weights, run_dir, force, caffe)
     job.notes[:0] = notes
@@ -190,8 +193,8 @@ def _apply_strategy(options, dataset):
 
 
 def _prepare_stages(options, stages, dataset, weights, run_dir, force, caffe):
-    if options.copy_data:
-        raise CaffegenError("--copy-data does not combine with --stages yet; leave the images where they are")
+    if options.copy_data or options.cache_features:
+        raise CaffegenError("--copy-data and --cache-features do not combine with --stages yet")
     files, notes, entries, weights_ref = {}, [], [], weights
     for number, stage in enumerate(stages, start=1):
         stage = Stage(stage.freeze_upto, stage.freeze_from,
@@ -237,6 +240,8 @@ def _build(options, dataset, weights, weights_ref, caffe):
     deploy = deploy_net(net, channels, height, width)
     if weights_ref == weights:
         notes += preflight(net, weights, [1, channels, height, width])
+    if options.cache_features:
+        notes += check_cacheable(net, options.net)
     schedule, solver_text = _solver(options, net, dataset)
     copies = dataset.copy_names() if options.copy_data else {}
     if options.copy_data:
@@ -253,6 +258,8 @@ def _build(options, dataset, weights, weights_ref, caffe):
         files["train.txt"] = dataset.list_text("train", copies)
         files["val.txt"] = dataset.list_text("val", copies)
     manifest = _manifest(options, weights, weights_ref, dataset, schedule, mean_source)
+    if options.cache_features:
+        manifest["cache_features"] = True
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     if mean_source:
         copies[mean_source] = MEAN_FILE

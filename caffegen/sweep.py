@@ -26,7 +26,8 @@ import jinja2
 from . import __version__
 from .errors import CaffegenError
 from .job import prepare
-from .launch import RESULT, launch, summary_lines
+from .launch import launch
+from .runner import RESULT, summary_lines
 from .prototxt import read_solver, write_atomic
 from .resources import resource_dir
 

@@ -241,3 +241,19 @@ class TestLiveCaffe:
         losses = [record["loss"] for record in watcher.records if "loss" in record]
         assert math.isnan(losses[-1]) and all(math.isfinite(loss) for loss in losses[:-1])
         assert not watcher.done
+
+
+def test_a_data_thread_line_inside_a_test_does_not_cut_it():
+    """Real lines of a run whose prefetch thread printed between the test's header and its outputs."""
+    lines = [
+        "I1124 03:34:08.410923 18171 solver.cpp:347] Iteration 0, Testing net (#0)",
+        "I1124 03:34:08.410931 18171 blocking_queue.cpp:49] Waiting for data",
+        "I1124 03:34:08.468472 18171 solver.cpp:414]     Test net output #0: accuracy = 0.21",
+        "I1124 03:34:08.468677 18171 solver.cpp:414]     Test net output #1: loss = 5.05149 (* 1 = 5.05149 loss)",
+        "I1124 03:34:08.488790 18171 solver.cpp:239] Iteration 0 (-1.14954e+22 iter/s, 0.078s/5 iters), loss = 5.8944",
+    ]
+    watcher = LogWatcher()
+    for line in lines:
+        watcher.feed(line)
+    assert watcher.records[0]["test/accuracy"] == 0.21 and watcher.records[0]["loss"] == 5.8944
+    assert watcher.latest_test["test/accuracy"] == 0.21

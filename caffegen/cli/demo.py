@@ -3,7 +3,7 @@
 import click
 
 from ..demo import EPOCHS, run_demo
-from ..launch import summary_lines
+from ..runner import summary_lines
 
 
 @click.command("demo")

@@ -2,7 +2,8 @@
 
 import click
 
-from ..launch import launch, summary_lines
+from ..launch import launch
+from ..runner import summary_lines
 
 
 @click.command("launch")

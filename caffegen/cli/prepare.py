@@ -51,6 +51,8 @@ JOB_OPTIONS = [
     click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of each class kept for validation."),
     click.option("--seed", type=int, default=1, show_default=True, help="Seed of the split and of Caffe."),
     click.option("--skip-bad", is_flag=True, help="Leave out unreadable or non-image files instead of stopping."),
+    click.option("--cache-features", is_flag=True,
+                 help="Push the images through the frozen trunk once and train the head on the stored features."),
     click.option("--keep-data-layers", is_flag=True,
                  help="Keep the base net's own data layers (LMDB, …) instead of ImageData on lists."),
     click.option("--num-classes", type=click.IntRange(min=2), help="With --keep-data-layers: the classes."),
@@ -111,7 +113,7 @@ def job_from_options(params, echo):
         device=device, head_lr_mult=params["head_lr_mult"], head_name=params["head_name"],
         lr_rules=parse_lr_rules(params["lr_rules"]), keep_data_layers=params["keep_data_layers"],
         num_classes=params["num_classes"], train_images=params["train_images"], val_images=params["val_images"],
-        strategy=params["strategy"], similarity=params["similarity"])
+        strategy=params["strategy"], similarity=params["similarity"], cache_features=params["cache_features"])
     return options, caffe
 
 
