@@ -70,9 +70,9 @@ def launch_stages(run_dir, manifest, caffe, gpu, resume, echo, show_progress):
 def _finished(stage_dir):
     """The result of a stage that ran to its end, rebuilt from its files, or None."""
     path = stage_dir / RESULT
-    if not path.is_file() or json.loads(path.read_text(encoding="utf-8"))["exit_code"] != 0:
+    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if summary is None or summary["exit_code"] != 0:
         return None
-    summary = json.loads(path.read_text(encoding="utf-8"))
     records = earlier_records(stage_dir, summary["iterations"] + 1)
     final = Path(summary["final_model"]) if summary["final_model"] else None
     return LaunchResult(0, 0, LogWatcher(), records, seconds=summary["seconds"], final_model=final)

@@ -164,6 +164,7 @@ def summary_lines(result, run_dir):
         where = f"; snapshot: {state}" if state else ""
         lines.append(f"interrupted at iteration {result.watcher.iteration}{where}; "
                      f"continue with: caffegen launch {run_dir} --resume")
+    lines += result.notes
     log = Path(run_dir) / "train.log"
     logs = log if log.exists() else Path(run_dir) / "stage*" / "train.log"
     lines.append(f"{result.seconds:.1f} s; log: {logs}"
