@@ -27,17 +27,22 @@ SOFTMAX_TYPES = {"Softmax", "SoftmaxWithLoss"}
 
 
 def learnable_blob_count(layer):
-    """How many learnable blobs Caffe gives ``layer``; None for a type caffegen does not know."""
+    """How many learnable blobs Caffe gives ``layer``; None for a type caffegen does not know.
+
+    A Scale or Bias layer with two bottoms takes its factor from the second one, not from a blob;
+    an unknown type (a Python layer, a fork's layer) is taken at its ``param`` entries, if any.
+    """
+    if layer.type in KNOWN_PARAMETER_FREE:
+        return 0
+    from_bottom = layer.type in ("Scale", "Bias") and len(layer.bottom) > 1
     if layer.type in FIXED_BLOBS:
-        return FIXED_BLOBS[layer.type]
+        return 0 if from_bottom else FIXED_BLOBS[layer.type]
     if layer.type in BIAS_TERM_BLOBS:
         param_name, weights, default = BIAS_TERM_BLOBS[layer.type]
         param = getattr(layer, param_name)
         has_bias = param.bias_term if param.HasField("bias_term") else default
-        return weights + int(has_bias)
-    if layer.param:
-        return len(layer.param)
-    return None if layer.type not in KNOWN_PARAMETER_FREE else 0
+        return (0 if from_bottom else weights) + int(has_bias)
+    return len(layer.param) if layer.param else None
 
 
 def num_output_param(layer):

@@ -252,3 +252,16 @@ class TestZooSurgery:
         if find_classifiers(net):
             retarget_head(net, 3)
             assert all(new.endswith("_ft") for new in find_classifiers(net))
+
+
+class TestLearnableBlobs:
+    @pytest.mark.parametrize("text, count", [
+        ('type: "Scale" bottom: "x"', 1), ('type: "Scale" bottom: "x" scale_param { bias_term: true }', 2),
+        ('type: "Scale" bottom: "x" bottom: "s"', 0),
+        ('type: "Scale" bottom: "x" bottom: "s" scale_param { bias_term: true }', 1),
+        ('type: "Bias" bottom: "x"', 1), ('type: "Bias" bottom: "x" bottom: "b"', 0),
+        ('type: "ReLU" param { lr_mult: 0 }', 0), ('type: "Python" param { } param { }', 2),
+        ('type: "Python"', None), ('type: "InnerProduct" inner_product_param { bias_term: false }', 1),
+        ('type: "BatchNorm"', 3)])
+    def test_counts_follow_caffe(self, text, count):
+        assert learnable_blob_count(text_format.Parse(text, BVLC.LayerParameter())) == count
