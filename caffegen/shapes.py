@@ -195,10 +195,13 @@ def _crop(layer, deprecated_param):
     return layer.transform_param.crop_size or getattr(layer, deprecated_param).crop_size or None
 
 
-def _data_layer(layer, input_shape):
-    batch = layer.data_param.batch_size
-    crop = _crop(layer, "data_param")
-    return _batch_and_label(batch, _fill((batch, None, crop, crop), input_shape), layer)
+def _stored_data_layer(param_name):
+    """Shapes of a layer reading stored images of unknown size (Data, WindowData): batch and crop only."""
+    def shapes(layer, input_shape):
+        batch = getattr(layer, param_name).batch_size
+        crop = _crop(layer, param_name)
+        return _batch_and_label(batch, _fill((batch, None, crop, crop), input_shape), layer)
+    return shapes
 
 
 def _image_data_layer(layer, input_shape):
@@ -209,12 +212,6 @@ def _image_data_layer(layer, input_shape):
         height = width = crop
     image = (param.batch_size, 3 if param.is_color else 1, height, width)
     return _batch_and_label(param.batch_size, _fill(image, input_shape), layer)
-
-
-def _window_data_layer(layer, input_shape):
-    batch = layer.window_data_param.batch_size
-    crop = _crop(layer, "window_data_param")
-    return _batch_and_label(batch, _fill((batch, None, crop, crop), input_shape), layer)
 
 
 def _memory_data_layer(layer, input_shape):
@@ -271,7 +268,8 @@ def _net_inputs(net, input_shape):
 
 
 DATA_RULES = {
-    "Data": _data_layer, "ImageData": _image_data_layer, "WindowData": _window_data_layer,
+    "Data": _stored_data_layer("data_param"), "ImageData": _image_data_layer,
+    "WindowData": _stored_data_layer("window_data_param"),
     "MemoryData": _memory_data_layer, "HDF5Data": _hdf5_data_layer, "DummyData": _dummy_data_layer,
     "Input": _input_layer,
 }
