@@ -11,7 +11,6 @@ import math
 from .prototxt import write_atomic
 
 FIRST_COLUMNS = ("iteration", "loss", "lr")
-GROUP_ORDER = ("train", "test")
 
 
 def curve_columns(records):

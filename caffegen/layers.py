@@ -12,7 +12,7 @@ KNOWN_PARAMETER_FREE = {
 # Types whose learnable-blob count is fixed, or base + 1 when their bias_term flag is on.
 FIXED_BLOBS = {"BatchNorm": 3, "Bias": 1, "PReLU": 1, "Parameter": 1, "LSTM": 3, "RNN": 5}
 BIAS_TERM_BLOBS = {
-    # type: (parameter message, weight blobs, bias_term default)
+    # layer type -> (its parameter message, weight blobs, bias_term default)
     "Convolution": ("convolution_param", 1, True),
     "Deconvolution": ("convolution_param", 1, True),
     "InnerProduct": ("inner_product_param", 1, True),

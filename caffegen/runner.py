@@ -63,7 +63,8 @@ def run_caffe_train(caffe, arguments, run_dir, history, echo, show_progress):
         code = process.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
-    result = LaunchResult(code, code, watcher, history + watcher.records, diagnosis, bool(interrupts),
+    stopped = bool(interrupts) or watcher.stopped_early  # Ctrl-C here, or a SIGINT sent to Caffe itself
+    result = LaunchResult(code, code, watcher, history + watcher.records, diagnosis, stopped,
                           time.monotonic() - started)
     _finish(result, run_dir)
     return result

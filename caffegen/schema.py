@@ -39,10 +39,6 @@ class Schema:
             self._classes[name] = message_factory.GetMessageClass(descriptor)
         return self._classes[name]
 
-    def has_message(self, name):
-        """Whether the schema defines a top-level message ``name``."""
-        return name in self.file_descriptor.message_types_by_name
-
     @property
     def is_fork(self):
         return self.file_descriptor is not caffe_pb2.DESCRIPTOR

@@ -1,10 +1,13 @@
 """Launching prepared jobs with real Caffe: progress, curves, diagnosis, interruption, resume, the demo."""
 
 import csv
+import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +140,19 @@ def test_demo_leaves_a_run_directory_that_launches_again(caffe, tmp_path):
     assert run_caffegen("demo", "-o", demo).returncode == 2
     again = run_caffegen("launch", demo)
     assert again.returncode == 0, again.stderr
+
+
+def test_sigint_sent_to_caffe_itself_counts_as_an_interruption(caffe, images, tmp_path):
+    """As when a scheduler preempts the job: Caffe snapshots and stops; the run is resumable."""
+    run = prepare(images, tmp_path / "run", epochs=30)
+    launch = subprocess.Popen([sys.executable, "-m", "caffegen", "launch", str(run)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while "Iteration 60 " not in _read(run / "train.log") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    children = Path(f"/proc/{launch.pid}/task/{launch.pid}/children").read_text().split()
+    assert len(children) == 1
+    os.kill(int(children[0]), signal.SIGINT)
+    _, stderr = launch.communicate(timeout=60)
+    assert launch.returncode == 130, stderr
+    assert "--resume" in stderr and json.loads((run / "result.json").read_text())["interrupted"] is True
