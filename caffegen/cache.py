@@ -546,14 +546,17 @@ def merge_model(plan, head_snapshot):
 # --- the whole run -----------------------------------------------------------------------------
 
 
-def run_cached(run_dir, caffe, echo, show_progress=None):
-    """Cache the trunk's features, train the head on them, and write the merged final.caffemodel."""
+def run_cached(run_dir, caffe, echo, show_progress=None, gpu=None):
+    """Cache the trunk's features, train the head on them, and write the merged final.caffemodel.
+
+    ``gpu`` overrides the prepared device, as ``launch --gpu`` does.
+    """
     started = time.monotonic()
     run_dir = Path(run_dir).resolve()
     echo = echo or (lambda line: None)
     manifest = load_manifest(run_dir)
     caffe = find_caffe(caffe)
-    device = choose_launch_device(manifest["device"], None, caffe, echo)
+    device = choose_launch_device(manifest["device"], gpu, caffe, echo)
     gpu = None if device == "cpu" else device
     check_labels(run_dir)
     plan = plan_cache(run_dir)

@@ -32,7 +32,7 @@ def launch(run_dir, caffe=None, gpu=None, resume=False, echo=None, show_progress
         if resume:
             raise CaffegenError("a run with cached features does not resume; launch it again: the cached "
                                 "features are reused, only the head trains again", run_dir)
-        return run_cached(run_dir, caffe, echo, show_progress)
+        return run_cached(run_dir, caffe, echo, show_progress, gpu)
     caffe = find_caffe(caffe)
     device = choose_launch_device(manifest["device"], gpu, caffe, echo)
     match_solver_mode(run_dir, device, echo)

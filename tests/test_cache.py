@@ -354,6 +354,8 @@ def test_prepare_and_launch_with_cache_features(cli, caffe, images, tmp_path):
     assert f"final model: {run / FINAL_MODEL}" in launched.stderr
     resumed = cli("launch", run, "--resume")
     assert resumed.returncode == 2 and "does not resume" in resumed.stderr
+    on_gpu = cli("launch", run, "--gpu", "0")
+    assert on_gpu.returncode == 2 and "CPU-only build" in on_gpu.stderr
 
 
 def test_prepare_refuses_to_cache_random_augmentation(cli, images, tmp_path):
