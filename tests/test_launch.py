@@ -58,13 +58,19 @@ def test_prepare_then_launch(caffe, images, tmp_path):
     assert f"final model: {run / 'snapshots' / 'ft_iter_69.caffemodel'}" in result.stderr
 
 
-def test_interrupt_then_resume_reaches_max_iter(caffe, images, tmp_path):
-    run = prepare(images, tmp_path / "run", epochs=30)
+def launch_until(run, iteration):
+    """``caffegen launch`` in the background, returned once Caffe has logged ``iteration``."""
     launch = subprocess.Popen([sys.executable, "-m", "caffegen", "launch", str(run)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while "Iteration 100 " not in _read(run / "train.log") and time.monotonic() < deadline:
+    while f"Iteration {iteration} " not in _read(run / "train.log") and time.monotonic() < deadline:
         time.sleep(0.1)
+    return launch
+
+
+def test_interrupt_then_resume_reaches_max_iter(caffe, images, tmp_path):
+    run = prepare(images, tmp_path / "run", epochs=30)
+    launch = launch_until(run, 100)
     launch.send_signal(signal.SIGINT)
     _, stderr = launch.communicate(timeout=60)
     assert launch.returncode == 130, stderr
@@ -145,11 +151,7 @@ def test_demo_leaves_a_run_directory_that_launches_again(caffe, tmp_path):
 def test_sigint_sent_to_caffe_itself_counts_as_an_interruption(caffe, images, tmp_path):
     """As when a scheduler preempts the job: Caffe snapshots and stops; the run is resumable."""
     run = prepare(images, tmp_path / "run", epochs=30)
-    launch = subprocess.Popen([sys.executable, "-m", "caffegen", "launch", str(run)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while "Iteration 60 " not in _read(run / "train.log") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    launch = launch_until(run, 60)
     children = Path(f"/proc/{launch.pid}/task/{launch.pid}/children").read_text().split()
     assert len(children) == 1
     os.kill(int(children[0]), signal.SIGINT)

@@ -39,8 +39,12 @@ def main(argv=None):
         return error.exit_code
     except click.exceptions.Exit as done:
         return done.exit_code
+    except click.UsageError as error:
+        hint = f" (see: caffegen {error.ctx.info_name} --help)" if error.ctx and error.ctx.parent else ""
+        click.echo(f"caffegen: error: {error.format_message()}{hint}", err=True)
+        return error.exit_code
     except click.ClickException as error:
-        error.show()
+        click.echo(f"caffegen: error: {error.format_message()}", err=True)
         return error.exit_code
     except click.Abort:
         click.echo("caffegen: interrupted", err=True)

@@ -7,20 +7,7 @@ import click
 from ..inspect import LOADED, MISMATCH, NEW, inspect_net
 from ..netview import TEST, TRAIN
 from ..shapes import format_shape
-from .options import load_net, net_argument, proto_option
-
-
-def parse_input_shape(ctx, param, value):
-    """--input-shape N,C,H,W as a tuple of four positive integers."""
-    if value is None:
-        return None
-    try:
-        dims = tuple(int(part) for part in value.split(","))
-    except ValueError:
-        dims = ()
-    if len(dims) != 4 or min(dims) < 1:
-        raise click.BadParameter(f"'{value}': expected four positive integers N,C,H,W, such as 1,3,224,224")
-    return dims
+from .options import load_net, net_argument, number_list, proto_option
 
 
 @click.command("inspect")
@@ -29,7 +16,7 @@ def parse_input_shape(ctx, param, value):
               help="Pretrained weights: say what each layer gets from them.")
 @click.option("--phase", type=click.Choice([TRAIN, TEST], case_sensitive=False), default=TRAIN, show_default=True,
               help="The phase whose layers to show.")
-@click.option("--input-shape", callback=parse_input_shape, metavar="N,C,H,W",
+@click.option("--input-shape", callback=number_list(int, (4,), positive=True, example="1,3,224,224"), metavar="N,C,H,W",
               help="Shape of the data where the net does not give it (the images of an LMDB, say).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @proto_option

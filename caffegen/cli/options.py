@@ -29,6 +29,27 @@ def output_options(command):
                         help="Where to write the result (default: standard output).")(command)
 
 
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+
+def number_list(kind, counts, positive=False, example=None):
+    """A click callback parsing 'a,b,c' into a tuple of ``counts`` numbers of ``kind`` (int or float)."""
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            numbers = tuple(kind(part) for part in value.split(","))
+        except ValueError:
+            numbers = ()
+        if len(numbers) not in counts or (positive and min(numbers) <= 0):
+            words = " or ".join(NUMBER_WORDS[count] for count in counts)
+            what = ("positive " if positive else "") + ("integers" if kind is int else "numbers")
+            such_as = f", such as {example}" if example else ""
+            raise click.BadParameter(f"'{value}': expected {words} {what} {param.metavar}{such_as}")
+        return numbers
+    return parse
+
+
 def schema_for(proto_path):
     """BVLC's schema, or the fork's given with --proto."""
     return load_fork_schema(proto_path) if proto_path else BVLC

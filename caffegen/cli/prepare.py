@@ -7,22 +7,7 @@ from ..job import JobOptions, parse_stages, prepare
 from ..locate import caffe_is_cpu_only, find_caffe
 from ..lr_rules import parse_lr_rules
 from ..wiring import DataSettings
-from .options import report
-
-
-def _numbers(kind, count=None):
-    """A click callback parsing 'a,b,c' into a tuple of ``kind``."""
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            numbers = tuple(kind(part) for part in value.split(","))
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated numbers, got '{value}'") from None
-        if count and len(numbers) not in count:
-            raise click.BadParameter(f"expected {' or '.join(map(str, count))} numbers, got '{value}'")
-        return numbers
-    return parse
+from .options import number_list, report
 
 
 def choose_device(gpu, caffe_path, echo):
@@ -70,8 +55,8 @@ JOB_OPTIONS = [
     click.option("--val-batch-size", type=click.IntRange(min=1), help="Validation batch (default: the base net's)."),
     click.option("--iter-size", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Batches accumulated per iteration."),
-    click.option("--resize", callback=_numbers(int, (1, 2)), metavar="H[,W]", help="Resize images to H×W before cropping."),
-    click.option("--mean-value", callback=_numbers(float, (1, 3)), metavar="B,G,R", help="Per-channel mean to subtract."),
+    click.option("--resize", callback=number_list(int, (1, 2), positive=True), metavar="H[,W]", help="Resize images to H×W before cropping."),
+    click.option("--mean-value", callback=number_list(float, (1, 3)), metavar="B,G,R", help="Per-channel mean to subtract."),
     click.option("--mean-file", type=click.Path(path_type=str), help="The mean .binaryproto the base net names."),
     click.option("--base-lr", type=float, help="Learning rate (default: 1/10 of --solver's, else 0.001)."),
     click.option("--solver", "base_solver", type=click.Path(path_type=str), help="The base model's solver, for its learning rate."),
