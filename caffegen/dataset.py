@@ -17,10 +17,20 @@ MAX_LISTED = 5
 
 
 @dataclass
-class Dataset:
-    """Labelled images (absolute paths) split into training and validation sets."""
+class Labelled:
+    """Data with named classes, whose label is their position."""
 
     classes: list
+
+    def labels_text(self):
+        """labels.txt: one class name per line, in label order."""
+        return "".join(f"{name}\n" for name in self.classes)
+
+
+@dataclass
+class Dataset(Labelled):
+    """Labelled images (absolute paths) split into training and validation sets."""
+
     train: list
     val: list
 
@@ -44,20 +54,13 @@ class Dataset:
     def val_count(self):
         return len(self.val)
 
-    def labels_text(self):
-        return "".join(f"{name}\n" for name in self.classes)
-
 
 @dataclass
-class KeptData:
+class KeptData(Labelled):
     """The base net's own data layers (LMDB, HDF5, …), described by the counts the user gives."""
 
-    classes: list
     train_count: int
     val_count: int
-
-    def labels_text(self):
-        return "".join(f"{name}\n" for name in self.classes)
 
 
 def scan_class_folders(data_dir, val_fraction=0.2, seed=1, skip_bad=False, warn=None):

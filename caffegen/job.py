@@ -5,11 +5,10 @@ labels, ``train.sh``/``train.bat`` and a manifest of inputs (sizes, hashes) and 
 It is built beside its final place and renamed into it, so it is either complete or absent.
 """
 
+import functools
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +26,7 @@ from .inspect import preflight
 from .lr_rules import apply_lr_rules
 from .netview import TEST, TRAIN
 from .prototxt import read_net, read_solver, to_text
-from .rundir import MANIFEST, SNAPSHOT_DIR
+from .rundir import MANIFEST, SNAPSHOT_DIR, built_beside
 from .scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
 from .solver import FINE_TUNE_LR, epoch_schedule, parse_overrides, render_solver, solver_fields
 from .wiring import DataSettings, data_layers, deploy_net, phase_batch_sizes, wire_image_data
@@ -157,11 +156,11 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=()):
     options = _with_defaults(options)
     if not stages:
         build = _build(options, dataset, weights, weights, caffe)
-        _write_run_dir(run_dir, build.files, build.copies, force)
+        _write_run_dir(run_dir, build.files, build.copies)
         if options.cache_features:
             build.notes.append(plan_cache(run_dir).describe())
         return PreparedJob(run_dir, build.manifest, notes + build.notes)
-    job = _prepare_stages(options, stages, dataset, weights, run_dir, force, caffe)
+    job = _prepare_stages(options, stages, dataset, weights, run_dir, caffe)
     job.notes[:0] = notes
     return job
 
@@ -192,7 +191,7 @@ def _apply_strategy(options, dataset):
     return replace(options, **chosen), [note]
 
 
-def _prepare_stages(options, stages, dataset, weights, run_dir, force, caffe):
+def _prepare_stages(options, stages, dataset, weights, run_dir, caffe):
     if options.copy_data or options.cache_features:
         raise CaffegenError("--copy-data and --cache-features do not combine with --stages yet")
     files, notes, entries, weights_ref = {}, [], [], weights
@@ -216,7 +215,7 @@ def _prepare_stages(options, stages, dataset, weights, run_dir, force, caffe):
                 "schedule": {"max_iter": sum(entry["max_iter"] for entry in entries)}}
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     files["train.sh"] = render_stages_sh([entry["dir"] for entry in entries])
-    _write_run_dir(run_dir, files, {}, force)
+    _write_run_dir(run_dir, files, {})
     return PreparedJob(run_dir, manifest, notes)
 
 
@@ -407,18 +406,23 @@ def _now():
 
 def _describe(path):
     path = Path(path).resolve()
+    stat = path.stat()
+    return {"path": str(path), "bytes": stat.st_size, "sha256": _sha256(str(path), stat.st_size, stat.st_mtime_ns)}
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path, size, mtime_ns):
+    """The file's SHA-256, computed once per version of it (stages and sweeps share their weights)."""
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
+    with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
 
 
-def _write_run_dir(run_dir, files, copies, force):
+def _write_run_dir(run_dir, files, copies):
     """Build the directory beside ``run_dir`` (texts, then copies of files) and rename it into place."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
-    try:
+    with built_beside(run_dir) as staging:
         for name, text in files.items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             with open(staging / name, "w", encoding="utf-8", newline="") as out:
@@ -430,19 +434,4 @@ def _write_run_dir(run_dir, files, copies, force):
         for source, name in copies.items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, staging / name)
-        os.chmod(staging, 0o755)
-        if run_dir.exists() and force:
-            _replace(run_dir, staging)
-        else:
-            os.rename(staging, run_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
-
-def _replace(run_dir, staging):
-    old = run_dir.with_name(f".{run_dir.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.rename(run_dir, old)
-    os.rename(staging, run_dir)
-    shutil.rmtree(old, ignore_errors=True)

@@ -1,10 +1,14 @@
 """A prepared run directory: its manifest, and the checks made before Caffe runs in it."""
 
 import json
+import os
 import re
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
-from .caffelog import LogWatcher
+from .caffelog import parse_log
 from .errors import CaffegenError
 from .head import find_classifiers
 from .layers import num_output_param
@@ -79,9 +83,26 @@ def earlier_records(run_dir, upto):
     log = run_dir / "train.log"
     if not log.is_file():
         return []
-    watcher = LogWatcher()
     with log.open(encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            watcher.feed(line)
-    watcher.close()
+        watcher, _ = parse_log(lines)
     return [record for record in watcher.records if record["iteration"] < upto]
+
+
+@contextmanager
+def built_beside(target):
+    """A fresh directory beside ``target`` that replaces it when the block ends well, and vanishes if not."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o755)
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(target, old)
+        os.rename(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

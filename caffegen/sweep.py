@@ -9,13 +9,11 @@ run's ``result.json`` into ``results.csv`` and ``results.png``, whenever the run
 import csv
 import io
 import json
-import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -30,6 +28,7 @@ from .launch import launch
 from .runner import RESULT, summary_lines
 from .prototxt import read_solver, write_atomic
 from .resources import resource_dir
+from .rundir import built_beside
 
 SWEEP = "sweep.json"
 TABLE = "results.csv"
@@ -92,16 +91,9 @@ def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None):
     if out_dir.exists() and not force:
         raise CaffegenError("sweep directory exists; pass --force to replace it, or gather it with --collect",
                             out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with built_beside(out_dir) as staging:
         runs = [_prepare_run(run, options, staging, caffe, echo) for run, options in planned]
         _write_sweep_file(staging, runs)
-        os.chmod(staging, 0o755)
-        _move_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return runs
 
 
@@ -118,17 +110,6 @@ def _write_sweep_file(sweep_dir, runs):
             "runs": [{"run_dir": run.run_dir, "freeze_upto": run.freeze_upto, "freeze_from": run.freeze_from,
                       "lr": run.lr} for run in runs]}
     write_atomic(sweep_dir / SWEEP, json.dumps(data, indent=2) + "\n")
-
-
-def _move_into_place(staging, out_dir):
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out_dir, old)
-        os.rename(staging, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, out_dir)
 
 
 def load_sweep(sweep_dir):
@@ -333,7 +314,9 @@ def plot_sweep(rows, curves, path):
     _draw_bars(bars, rows)
     _draw_curves(lines, rows, curves)
     figure.suptitle("Sweep: validation accuracy per run")
-    _save_atomic(figure, Path(path))
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
+    write_atomic(Path(path), image.getvalue())
 
 
 def _draw_bars(axis, rows):
@@ -364,18 +347,6 @@ def _draw_curves(axis, rows, curves):
     axis.grid(True, alpha=0.3)
     if axis.get_legend_handles_labels()[0]:
         axis.legend(loc="lower right", fontsize="small")
-
-
-def _save_atomic(figure, path):
-    """Save ``figure`` as a PNG so that a viewer sees the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _templates():

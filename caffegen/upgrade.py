@@ -54,19 +54,20 @@ def upgrade_v1_layer(v1_layer, schema, path=None):
             "upgrade it first with Caffe's upgrade_net_proto_text", path)
     layer = schema.LayerParameter()
     for field in SHARED_FIELDS:
-        _copy_field(v1_layer, layer, field)
+        copy_field(v1_layer, layer, field)
     if v1_layer.HasField("type"):
         layer.type = V1_TYPE_NAMES[v1_layer.DESCRIPTOR.fields_by_name["type"].enum_type
                                    .values_by_number[v1_layer.type].name]
     _upgrade_param_specs(v1_layer, layer)
     for field in v1_layer.DESCRIPTOR.fields:
         if field.name.endswith("_param") and field.name in layer.DESCRIPTOR.fields_by_name:
-            _copy_field(v1_layer, layer, field.name)
+            copy_field(v1_layer, layer, field.name)
     _move_deprecated_transforms(layer)
     return layer
 
 
-def _copy_field(source, target, name):
+def copy_field(source, target, name):
+    """Copy field ``name`` from ``source`` to ``target`` when set: scalars, messages, repeated or not."""
     field = source.DESCRIPTOR.fields_by_name[name]
     if field.is_repeated:
         values = getattr(source, name)

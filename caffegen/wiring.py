@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .errors import CaffegenError
 from .netview import PHASE_NUMBERS, TEST, TRAIN, NetView
+from .upgrade import copy_field
 
 DATA_TYPES = {"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData", "AnnotatedData"}
 CARRIED_TRANSFORMS = ("scale", "crop_size", "mean_file", "mean_value", "force_color", "force_gray")
@@ -69,7 +70,7 @@ def _image_data_layer(base, phase, source, settings):
     layer.top.extend(base.top)
     layer.include.add().phase = PHASE_NUMBERS[phase]
     for field in CARRIED_TRANSFORMS:
-        _copy_if_set(base.transform_param, layer.transform_param, field)
+        copy_field(base.transform_param, layer.transform_param, field)
     if phase == TRAIN and base.transform_param.mirror:
         layer.transform_param.mirror = True
     params = layer.image_data_param
@@ -104,14 +105,6 @@ def _base_resize(base):
         side = 256 if crop in (224, 227) else crop + crop // 7
         return side, side
     return None
-
-
-def _copy_if_set(source, target, field):
-    descriptor = source.DESCRIPTOR.fields_by_name[field]
-    if descriptor.is_repeated:
-        getattr(target, field).extend(getattr(source, field))
-    elif source.HasField(field):
-        setattr(target, field, getattr(source, field))
 
 
 def _insert_replacing(net, old, new):
