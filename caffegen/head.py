@@ -7,10 +7,9 @@ must also change its name, or Caffe aborts with "Cannot copy param 0 weights …
 from dataclasses import dataclass, field
 
 from .errors import CaffegenError
-from .layers import PASSTHROUGH_TYPES, SOFTMAX_TYPES, learnable_blob_count, num_output_param
+from .layers import (BIAS_LR_FACTOR, PASSTHROUGH_TYPES, SOFTMAX_TYPES, bias_blob_index, learnable_blob_count,
+                     num_output_param)
 from .netview import TEST, TRAIN, NetView
-
-BIAS_LR_FACTOR = 2.0
 
 
 @dataclass
@@ -122,6 +121,6 @@ def retarget_layer(layer, new_name, num_output, lr_mult=10.0, path=None):
     while len(layer.param) < blobs:
         layer.param.add()
     for i, spec in enumerate(layer.param[:blobs]):
-        spec.lr_mult = lr_mult * (BIAS_LR_FACTOR if i == 1 else 1)
-        spec.decay_mult = 1 if i == 0 else 0
+        spec.lr_mult = lr_mult * (BIAS_LR_FACTOR if i == bias_blob_index(layer) else 1)
+        spec.decay_mult = 0 if i == bias_blob_index(layer) else 1
     return before

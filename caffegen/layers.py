@@ -21,6 +21,8 @@ BIAS_TERM_BLOBS = {
 }
 NUM_OUTPUT_PARAMS = {"Convolution": "convolution_param", "Deconvolution": "convolution_param",
                      "InnerProduct": "inner_product_param", "Embed": "embed_param"}
+# Caffe's reference models let bias terms learn twice as fast as weights.
+BIAS_LR_FACTOR = 2.0
 # Layers a classifier's scores pass through unchanged in meaning on their way to the softmax.
 PASSTHROUGH_TYPES = {"ReLU", "Dropout", "Pooling", "Flatten", "Reshape", "Split"}
 SOFTMAX_TYPES = {"Softmax", "SoftmaxWithLoss"}
@@ -34,15 +36,32 @@ def learnable_blob_count(layer):
     """
     if layer.type in KNOWN_PARAMETER_FREE:
         return 0
-    from_bottom = layer.type in ("Scale", "Bias") and len(layer.bottom) > 1
     if layer.type in FIXED_BLOBS:
-        return 0 if from_bottom else FIXED_BLOBS[layer.type]
+        return 0 if _factor_from_bottom(layer) else FIXED_BLOBS[layer.type]
     if layer.type in BIAS_TERM_BLOBS:
-        param_name, weights, default = BIAS_TERM_BLOBS[layer.type]
-        param = getattr(layer, param_name)
-        has_bias = param.bias_term if param.HasField("bias_term") else default
-        return (0 if from_bottom else weights) + int(has_bias)
+        return _weight_blobs(layer) + int(_has_bias(layer))
     return len(layer.param) if layer.param else None
+
+
+def bias_blob_index(layer):
+    """Which learnable blob of ``layer`` is a bias term (it learns at BIAS_LR_FACTOR × the rate), or None."""
+    if layer.type in BIAS_TERM_BLOBS and _has_bias(layer):
+        return _weight_blobs(layer)
+    return None
+
+
+def _factor_from_bottom(layer):
+    return layer.type in ("Scale", "Bias") and len(layer.bottom) > 1
+
+
+def _weight_blobs(layer):
+    return 0 if _factor_from_bottom(layer) else BIAS_TERM_BLOBS[layer.type][1]
+
+
+def _has_bias(layer):
+    param_name, _, default = BIAS_TERM_BLOBS[layer.type]
+    param = getattr(layer, param_name)
+    return param.bias_term if param.HasField("bias_term") else default
 
 
 def num_output_param(layer):

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from .errors import CaffegenError
-from .layers import BIAS_TERM_BLOBS, is_frozen, learnable_blob_count
+from .layers import BIAS_LR_FACTOR, bias_blob_index, is_frozen, learnable_blob_count
 
-BIAS_FACTOR = 2.0
 
 
 @dataclass
@@ -23,7 +22,7 @@ class RuleReport:
 
     def summary(self):
         """One line per rule."""
-        lines = [f"lr_mult {mult:g} (bias {mult * BIAS_FACTOR:g}) on {len(names)} layer(s) matching '{pattern}'"
+        lines = [f"lr_mult {mult:g} (bias {mult * BIAS_LR_FACTOR:g}) on {len(names)} layer(s) matching '{pattern}'"
                  for (pattern, mult), names in self.applied.items() if names]
         lines += [f"no trainable layer matches '{pattern}'" for pattern in self.unused]
         return lines
@@ -67,12 +66,8 @@ def apply_lr_rules(net, rules):
         while len(layer.param) < count:
             layer.param.add()
         for index, spec in enumerate(layer.param[:count]):
-            spec.lr_mult = rule[1] * (BIAS_FACTOR if _is_bias(layer, index) else 1)
+            spec.lr_mult = rule[1] * (BIAS_LR_FACTOR if index == bias_blob_index(layer) else 1)
         if layer.name not in report.applied[rule]:
             report.applied[rule].append(layer.name)
     report.unused = [pattern for (pattern, _), names in report.applied.items() if not names]
     return report
-
-
-def _is_bias(layer, index):
-    return layer.type in BIAS_TERM_BLOBS and index == 1
