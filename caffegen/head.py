@@ -40,6 +40,12 @@ def find_classifiers(net, path=None):
     return found
 
 
+def classifier_outputs(net, path=None):
+    """{classifier name: its num_output} for the classifiers :func:`find_classifiers` finds."""
+    layers = {layer.name: layer for layer in net.layer}
+    return {name: num_output_param(layers[name]).num_output for name in find_classifiers(net, path)}
+
+
 def _unique(names):
     found = []
     for name in names:

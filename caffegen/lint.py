@@ -4,8 +4,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CaffegenError
-from .head import find_classifiers
-from .layers import is_frozen, learnable_blob_count, num_output_param
+from .head import classifier_outputs
+from .layers import is_frozen, learnable_blob_count
 from .netview import TEST, TRAIN, NetView
 
 
@@ -99,9 +99,7 @@ def check_unproduced_bottoms(view):
 
 def check_classifier_size(net, num_classes, path):
     """A classifier whose ``num_output`` differs from the number of classes of the labels."""
-    for name in find_classifiers(net, path):
-        layer = next(layer for layer in net.layer if layer.name == name)
-        outputs = num_output_param(layer).num_output
+    for name, outputs in classifier_outputs(net, path).items():
         if outputs != num_classes:
             yield Finding(name, f"classifier has num_output {outputs} but the labels have {num_classes} classes",
                           f"caffegen head --num-output {num_classes} (renames it so Caffe initialises it fresh)")

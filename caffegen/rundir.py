@@ -10,8 +10,7 @@ from pathlib import Path
 
 from .caffelog import parse_log
 from .errors import CaffegenError
-from .head import find_classifiers
-from .layers import num_output_param
+from .head import classifier_outputs
 from .locate import caffe_is_cpu_only
 from .prototxt import read_net, read_solver, to_text, write_atomic
 
@@ -54,8 +53,7 @@ def match_solver_mode(run_dir, device, echo):
 def check_labels(run_dir):
     """Refuse lists with labels the classifier cannot score: Caffe's release builds do not check them."""
     net = read_net(run_dir / "train_val.prototxt").net
-    outputs = [num_output_param(layer).num_output for name in find_classifiers(net)
-               for layer in net.layer if layer.name == name]
+    outputs = list(classifier_outputs(net).values())
     if not outputs:
         return
     for path in (run_dir / "train.txt", run_dir / "val.txt"):
