@@ -30,14 +30,14 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from caffegen.cache import plan_cache, run_cached  # noqa: E402
-from caffegen.install import install_caffe  # noqa: E402
-from caffegen.job import JobOptions, prepare  # noqa: E402
-from caffegen.launch import launch  # noqa: E402
-from caffegen.runner import validation_accuracies  # noqa: E402
-from caffegen.prototxt import read_net, to_text  # noqa: E402
-from caffegen.schema import BVLC  # noqa: E402
-from caffegen.wiring import DATA_TYPES, DataSettings  # noqa: E402
+from caffegen.run.cache import plan_cache, run_cached  # noqa: E402
+from caffegen.run.install import install_caffe  # noqa: E402
+from caffegen.job.prepare import JobOptions, prepare  # noqa: E402
+from caffegen.run.launch import launch  # noqa: E402
+from caffegen.run.runner import validation_accuracies  # noqa: E402
+from caffegen.io.prototxt import read_net, to_text  # noqa: E402
+from caffegen.io.schema import BVLC  # noqa: E402
+from caffegen.net.wiring import DATA_TYPES, DataSettings  # noqa: E402
 
 CAFFENET = ROOT.parent / "shared" / "fixtures" / "zoo" / "bvlc_reference_caffenet" / "train_val.prototxt"
 SIDE, INPUT = 256, 227

@@ -24,8 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from caffegen.caffemodel import write_caffemodel  # noqa: E402
-from caffegen.schema import BVLC  # noqa: E402
+from caffegen.io.caffemodel import write_caffemodel  # noqa: E402
+from caffegen.io.schema import BVLC  # noqa: E402
 
 RUNS = 3
 # VGG16 (Simonyan & Zisserman, configuration D): (name, type, blob shapes) in Caffe's layer order.
@@ -67,7 +67,7 @@ def generate(path):
 
 READER = """
 import json, sys, time
-from caffegen.caffemodel import read_caffemodel
+from caffegen.io.caffemodel import read_caffemodel
 start = time.perf_counter()
 model = read_caffemodel(sys.argv[1])
 seconds = time.perf_counter() - start
@@ -77,7 +77,7 @@ print(json.dumps({"seconds": seconds, "peak_kb": PEAK(),
 
 FULL_PARSE = """
 import json, sys, time
-from caffegen.schema import BVLC
+from caffegen.io.schema import BVLC
 data = open(sys.argv[1], "rb").read()
 start = time.perf_counter()
 net = BVLC.NetParameter()

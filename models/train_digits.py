@@ -15,9 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from caffegen.dataset import scan_class_folders
-from caffegen.digits import write_digit_images
-from caffegen.install import install_caffe
+from caffegen.job.dataset import scan_class_folders
+from caffegen.strategies.digits import write_digit_images
+from caffegen.run.install import install_caffe
 
 HERE = Path(__file__).resolve().parent / "digits"
 EPOCHS = 15

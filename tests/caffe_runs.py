@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caffegen.schema import BVLC
+from caffegen.io.schema import BVLC
 
 
 def run_caffe(caffe, *args, cwd):

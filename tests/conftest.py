@@ -37,7 +37,7 @@ def zoo_nets():
 def caffe():
     """Path of a real Caffe 1.0 binary, installed into the user prefix when missing."""
     from caffegen.errors import CaffegenError
-    from caffegen.install import install_caffe
+    from caffegen.run.install import install_caffe
     try:
         return install_caffe(log=lambda line: None)
     except CaffegenError as error:

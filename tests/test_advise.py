@@ -6,17 +6,17 @@ import shlex
 import pytest
 from google.protobuf import text_format
 
-from caffegen.advise import (CASES, SMALL_DATASET_IMAGES, SMALL_DATASET_PER_CLASS, advise, dataset_size,
+from caffegen.net.advise import (CASES, SMALL_DATASET_IMAGES, SMALL_DATASET_PER_CLASS, advise, dataset_size,
                              find_freeze_points)
 from caffegen.cli.prepare import prepare_command
-from caffegen.digits import write_digit_images
+from caffegen.strategies.digits import write_digit_images
 from caffegen.errors import CaffegenError
-from caffegen.freeze import freeze, layers_up_to
-from caffegen.layers import is_frozen, learnable_blob_count
-from caffegen.netview import TRAIN, NetView
-from caffegen.prototxt import read_net, read_solver
-from caffegen.resources import resource_dir
-from caffegen.schema import BVLC
+from caffegen.net.freeze import freeze, layers_up_to
+from caffegen.net.layers import is_frozen, learnable_blob_count
+from caffegen.net.netview import TRAIN, NetView
+from caffegen.io.prototxt import read_net, read_solver
+from caffegen.io.resources import resource_dir
+from caffegen.io.schema import BVLC
 from conftest import ZOO, assert_one_line_error, zoo_nets
 
 DIGITS = resource_dir("models") / "digits"

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 
 from caffe_runs import run_caffe
-from caffegen.cache import (FEATURES, FINAL_MODEL, HEAD_NET, check_cacheable, plan_cache, run_cached,
+from caffegen.run.cache import (FEATURES, FINAL_MODEL, HEAD_NET, check_cacheable, plan_cache, run_cached,
                             write_trimmed_weights)
-from caffegen.caffemodel import read_caffemodel, write_caffemodel
-from caffegen.digits import write_digit_images
+from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
+from caffegen.strategies.digits import write_digit_images
 from caffegen.errors import CaffegenError
-from caffegen.job import JobOptions, prepare
-from caffegen.launch import launch
-from caffegen.netview import TEST, NetView
-from caffegen.prototxt import read_net, to_text
-from caffegen.resources import resource_dir
-from caffegen.schema import BVLC
-from caffegen.wiring import DataSettings
+from caffegen.job.prepare import JobOptions, prepare
+from caffegen.run.launch import launch
+from caffegen.net.netview import TEST, NetView
+from caffegen.io.prototxt import read_net, to_text
+from caffegen.io.resources import resource_dir
+from caffegen.io.schema import BVLC
+from caffegen.net.wiring import DataSettings
 
 DIGITS = resource_dir("models") / "digits"
 BASE_NET = (DIGITS / "train_val.prototxt").read_text()

@@ -6,9 +6,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-from caffegen import caffelog
-from caffegen.caffelog import LogWatcher, Progress, Snapshot, parse_log
-from caffegen.diagnose import Diagnosis
+from caffegen.run import caffelog
+from caffegen.run.caffelog import LogWatcher, Progress, Snapshot, parse_log
+from caffegen.run.diagnose import Diagnosis
 
 LOGS = Path(__file__).parent / "data" / "logs"
 

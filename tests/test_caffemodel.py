@@ -7,12 +7,12 @@ import pytest
 from google.protobuf import text_format
 
 from caffe_runs import read_blobs, run_caffe, train
-from caffegen.caffemodel import (BLOB_DATA, BLOB_DOUBLE_DATA, BLOB_SHAPE, LAYER_BLOBS, LAYER_NAME, LAYER_TYPE,
+from caffegen.io.caffemodel import (BLOB_DATA, BLOB_DOUBLE_DATA, BLOB_SHAPE, LAYER_BLOBS, LAYER_NAME, LAYER_TYPE,
                                  LEGACY_FIELDS, NET_LAYER, NET_NAME, NET_V1_LAYERS, SHAPE_DIM, V1_BLOBS, V1_NAME,
                                  V1_TYPE, read_caffemodel, upgrade_caffemodel, write_caffemodel)
 from caffegen.errors import CaffegenError
-from caffegen.schema import BVLC
-from caffegen.upgrade import V1_TYPE_NAMES
+from caffegen.io.schema import BVLC
+from caffegen.io.upgrade import V1_TYPE_NAMES
 from conftest import ROOT
 
 # A small net of layer types that the V1 format knows, so that its weights can be written as V1.

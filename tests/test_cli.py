@@ -3,8 +3,8 @@
 import pytest
 from google.protobuf import text_format
 
-from caffegen.prototxt import read_net
-from caffegen.schema import BVLC
+from caffegen.io.prototxt import read_net
+from caffegen.io.schema import BVLC
 from conftest import ZOO, assert_one_line_error
 
 ALEXNET = ZOO / "bvlc_alexnet/train_val.prototxt"

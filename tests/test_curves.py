@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from caffegen.caffelog import parse_log
-from caffegen.curves import curve_columns, plot_curves, write_curves_csv
+from caffegen.run.caffelog import parse_log
+from caffegen.run.curves import curve_columns, plot_curves, write_curves_csv
 
 LOGS = Path(__file__).parent / "data" / "logs"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -82,6 +82,6 @@ class TestPlot:
         assert png_size(tmp_path / "curves.png") == (1000, 650)
 
     def test_matplotlib_is_imported_only_to_plot(self):
-        code = "import sys, caffegen.curves; print('matplotlib' in sys.modules)"
+        code = "import sys, caffegen.run.curves; print('matplotlib' in sys.modules)"
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert result.stdout.strip() == "False"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from caffegen.caffelog import LogWatcher, parse_log
-from caffegen.diagnose import STUCK_LOSS, Diagnosis
+from caffegen.run.caffelog import LogWatcher, parse_log
+from caffegen.run.diagnose import STUCK_LOSS, Diagnosis
 
 LOGS = Path(__file__).parent / "data" / "logs"
 

@@ -3,10 +3,10 @@
 import pytest
 
 from caffegen.errors import CaffegenError
-from caffegen.freeze import freeze
-from caffegen.head import retarget_head
-from caffegen.prototxt import read_net, to_text
-from caffegen.schema import BVLC, load_fork_schema
+from caffegen.net.freeze import freeze
+from caffegen.net.head import retarget_head
+from caffegen.io.prototxt import read_net, to_text
+from caffegen.io.schema import BVLC, load_fork_schema
 from conftest import ROOT, ZOO
 
 DENSENET = ZOO / "densenet/DenseNet_121.prototxt"

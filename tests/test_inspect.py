@@ -9,14 +9,14 @@ import pytest
 from google.protobuf import text_format
 
 from caffe_runs import run_caffe, train
-from caffegen.caffemodel import write_caffemodel
-from caffegen.freeze import freeze
-from caffegen.head import retarget_head
-from caffegen.inspect import LOADED, MISMATCH, NEW, NONE, check_weights, inspect_net
-from caffegen.netview import PHASE_NUMBERS, TEST, TRAIN, NetView
-from caffegen.prototxt import read_net, to_text
-from caffegen.schema import BVLC
-from caffegen.shapes import infer_shapes
+from caffegen.io.caffemodel import write_caffemodel
+from caffegen.net.freeze import freeze
+from caffegen.net.head import retarget_head
+from caffegen.net.inspect import LOADED, MISMATCH, NEW, NONE, check_weights, inspect_net
+from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN, NetView
+from caffegen.io.prototxt import read_net, to_text
+from caffegen.io.schema import BVLC
+from caffegen.net.shapes import infer_shapes
 from conftest import ZOO
 
 BASE = """

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from caffegen import install, locate
+from caffegen.run import install, locate
 from caffegen.errors import CaffegenError, CaffeNotFound
-from caffegen.install import default_prefix, install_caffe, libcaffe_path
-from caffegen.locate import caffe_is_cpu_only, find_caffe
+from caffegen.run.install import default_prefix, install_caffe, libcaffe_path
+from caffegen.run.locate import caffe_is_cpu_only, find_caffe
 
 QUIET_GLOG = dict(os.environ, GLOG_logtostderr="1")
 

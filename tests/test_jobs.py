@@ -5,14 +5,14 @@ import json
 import pytest
 from PIL import Image
 
-from caffegen.dataset import read_lists, scan_class_folders
+from caffegen.job.dataset import read_lists, scan_class_folders
 from caffegen.errors import CaffegenError
-from caffegen.job import JobOptions, prepare
-from caffegen.prototxt import read_net, read_solver
-from caffegen.resources import resource_dir
-from caffegen.scripts import render_train_bat, render_train_sh
-from caffegen.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
-from caffegen.wiring import DataSettings, deploy_net, wire_image_data
+from caffegen.job.prepare import JobOptions, prepare
+from caffegen.io.prototxt import read_net, read_solver
+from caffegen.io.resources import resource_dir
+from caffegen.job.scripts import render_train_bat, render_train_sh
+from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
+from caffegen.net.wiring import DataSettings, deploy_net, wire_image_data
 from conftest import ZOO
 
 DIGITS = resource_dir("models") / "digits"
@@ -228,7 +228,7 @@ class TestPrepare:
 
 def unrelated_weights(tmp_path):
     """A caffemodel that names none of the net's layers: every layer starts from its fillers."""
-    from caffegen.schema import BVLC
+    from caffegen.io.schema import BVLC
     path = tmp_path / "other.caffemodel"
     net = BVLC.NetParameter(name="other")
     net.layer.add(name="elsewhere", type="InnerProduct").blobs.add().shape.dim.extend([2, 2])

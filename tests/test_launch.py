@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from caffegen.digits import write_digit_images
-from caffegen.resources import resource_dir
+from caffegen.strategies.digits import write_digit_images
+from caffegen.io.resources import resource_dir
 from conftest import run_caffegen
 
 DIGITS = resource_dir("models") / "digits"

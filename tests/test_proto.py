@@ -1,12 +1,12 @@
-"""caffe.proto / caffegen.caffe_pb2 stay compatible with real BVLC Caffe.
+"""caffe.proto / caffegen.io.caffe_pb2 stay compatible with real BVLC Caffe.
 
 Three independent checks:
 
-* drift: the committed ``caffegen/caffe_pb2.py`` is exactly what grpc_tools'
+* drift: the committed ``caffegen/io/caffe_pb2.py`` is exactly what grpc_tools'
   protoc generates from ``caffe.proto`` today;
 * schema: our descriptor matches, element by element, the descriptor compiled
   into a real ``libcaffe.so`` (Debian's CPU Caffe 1.0, installed by
-  ``caffegen.install``);
+  ``caffegen.run.install``);
 * text format: every BVLC-format prototxt of the shared model zoo parses with
   our schema and survives text -> message -> text -> message unchanged.
 """
@@ -22,14 +22,14 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, text_format
 
-from caffegen import caffe_pb2
+from caffegen.io import caffe_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO = REPO / ".." / "shared" / "fixtures" / "zoo"
-PB2 = REPO / "caffegen" / "caffe_pb2.py"
+PB2 = REPO / "caffegen" / "io" / "caffe_pb2.py"
 REGENERATE = (
     "regenerate it from the repository root with: "
-    "python -m grpc_tools.protoc -I. --python_out=caffegen caffe.proto"
+    "python -m grpc_tools.protoc -I. --python_out=caffegen/io caffe.proto"
 )
 
 FDP = descriptor_pb2.FileDescriptorProto
@@ -52,7 +52,7 @@ def test_committed_pb2_is_generated_from_caffe_proto(tmp_path):
     assert result.returncode == 0, f"protoc failed on caffe.proto:\n{result.stderr}"
     fresh = (tmp_path / "caffe_pb2.py").read_bytes()
     assert fresh == PB2.read_bytes(), (
-        "caffegen/caffe_pb2.py is out of date with caffe.proto (or was made by "
+        "caffegen/io/caffe_pb2.py is out of date with caffe.proto (or was made by "
         f"another grpcio-tools version); {REGENERATE}"
     )
 
@@ -284,7 +284,7 @@ def _our_file_descriptor() -> FDP:
 
 @pytest.fixture(scope="session")
 def libcaffe(caffe) -> Path:
-    from caffegen.install import libcaffe_path
+    from caffegen.run.install import libcaffe_path
     path = Path(libcaffe_path())
     assert path.is_file(), f"libcaffe_path() returned {path}, which is not a file"
     return path

@@ -4,8 +4,8 @@ import pytest
 from google.protobuf import text_format
 
 from caffegen.errors import CaffegenError
-from caffegen.prototxt import read_net, to_text, write_atomic
-from caffegen.schema import BVLC
+from caffegen.io.prototxt import read_net, to_text, write_atomic
+from caffegen.io.schema import BVLC
 from conftest import NOT_BVLC_NETS, ZOO, is_solver, zoo_files, zoo_nets
 
 
@@ -57,7 +57,7 @@ class TestV1Upgrade:
         text = 'layers { name: "d" type: IMAGE_DATA top: "data" top: "label" ' \
                'image_data_param { source: "l.txt" batch_size: 2 crop_size: 7 mirror: true scale: 0.5 } }'
         v1 = text_format.Parse(text, BVLC.NetParameter())
-        from caffegen.upgrade import upgrade_v1_net
+        from caffegen.io.upgrade import upgrade_v1_net
         layer = upgrade_v1_net(v1, BVLC).layer[0]
         assert layer.type == "ImageData"
         assert (layer.transform_param.crop_size, layer.transform_param.mirror, layer.transform_param.scale) == (7, True, 0.5)

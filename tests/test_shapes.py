@@ -16,11 +16,11 @@ import pytest
 from google.protobuf import text_format
 
 from caffe_runs import run_caffe
-from caffegen.caffemodel import read_caffemodel
-from caffegen.netview import TEST, TRAIN, NetView
-from caffegen.prototxt import read_net, to_text
-from caffegen.schema import BVLC, load_fork_schema
-from caffegen.shapes import format_shape, infer_shapes
+from caffegen.io.caffemodel import read_caffemodel
+from caffegen.net.netview import TEST, TRAIN, NetView
+from caffegen.io.prototxt import read_net, to_text
+from caffegen.io.schema import BVLC, load_fork_schema
+from caffegen.net.shapes import format_shape, infer_shapes
 from conftest import ROOT, ZOO, zoo_nets
 
 READY = "Network initialization done."

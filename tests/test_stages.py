@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from caffe_runs import read_blobs
-from caffegen.caffelog import parse_log
-from caffegen.digits import write_digit_images
+from caffegen.run.caffelog import parse_log
+from caffegen.strategies.digits import write_digit_images
 from caffegen.errors import CaffegenError
-from caffegen.job import parse_stages
-from caffegen.resources import resource_dir
+from caffegen.job.prepare import parse_stages
+from caffegen.io.resources import resource_dir
 from conftest import run_caffegen
 
 DIGITS = resource_dir("models") / "digits"

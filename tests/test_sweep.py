@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from caffegen.digits import write_digit_images
-from caffegen.job import JobOptions
-from caffegen.resources import resource_dir
-from caffegen.sweep import collect, combinations, prepare_sweep, run_on_gpus
+from caffegen.strategies.digits import write_digit_images
+from caffegen.job.prepare import JobOptions
+from caffegen.io.resources import resource_dir
+from caffegen.strategies.sweep import collect, combinations, prepare_sweep, run_on_gpus
 from conftest import ROOT, run_caffegen
 from slurm_cluster import APT_PACKAGES, SlurmCluster, missing_programs
 

@@ -4,19 +4,19 @@ import sys
 
 import click
 
-from .. import __version__
-from ..errors import CaffegenError
-from .advise import advise_command
-from .demo import demo_command
-from .freeze import freeze_command
-from .head import head_command
-from .inspect import inspect_command
-from .install import install_caffe_command
-from .launch import launch_command
-from .lint import lint_command
-from .prepare import prepare_command
-from .sweep import sweep_command
-from .upgrade import upgrade_command
+from caffegen import __version__
+from caffegen.errors import CaffegenError
+from caffegen.cli.advise import advise_command
+from caffegen.cli.demo import demo_command
+from caffegen.cli.freeze import freeze_command
+from caffegen.cli.head import head_command
+from caffegen.cli.inspect import inspect_command
+from caffegen.cli.install import install_caffe_command
+from caffegen.cli.launch import launch_command
+from caffegen.cli.lint import lint_command
+from caffegen.cli.prepare import prepare_command
+from caffegen.cli.sweep import sweep_command
+from caffegen.cli.upgrade import upgrade_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,8 +2,8 @@
 
 import click
 
-from ..demo import EPOCHS, run_demo
-from ..runner import summary_lines
+from caffegen.strategies.demo import EPOCHS, run_demo
+from caffegen.run.runner import summary_lines
 
 
 @click.command("demo")

@@ -2,9 +2,9 @@
 
 import click
 
-from ..errors import CaffegenError
-from ..freeze import freeze
-from .options import load_net, net_argument, output_options, proto_option, report, write_net
+from caffegen.errors import CaffegenError
+from caffegen.net.freeze import freeze
+from caffegen.cli.options import load_net, net_argument, output_options, proto_option, report, write_net
 
 
 @click.command("freeze")

@@ -2,8 +2,8 @@
 
 import click
 
-from ..head import retarget_head
-from .options import load_net, net_argument, output_options, proto_option, report, write_net
+from caffegen.net.head import retarget_head
+from caffegen.cli.options import load_net, net_argument, output_options, proto_option, report, write_net
 
 
 @click.command("head")

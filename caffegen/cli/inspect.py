@@ -4,10 +4,10 @@ import json
 
 import click
 
-from ..inspect import LOADED, MISMATCH, NEW, inspect_net
-from ..netview import TEST, TRAIN
-from ..shapes import format_shape
-from .options import load_net, net_argument, number_list, proto_option
+from caffegen.net.inspect import LOADED, MISMATCH, NEW, inspect_net
+from caffegen.net.netview import TEST, TRAIN
+from caffegen.net.shapes import format_shape
+from caffegen.cli.options import load_net, net_argument, number_list, proto_option
 
 
 @click.command("inspect")

@@ -2,7 +2,7 @@
 
 import click
 
-from ..install import default_prefix, install_caffe
+from caffegen.run.install import default_prefix, install_caffe
 
 
 @click.command("install-caffe")

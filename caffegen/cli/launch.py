@@ -2,8 +2,8 @@
 
 import click
 
-from ..launch import launch
-from ..runner import summary_lines
+from caffegen.run.launch import launch
+from caffegen.run.runner import summary_lines
 
 
 @click.command("launch")

@@ -2,8 +2,8 @@
 
 import click
 
-from ..lint import count_classes, lint
-from .options import load_net, net_argument, proto_option
+from caffegen.net.lint import count_classes, lint
+from caffegen.cli.options import load_net, net_argument, proto_option
 
 
 @click.command("lint")

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import CaffegenError
-from ..prototxt import decode_text, parse_net, read_net, to_text, write_atomic
-from ..schema import BVLC, load_fork_schema
+from caffegen.errors import CaffegenError
+from caffegen.io.prototxt import decode_text, parse_net, read_net, to_text, write_atomic
+from caffegen.io.schema import BVLC, load_fork_schema
 
 STDIN = "-"
 

@@ -2,12 +2,12 @@
 
 import click
 
-from ..errors import CaffegenError
-from ..job import JobOptions, parse_stages, prepare
-from ..locate import caffe_is_cpu_only, find_caffe
-from ..lr_rules import parse_lr_rules
-from ..wiring import DataSettings
-from .options import number_list, report
+from caffegen.errors import CaffegenError
+from caffegen.job.prepare import JobOptions, parse_stages, prepare
+from caffegen.run.locate import caffe_is_cpu_only, find_caffe
+from caffegen.net.lr_rules import parse_lr_rules
+from caffegen.net.wiring import DataSettings
+from caffegen.cli.options import number_list, report
 
 
 def choose_device(gpu, caffe_path, echo):

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import click
 
-from ..errors import CaffegenError
-from ..locate import caffe_is_cpu_only, find_caffe
-from ..sweep import (PLOT, TABLE, check_slurm, collect, combinations, prepare_sweep, run_here, run_on_gpus, submit,
+from caffegen.errors import CaffegenError
+from caffegen.run.locate import caffe_is_cpu_only, find_caffe
+from caffegen.strategies.sweep import (PLOT, TABLE, check_slurm, collect, combinations, prepare_sweep, run_here, run_on_gpus, submit,
                      table_lines, write_slurm_script)
-from .prepare import job_from_options, job_options
+from caffegen.cli.prepare import job_from_options, job_options
 
 
 def _optional(*names):

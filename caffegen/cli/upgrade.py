@@ -4,9 +4,9 @@ from pathlib import Path
 
 import click
 
-from ..caffemodel import upgrade_caffemodel
-from ..errors import CaffegenError
-from .options import load_net, net_argument, output_options, report, write_net
+from caffegen.io.caffemodel import upgrade_caffemodel
+from caffegen.errors import CaffegenError
+from caffegen.cli.options import load_net, net_argument, output_options, report, write_net
 
 
 @click.command("upgrade")

@@ -289,7 +289,7 @@ SCENARIOS = [train_ok, finetune, shape_mismatch, resume, outputs, interrupted, d
 
 
 def default_caffe():
-    from caffegen.install import install_caffe
+    from caffegen.run.install import install_caffe
     return install_caffe(log=lambda line: None)
 
 

@@ -6,10 +6,10 @@ must also change its name, or Caffe aborts with "Cannot copy param 0 weights …
 
 from dataclasses import dataclass, field
 
-from .errors import CaffegenError
-from .layers import (BIAS_LR_FACTOR, PASSTHROUGH_TYPES, SOFTMAX_TYPES, bias_blob_index, learnable_blob_count,
+from caffegen.errors import CaffegenError
+from caffegen.net.layers import (BIAS_LR_FACTOR, PASSTHROUGH_TYPES, SOFTMAX_TYPES, bias_blob_index, learnable_blob_count,
                      num_output_param)
-from .netview import TEST, TRAIN, NetView
+from caffegen.net.netview import TEST, TRAIN, NetView
 
 
 @dataclass

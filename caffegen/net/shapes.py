@@ -10,7 +10,7 @@ and so on. A layer type caffegen does not know leaves its outputs unknown and sa
 import math
 from dataclasses import dataclass, field
 
-from .layers import learnable_blob_count
+from caffegen.net.layers import learnable_blob_count
 
 LOSS_TYPES = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "InfogainLoss",
               "MultinomialLogisticLoss", "ContrastiveLoss"}

@@ -7,7 +7,7 @@ The layers in a view are the net's own messages: editing them edits the net.
 
 from difflib import get_close_matches
 
-from .errors import CaffegenError
+from caffegen.errors import CaffegenError
 
 TRAIN, TEST = "TRAIN", "TEST"
 PHASE_NUMBERS = {TRAIN: 0, TEST: 1}  # caffe.Phase

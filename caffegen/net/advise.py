@@ -9,7 +9,7 @@ pretraining data.
 - large, different: fine-tune everything, longer and at the original learning rate.
 
 The freeze points come from the net's TRAIN data flow, not from layer names: the classifier is
-found by :func:`caffegen.head.find_classifiers`, the bottleneck is the layer whose output reaches
+found by :func:`caffegen.net.head.find_classifiers`, the bottleneck is the layer whose output reaches
 it through parameter-free layers, and block boundaries are the layers every path from the data
 to the classifier goes through.
 """
@@ -17,11 +17,11 @@ to the classifier goes through.
 import shlex
 from dataclasses import asdict, dataclass
 
-from .errors import CaffegenError
-from .head import find_classifiers
-from .layers import learnable_blob_count, num_output_param
-from .netview import TRAIN, NetView
-from .solver import FINE_TUNE_LR
+from caffegen.errors import CaffegenError
+from caffegen.net.head import find_classifiers
+from caffegen.net.layers import learnable_blob_count, num_output_param
+from caffegen.net.netview import TRAIN, NetView
+from caffegen.job.solver import FINE_TUNE_LR
 
 # A dataset is small below these counts. The total comes from the rule of thumb of the fine-tuning
 # notes we follow (wydbyxr, "训练过程--fineturn微调", CSDN, 2018): with fewer than a thousand images,

@@ -7,7 +7,7 @@ share modes move into ``param``, and every ``*_param`` message is carried over u
 (``scale``, ``mean_file``, ``crop_size``, ``mirror``) move into ``transform_param``.
 """
 
-from .errors import CaffegenError
+from caffegen.errors import CaffegenError
 
 V1_TYPE_NAMES = {
     "NONE": "", "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from .errors import CaffegenError
-from .schema import BVLC
-from .upgrade import is_v1_net, upgrade_v1_net
+from caffegen.errors import CaffegenError
+from caffegen.io.schema import BVLC
+from caffegen.io.upgrade import is_v1_net, upgrade_v1_net
 
 
 @dataclass

@@ -49,18 +49,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .caffelog import parse_log
-from .caffemodel import read_caffemodel, write_caffemodel
-from .errors import CaffegenError
-from .layers import is_frozen, learnable_blob_count
-from .locate import find_caffe
-from .netview import PHASE_NUMBERS, TEST, TRAIN, NetView
-from .prototxt import read_net, read_solver, to_text, write_atomic
-from .rundir import check_labels, choose_launch_device, load_manifest
-from .runner import INTERRUPTED, RESULT, result_summary, run_caffe_train
-from .schema import BVLC
-from .shapes import format_shape, infer_shapes, product
-from .wiring import DATA_TYPES
+from caffegen.run.caffelog import parse_log
+from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
+from caffegen.errors import CaffegenError
+from caffegen.net.layers import is_frozen, learnable_blob_count
+from caffegen.run.locate import find_caffe
+from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN, NetView
+from caffegen.io.prototxt import read_net, read_solver, to_text, write_atomic
+from caffegen.job.rundir import check_labels, choose_launch_device, load_manifest
+from caffegen.run.runner import INTERRUPTED, RESULT, result_summary, run_caffe_train
+from caffegen.io.schema import BVLC
+from caffegen.net.shapes import format_shape, infer_shapes, product
+from caffegen.net.wiring import DATA_TYPES
 
 FEATURES = "features"
 TRUNK_WEIGHTS = f"{FEATURES}/trunk.caffemodel"

@@ -10,10 +10,10 @@ caffemodel does not name keeps its fillers' initialisation.
 
 from dataclasses import dataclass, field
 
-from .caffemodel import read_caffemodel
-from .errors import CaffegenError
-from .netview import TEST, TRAIN, NetView
-from .shapes import format_shape, infer_shapes, product
+from caffegen.io.caffemodel import read_caffemodel
+from caffegen.errors import CaffegenError
+from caffegen.net.netview import TEST, TRAIN, NetView
+from caffegen.net.shapes import format_shape, infer_shapes, product
 
 LOADED, NEW, MISMATCH, NONE, UNKNOWN = "loaded", "new", "mismatch", "none", "unknown"
 FROZEN, TRAINABLE, PARTLY_FROZEN, BATCH_STATS = "frozen", "trainable", "partly frozen", "batch stats"

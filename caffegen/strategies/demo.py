@@ -8,13 +8,13 @@ the real Caffe. The directory is left complete, so ``caffegen launch DIR`` can r
 import tempfile
 from pathlib import Path
 
-from .digits import write_digit_images
-from .errors import CaffeNotFound, CaffegenError
-from .install import default_prefix, install_caffe
-from .job import JobOptions, prepare
-from .launch import launch
-from .locate import find_caffe
-from .resources import resource_dir
+from caffegen.strategies.digits import write_digit_images
+from caffegen.errors import CaffeNotFound, CaffegenError
+from caffegen.run.install import default_prefix, install_caffe
+from caffegen.job.prepare import JobOptions, prepare
+from caffegen.run.launch import launch
+from caffegen.run.locate import find_caffe
+from caffegen.io.resources import resource_dir
 
 NEW_TASK = range(5, 10)
 FREEZE_UPTO = "conv2"

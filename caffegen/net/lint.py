@@ -3,10 +3,10 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CaffegenError
-from .head import classifier_outputs
-from .layers import is_frozen, learnable_blob_count
-from .netview import TEST, TRAIN, NetView
+from caffegen.errors import CaffegenError
+from caffegen.net.head import classifier_outputs
+from caffegen.net.layers import is_frozen, learnable_blob_count
+from caffegen.net.netview import TEST, TRAIN, NetView
 
 
 @dataclass(frozen=True)

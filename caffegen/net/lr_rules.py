@@ -8,8 +8,8 @@ statistics are never learned, so neither is touched.
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from .errors import CaffegenError
-from .layers import BIAS_LR_FACTOR, bias_blob_index, is_frozen, learnable_blob_count
+from caffegen.errors import CaffegenError
+from caffegen.net.layers import BIAS_LR_FACTOR, bias_blob_index, is_frozen, learnable_blob_count
 
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .caffelog import LogWatcher
-from .curves import plot_curves, write_curves_csv
-from .diagnose import Diagnosis
-from .prototxt import write_atomic
-from .rundir import newest_snapshot
+from caffegen.run.caffelog import LogWatcher
+from caffegen.run.curves import plot_curves, write_curves_csv
+from caffegen.run.diagnose import Diagnosis
+from caffegen.io.prototxt import write_atomic
+from caffegen.job.rundir import newest_snapshot
 
 RESULT = "result.json"
 INTERRUPTED = 130

@@ -15,21 +15,21 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import __version__
-from .advise import advise
-from .cache import check_cacheable, plan_cache
-from .dataset import Dataset, KeptData, read_lists, scan_class_folders
-from .errors import CaffegenError
-from .freeze import freeze
-from .head import retarget_head
-from .inspect import preflight
-from .lr_rules import apply_lr_rules
-from .netview import TEST, TRAIN
-from .prototxt import read_net, read_solver, to_text
-from .rundir import MANIFEST, SNAPSHOT_DIR, built_beside
-from .scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
-from .solver import FINE_TUNE_LR, epoch_schedule, parse_overrides, render_solver, solver_fields
-from .wiring import DataSettings, data_layers, deploy_net, phase_batch_sizes, wire_image_data
+from caffegen import __version__
+from caffegen.net.advise import advise
+from caffegen.run.cache import check_cacheable, plan_cache
+from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
+from caffegen.errors import CaffegenError
+from caffegen.net.freeze import freeze
+from caffegen.net.head import retarget_head
+from caffegen.net.inspect import preflight
+from caffegen.net.lr_rules import apply_lr_rules
+from caffegen.net.netview import TEST, TRAIN
+from caffegen.io.prototxt import read_net, read_solver, to_text
+from caffegen.job.rundir import MANIFEST, SNAPSHOT_DIR, built_beside
+from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
+from caffegen.job.solver import FINE_TUNE_LR, epoch_schedule, parse_overrides, render_solver, solver_fields
+from caffegen.net.wiring import DataSettings, data_layers, deploy_net, phase_batch_sizes, wire_image_data
 
 MEAN_FILE = "mean.binaryproto"
 WEIGHTS_COPY = "base.caffemodel"

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import jinja2
 
-from . import __version__
-from .errors import CaffegenError
-from .job import prepare
-from .launch import launch
-from .runner import RESULT, summary_lines
-from .prototxt import read_solver, write_atomic
-from .resources import resource_dir
-from .rundir import built_beside
+from caffegen import __version__
+from caffegen.errors import CaffegenError
+from caffegen.job.prepare import prepare
+from caffegen.run.launch import launch
+from caffegen.run.runner import RESULT, summary_lines
+from caffegen.io.prototxt import read_solver, write_atomic
+from caffegen.io.resources import resource_dir
+from caffegen.job.rundir import built_beside
 
 SWEEP = "sweep.json"
 TABLE = "results.csv"

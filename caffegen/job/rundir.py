@@ -8,11 +8,11 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .caffelog import parse_log
-from .errors import CaffegenError
-from .head import classifier_outputs
-from .locate import caffe_is_cpu_only
-from .prototxt import read_net, read_solver, to_text, write_atomic
+from caffegen.run.caffelog import parse_log
+from caffegen.errors import CaffegenError
+from caffegen.net.head import classifier_outputs
+from caffegen.run.locate import caffe_is_cpu_only
+from caffegen.io.prototxt import read_net, read_solver, to_text, write_atomic
 
 MANIFEST = "manifest.json"
 SNAPSHOT_DIR = "snapshots"

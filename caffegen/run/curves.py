@@ -1,4 +1,4 @@
-"""Training curves from the records of a :class:`~caffegen.caffelog.LogWatcher`: a CSV table and a PNG plot.
+"""Training curves from the records of a :class:`~caffegen.run.caffelog.LogWatcher`: a CSV table and a PNG plot.
 
 Both files are written atomically, so a viewer refreshing them during training never sees half a
 file. matplotlib is imported only when a plot is drawn.
@@ -8,7 +8,7 @@ import csv
 import io
 import math
 
-from .prototxt import write_atomic
+from caffegen.io.prototxt import write_atomic
 
 FIRST_COLUMNS = ("iteration", "loss", "lr")
 

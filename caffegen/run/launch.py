@@ -1,24 +1,24 @@
 """Launching a prepared run, a staged one, or a cached one with the real Caffe.
 
 Before Caffe starts: the device (a CPU-only Caffe never gets -gpu), solver_mode, the labels of
-the lists, and the weights against the net. Then :mod:`caffegen.runner` runs and watches
+the lists, and the weights against the net. Then :mod:`caffegen.run.runner` runs and watches
 ``caffe train``; ``--resume`` continues from the newest snapshot, with the curves continuing too.
 """
 
 import json
 from pathlib import Path
 
-from .cache import run_cached
-from .caffelog import LogWatcher
-from .curves import plot_curves, write_curves_csv
-from .errors import CaffegenError
-from .inspect import preflight
-from .locate import find_caffe
-from .prototxt import read_net, write_atomic
-from .rundir import (SNAPSHOT_DIR, SNAPSHOT_NAME, check_labels, choose_launch_device, earlier_records,
+from caffegen.run.cache import run_cached
+from caffegen.run.caffelog import LogWatcher
+from caffegen.run.curves import plot_curves, write_curves_csv
+from caffegen.errors import CaffegenError
+from caffegen.net.inspect import preflight
+from caffegen.run.locate import find_caffe
+from caffegen.io.prototxt import read_net, write_atomic
+from caffegen.job.rundir import (SNAPSHOT_DIR, SNAPSHOT_NAME, check_labels, choose_launch_device, earlier_records,
                      load_manifest, match_solver_mode, newest_snapshot)
-from .runner import RESULT, LaunchResult, result_summary, run_caffe_train
-from .scripts import caffe_arguments
+from caffegen.run.runner import RESULT, LaunchResult, result_summary, run_caffe_train
+from caffegen.job.scripts import caffe_arguments
 
 
 def launch(run_dir, caffe=None, gpu=None, resume=False, echo=None, show_progress=None):

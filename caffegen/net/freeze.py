@@ -8,8 +8,8 @@ entries Caffe still back-propagates through the whole frozen trunk below it.
 
 from dataclasses import dataclass, field
 
-from .layers import learnable_blob_count
-from .netview import TRAIN, NetView
+from caffegen.net.layers import learnable_blob_count
+from caffegen.net.netview import TRAIN, NetView
 
 
 @dataclass

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from caffegen.errors import CaffegenError, CaffeNotFound
-from caffegen.install import default_prefix
+from caffegen.run.install import default_prefix
 
 CPU_ONLY_MESSAGE = "Cannot use GPU in CPU-only Caffe"
 

@@ -7,7 +7,7 @@ parse errors, the stack trace of a fatal error and glibc's crash messages.
 
 A :class:`LogWatcher` is fed those lines one at a time and returns the events each completes:
 :class:`Progress` at every display, :class:`TestResult` when a test's outputs are complete,
-:class:`Snapshot` when a file is written, and :class:`~caffegen.diagnose.Diagnosis` when
+:class:`Snapshot` when a file is written, and :class:`~caffegen.run.diagnose.Diagnosis` when
 something went wrong. Its attributes hold what the log said so far. :func:`parse_log` reads a
 whole saved log at once.
 
@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from .diagnose import Context, diagnose_crash, diagnose_fatal, diagnose_loss
+from caffegen.run.diagnose import Context, diagnose_crash, diagnose_fatal, diagnose_loss
 
 GLOG_PREFIX = re.compile(r"([IWEF])(?:\d{4})?\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ ([^ \]]+):\d+\] ?(.*)")
 SETTING = re.compile(r"(\w+): \"?(.*?)\"?")

@@ -4,8 +4,8 @@ import shlex
 
 import jinja2
 
-from . import __version__
-from .resources import resource_dir
+from caffegen import __version__
+from caffegen.io.resources import resource_dir
 
 
 def caffe_arguments(weights=None, snapshot=None, gpu=None, flag_style="-"):

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CaffegenError
-from .schema import BVLC
-from .upgrade import V1_TYPE_NAMES, upgrade_v1_layer
+from caffegen.errors import CaffegenError
+from caffegen.io.schema import BVLC
+from caffegen.io.upgrade import V1_TYPE_NAMES, upgrade_v1_layer
 
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 

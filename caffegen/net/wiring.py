@@ -7,9 +7,9 @@ the base net's batch sizes and transformations (mirroring for training only). A 
 
 from dataclasses import dataclass
 
-from .errors import CaffegenError
-from .netview import PHASE_NUMBERS, TEST, TRAIN, NetView
-from .upgrade import copy_field
+from caffegen.errors import CaffegenError
+from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN, NetView
+from caffegen.io.upgrade import copy_field
 
 DATA_TYPES = {"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData", "AnnotatedData"}
 CARRIED_TRANSFORMS = ("scale", "crop_size", "mean_file", "mean_value", "force_color", "force_gray")

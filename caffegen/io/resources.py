@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from .errors import CaffegenError
+from caffegen.errors import CaffegenError
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def resource_dir(name):

@@ -11,10 +11,10 @@ from difflib import get_close_matches
 import jinja2
 from google.protobuf import text_format
 
-from . import __version__
-from .errors import CaffegenError
-from .resources import resource_dir
-from .schema import BVLC
+from caffegen import __version__
+from caffegen.errors import CaffegenError
+from caffegen.io.resources import resource_dir
+from caffegen.io.schema import BVLC
 
 FINE_TUNE_LR = 0.001
 STEP_FRACTION = 0.4

@@ -1,0 +1,1 @@
+"""A fine-tuning job on disk: the data, the solver, the scripts and the run directory."""

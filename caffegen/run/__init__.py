@@ -1,0 +1,1 @@
+"""Running Caffe: finding and installing it, launching and watching runs, and what their logs say."""
