@@ -30,14 +30,18 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from caffegen.run.cache import plan_cache, run_cached  # noqa: E402
-from caffegen.run.install import install_caffe  # noqa: E402
-from caffegen.job.prepare import JobOptions, prepare  # noqa: E402
-from caffegen.run.launch import launch  # noqa: E402
-from caffegen.run.runner import validation_accuracies  # noqa: E402
 from caffegen.io.prototxt import read_net, to_text  # noqa: E402
 from caffegen.io.schema import BVLC  # noqa: E402
-from caffegen.net.wiring import DATA_TYPES, DataSettings  # noqa: E402
+from caffegen.job.cacheplan import plan_cache  # noqa: E402
+from caffegen.job.prepare import JobOptions, prepare  # noqa: E402
+from caffegen.job.rundir import RunDir  # noqa: E402
+from caffegen.net.layers import DATA_TYPES  # noqa: E402
+from caffegen.net.wiring import DataSettings  # noqa: E402
+from caffegen.run.cache import run_cached  # noqa: E402
+from caffegen.run.install import install_caffe  # noqa: E402
+from caffegen.run.launch import launch  # noqa: E402
+from caffegen.run.runner import validation_accuracies  # noqa: E402
+from caffegen.run.target import Target  # noqa: E402
 
 CAFFENET = ROOT.parent / "shared" / "fixtures" / "zoo" / "bvlc_reference_caffenet" / "train_val.prototxt"
 SIDE, INPUT = 256, 227
@@ -153,10 +157,10 @@ def run(work, train, val, epochs):
     print(plan.describe())
 
     started = time.monotonic()
-    uncached = launch(runs["uncached"], caffe, show_progress=False)
+    uncached = launch(runs["uncached"], Target(caffe), show_progress=False)
     uncached_seconds = time.monotonic() - started
     started = time.monotonic()
-    cached = run_cached(runs["cached"], caffe, None, show_progress=False)
+    cached = run_cached(RunDir(runs["cached"]), Target(caffe), None, show_progress=False)
     cached_seconds = time.monotonic() - started
     if uncached.exit_code or cached.exit_code:
         sys.exit(f"a run failed: uncached exit {uncached.exit_code}, cached exit {cached.exit_code}")

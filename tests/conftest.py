@@ -20,6 +20,15 @@ NOT_BVLC_NETS = {
 }
 
 
+def _bundled_models():
+    from caffegen.io.resources import resource_dir
+    return resource_dir("models")
+
+
+# The bundled digits model: train_val.prototxt and digits.caffemodel, trained on the digits 0 to 4.
+DIGITS = _bundled_models() / "digits"
+
+
 def zoo_files():
     return sorted(path.relative_to(ZOO).as_posix() for path in ZOO.rglob("*.prototxt"))
 
@@ -44,6 +53,15 @@ def caffe():
         if os.environ.get("CI"):
             pytest.fail(f"real Caffe is required in CI: {error}")
         pytest.skip(f"real Caffe unavailable: {error}")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Real images: scikit-learn's digits 5–9, a task the bundled model (trained on 0–4) never saw."""
+    from caffegen.strategies.digits import write_digit_images
+    folder = tmp_path_factory.mktemp("digits")
+    write_digit_images(folder, range(5, 10))
+    return folder
 
 
 def run_caffegen(*args, cwd=None, env=None, input=None):

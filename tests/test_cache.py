@@ -7,33 +7,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from caffe_runs import run_caffe
-from caffegen.run.cache import (FEATURES, FINAL_MODEL, HEAD_NET, check_cacheable, plan_cache, run_cached,
-                            write_trimmed_weights)
-from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
-from caffegen.strategies.digits import write_digit_images
-from caffegen.errors import CaffegenError
-from caffegen.job.prepare import JobOptions, prepare
-from caffegen.run.launch import launch
-from caffegen.net.netview import TEST, NetView
-from caffegen.io.prototxt import read_net, to_text
-from caffegen.io.resources import resource_dir
-from caffegen.io.schema import BVLC
-from caffegen.net.wiring import DataSettings
+from conftest import DIGITS, assert_one_line_error
 
-DIGITS = resource_dir("models") / "digits"
+from caffegen.errors import CaffegenError
+from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
+from caffegen.io.prototxt import read_net, to_text
+from caffegen.io.schema import BVLC
+from caffegen.job.cacheplan import check_cacheable, plan_cache
+from caffegen.job.prepare import JobOptions, prepare
+from caffegen.job.rundir import RunDir
+from caffegen.net.netview import TEST, NetView
+from caffegen.net.wiring import DataSettings
+from caffegen.run.cache import (
+    FEATURES,
+    FINAL_MODEL,
+    HEAD_NET,
+    run_cached,
+    write_trimmed_weights,
+)
+from caffegen.run.launch import launch
+from caffegen.run.target import Target
+
 BASE_NET = (DIGITS / "train_val.prototxt").read_text()
 TRUNK_BLOB = "pool2"
 HDF5_HEADER = 2560  # what Caffe's HDF5 files hold besides their two datasets (2 KiB)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    """scikit-learn's digits 5–9, a task the bundled model (trained on 0–4) never saw."""
-    folder = tmp_path_factory.mktemp("digits")
-    write_digit_images(folder, range(5, 10))
-    return folder
 
 
 def prepare_run(images, run_dir, net_text=BASE_NET, weights=DIGITS / "digits.caffemodel", upto="conv2", **options):
@@ -216,7 +214,7 @@ def cached(caffe, images, tmp_path_factory):
     """A prepared digits job, frozen up to conv2, trained on cached features with real Caffe."""
     run = prepare_run(images, tmp_path_factory.mktemp("cached") / "run")
     lines = []
-    result = run_cached(run, caffe, lines.append, show_progress=False)
+    result = run_cached(RunDir(run), Target(caffe), lines.append, show_progress=False)
     assert result.exit_code == 0, (run / "train.log").read_text()[-3000:]
     return run, result, lines
 
@@ -281,7 +279,7 @@ class TestCachedRun:
 def reused(run, caffe):
     """Run the cached job again; return whether it reused the features, checking that it says so."""
     lines = []
-    assert run_cached(run, caffe, lines.append, show_progress=False).exit_code == 0
+    assert run_cached(RunDir(run), Target(caffe), lines.append, show_progress=False).exit_code == 0
     said = any(line.startswith("reusing the cached features") for line in lines)
     assert json.loads((run / "result.json").read_text())["cache"]["reused"] is said
     return said
@@ -315,8 +313,8 @@ def test_cached_and_uncached_training_agree_when_nothing_is_random(caffe, images
         net_path = run / "train_val.prototxt"
         net_path.write_text(net_path.read_text().replace("shuffle: true", "shuffle: false"))
         runs[kind] = run
-    assert launch(runs["uncached"], caffe, show_progress=False).exit_code == 0
-    assert run_cached(runs["cached"], caffe, None, show_progress=False).exit_code == 0
+    assert launch(runs["uncached"], Target(caffe), show_progress=False).exit_code == 0
+    assert run_cached(RunDir(runs["cached"]), Target(caffe), None, show_progress=False).exit_code == 0
     uncached, cached_rows = curves(runs["uncached"]), curves(runs["cached"])
     assert [row["iteration"] for row in uncached] == [row["iteration"] for row in cached_rows]
     for column in ("loss", "test/accuracy", "test/loss"):
@@ -337,7 +335,7 @@ def test_a_missing_image_is_reported(caffe, images, tmp_path):
     missing = (run / "val.txt").read_text().splitlines()[3].rpartition(" ")[0]
     Path(missing).unlink()
     with pytest.raises(CaffegenError, match=f"computing the features of val_0000 failed.*{missing.rpartition('/')[2]}"):
-        run_cached(run, caffe, None, show_progress=False)
+        run_cached(RunDir(run), Target(caffe), None, show_progress=False)
 
 
 def test_prepare_and_launch_with_cache_features(cli, caffe, images, tmp_path):
@@ -353,9 +351,9 @@ def test_prepare_and_launch_with_cache_features(cli, caffe, images, tmp_path):
     assert result["cache"]["boundary"] == "pool2" and result["last_accuracy"] > 0.5
     assert f"final model: {run / FINAL_MODEL}" in launched.stderr
     resumed = cli("launch", run, "--resume")
-    assert resumed.returncode == 2 and "does not resume" in resumed.stderr
+    assert_one_line_error(resumed, "does not resume")
     on_gpu = cli("launch", run, "--gpu", "0")
-    assert on_gpu.returncode == 2 and "CPU-only build" in on_gpu.stderr
+    assert_one_line_error(on_gpu, "CPU-only build")
 
 
 def test_prepare_refuses_to_cache_random_augmentation(cli, images, tmp_path):

@@ -1,11 +1,11 @@
 """The real command line: piping, output files, reports and one-line errors."""
 
 import pytest
+from conftest import ZOO, assert_one_line_error
 from google.protobuf import text_format
 
 from caffegen.io.prototxt import read_net
 from caffegen.io.schema import BVLC
-from conftest import ZOO, assert_one_line_error
 
 ALEXNET = ZOO / "bvlc_alexnet/train_val.prototxt"
 

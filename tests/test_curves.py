@@ -2,10 +2,13 @@
 
 import csv
 import math
+import os
 import struct
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from caffegen.run.caffelog import parse_log
 from caffegen.run.curves import curve_columns, plot_curves, write_curves_csv
@@ -21,6 +24,41 @@ def records(name):
 def read_csv(path):
     with open(path, newline="") as rows:
         return list(csv.DictReader(rows))
+
+
+def plotted_lines(monkeypatch):
+    """The lines the plot draws, as {label: (iterations, values)}, filled in as matplotlib's Axes.plot is called."""
+    from matplotlib.axes import Axes
+
+    lines, plot = {}, Axes.plot
+
+    def recording_plot(axes, x, y, *args, **kwargs):
+        lines[kwargs.get("label")] = (list(x), list(y))
+        return plot(axes, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", recording_plot)
+    return lines
+
+
+def observe_renames(monkeypatch, fail=False):
+    """Record each os.replace or os.rename as (source, target, source bytes, target bytes at that moment).
+
+    With ``fail``, each one raises as a full disk would, after being recorded.
+    """
+    calls = []
+
+    def observer(rename):
+        def observed(source, target, *args, **kwargs):
+            target_bytes = Path(target).read_bytes() if Path(target).exists() else None
+            calls.append((Path(source), Path(target), Path(source).read_bytes(), target_bytes))
+            if fail:
+                raise OSError(28, "No space left on device")
+            return rename(source, target, *args, **kwargs)
+        return observed
+
+    monkeypatch.setattr(os, "replace", observer(os.replace))
+    monkeypatch.setattr(os, "rename", observer(os.rename))
+    return calls
 
 
 def png_size(path):
@@ -54,11 +92,27 @@ class TestCsv:
         write_curves_csv(records("diverge_nan"), tmp_path / "curves.csv")
         assert math.isnan(float(read_csv(tmp_path / "curves.csv")[-1]["loss"]))
 
-    def test_written_atomically_over_an_old_file(self, tmp_path):
+    def test_written_atomically_over_an_old_file(self, tmp_path, monkeypatch):
         target = tmp_path / "curves.csv"
         target.write_text("old\n")
+        calls = observe_renames(monkeypatch)
         write_curves_csv(records("train_ok"), target)
         assert target.read_text().startswith("iteration,loss,lr,")
+        assert [path.name for path in tmp_path.iterdir()] == ["curves.csv"]
+        # The whole new file was written beside the old one, which stayed intact until one rename swapped them.
+        assert len(calls) == 1, f"the new file should be renamed into place once, not {len(calls)} times"
+        [(source, renamed_to, new_bytes, old_bytes)] = calls
+        assert renamed_to == target and source.parent == tmp_path and source != target
+        assert old_bytes == b"old\n" and new_bytes == target.read_bytes()
+
+    def test_a_failed_write_leaves_the_old_file_and_no_temporary(self, tmp_path, monkeypatch):
+        target = tmp_path / "curves.csv"
+        target.write_text("old\n")
+        calls = observe_renames(monkeypatch, fail=True)
+        with pytest.raises(OSError, match="No space left on device"):
+            write_curves_csv(records("train_ok"), target)
+        assert len(calls) == 1 and calls[0][2].startswith(b"iteration,loss,lr,")
+        assert target.read_text() == "old\n"
         assert [path.name for path in tmp_path.iterdir()] == ["curves.csv"]
 
 
@@ -77,9 +131,17 @@ class TestPlot:
         plot_curves(records("train_ok"), tmp_path / "staged.png", stage_boundaries=[30])
         assert (tmp_path / "plain.png").read_bytes() != (tmp_path / "staged.png").read_bytes()
 
-    def test_nan_losses_are_left_out(self, tmp_path):
+    def test_nan_losses_are_left_out(self, tmp_path, monkeypatch):
+        lines = plotted_lines(monkeypatch)
         plot_curves(records("diverge_nan"), tmp_path / "curves.png")
         assert png_size(tmp_path / "curves.png") == (1000, 650)
+        # diverge_nan.log: the training loss is finite up to iteration 6, then nan; the test loss is nan at 20.
+        assert lines == {
+            "train loss": ([0, 2, 4, 6], [1.03775, 65.5024, 43.6683, 65.5024]),
+            "test loss": ([0], [1.23053]),
+            "test accuracy": ([0, 20], [0.25, 1.0]),
+        }
+        assert all(math.isfinite(value) for _, values in lines.values() for value in values)
 
     def test_matplotlib_is_imported_only_to_plot(self):
         code = "import sys, caffegen.run.curves; print('matplotlib' in sys.modules)"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from caffegen.run import install, locate
 from caffegen.errors import CaffegenError, CaffeNotFound
+from caffegen.run import install, locate
 from caffegen.run.install import default_prefix, install_caffe, libcaffe_path
 from caffegen.run.locate import caffe_is_cpu_only, find_caffe
 

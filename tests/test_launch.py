@@ -9,21 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from caffegen.strategies.digits import write_digit_images
-from caffegen.io.resources import resource_dir
-from conftest import run_caffegen
-
-DIGITS = resource_dir("models") / "digits"
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    """Real images: scikit-learn's digits 5–9, a task the bundled model (trained on 0–4) never saw."""
-    folder = tmp_path_factory.mktemp("digits")
-    write_digit_images(folder, range(5, 10))
-    return folder
+from conftest import DIGITS, assert_one_line_error, run_caffegen
 
 
 def prepare(images, run_dir, *extra, epochs=3):
@@ -111,16 +97,14 @@ def test_labels_beyond_the_classifier_are_refused_before_caffe_runs(caffe, image
     lines[3] = lines[3].rpartition(" ")[0] + " 5"
     (run / "val.txt").write_text("\n".join(lines) + "\n")
     result = run_caffegen("launch", run)
-    assert result.returncode == 2
-    assert f"{run / 'val.txt'}:4: label '5' is not in 0…4" in result.stderr
+    assert_one_line_error(result, f"{run / 'val.txt'}:4: label '5' is not in 0…4")
     assert not (run / "train.log").exists()
 
 
 def test_gpu_on_a_cpu_only_caffe_is_refused(caffe, images, tmp_path):
     run = prepare(images, tmp_path / "run")
     result = run_caffegen("launch", run, "--gpu", "0")
-    assert result.returncode == 2
-    assert "CPU-only build" in result.stderr and "drop --gpu" in result.stderr
+    assert_one_line_error(result, "CPU-only build", "drop --gpu")
     assert not (run / "train.log").exists()
 
 
@@ -143,7 +127,7 @@ def test_demo_leaves_a_run_directory_that_launches_again(caffe, tmp_path):
                  "train.sh", "train.bat", "manifest.json", "train.log", "curves.csv", "curves.png",
                  "base.caffemodel", "snapshots/ft_iter_230.caffemodel"):
         assert (demo / name).is_file(), name
-    assert run_caffegen("demo", "-o", demo).returncode == 2
+    assert_one_line_error(run_caffegen("demo", "-o", demo), str(demo), "exists; pass --force")
     again = run_caffegen("launch", demo)
     assert again.returncode == 0, again.stderr
 

@@ -1,12 +1,12 @@
 """Per-layer learning-rate rules."""
 
 import pytest
+from conftest import ZOO
 
 from caffegen.errors import CaffegenError
+from caffegen.io.prototxt import read_net
 from caffegen.net.freeze import freeze
 from caffegen.net.lr_rules import apply_lr_rules, matching_rule, parse_lr_rules
-from caffegen.io.prototxt import read_net
-from conftest import ZOO
 
 
 def rates(net, name):
@@ -40,9 +40,9 @@ def test_bad_rules(setting):
 
 
 def test_prepare_writes_the_rules(tmp_path):
-    from caffegen.strategies.digits import write_digit_images
-    from caffegen.job.prepare import JobOptions, prepare
     from caffegen.io.resources import resource_dir
+    from caffegen.job.prepare import JobOptions, prepare
+    from caffegen.strategies.digits import write_digit_images
     digits = resource_dir("models") / "digits"
     write_digit_images(tmp_path / "images", range(2))
     options = JobOptions(net=digits / "train_val.prototxt", weights=digits / "digits.caffemodel",

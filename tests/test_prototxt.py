@@ -1,12 +1,13 @@
 """Reading nets: the zoo, legacy V1 upgrades, and every kind of bad input."""
 
 import pytest
+from conftest import NOT_BVLC_NETS, ZOO, is_solver, zoo_files, zoo_nets
 from google.protobuf import text_format
 
 from caffegen.errors import CaffegenError
-from caffegen.io.prototxt import read_net, to_text, write_atomic
+from caffegen.io.files import write_atomic
+from caffegen.io.prototxt import read_net, to_text
 from caffegen.io.schema import BVLC
-from conftest import NOT_BVLC_NETS, ZOO, is_solver, zoo_files, zoo_nets
 
 
 class TestZoo:

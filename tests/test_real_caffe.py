@@ -2,17 +2,17 @@
 
 import numpy as np
 import pytest
+from caffe_runs import layers_without_backward, read_blobs, run_caffe, train
+from conftest import ZOO, zoo_nets
 from google.protobuf import text_format
 
-from caffe_runs import layers_without_backward, read_blobs, run_caffe, train
+from caffegen.io.prototxt import read_net, to_text
+from caffegen.io.schema import BVLC
 from caffegen.net.freeze import freeze
 from caffegen.net.head import find_classifiers, retarget_head
 from caffegen.net.layers import learnable_blob_count
 from caffegen.net.lint import lint
 from caffegen.net.netview import TRAIN, NetView
-from caffegen.io.prototxt import read_net, to_text
-from caffegen.io.schema import BVLC
-from conftest import ZOO, zoo_nets
 
 BASE = """
 name: "base"

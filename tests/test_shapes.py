@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from caffe_runs import run_caffe
+from conftest import ROOT, ZOO, zoo_nets
 from google.protobuf import text_format
 
-from caffe_runs import run_caffe
 from caffegen.io.caffemodel import read_caffemodel
-from caffegen.net.netview import TEST, TRAIN, NetView
 from caffegen.io.prototxt import read_net, to_text
 from caffegen.io.schema import BVLC, load_fork_schema
+from caffegen.net.netview import TEST, TRAIN, NetView
 from caffegen.net.shapes import format_shape, infer_shapes
-from conftest import ROOT, ZOO, zoo_nets
 
 READY = "Network initialization done."
 FILE_DATA_TYPES = {"Data", "ImageData", "WindowData"}

@@ -4,16 +4,14 @@ import json
 
 import numpy as np
 import pytest
-
 from caffe_runs import read_blobs
-from caffegen.run.caffelog import parse_log
-from caffegen.strategies.digits import write_digit_images
+from conftest import DIGITS, run_caffegen
+
 from caffegen.errors import CaffegenError
 from caffegen.job.prepare import parse_stages
-from caffegen.io.resources import resource_dir
-from conftest import run_caffegen
+from caffegen.run.caffelog import parse_log
+from caffegen.strategies.digits import write_digit_images
 
-DIGITS = resource_dir("models") / "digits"
 STAGES = "upto=fc1,lr=0.001,epochs=2;upto=conv1,lr=0.0005,epochs=2"
 
 

@@ -1,17 +1,17 @@
 """Net view, freeze, head and lint on small nets built here and on the whole zoo."""
 
 import pytest
+from conftest import ZOO, zoo_nets
 from google.protobuf import text_format
 
 from caffegen.errors import CaffegenError
+from caffegen.io.prototxt import read_net, to_text
+from caffegen.io.schema import BVLC
 from caffegen.net.freeze import freeze
 from caffegen.net.head import find_classifiers, retarget_head
 from caffegen.net.layers import learnable_blob_count
 from caffegen.net.lint import count_classes, lint
 from caffegen.net.netview import TEST, TRAIN, NetView
-from caffegen.io.prototxt import read_net, to_text
-from caffegen.io.schema import BVLC
-from conftest import ZOO, zoo_nets
 
 SMALL = """
 name: "small"

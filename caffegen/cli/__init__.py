@@ -5,7 +5,6 @@ import sys
 import click
 
 from caffegen import __version__
-from caffegen.errors import CaffegenError
 from caffegen.cli.advise import advise_command
 from caffegen.cli.demo import demo_command
 from caffegen.cli.freeze import freeze_command
@@ -17,6 +16,7 @@ from caffegen.cli.lint import lint_command
 from caffegen.cli.prepare import prepare_command
 from caffegen.cli.sweep import sweep_command
 from caffegen.cli.upgrade import upgrade_command
+from caffegen.errors import CaffegenError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -5,8 +5,8 @@ import textwrap
 
 import click
 
-from caffegen.net.advise import SMALL_DATASET_IMAGES, SMALL_DATASET_PER_CLASS, advise
 from caffegen.io.prototxt import read_net
+from caffegen.net.advise import SMALL_DATASET_IMAGES, SMALL_DATASET_PER_CLASS, advise
 
 WIDTH = 100
 

@@ -2,8 +2,9 @@
 
 import click
 
-from caffegen.strategies.demo import EPOCHS, run_demo
+from caffegen.defaults import EPOCHS
 from caffegen.run.runner import summary_lines
+from caffegen.strategies.demo import run_demo
 
 
 @click.command("demo")

@@ -2,9 +2,16 @@
 
 import click
 
+from caffegen.cli.options import (
+    load_net,
+    net_argument,
+    output_options,
+    proto_option,
+    report,
+    write_net,
+)
 from caffegen.errors import CaffegenError
 from caffegen.net.freeze import freeze
-from caffegen.cli.options import load_net, net_argument, output_options, proto_option, report, write_net
 
 
 @click.command("freeze")

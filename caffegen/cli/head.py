@@ -2,8 +2,16 @@
 
 import click
 
+from caffegen.cli.options import (
+    load_net,
+    net_argument,
+    output_options,
+    proto_option,
+    report,
+    write_net,
+)
+from caffegen.defaults import HEAD_LR_MULT
 from caffegen.net.head import retarget_head
-from caffegen.cli.options import load_net, net_argument, output_options, proto_option, report, write_net
 
 
 @click.command("head")
@@ -12,7 +20,7 @@ from caffegen.cli.options import load_net, net_argument, output_options, proto_o
 @click.option("--layer", "layers", metavar="LAYER", multiple=True,
               help="The classifier to retarget (default: every layer feeding a Softmax). Repeatable.")
 @click.option("--name", "new_name", help="New name of the classifier (default: <old>_ft).")
-@click.option("--lr-mult", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@click.option("--lr-mult", type=click.FloatRange(min=0), default=HEAD_LR_MULT, show_default=True,
               help="Learning-rate multiplier of the new weights (the bias gets twice this).")
 @output_options
 @proto_option
@@ -20,7 +28,7 @@ def head_command(net_path, num_output, layers, new_name, lr_mult, output, in_pla
     """Retarget the classifier: rename it so Caffe initialises it fresh, and set num_output.
 
     Missing fillers are added (gaussian std 0.01, bias 0) and the new layer learns faster
-    (lr_mult 10, bias 20, as in BVLC's flickr-style fine-tuning example).
+    (--lr-mult, its bias twice that, as in BVLC's flickr-style fine-tuning example).
     """
     loaded = load_net(net_path, proto_path)
     result = retarget_head(loaded.net, num_output, layers, new_name, lr_mult, path=net_path)

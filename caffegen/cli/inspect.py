@@ -4,10 +4,11 @@ import json
 
 import click
 
+from caffegen.cli.options import load_net, net_argument, number_list, proto_option
+from caffegen.io.tables import text_table
 from caffegen.net.inspect import LOADED, MISMATCH, NEW, inspect_net
 from caffegen.net.netview import TEST, TRAIN
 from caffegen.net.shapes import format_shape
-from caffegen.cli.options import load_net, net_argument, number_list, proto_option
 
 
 @click.command("inspect")
@@ -46,7 +47,7 @@ def render(inspection, net_path):
     rows = [[report.name, report.type, _shapes(report.tops.values()), _shapes(report.params or []) or "",
              _numbers(report.lr_mult), _numbers(report.decay_mult), report.state]
             + ([report.weights] * with_weights) for report in inspection.layers]
-    yield from _table(header, rows)
+    yield from text_table(header, rows)
     yield ""
     yield from _totals(inspection.totals(), inspection.phase)
     for report in inspection.layers:
@@ -54,12 +55,6 @@ def render(inspection, net_path):
             yield f"note: layer '{report.name}': {report.note}"
     if with_weights:
         yield from _weight_findings(inspection, net_path)
-
-
-def _table(header, rows):
-    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
-    for row in [header] + rows:
-        yield "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
 
 
 def _shapes(shapes):

@@ -4,6 +4,7 @@ import click
 
 from caffegen.run.launch import launch
 from caffegen.run.runner import summary_lines
+from caffegen.run.target import resolve_target
 
 
 @click.command("launch")
@@ -20,7 +21,7 @@ def launch_command(ctx, run_dir, resume, gpu, caffe_path):
     stopped a failing run, 130 after Ctrl-C.
     """
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    result = launch(run_dir, caffe_path, gpu, resume, echo)
+    result = launch(run_dir, resolve_target(caffe_path, gpu), resume, echo)
     for line in summary_lines(result, run_dir):
         echo(line)
     ctx.exit(result.exit_code)

@@ -2,8 +2,8 @@
 
 import click
 
-from caffegen.net.lint import count_classes, lint
 from caffegen.cli.options import load_net, net_argument, proto_option
+from caffegen.net.lint import count_classes, lint
 
 
 @click.command("lint")

@@ -5,7 +5,8 @@ from pathlib import Path
 import click
 
 from caffegen.errors import CaffegenError
-from caffegen.io.prototxt import decode_text, parse_net, read_net, to_text, write_atomic
+from caffegen.io.files import write_atomic
+from caffegen.io.prototxt import decode_text, parse_net, read_net, to_text
 from caffegen.io.schema import BVLC, load_fork_schema
 
 STDIN = "-"
@@ -32,17 +33,20 @@ def output_options(command):
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 
 
-def number_list(kind, counts, positive=False, example=None):
-    """A click callback parsing 'a,b,c' into a tuple of ``counts`` numbers of ``kind`` (int or float)."""
+def number_list(kind, counts=None, positive=False, example=None):
+    """A click callback parsing 'a,b,c' into a tuple of ``counts`` numbers of ``kind`` (int or float).
+
+    ``counts`` lists the numbers of numbers allowed; None allows any (and gives () when the option is absent).
+    """
     def parse(ctx, param, value):
         if value is None:
-            return None
+            return None if counts else ()
         try:
             numbers = tuple(kind(part) for part in value.split(","))
         except ValueError:
             numbers = ()
-        if len(numbers) not in counts or (positive and min(numbers) <= 0):
-            words = " or ".join(NUMBER_WORDS[count] for count in counts)
+        if not numbers or (counts and len(numbers) not in counts) or (positive and min(numbers) <= 0):
+            words = " or ".join(NUMBER_WORDS[count] for count in counts) if counts else "comma-separated"
             what = ("positive " if positive else "") + ("integers" if kind is int else "numbers")
             such_as = f", such as {example}" if example else ""
             raise click.BadParameter(f"'{value}': expected {words} {what} {param.metavar}{such_as}")

@@ -1,29 +1,24 @@
 """``caffegen prepare``: a run directory for fine-tuning a pretrained model on your images."""
 
+from dataclasses import fields
+
 import click
 
+from caffegen.cli.options import number_list, report
+from caffegen.defaults import EPOCHS, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
 from caffegen.job.prepare import JobOptions, parse_stages, prepare
-from caffegen.run.locate import caffe_is_cpu_only, find_caffe
 from caffegen.net.lr_rules import parse_lr_rules
 from caffegen.net.wiring import DataSettings
-from caffegen.cli.options import number_list, report
+from caffegen.run.target import resolve_target
+
+# Click options that JobOptions receives in another form.
+CONVERTED = {"data_settings", "device", "lr_rules"}
 
 
-def choose_device(gpu, caffe_path, echo):
-    """(device, Caffe binary or None): --gpu as given, else a GPU when the Caffe found can use one, else CPU."""
-    try:
-        caffe = find_caffe(caffe_path)
-    except CaffegenError:
-        if gpu is None:
-            echo("no Caffe found yet: preparing for CPU (pass --gpu 0 to train on a GPU)")
-        return (gpu or "cpu").lower(), None
-    if gpu is not None:
-        return gpu.lower(), caffe
-    if caffe_is_cpu_only(caffe):
-        echo(f"{caffe} is a CPU-only build: training on the CPU")
-        return "cpu", caffe
-    return "0", caffe
+def default(name):
+    """The default of JobOptions field ``name``: the one place it is stated."""
+    return JobOptions.__dataclass_fields__[name].default
 
 
 JOB_OPTIONS = [
@@ -33,8 +28,9 @@ JOB_OPTIONS = [
     click.option("--data", type=click.Path(path_type=str), help="A folder with one sub-folder of images per class."),
     click.option("--train-list", type=click.Path(path_type=str), help="A Caffe list of training images ('path label')."),
     click.option("--val-list", type=click.Path(path_type=str), help="A Caffe list of validation images."),
-    click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of each class kept for validation."),
-    click.option("--seed", type=int, default=1, show_default=True, help="Seed of the split and of Caffe."),
+    click.option("--val-fraction", type=float, default=default("val_fraction"), show_default=True,
+                 help="Share of each class kept for validation."),
+    click.option("--seed", type=int, default=default("seed"), show_default=True, help="Seed of the split and of Caffe."),
     click.option("--skip-bad", is_flag=True, help="Leave out unreadable or non-image files instead of stopping."),
     click.option("--cache-features", is_flag=True,
                  help="Push the images through the frozen trunk once and train the head on the stored features."),
@@ -46,14 +42,14 @@ JOB_OPTIONS = [
     click.option("--copy-data", is_flag=True, help="Copy the images into the run directory (relative paths: portable)."),
     click.option("--freeze-upto", metavar="LAYER", help="Freeze LAYER and everything before it."),
     click.option("--freeze-from", metavar="LAYER", help="Train LAYER and what follows; freeze the rest."),
-    click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training images (default: 10)."),
+    click.option("--epochs", type=click.IntRange(min=1), help=f"Passes over the training images (default: {EPOCHS})."),
     click.option("--strategy", type=click.Choice(["auto"]),
                  help="auto: freeze point, learning rate and epochs from `caffegen advise` (needs --similarity)."),
     click.option("--similarity", type=click.Choice(["high", "low"]),
                  help="How close your images are to the base model's training data (for --strategy auto)."),
     click.option("--batch-size", type=click.IntRange(min=1), help="Training batch (default: the base net's)."),
     click.option("--val-batch-size", type=click.IntRange(min=1), help="Validation batch (default: the base net's)."),
-    click.option("--iter-size", type=click.IntRange(min=1), default=1, show_default=True,
+    click.option("--iter-size", type=click.IntRange(min=1), default=default("iter_size"), show_default=True,
                  help="Batches accumulated per iteration."),
     click.option("--resize", callback=number_list(int, (1, 2), positive=True), metavar="H[,W]", help="Resize images to H×W before cropping."),
     click.option("--mean-value", callback=number_list(float, (1, 3)), metavar="B,G,R", help="Per-channel mean to subtract."),
@@ -61,7 +57,8 @@ JOB_OPTIONS = [
     click.option("--base-lr", type=float, help="Learning rate (default: 1/10 of --solver's, else 0.001)."),
     click.option("--solver", "base_solver", type=click.Path(path_type=str), help="The base model's solver, for its learning rate."),
     click.option("--solver-set", multiple=True, metavar="KEY=VALUE", help="Set any solver field. Repeatable."),
-    click.option("--snapshot-every", type=click.IntRange(min=1), default=1, show_default=True, help="Epochs between snapshots."),
+    click.option("--snapshot-every", type=click.IntRange(min=1), default=default("snapshot_every"), show_default=True,
+                 help="Epochs between snapshots."),
     click.option("--gpu", metavar="ID|all|cpu", help="0, 0,1, all or cpu (default: a GPU when Caffe can use one)."),
     click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary."),
     click.option("--lr-mult", "lr_rules", multiple=True, metavar="PATTERN=MULT",
@@ -69,7 +66,7 @@ JOB_OPTIONS = [
                       "wins; a bias gets twice MULT). Repeatable."),
     click.option("--head-name", help="Name of the new classifier (default: <old>_ft)."),
     click.option("--head-lr-mult", type=click.FloatRange(min=0),
-                 help="Learning-rate multiplier of the new classifier (default: 10; its bias gets twice this)."),
+                 help=f"Learning-rate multiplier of the new classifier (default: {HEAD_LR_MULT:g}; its bias gets twice this)."),
 ]
 
 
@@ -80,26 +77,17 @@ def job_options(command):
     return command
 
 
-def job_from_options(params, echo):
-    """(JobOptions, Caffe binary or None) from the parsed job options."""
+def job_from_options(params, target, echo):
+    """JobOptions from the parsed job options, for the device ``target`` plans: every field named alike is copied."""
     if params["freeze_upto"] and params["freeze_from"]:
         raise CaffegenError("give --freeze-upto or --freeze-from, not both")
-    device, caffe = choose_device(params["gpu"], params["caffe_path"], echo)
     resize = params["resize"]
     settings = DataSettings(params["batch_size"], params["val_batch_size"], (resize * 2)[:2] if resize else None,
                             params["mean_value"] or ())
-    options = JobOptions(
-        net=params["net"], weights=params["weights"], data=params["data"], train_list=params["train_list"],
-        val_list=params["val_list"], val_fraction=params["val_fraction"], seed=params["seed"],
-        skip_bad=params["skip_bad"], copy_data=params["copy_data"], freeze_upto=params["freeze_upto"],
-        freeze_from=params["freeze_from"], epochs=params["epochs"], snapshot_every=params["snapshot_every"],
-        iter_size=params["iter_size"], data_settings=settings, mean_file=params["mean_file"],
-        base_lr=params["base_lr"], base_solver=params["base_solver"], solver_set=params["solver_set"],
-        device=device, head_lr_mult=params["head_lr_mult"], head_name=params["head_name"],
-        lr_rules=parse_lr_rules(params["lr_rules"]), keep_data_layers=params["keep_data_layers"],
-        num_classes=params["num_classes"], train_images=params["train_images"], val_images=params["val_images"],
-        strategy=params["strategy"], similarity=params["similarity"], cache_features=params["cache_features"])
-    return options, caffe
+    given = {field.name: params[field.name] for field in fields(JobOptions)
+             if field.name in params and field.name not in CONVERTED}
+    return JobOptions(**given, data_settings=settings, device=target.planned_device(echo),
+                      lr_rules=parse_lr_rules(params["lr_rules"]))
 
 
 @click.command("prepare")
@@ -115,8 +103,8 @@ def prepare_command(stages, output, force, **params):
     Labels are 0…K-1 in sorted class order; the classifier is retargeted to K classes.
     """
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    options, caffe = job_from_options(params, echo)
-    job = prepare(options, output, force=force, caffe=caffe or "caffe", warn=echo,
+    target = resolve_target(params["caffe_path"], params["gpu"], required=False)
+    job = prepare(job_from_options(params, target, echo), output, force=force, caffe=target.caffe or "caffe", warn=echo,
                   stages=parse_stages(stages) if stages else ())
     report(job.notes)
     images = job.manifest["images"]

@@ -1,14 +1,27 @@
 """``caffegen sweep``: one fine-tuning run per freeze point and learning rate, here or on Slurm, compared."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from caffegen.errors import CaffegenError
-from caffegen.run.locate import caffe_is_cpu_only, find_caffe
-from caffegen.strategies.sweep import (PLOT, TABLE, check_slurm, collect, combinations, prepare_sweep, run_here, run_on_gpus, submit,
-                     table_lines, write_slurm_script)
+from caffegen.cli.options import number_list
 from caffegen.cli.prepare import job_from_options, job_options
+from caffegen.errors import CaffegenError
+from caffegen.run.target import resolve_target
+from caffegen.strategies.sweep import (
+    PLOT,
+    TABLE,
+    check_slurm,
+    collect,
+    combinations,
+    prepare_sweep,
+    run_here,
+    run_on_gpus,
+    submit,
+    table_lines,
+    write_slurm_script,
+)
 
 
 def _optional(*names):
@@ -19,18 +32,6 @@ def _optional(*names):
                 param.required = False
         return command
     return relax
-
-
-def _learning_rates(ctx, param, value):
-    if value is None:
-        return ()
-    try:
-        rates = tuple(float(part) for part in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got '{value}'") from None
-    if not all(rate > 0 for rate in rates):
-        raise click.BadParameter(f"learning rates must be positive, got '{value}'")
-    return rates
 
 
 def _names(value, option):
@@ -46,7 +47,7 @@ def _names(value, option):
 @_optional("net", "weights")
 @click.command("sweep")
 @job_options
-@click.option("--lr", "learning_rates", callback=_learning_rates, metavar="LR[,LR…]",
+@click.option("--lr", "learning_rates", callback=number_list(float, positive=True), metavar="LR[,LR…]",
               help="Learning rates to try, one run each per freeze point (default: as --base-lr).")
 @click.option("-o", "--output", type=click.Path(path_type=str), help="The sweep directory to create.")
 @click.option("--force", is_flag=True, help="Replace an existing sweep directory.")
@@ -82,18 +83,20 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
         return
     _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit)
     gpu_ids = _gpu_ids(gpus)
-    if gpu_ids:
-        params = dict(params, gpu=gpu_ids[0])
-    options, caffe = job_from_options(params, echo)
-    planned = combinations(options, _names(params["freeze_upto"], "--freeze-upto"),
+    target = resolve_target(params["caffe_path"], gpu_ids[0] if gpu_ids else params["gpu"], required=not slurm)
+    if gpu_ids and target.cpu_only:
+        raise CaffegenError(f"{target.caffe} is a CPU-only build and cannot use --gpus {gpus}; drop --gpus to train "
+                            "the runs one after another on the CPU")
+    planned = combinations(job_from_options(params, target, echo), _names(params["freeze_upto"], "--freeze-upto"),
                            _names(params["freeze_from"], "--freeze-from"), learning_rates)
-    if not slurm:
-        caffe = _local_caffe(params["caffe_path"], gpus)
-    runs = prepare_sweep(planned, output, force, caffe or "caffe", echo)
+    runs = prepare_sweep(planned, output, force, target.caffe or "caffe", echo)
     if slurm:
         _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, echo)
         return
-    errors = run_on_gpus(output, runs, gpu_ids, caffe, echo) if gpu_ids else run_here(output, runs, caffe, echo)
+    if gpu_ids:
+        errors = run_on_gpus(output, runs, gpu_ids, target.caffe, echo)
+    else:
+        errors = run_here(output, runs, replace(target, device=None), echo)  # each run on the device it was prepared for
     rows = _show(collect(output, runs, errors), output, echo)
     statuses = {row["status"] for row in rows}
     ctx.exit(130 if "interrupted" in statuses else 0 if statuses == {"ok"} else 1)
@@ -122,15 +125,6 @@ def _gpu_ids(gpus):
     if not all(gpu.isdigit() for gpu in ids):
         raise CaffegenError(f"--gpus takes GPU ids such as 0,1, got '{gpus}'")
     return ids
-
-
-def _local_caffe(caffe_path, gpus):
-    """The Caffe that trains here; a CPU-only build cannot take --gpus."""
-    caffe = find_caffe(caffe_path)
-    if gpus and caffe_is_cpu_only(caffe):
-        raise CaffegenError(f"{caffe} is a CPU-only build and cannot use --gpus {gpus}; drop --gpus to train "
-                            "the runs one after another on the CPU")
-    return caffe
 
 
 def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):

@@ -4,9 +4,15 @@ from pathlib import Path
 
 import click
 
-from caffegen.io.caffemodel import upgrade_caffemodel
+from caffegen.cli.options import (
+    load_net,
+    net_argument,
+    output_options,
+    report,
+    write_net,
+)
 from caffegen.errors import CaffegenError
-from caffegen.cli.options import load_net, net_argument, output_options, report, write_net
+from caffegen.io.caffemodel import upgrade_caffemodel
 
 
 @click.command("upgrade")

@@ -4,8 +4,6 @@ Nets are parsed with the schema's ``NetParameter``; legacy V1 nets are upgraded 
 Every failure becomes a one-line :class:`CaffegenError` naming the file, line and column.
 """
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,24 +86,6 @@ def read_solver(path, schema=BVLC):
 def to_text(message):
     """The prototxt text of ``message``."""
     return text_format.MessageToString(message)
-
-
-def write_atomic(path, data):
-    """Write ``data`` (text or bytes) to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise CaffegenError(f"cannot write here: {error.strerror}", path) from None
-    try:
-        binary = isinstance(data, bytes)
-        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8",
-                       newline=None if binary else "") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _describe_parse_error(error, message, path):

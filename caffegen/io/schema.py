@@ -12,8 +12,8 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from caffegen.io import caffe_pb2
 from caffegen.errors import CaffegenError
+from caffegen.io import caffe_pb2
 
 
 class Schema:

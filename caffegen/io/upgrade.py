@@ -8,6 +8,7 @@ share modes move into ``param``, and every ``*_param`` message is carried over u
 """
 
 from caffegen.errors import CaffegenError
+from caffegen.io.messages import copy_field
 
 V1_TYPE_NAMES = {
     "NONE": "", "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
@@ -64,23 +65,6 @@ def upgrade_v1_layer(v1_layer, schema, path=None):
             copy_field(v1_layer, layer, field.name)
     _move_deprecated_transforms(layer)
     return layer
-
-
-def copy_field(source, target, name):
-    """Copy field ``name`` from ``source`` to ``target`` when set: scalars, messages, repeated or not."""
-    field = source.DESCRIPTOR.fields_by_name[name]
-    if field.is_repeated:
-        values = getattr(source, name)
-        if field.message_type is not None:
-            for value in values:
-                getattr(target, name).add().CopyFrom(value)
-        else:
-            getattr(target, name).extend(values)
-    elif source.HasField(name):
-        if field.message_type is not None:
-            getattr(target, name).CopyFrom(getattr(source, name))
-        else:
-            setattr(target, name, getattr(source, name))
 
 
 def _upgrade_param_specs(v1_layer, layer):

@@ -1,7 +1,6 @@
 """Image data for a fine-tuning job: class folders or Caffe lists, checked, split and written.
 
-Caffe's ``ImageData`` layer reads ``path label`` lines and splits each on its last space,
-so paths may contain spaces; labels must be 0…K-1.
+Lists are Caffe's (:mod:`caffegen.io.lists`); labels must be 0…K-1.
 """
 
 import random
@@ -11,6 +10,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from caffegen.errors import CaffegenError
+from caffegen.io.lists import list_line, read_list
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff"}
 MAX_LISTED = 5
@@ -37,7 +37,7 @@ class Dataset(Labelled):
     def list_text(self, subset, names=None):
         """Caffe's list format for ``subset`` ("train" or "val"), with paths renamed by ``names`` if given."""
         names = names or {}
-        return "".join(f"{names.get(path, path)} {label}\n" for path, label in getattr(self, subset))
+        return "".join(list_line(names.get(path, path), label) for path, label in getattr(self, subset))
 
     def copy_names(self, folder="data"):
         """{image path: relative path under ``folder``} for copying the images into a run directory."""
@@ -157,21 +157,17 @@ def _split(images, val_fraction, seed):
 
 
 def _read_list(path):
-    if not path.is_file():
-        raise CaffegenError("no such list file", path)
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        image, _, label = line.rstrip().rpartition(" ")
-        if not image or not label.isdigit():
-            raise CaffegenError(f"expected 'path label' with a label 0, 1, …, got '{line.strip()}'", path, number)
-        image_path = Path(image)
+    for line in read_list(path):
+        if not line.path or line.label_number is None or line.label_number < 0:
+            raise CaffegenError(f"expected 'path label' with a label 0, 1, …, got '{line.text().strip()}'",
+                                path, line.number)
+        image_path = Path(line.path)
         if not image_path.is_absolute():
             image_path = (path.parent / image_path)
         if not image_path.is_file():
-            raise CaffegenError(f"image not found: {image_path}", path, number)
-        entries.append((image_path.resolve(), int(label)))
+            raise CaffegenError(f"image not found: {image_path}", path, line.number)
+        entries.append((image_path.resolve(), line.label_number))
     if not entries:
         raise CaffegenError("empty list", path)
     return entries

@@ -16,25 +16,46 @@ from pathlib import Path
 from PIL import Image
 
 from caffegen import __version__
-from caffegen.net.advise import advise
-from caffegen.run.cache import check_cacheable, plan_cache
-from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
+from caffegen.defaults import EPOCHS, FINE_TUNE_LR, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
+from caffegen.io.files import built_beside
+from caffegen.io.prototxt import read_net, read_solver, to_text
+from caffegen.job.cacheplan import check_cacheable, plan_cache
+from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
+from caffegen.job.device import CPU, Device
+from caffegen.job.rundir import MANIFEST, SNAPSHOT_DIR, RunDir
+from caffegen.job.scripts import (
+    caffe_arguments,
+    render_stages_sh,
+    render_train_bat,
+    render_train_sh,
+)
+from caffegen.job.solver import (
+    check_solver_text,
+    epoch_schedule,
+    parse_overrides,
+    render_solver,
+    solver_fields,
+)
+from caffegen.net.advise import advise
 from caffegen.net.freeze import freeze
 from caffegen.net.head import retarget_head
 from caffegen.net.inspect import preflight
 from caffegen.net.lr_rules import apply_lr_rules
 from caffegen.net.netview import TEST, TRAIN
-from caffegen.io.prototxt import read_net, read_solver, to_text
-from caffegen.job.rundir import MANIFEST, SNAPSHOT_DIR, built_beside
-from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
-from caffegen.job.solver import FINE_TUNE_LR, epoch_schedule, parse_overrides, render_solver, solver_fields
-from caffegen.net.wiring import DataSettings, data_layers, deploy_net, phase_batch_sizes, wire_image_data
+from caffegen.net.wiring import (
+    DataSettings,
+    data_layers,
+    deploy_net,
+    phase_batch_sizes,
+    preprocessing,
+    wire_image_data,
+)
 
 MEAN_FILE = "mean.binaryproto"
 WEIGHTS_COPY = "base.caffemodel"
-DEFAULT_EPOCHS = 10
-DEFAULT_HEAD_LR_MULT = 10.0
+# What computes a cached run's trunk features.
+ENGINE = "caffe"
 
 
 @dataclass
@@ -60,7 +81,7 @@ class JobOptions:
     base_lr: float = None
     base_solver: Path = None
     solver_set: tuple = ()
-    device: str = "cpu"
+    device: Device = CPU
     head_lr_mult: float = None
     head_name: str = None
     lr_rules: tuple = ()
@@ -71,6 +92,10 @@ class JobOptions:
     strategy: str = None
     similarity: str = None
     cache_features: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.device, Device):
+            self.device = Device.parse(self.device)
 
 
 @dataclass
@@ -158,7 +183,7 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=()):
         build = _build(options, dataset, weights, weights, caffe)
         _write_run_dir(run_dir, build.files, build.copies)
         if options.cache_features:
-            build.notes.append(plan_cache(run_dir).describe())
+            build.notes.append(plan_cache(RunDir(run_dir)).describe())
         return PreparedJob(run_dir, build.manifest, notes + build.notes)
     job = _prepare_stages(options, stages, dataset, weights, run_dir, caffe)
     job.notes[:0] = notes
@@ -167,8 +192,8 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=()):
 
 def _with_defaults(options):
     """``options`` with the defaults of what neither the user nor a strategy chose."""
-    return replace(options, epochs=DEFAULT_EPOCHS if options.epochs is None else options.epochs,
-                   head_lr_mult=DEFAULT_HEAD_LR_MULT if options.head_lr_mult is None else options.head_lr_mult)
+    return replace(options, epochs=EPOCHS if options.epochs is None else options.epochs,
+                   head_lr_mult=HEAD_LR_MULT if options.head_lr_mult is None else options.head_lr_mult)
 
 
 def _apply_strategy(options, dataset):
@@ -211,7 +236,7 @@ def _prepare_stages(options, stages, dataset, weights, run_dir, caffe):
                         "epochs": stage.epochs, "max_iter": build.manifest["schedule"]["max_iter"]})
         weights_ref = f"../{name}/{SNAPSHOT_DIR}/ft_iter_{build.manifest['schedule']['max_iter']}.caffemodel"
     manifest = {"caffegen": __version__, "created": _now(), "stages": entries, "classes": dataset.classes,
-                "images": {"train": dataset.train_count, "val": dataset.val_count}, "device": options.device,
+                "images": {"train": dataset.train_count, "val": dataset.val_count}, "device": str(options.device),
                 "schedule": {"max_iter": sum(entry["max_iter"] for entry in entries)}}
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     files["train.sh"] = render_stages_sh([entry["dir"] for entry in entries])
@@ -237,11 +262,12 @@ def _build(options, dataset, weights, weights_ref, caffe):
         notes += apply_lr_rules(net, options.lr_rules).summary()
     channels, height, width = _input_geometry(net, dataset, options.data_settings)
     deploy = deploy_net(net, channels, height, width)
+    input_shape = [1, channels, height, width]
     if weights_ref == weights:
-        notes += preflight(net, weights, [1, channels, height, width])
+        notes += preflight(net, weights, input_shape)
     if options.cache_features:
         notes += check_cacheable(net, options.net)
-    schedule, solver_text = _solver(options, net, dataset)
+    schedule, solver_text, base_lr = _solver(options, net, dataset)
     copies = dataset.copy_names() if options.copy_data else {}
     if options.copy_data:
         copies[weights] = weights_ref = WEIGHTS_COPY
@@ -250,15 +276,19 @@ def _build(options, dataset, weights, weights_ref, caffe):
         "deploy.prototxt": to_text(deploy),
         "solver.prototxt": solver_text,
         "labels.txt": dataset.labels_text(),
-        "train.sh": render_train_sh(caffe, weights_ref, _gpu_flag(options.device), net.name, num_classes),
-        "train.bat": render_train_bat(weights_ref, _gpu_flag(options.device), net.name, num_classes),
+        "train.sh": render_train_sh(caffe, weights_ref, options.device.gpu_flag, net.name, num_classes),
+        "train.bat": render_train_bat(weights_ref, options.device.gpu_flag, net.name, num_classes),
     }
     if isinstance(dataset, Dataset):
         files["train.txt"] = dataset.list_text("train", copies)
         files["val.txt"] = dataset.list_text("val", copies)
     manifest = _manifest(options, weights, weights_ref, dataset, schedule, mean_source)
+    manifest["base_lr"] = base_lr
+    manifest["input"] = {"shape": input_shape}
+    manifest["preprocessing"] = preprocessing(net)
     if options.cache_features:
         manifest["cache_features"] = True
+        manifest["engine"] = ENGINE
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     if mean_source:
         copies[mean_source] = MEAN_FILE
@@ -343,12 +373,13 @@ def _input_geometry(net, dataset, settings):
 
 def _solver(options, net, dataset):
     batches = phase_batch_sizes(net, options.data_settings, options.net)
-    gpus = _gpu_count(options.device)
     schedule = epoch_schedule(dataset.train_count, dataset.val_count, batches[TRAIN], batches[TEST], options.epochs,
-                              options.iter_size, gpus, options.snapshot_every)
-    fields = solver_fields(schedule, _base_lr(options), options.device != "cpu",
+                              options.iter_size, options.device.workers, options.snapshot_every)
+    fields = solver_fields(schedule, _base_lr(options), not options.device.is_cpu,
                            options.seed, options.iter_size, snapshot_prefix=f"{SNAPSHOT_DIR}/ft")
-    return schedule, render_solver(fields, schedule, parse_overrides(options.solver_set))
+    text = render_solver(fields, schedule, parse_overrides(options.solver_set))
+    # base_lr as Caffe reads it: a float32, given with the 7 digits it holds.
+    return schedule, text, float(f"{check_solver_text(text).base_lr:.7g}")
 
 
 def _base_lr(options):
@@ -359,17 +390,6 @@ def _base_lr(options):
         if solver.HasField("base_lr"):
             return solver.base_lr / 10
     return FINE_TUNE_LR
-
-
-def _gpu_flag(device):
-    return None if device == "cpu" else device
-
-
-def _gpu_count(device):
-    """How many GPUs share each iteration: 1 on CPU (one worker), else the listed ids."""
-    if device in ("cpu", "all"):
-        return 1
-    return len(device.split(","))
 
 
 def _manifest(options, weights, weights_ref, dataset, schedule, mean_source):
@@ -394,9 +414,9 @@ def _manifest(options, weights, weights_ref, dataset, schedule, mean_source):
         "freeze": {"upto": options.freeze_upto, "from": options.freeze_from},
         "schedule": {"epochs": schedule.epochs, "iters_per_epoch": schedule.iters_per_epoch,
                      "max_iter": schedule.max_iter, "test_iter": schedule.test_iter},
-        "device": options.device,
+        "device": str(options.device),
         "weights": str(weights_ref),
-        "command": ["caffe"] + caffe_arguments(weights=weights_ref, gpu=_gpu_flag(options.device)),
+        "command": ["caffe"] + caffe_arguments(weights=weights_ref, gpu=options.device.gpu_flag),
     }
 
 

@@ -1,70 +1,93 @@
-"""A prepared run directory: its manifest, and the checks made before Caffe runs in it."""
+"""A prepared run directory: its manifest, read once, and the checks made before Caffe runs in it."""
 
 import json
-import os
 import re
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
-from caffegen.run.caffelog import parse_log
 from caffegen.errors import CaffegenError
+from caffegen.io.files import write_atomic
+from caffegen.io.lists import read_list
+from caffegen.io.prototxt import read_net, read_solver, to_text
+from caffegen.job.device import Device
 from caffegen.net.head import classifier_outputs
-from caffegen.run.locate import caffe_is_cpu_only
-from caffegen.io.prototxt import read_net, read_solver, to_text, write_atomic
 
 MANIFEST = "manifest.json"
 SNAPSHOT_DIR = "snapshots"
 SNAPSHOT_NAME = re.compile(r"_iter_(\d+)\.solverstate$")
+LISTS = ("train.txt", "val.txt")
 
 
-def load_manifest(run_dir):
-    """The manifest of a run directory written by ``caffegen prepare``."""
-    path = Path(run_dir) / MANIFEST
-    if not path.is_file():
-        raise CaffegenError(f"not a caffegen run directory (no {MANIFEST}); create one with caffegen prepare", run_dir)
-    return json.loads(path.read_text(encoding="utf-8"))
+class RunDir:
+    """A run directory written by ``caffegen prepare``, and what its manifest records."""
 
+    def __init__(self, path):
+        self.path = Path(path).resolve()
+        manifest = self.path / MANIFEST
+        if not manifest.is_file():
+            raise CaffegenError(f"not a caffegen run directory (no {MANIFEST}); create one with caffegen prepare",
+                                path)
+        self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
 
-def choose_launch_device(planned, gpu, caffe, echo):
-    """--gpu as given, else the prepared device; a CPU-only Caffe never gets -gpu."""
-    wanted = (gpu or planned).lower()
-    if wanted != "cpu" and caffe_is_cpu_only(caffe):
-        if gpu:
-            raise CaffegenError(f"{caffe} is a CPU-only build and cannot use --gpu {gpu}; "
-                                "drop --gpu to train on the CPU")
-        echo(f"{caffe} is a CPU-only build: training on the CPU instead of GPU {planned}")
-        return "cpu"
-    return wanted
+    def __truediv__(self, name):
+        return self.path / name
 
+    def __str__(self):
+        return str(self.path)
 
-def match_solver_mode(run_dir, device, echo):
-    """Make solver_mode agree with the device: Caffe takes GPU mode from the solver when -gpu is absent."""
-    path = run_dir / "solver.prototxt"
-    solver = read_solver(path)
-    mode = solver.CPU if device == "cpu" else solver.GPU
-    if solver.solver_mode != mode:
-        solver.solver_mode = mode
-        write_atomic(path, to_text(solver))
-        echo(f"set solver_mode to {'CPU' if device == 'cpu' else 'GPU'} in {path.name}")
+    @property
+    def device(self):
+        """The device the run was prepared for."""
+        return Device.parse(self.manifest["device"])
 
+    @property
+    def stages(self):
+        """The run directories of a staged job's stages, in order; empty for a single run."""
+        return [RunDir(self.path / stage["dir"]) for stage in self.manifest.get("stages", ())]
 
-def check_labels(run_dir):
-    """Refuse lists with labels the classifier cannot score: Caffe's release builds do not check them."""
-    net = read_net(run_dir / "train_val.prototxt").net
-    outputs = list(classifier_outputs(net).values())
-    if not outputs:
-        return
-    for path in (run_dir / "train.txt", run_dir / "val.txt"):
-        if not path.is_file():
-            continue
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            label = line.rpartition(" ")[2]
-            if line.strip() and (not label.isdigit() or int(label) >= min(outputs)):
-                raise CaffegenError(f"label '{label}' is not in 0…{min(outputs) - 1}, but the classifier has "
-                                    f"{min(outputs)} outputs: Caffe would train on garbage (its release builds "
-                                    "do not check labels); fix the list or retarget with caffegen head", path, number)
+    @property
+    def caches_features(self):
+        return bool(self.manifest.get("cache_features"))
+
+    @property
+    def input_shape(self):
+        """The deploy net's input (N, C, H, W), as prepare worked it out."""
+        if "input" not in self.manifest:
+            raise CaffegenError("the manifest records no input shape (prepared by an older caffegen); "
+                                "prepare the run again", self.path / MANIFEST)
+        return tuple(self.manifest["input"]["shape"])
+
+    def weights(self):
+        """The weights the run starts from, refusing them when they are gone."""
+        weights = self.path / self.manifest["weights"]
+        if not weights.is_file():
+            raise CaffegenError("the pretrained weights named in the manifest are missing", weights)
+        return weights
+
+    def match_solver_mode(self, device, echo):
+        """Make solver_mode agree with ``device``: Caffe takes GPU mode from the solver when -gpu is absent."""
+        path = self.path / "solver.prototxt"
+        solver = read_solver(path)
+        mode = solver.CPU if device.is_cpu else solver.GPU
+        if solver.solver_mode != mode:
+            solver.solver_mode = mode
+            write_atomic(path, to_text(solver))
+            echo(f"set solver_mode to {'CPU' if device.is_cpu else 'GPU'} in {path.name}")
+
+    def check_labels(self):
+        """Refuse lists with labels the classifier cannot score: Caffe's release builds do not check them."""
+        outputs = list(classifier_outputs(read_net(self.path / "train_val.prototxt").net).values())
+        if not outputs:
+            return
+        count = min(outputs)
+        for path in (self.path / name for name in LISTS):
+            if not path.is_file():
+                continue
+            for line in read_list(path):
+                if line.label_number is None or not 0 <= line.label_number < count:
+                    raise CaffegenError(f"label '{line.label}' is not in 0…{count - 1}, but the classifier has "
+                                        f"{count} outputs: Caffe would train on garbage (its release builds do "
+                                        "not check labels); fix the list or retarget with caffegen head",
+                                        path, line.number)
 
 
 def newest_snapshot(run_dir):
@@ -74,33 +97,3 @@ def newest_snapshot(run_dir):
     if not states:
         raise CaffegenError(f"nothing to resume: no .solverstate in {SNAPSHOT_DIR}/", run_dir)
     return max(states)[1]
-
-
-def earlier_records(run_dir, upto):
-    """The records of train.log before iteration ``upto``, where a resumed run takes over."""
-    log = run_dir / "train.log"
-    if not log.is_file():
-        return []
-    with log.open(encoding="utf-8", errors="replace") as lines:
-        watcher, _ = parse_log(lines)
-    return [record for record in watcher.records if record["iteration"] < upto]
-
-
-@contextmanager
-def built_beside(target):
-    """A fresh directory beside ``target`` that replaces it when the block ends well, and vanishes if not."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield staging
-        os.chmod(staging, 0o755)
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(target, old)
-        os.rename(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

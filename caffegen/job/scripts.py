@@ -2,10 +2,7 @@
 
 import shlex
 
-import jinja2
-
-from caffegen import __version__
-from caffegen.io.resources import resource_dir
+from caffegen.io.templates import render_template
 
 
 def caffe_arguments(weights=None, snapshot=None, gpu=None, flag_style="-"):
@@ -27,21 +24,21 @@ def caffe_arguments(weights=None, snapshot=None, gpu=None, flag_style="-"):
 def render_train_sh(caffe, weights, gpu, net_name, num_classes):
     """``train.sh``: run Caffe from the run directory, appending its output to train.log."""
     arguments = " ".join(shlex.quote(arg) for arg in caffe_arguments(weights=weights, gpu=gpu))
-    return _environment("\n").get_template("train.sh.j2").render(
-        caffe=str(caffe).replace('"', '\\"').replace("$", "\\$").replace("`", "\\`"),
-        arguments=arguments, net_name=net_name, num_classes=num_classes, version=__version__)
+    return render_template(
+        "train.sh.j2", caffe=str(caffe).replace('"', '\\"').replace("$", "\\$").replace("`", "\\`"),
+        arguments=arguments, net_name=net_name, num_classes=num_classes)
 
 
 def render_stages_sh(stage_dirs):
     """``train.sh`` of a staged run: each stage's own train.sh, in order, stopping at the first failure."""
-    return _environment("\n").get_template("stages.sh.j2").render(stages=stage_dirs, version=__version__)
+    return render_template("stages.sh.j2", stages=stage_dirs)
 
 
 def render_train_bat(weights, gpu, net_name, num_classes):
     """``train.bat``: the Windows twin of train.sh, with CRLF line endings and cmd.exe quoting."""
     arguments = " ".join(_bat_argument(arg) for arg in caffe_arguments(weights=weights, gpu=gpu, flag_style="--"))
-    return _environment("\r\n").get_template("train.bat.j2").render(
-        arguments=arguments, net_name=_bat_text(net_name), num_classes=num_classes, version=__version__)
+    return render_template("train.bat.j2", "\r\n", arguments=arguments, net_name=_bat_text(net_name),
+                           num_classes=num_classes)
 
 
 def _bat_argument(argument):
@@ -58,8 +55,3 @@ def _bat_text(text):
     """Text for a batch file: cmd.exe expands % even inside quotes, so it is doubled."""
     return text.replace("%", "%%")
 
-
-def _environment(newline):
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              newline_sequence=newline)

@@ -8,15 +8,12 @@ import math
 from dataclasses import dataclass
 from difflib import get_close_matches
 
-import jinja2
-from google.protobuf import text_format
-
-from caffegen import __version__
+from caffegen.defaults import FINE_TUNE_LR
 from caffegen.errors import CaffegenError
-from caffegen.io.resources import resource_dir
+from caffegen.io.prototxt import parse_text
 from caffegen.io.schema import BVLC
+from caffegen.io.templates import render_template
 
-FINE_TUNE_LR = 0.001
 STEP_FRACTION = 0.4
 
 
@@ -98,10 +95,9 @@ def parse_overrides(settings):
             raise CaffegenError(f"--solver-set {key} given twice")
         literal = _literal(key, value)
         try:
-            text_format.Parse(f"{key}: {literal}", BVLC.SolverParameter())
-        except text_format.ParseError as error:
-            detail = str(error).split(" : ", 1)[-1]
-            raise CaffegenError(f"--solver-set {key}={value}: {detail}") from None
+            parse_text(f"{key}: {literal}", BVLC.SolverParameter(), "--solver-set")
+        except CaffegenError as error:
+            raise CaffegenError(f"--solver-set {key}={value}: {error.message}") from None
         overrides.append((key, literal))
     return overrides
 
@@ -117,8 +113,7 @@ def render_solver(fields, schedule, overrides=()):
         else:
             rows.append((key, _literal(key, value), note))
     rows += [(key, literal, "set by --solver-set") for key, literal in overrides if key in overridden]
-    template = _environment().get_template("solver.prototxt.j2")
-    text = template.render(fields=rows, schedule=schedule, version=__version__)
+    text = render_template("solver.prototxt.j2", fields=rows, schedule=schedule)
     check_solver_text(text)
     return text
 
@@ -126,9 +121,9 @@ def render_solver(fields, schedule, overrides=()):
 def check_solver_text(text, path="solver.prototxt"):
     """Parse solver text into ``SolverParameter``; a problem becomes a one-line error."""
     try:
-        return text_format.Parse(text, BVLC.SolverParameter())
-    except text_format.ParseError as error:
-        raise CaffegenError(f"invalid solver: {error}", path) from None
+        return parse_text(text, BVLC.SolverParameter(), path)
+    except CaffegenError as error:
+        raise CaffegenError(f"invalid solver: {error.message}", path, error.line, error.column) from None
 
 
 def _check_field(key):
@@ -152,7 +147,3 @@ def _literal(key, value):
         return text.lower()
     return text
 
-
-def _environment():
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

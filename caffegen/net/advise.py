@@ -17,11 +17,11 @@ to the classifier goes through.
 import shlex
 from dataclasses import asdict, dataclass
 
+from caffegen.defaults import FINE_TUNE_LR, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
 from caffegen.net.head import find_classifiers
 from caffegen.net.layers import learnable_blob_count, num_output_param
 from caffegen.net.netview import TRAIN, NetView
-from caffegen.job.solver import FINE_TUNE_LR
 
 # A dataset is small below these counts. The total comes from the rule of thumb of the fine-tuning
 # notes we follow (wydbyxr, "训练过程--fineturn微调", CSDN, 2018): with fewer than a thousand images,
@@ -50,9 +50,9 @@ class Case:
 
 # A small dataset makes few iterations an epoch, so it gets more epochs; case 4 trains longest.
 CASES = [
-    Case(1, "small", "high", "a linear classifier on the bottleneck features", FINE_TUNE_LR, 20, 10.0),
-    Case(2, "large", "high", "fine-tune the whole net at a small learning rate", FINE_TUNE_LR, 10, 10.0),
-    Case(3, "small", "low", "a classifier on features of earlier layers", FINE_TUNE_LR, 20, 10.0),
+    Case(1, "small", "high", "a linear classifier on the bottleneck features", FINE_TUNE_LR, 20, HEAD_LR_MULT),
+    Case(2, "large", "high", "fine-tune the whole net at a small learning rate", FINE_TUNE_LR, 10, HEAD_LR_MULT),
+    Case(3, "small", "low", "a classifier on features of earlier layers", FINE_TUNE_LR, 20, HEAD_LR_MULT),
     Case(4, "large", "low", "fine-tune everything, longer and at a higher learning rate", ORIGINAL_LR, 30, 1.0),
 ]
 

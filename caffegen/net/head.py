@@ -6,9 +6,16 @@ must also change its name, or Caffe aborts with "Cannot copy param 0 weights …
 
 from dataclasses import dataclass, field
 
+from caffegen.defaults import HEAD_LR_MULT
 from caffegen.errors import CaffegenError
-from caffegen.net.layers import (BIAS_LR_FACTOR, PASSTHROUGH_TYPES, SOFTMAX_TYPES, bias_blob_index, learnable_blob_count,
-                     num_output_param)
+from caffegen.net.layers import (
+    BIAS_LR_FACTOR,
+    PASSTHROUGH_TYPES,
+    SOFTMAX_TYPES,
+    bias_blob_index,
+    learnable_blob_count,
+    num_output_param,
+)
 from caffegen.net.netview import TEST, TRAIN, NetView
 
 
@@ -77,7 +84,7 @@ def _scoring_layer(view, name, include_self=False):
     return None
 
 
-def retarget_head(net, num_output, layers=None, new_name=None, lr_mult=10.0, path=None):
+def retarget_head(net, num_output, layers=None, new_name=None, lr_mult=HEAD_LR_MULT, path=None):
     """Rename, resize and re-initialise the classifier(s) of ``net`` in place for ``num_output`` classes."""
     if num_output < 1:
         raise CaffegenError(f"--num-output must be at least 1, got {num_output}", path)
@@ -105,7 +112,7 @@ def retarget_head(net, num_output, layers=None, new_name=None, lr_mult=10.0, pat
     return report
 
 
-def retarget_layer(layer, new_name, num_output, lr_mult=10.0, path=None):
+def retarget_layer(layer, new_name, num_output, lr_mult=HEAD_LR_MULT, path=None):
     """Make ``layer`` a fresh classifier: new name and size, fillers, boosted learning rate.
 
     Returns the layer's previous ``num_output``.

@@ -10,8 +10,8 @@ caffemodel does not name keeps its fillers' initialisation.
 
 from dataclasses import dataclass, field
 
-from caffegen.io.caffemodel import read_caffemodel
 from caffegen.errors import CaffegenError
+from caffegen.io.caffemodel import read_caffemodel
 from caffegen.net.netview import TEST, TRAIN, NetView
 from caffegen.net.shapes import format_shape, infer_shapes, product
 

@@ -1,4 +1,20 @@
-"""What caffegen knows about Caffe's layer types: learnable blobs and output counts."""
+"""What caffegen knows about Caffe's layer types: their kinds, learnable blobs and output counts."""
+
+from caffegen.io.schema import BVLC
+
+# Layers that read images, features or labels from outside the net.
+DATA_TYPES = {"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData", "AnnotatedData"}
+# The parameter messages of data layers that carry a batch size, as the schema declares them.
+BATCH_PARAMS = tuple(field.name for field in BVLC.LayerParameter.DESCRIPTOR.fields
+                     if field.name.endswith("_param") and "batch_size" in field.message_type.fields_by_name)
+# Losses: their one top is a scalar.
+LOSS_TYPES = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "InfogainLoss",
+              "MultinomialLogisticLoss", "ContrastiveLoss"}
+# Layers whose top has the shape of their bottom.
+ELEMENTWISE_TYPES = {"AbsVal", "BNLL", "BatchNorm", "Bias", "Clip", "Dropout", "ELU", "Exp", "LRN", "Log", "MVN",
+                     "PReLU", "Power", "ReLU", "Scale", "Sigmoid", "Softmax", "Swish", "TanH", "Threshold"}
+# Layers whose output is random in training: a fresh draw at every iteration.
+RANDOM_TYPES = {"Dropout"}
 
 # Types that have no learnable blobs.
 KNOWN_PARAMETER_FREE = {

@@ -1,9 +1,9 @@
 """Static checks for the classic fine-tuning traps, one finding per problem with its fix."""
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from caffegen.errors import CaffegenError
+from caffegen.io.lists import read_list
 from caffegen.net.head import classifier_outputs
 from caffegen.net.layers import is_frozen, learnable_blob_count
 from caffegen.net.netview import TEST, TRAIN, NetView
@@ -107,15 +107,10 @@ def check_classifier_size(net, num_classes, path):
 
 def count_classes(path):
     """Number of classes in a label file: a Caffe list (``path label`` lines: max label + 1) or one name per line."""
-    path = Path(path)
-    try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise CaffegenError(f"cannot read label file: {error}", path) from None
+    lines = read_list(path, "label")
     if not lines:
         raise CaffegenError("empty label file", path)
-    labels = [line.rsplit(maxsplit=1)[-1] for line in lines]
-    if all(" " in line or "\t" in line for line in lines) and all(label.lstrip("-").isdigit() for label in labels):
-        return max(int(label) for label in labels) + 1
+    if all(line.path and line.label_number is not None for line in lines):
+        return max(line.label_number for line in lines) + 1
     return len(lines)
 

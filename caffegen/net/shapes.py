@@ -10,12 +10,8 @@ and so on. A layer type caffegen does not know leaves its outputs unknown and sa
 import math
 from dataclasses import dataclass, field
 
-from caffegen.net.layers import learnable_blob_count
+from caffegen.net.layers import ELEMENTWISE_TYPES, LOSS_TYPES, learnable_blob_count
 
-LOSS_TYPES = {"SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "InfogainLoss",
-              "MultinomialLogisticLoss", "ContrastiveLoss"}
-ELEMENTWISE_TYPES = {"AbsVal", "BNLL", "BatchNorm", "Bias", "Clip", "Dropout", "ELU", "Exp", "LRN", "Log", "MVN",
-                     "PReLU", "Power", "ReLU", "Scale", "Sigmoid", "Softmax", "Swish", "TanH", "Threshold"}
 IMAGE_SIZE_HINT = "pass --input-shape N,C,H,W"
 AUTOMATIC_TOP = "(automatic)"
 

@@ -8,13 +8,12 @@ the base net's batch sizes and transformations (mirroring for training only). A 
 from dataclasses import dataclass
 
 from caffegen.errors import CaffegenError
+from caffegen.io.messages import copy_field
+from caffegen.net.layers import BATCH_PARAMS, DATA_TYPES
 from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN, NetView
-from caffegen.io.upgrade import copy_field
 
-DATA_TYPES = {"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData", "AnnotatedData"}
 CARRIED_TRANSFORMS = ("scale", "crop_size", "mean_file", "mean_value", "force_color", "force_gray")
 DEFAULT_BATCH = {TRAIN: 32, TEST: 50}
-BATCH_PARAMS = ("data_param", "image_data_param", "hdf5_data_param", "window_data_param", "memory_data_param")
 
 
 @dataclass
@@ -173,3 +172,25 @@ def deploy_net(train_val, num_channels, height, width):
             copy.ClearField("exclude")
     deploy.layer.add(name="prob", type="Softmax", bottom=[losses[-1].bottom[0]], top=["prob"])
     return deploy
+
+
+def preprocessing(net):
+    """What the TEST data layer does to an image before the net sees it, as the manifest records it.
+
+    Caffe's image layers decode with OpenCV, so channels are in BGR order; the mean is subtracted
+    before ``scale`` multiplies.
+    """
+    layer = next((layer for layer in NetView(net, TEST).layers if layer.type in DATA_TYPES), None)
+    if layer is None:
+        return None
+    transform, images = layer.transform_param, layer.image_data_param
+    gray = transform.force_gray or (layer.type == "ImageData" and not images.is_color)
+    return {
+        "layer_type": layer.type,
+        "channel_order": "gray" if gray else "BGR",
+        "resize": [images.new_height, images.new_width] if layer.type == "ImageData" and images.new_height else None,
+        "crop_size": transform.crop_size or None,
+        "mean_value": list(transform.mean_value),
+        "mean_file": transform.mean_file or None,
+        "scale": transform.scale,
+    }

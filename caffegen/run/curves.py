@@ -8,7 +8,7 @@ import csv
 import io
 import math
 
-from caffegen.io.prototxt import write_atomic
+from caffegen.io.files import write_atomic
 
 FIRST_COLUMNS = ("iteration", "loss", "lr")
 

@@ -36,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
+from caffegen.io.files import built_beside
 
 SUITE = "bullseye"
 PACKAGES = ("caffe", "libopenblas0-pthread")
@@ -133,17 +134,10 @@ def _check_host():
 
 
 def _install(prefix, log):
-    """Build an install in a temporary directory beside `prefix`, then rename it into place."""
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{prefix.name}.", suffix=".tmp", dir=prefix.parent))
-    try:
-        root = staging / "root"
-        root.mkdir()
-        record = _build(root, prefix, staging / "apt", log)
+    """Build an install in a directory beside `prefix` that replaces it once complete."""
+    with built_beside(prefix) as root, tempfile.TemporaryDirectory(prefix=".apt.", dir=prefix.parent) as apt_dir:
+        record = _build(root, prefix, Path(apt_dir), log)
         (root / MARKER).write_text(json.dumps(record, indent=2) + "\n")
-        _move_into_place(root, prefix, staging / "previous")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return record
 
 
@@ -416,10 +410,3 @@ def _check_runs(caffe_command):
         output = (result.stdout + result.stderr).strip().splitlines()
         raise CaffegenError(f"the installed caffe does not run: {output[-1] if output else result.returncode}")
 
-
-def _move_into_place(staged, prefix, previous):
-    """Rename `staged` to `prefix`, first moving an existing install to `previous` (deleted with it)."""
-    _check_prefix(prefix)
-    if prefix.exists():
-        prefix.rename(previous)
-    staged.rename(prefix)

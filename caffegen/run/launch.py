@@ -8,41 +8,53 @@ the lists, and the weights against the net. Then :mod:`caffegen.run.runner` runs
 import json
 from pathlib import Path
 
+from caffegen.errors import CaffegenError
+from caffegen.io.files import write_atomic
+from caffegen.io.prototxt import read_net
+from caffegen.job.rundir import SNAPSHOT_DIR, SNAPSHOT_NAME, RunDir, newest_snapshot
+from caffegen.job.scripts import caffe_arguments
+from caffegen.net.inspect import preflight
 from caffegen.run.cache import run_cached
 from caffegen.run.caffelog import LogWatcher
 from caffegen.run.curves import plot_curves, write_curves_csv
-from caffegen.errors import CaffegenError
-from caffegen.net.inspect import preflight
-from caffegen.run.locate import find_caffe
-from caffegen.io.prototxt import read_net, write_atomic
-from caffegen.job.rundir import (SNAPSHOT_DIR, SNAPSHOT_NAME, check_labels, choose_launch_device, earlier_records,
-                     load_manifest, match_solver_mode, newest_snapshot)
-from caffegen.run.runner import RESULT, LaunchResult, result_summary, run_caffe_train
-from caffegen.job.scripts import caffe_arguments
+from caffegen.run.runner import (
+    RESULT,
+    LaunchResult,
+    earlier_records,
+    result_summary,
+    run_caffe_train,
+)
+from caffegen.run.target import resolve_target
 
 
-def launch(run_dir, caffe=None, gpu=None, resume=False, echo=None, show_progress=None):
-    """Run ``caffe train`` for the run directory and watch it; see :class:`LaunchResult`."""
-    run_dir = Path(run_dir).resolve()
-    echo = echo or (lambda line: None)
-    manifest = load_manifest(run_dir)
-    if "stages" in manifest:
-        return launch_stages(run_dir, manifest, caffe, gpu, resume, echo, show_progress)
-    if manifest.get("cache_features"):
+def launch(run_dir, target=None, resume=False, echo=None, show_progress=None):
+    """Run ``caffe train`` for the run directory and watch it; see :class:`LaunchResult`.
+
+    ``target`` (a :class:`~caffegen.run.target.Target`) is the Caffe and the device; by default the
+    Caffe found as ``caffegen launch`` finds it, on the device the run was prepared for.
+    """
+    target = (target or resolve_target()).required()
+    return launch_run(RunDir(run_dir), target, resume, echo or (lambda line: None), show_progress)
+
+
+def launch_run(run, target, resume, echo, show_progress):
+    """Launch the :class:`RunDir` ``run`` with ``target``: in stages, on cached features, or as one run."""
+    if run.stages:
+        return launch_stages(run, target, resume, echo, show_progress)
+    if run.caches_features:
         if resume:
             raise CaffegenError("a run with cached features does not resume; launch it again: the cached "
-                                "features are reused, only the head trains again", run_dir)
-        return run_cached(run_dir, caffe, echo, show_progress, gpu)
-    caffe = find_caffe(caffe)
-    device = choose_launch_device(manifest["device"], gpu, caffe, echo)
-    match_solver_mode(run_dir, device, echo)
-    check_labels(run_dir)
-    arguments = _arguments(run_dir, manifest, device, resume, echo)
-    history = earlier_records(run_dir, _iteration_of(arguments)) if resume else []
-    return run_caffe_train(caffe, arguments, run_dir, history, echo, show_progress)
+                                "features are reused, only the head trains again", run.path)
+        return run_cached(run, target, echo, show_progress)
+    device = target.launch_device(run.device, echo)
+    run.match_solver_mode(device, echo)
+    run.check_labels()
+    arguments = _arguments(run, device, resume, echo)
+    history = earlier_records(run.path, _iteration_of(arguments)) if resume else []
+    return run_caffe_train(target.caffe, arguments, run.path, history, echo, show_progress)
 
 
-def launch_stages(run_dir, manifest, caffe, gpu, resume, echo, show_progress):
+def launch_stages(run, target, resume, echo, show_progress):
     """Run the stages of a staged job in order, each from the final weights of the one before.
 
     With ``resume``, finished stages are skipped and the first unfinished one resumes from its
@@ -50,21 +62,21 @@ def launch_stages(run_dir, manifest, caffe, gpu, resume, echo, show_progress):
     stage boundaries marked.
     """
     results, offsets, offset = [], [], 0
-    for number, stage in enumerate(manifest["stages"], start=1):
-        stage_dir = run_dir / stage["dir"]
+    entries = run.manifest["stages"]
+    for number, (entry, stage) in enumerate(zip(entries, run.stages), start=1):
         offsets.append(offset)
-        offset += stage["max_iter"]
-        finished = _finished(stage_dir)
+        offset += entry["max_iter"]
+        finished = _finished(stage.path)
         if resume and finished:
             results.append(finished)
             continue
-        echo(f"stage {number}/{len(manifest['stages'])}: {_stage_words(stage)}")
-        resumable = resume and any((stage_dir / SNAPSHOT_DIR).glob("*.solverstate"))
-        result = launch(stage_dir, caffe, gpu, resumable, echo, show_progress)
+        echo(f"stage {number}/{len(entries)}: {_stage_words(entry)}")
+        resumable = resume and any((stage.path / SNAPSHOT_DIR).glob("*.solverstate"))
+        result = launch_run(stage, target, resumable, echo, show_progress)
         results.append(result)
         if result.exit_code != 0:
             break
-    return _joined(run_dir, results, offsets)
+    return _joined(run.path, results, offsets)
 
 
 def _finished(stage_dir):
@@ -99,25 +111,20 @@ def _joined(run_dir, results, offsets):
     return joined
 
 
-def preflight_weights(run_dir, weights, echo):
+def preflight_weights(run, weights, echo):
     """Check the weights against the run's net before Caffe spends minutes loading them."""
-    deploy = read_net(run_dir / "deploy.prototxt").net
-    input_shape = list(deploy.layer[0].input_param.shape[0].dim) if deploy.layer[0].type == "Input" else None
-    for warning in preflight(read_net(run_dir / "train_val.prototxt").net, weights, input_shape):
+    for warning in preflight(read_net(run.path / "train_val.prototxt").net, weights, list(run.input_shape)):
         echo(warning)
 
 
-def _arguments(run_dir, manifest, device, resume, echo):
-    gpu = None if device == "cpu" else device
+def _arguments(run, device, resume, echo):
     if resume:
-        snapshot = newest_snapshot(run_dir).relative_to(run_dir)
-        arguments = caffe_arguments(snapshot=snapshot, gpu=gpu)
+        snapshot = newest_snapshot(run.path).relative_to(run.path)
+        arguments = caffe_arguments(snapshot=snapshot, gpu=device.gpu_flag)
     else:
-        weights = run_dir / manifest["weights"]
-        if not weights.is_file():
-            raise CaffegenError("the pretrained weights named in the manifest are missing", weights)
-        preflight_weights(run_dir, weights, echo)
-        arguments = caffe_arguments(weights=weights, gpu=gpu)
+        weights = run.weights()
+        preflight_weights(run, weights, echo)
+        arguments = caffe_arguments(weights=weights, gpu=device.gpu_flag)
     return arguments + ["-sigint_effect", "stop"]
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from caffegen.run.caffelog import LogWatcher
+from caffegen.io.files import write_atomic
+from caffegen.job.rundir import newest_snapshot
+from caffegen.run.caffelog import LogWatcher, parse_log
 from caffegen.run.curves import plot_curves, write_curves_csv
 from caffegen.run.diagnose import Diagnosis
-from caffegen.io.prototxt import write_atomic
-from caffegen.job.rundir import newest_snapshot
 
 RESULT = "result.json"
 INTERRUPTED = 130
@@ -140,6 +140,16 @@ def result_summary(result):
         "best_iteration": best[0] if best else None,
         "final_model": str(result.final_model) if result.final_model else None,
     }
+
+
+def earlier_records(run_dir, upto):
+    """The records of a run's train.log before iteration ``upto``, where a resumed run takes over."""
+    log = Path(run_dir) / "train.log"
+    if not log.is_file():
+        return []
+    with log.open(encoding="utf-8", errors="replace") as lines:
+        watcher, _ = parse_log(lines)
+    return [record for record in watcher.records if record["iteration"] < upto]
 
 
 def validation_accuracies(records):

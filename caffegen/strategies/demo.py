@@ -8,28 +8,29 @@ the real Caffe. The directory is left complete, so ``caffegen launch DIR`` can r
 import tempfile
 from pathlib import Path
 
-from caffegen.strategies.digits import write_digit_images
-from caffegen.errors import CaffeNotFound, CaffegenError
-from caffegen.run.install import default_prefix, install_caffe
-from caffegen.job.prepare import JobOptions, prepare
-from caffegen.run.launch import launch
-from caffegen.run.locate import find_caffe
+from caffegen.errors import CaffegenError, CaffeNotFound
 from caffegen.io.resources import resource_dir
+from caffegen.job.device import CPU
+from caffegen.job.prepare import JobOptions, prepare
+from caffegen.job.rundir import RunDir
+from caffegen.run.install import default_prefix, install_caffe
+from caffegen.run.launch import launch_run
+from caffegen.run.target import Target, resolve_target
+from caffegen.strategies.digits import write_digit_images
 
 NEW_TASK = range(5, 10)
 FREEZE_UPTO = "conv2"
-EPOCHS = 10
 
 
 def ensure_caffe(caffe, echo):
-    """The Caffe binary to use, installed into the user prefix when none is found."""
+    """The Caffe to train with on the CPU, installed into the user prefix when none is found."""
     try:
-        return find_caffe(caffe)
+        return resolve_target(caffe, CPU.name)
     except CaffeNotFound:
         if caffe:
             raise
         echo(f"Caffe not found: installing a CPU build of Caffe 1.0 into {default_prefix()} (once, about 20 s)")
-        return install_caffe(log=echo)
+        return Target(install_caffe(log=echo), CPU)
 
 
 def run_demo(out_dir, caffe=None, force=False, echo=None, show_progress=None):
@@ -38,16 +39,16 @@ def run_demo(out_dir, caffe=None, force=False, echo=None, show_progress=None):
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise CaffegenError("exists; pass --force to replace it, or choose another directory with -o", out_dir)
-    caffe = ensure_caffe(caffe, echo)
+    target = ensure_caffe(caffe, echo)
     base = resource_dir("models") / "digits"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
         count = write_digit_images(Path(tmp), NEW_TASK)
         echo(f"wrote {count} images of the digits {NEW_TASK[0]}–{NEW_TASK[-1]} (the base model knows 0–4)")
         options = JobOptions(net=base / "train_val.prototxt", weights=base / "digits.caffemodel", data=Path(tmp),
-                             freeze_upto=FREEZE_UPTO, epochs=EPOCHS, copy_data=True, device="cpu")
-        job = prepare(options, out_dir, force=force, caffe=caffe, warn=echo)
+                             freeze_upto=FREEZE_UPTO, copy_data=True, device=CPU)
+        job = prepare(options, out_dir, force=force, caffe=target.caffe, warn=echo)
     for note in job.notes:
         echo(note)
     echo(f"prepared {out_dir}; training on the CPU")
-    return launch(out_dir, caffe, "cpu", echo=echo, show_progress=show_progress)
+    return launch_run(RunDir(out_dir), target, False, echo, show_progress)

@@ -19,16 +19,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import jinja2
-
 from caffegen import __version__
 from caffegen.errors import CaffegenError
+from caffegen.io.files import built_beside, write_atomic
+from caffegen.io.tables import text_table
+from caffegen.io.templates import render_template
 from caffegen.job.prepare import prepare
 from caffegen.run.launch import launch
 from caffegen.run.runner import RESULT, summary_lines
-from caffegen.io.prototxt import read_solver, write_atomic
-from caffegen.io.resources import resource_dir
-from caffegen.job.rundir import built_beside
 
 SWEEP = "sweep.json"
 TABLE = "results.csv"
@@ -99,7 +97,7 @@ def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None):
 
 def _prepare_run(run, options, staging, caffe, echo):
     job = prepare(options, staging / run.run_dir, caffe=caffe, warn=echo)
-    lr = float(f"{read_solver(job.run_dir / 'solver.prototxt').base_lr:.7g}")  # base_lr is a float32
+    lr = job.manifest["base_lr"]
     echo(f"prepared {run.run_dir}: freeze {run.freeze}, base_lr {lr:g}, "
          f"{job.manifest['schedule']['max_iter']} iterations")
     return replace(run, lr=lr)
@@ -126,8 +124,8 @@ def load_sweep(sweep_dir):
         raise CaffegenError(f"unreadable sweep file ({error}); prepare the sweep again", path) from None
 
 
-def run_here(sweep_dir, runs, caffe=None, echo=None, show_progress=None):
-    """Launch the runs one after another; return {run_dir: error} for runs refused before Caffe started.
+def run_here(sweep_dir, runs, target=None, echo=None, show_progress=None):
+    """Launch the runs one after another with ``target``; return {run_dir: error} for runs refused before Caffe started.
 
     A failing run does not stop the others; Ctrl-C stops the run in progress and the sweep.
     """
@@ -136,7 +134,7 @@ def run_here(sweep_dir, runs, caffe=None, echo=None, show_progress=None):
     for number, run in enumerate(runs, start=1):
         echo(f"[{number}/{len(runs)}] {run.run_dir}")
         try:
-            result = launch(Path(sweep_dir) / run.run_dir, caffe, echo=echo, show_progress=show_progress)
+            result = launch(Path(sweep_dir) / run.run_dir, target, echo=echo, show_progress=show_progress)
         except CaffegenError as error:
             errors[run.run_dir] = str(error)
             echo(f"caffegen: error: {error}")
@@ -216,11 +214,12 @@ def write_slurm_script(sweep_dir, runs, sbatch_options=(), caffe=None):
     sweep_dir = Path(sweep_dir).resolve()
     command = [sys.executable, "-m", "caffegen", "launch"] + (["--caffe", str(Path(caffe).resolve())] if caffe else [])
     script = sweep_dir / SLURM_SCRIPT
-    text = _templates().get_template("sweep_slurm.sh.j2").render(
+    text = render_template(
+        "sweep_slurm.sh.j2",
         job_name=UNSAFE_NAME.sub("-", f"caffegen-{sweep_dir.name}"), last_task=len(runs) - 1,
         output=sweep_dir / "slurm-%A_%a.out", sbatch_options=sbatch_options, command=shlex.join(command),
         runs=[shlex.quote(str(sweep_dir / run.run_dir)) for run in runs], script=shlex.quote(str(script)),
-        sweep_dir=shlex.quote(str(sweep_dir)), version=__version__)
+        sweep_dir=shlex.quote(str(sweep_dir)))
     write_atomic(script, text)
     script.chmod(0o755)
     return script
@@ -279,11 +278,9 @@ def _csv_text(rows):
 def table_lines(rows):
     """The rows as an aligned text table for the terminal."""
     header = ("run", "freeze", "lr", "best acc", "last acc", "time", "exit", "status")
-    cells = [header] + [(row["run"], row["freeze"], _number(row["lr"], "g"), _number(row["best_accuracy"], ".4f"),
-                         _number(row["last_accuracy"], ".4f"), _number(row["seconds"], ".1f", " s"),
-                         _number(row["exit_code"], "d"), row["status"]) for row in rows]
-    widths = [max(len(line[column]) for line in cells) for column in range(len(header))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
+    return text_table(header, [(row["run"], row["freeze"], _number(row["lr"], "g"), _number(row["best_accuracy"], ".4f"),
+                                _number(row["last_accuracy"], ".4f"), _number(row["seconds"], ".1f", " s"),
+                                _number(row["exit_code"], "d"), row["status"]) for row in rows])
 
 
 def _number(value, spec, unit=""):
@@ -348,7 +345,3 @@ def _draw_curves(axis, rows, curves):
     if axis.get_legend_handles_labels()[0]:
         axis.legend(loc="lower right", fontsize="small")
 
-
-def _templates():
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

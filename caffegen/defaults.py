@@ -1,0 +1,9 @@
+"""Fine-tuning defaults that several layers state: each has its one home here."""
+
+# Learning rate of a fine-tuning job: a tenth of the usual from-scratch 0.01.
+FINE_TUNE_LR = 0.001
+# How much faster a new classifier learns than the pretrained layers (its bias twice that),
+# as in BVLC's flickr-style fine-tuning example.
+HEAD_LR_MULT = 10.0
+# Passes over the training images.
+EPOCHS = 10

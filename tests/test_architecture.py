@@ -1,0 +1,88 @@
+"""The package's layers, as ARCHITECTURE.md states them: imports point down, formats stay at the edge."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "caffegen"
+# Lowest first: a module may import its own layer and the layers below it.
+LAYERS = ("io", "net", "job", "run", "strategies", "cli")
+# Modules at the package's root that every layer may import; they import no layer themselves.
+SHARED = {"caffegen", "caffegen.errors", "caffegen.defaults"}
+# Libraries that only some layers may use: the wire and text formats, templates, and child processes.
+CONFINED = {
+    "google.protobuf.text_format": {"io"},
+    "jinja2": {"io"},
+    "subprocess": {"io", "run", "strategies"},  # io runs protoc on a fork's schema
+}
+
+
+def module_name(path):
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path):
+    """The absolute names of the modules ``path`` imports (``from X import y`` counts X and X.y)."""
+    return imports_in(path.read_text(encoding="utf-8"), module_name(path), path.name == "__init__.py")
+
+
+def imports_in(text, module, is_package=False):
+    """The absolute names of the modules that ``text``, the source of ``module``, imports."""
+    tree = ast.parse(text)
+    current = module.split(".")
+    package = current if is_package else current[:-1]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+            yield base, node.lineno
+            for alias in node.names:
+                yield f"{base}.{alias.name}", node.lineno
+
+
+def layer_of(name):
+    parts = name.split(".")
+    if parts[0] != "caffegen" or name in SHARED or len(parts) < 2:
+        return None
+    return parts[1] if parts[1] in LAYERS else None
+
+
+MODULES = sorted(path for path in PACKAGE.rglob("*.py") if path.name != "caffe_pb2.py")
+
+
+def test_every_module_lives_in_a_layer():
+    loose = [module_name(path) for path in MODULES
+             if layer_of(module_name(path)) is None and module_name(path) not in SHARED | {"caffegen.__main__"}]
+    assert not loose, f"modules outside the layers {LAYERS}: {loose}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=module_name)
+def test_imports_point_down(path):
+    source = layer_of(module_name(path))
+    rank = LAYERS.index(source) if source else -1
+    upward = [f"line {line}: {name}" for name, line in imports(path)
+              if (target := layer_of(name)) and LAYERS.index(target) > rank
+              and module_name(path) != "caffegen.__main__"]
+    assert not upward, f"{module_name(path)} ({source or 'shared'}) imports a higher layer: {upward}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=module_name)
+def test_confined_libraries(path):
+    source = layer_of(module_name(path))
+    misplaced = [f"line {line}: {name}" for name, line in imports(path) for library, allowed in CONFINED.items()
+                 if (name == library or name.startswith(library + ".")) and source not in allowed]
+    assert not misplaced, f"{module_name(path)} ({source}) uses what only {CONFINED} may: {misplaced}"
+
+
+def test_the_checker_resolves_relative_and_absolute_imports():
+    text = "from caffegen.run.launch import launch\nfrom ..job import rundir\nfrom . import head\n"
+    found = [name for name, _ in imports_in(text, "caffegen.net.probe")]
+    assert found == ["caffegen.run.launch", "caffegen.run.launch.launch", "caffegen.job", "caffegen.job.rundir",
+                     "caffegen.net", "caffegen.net.head"]
+    assert [layer_of(name) for name in found] == ["run", "run", "job", "job", "net", "net"]
