@@ -23,9 +23,11 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.5",
         "scikit-learn>=1.0",
+        "h5py>=3",
+        "lmdb>=1.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "grpcio-tools==1.85.1", "h5py>=3"],
+        "test": ["pytest>=7", "grpcio-tools==1.85.1"],
     },
     entry_points={"console_scripts": ["caffegen = caffegen.cli:main"]},
 )

@@ -156,7 +156,8 @@ class TestScripts:
         assert "\r\n" in text and "\n" not in text.replace("\r\n", "")
         assert r'--weights="C:\my models (v2)\50%% & more^\base.caffemodel"' in text
         assert "--solver=solver.prototxt" in text and "--gpu=0" in text
-        assert 'set "CAFFE=caffe.exe"' in text and text.rstrip().endswith("pause")
+        assert 'if not defined CAFFE set "CAFFE=caffe.exe"' in text and text.rstrip().endswith("pause")
+        assert text.index("chcp 65001 >nul") < text.index("set \"CAFFE")
         assert ">> train.log 2>&1" in text
 
     def test_bat_without_gpu_and_plain_path(self):

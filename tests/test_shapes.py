@@ -388,14 +388,17 @@ class TestWithoutCaffe:
         code, log = run_caffe(caffe, "time", "-model", "net.prototxt", "-iterations", "1", cwd=tmp_path)
         assert code != 0 and "Check failed" in log and READY not in log
 
-    def test_an_unknown_layer_type_leaves_what_follows_unknown(self):
+    def test_an_unknown_layer_type_leaves_what_follows_unknown_but_what_layers_fix(self):
         net = read_net(ZOO / "bvlc_alexnet/deploy.prototxt").net
         pool2 = next(layer for layer in net.layer if layer.name == "pool2")
         pool2.type = "MyPooling"
         results = {result.name: result for result in infer_shapes(NetView(net, TRAIN))}
         assert results["pool2"].tops == {"pool2": None} and "'MyPooling'" in results["pool2"].note
-        assert results["conv3"].tops == {"conv3": None} and results["conv3"].note is None
-        assert results["conv3"].params == [None, None]
+        # A convolution fixes its outputs and kernel, not its input channels; what follows learns its channels.
+        assert results["conv3"].tops == {"conv3": (None, 384, None, None)} and results["conv3"].note is None
+        assert results["conv3"].params == [(384, None, 3, 3), (384,)] and results["conv3"].multiply_adds is None
+        assert results["conv4"].params == [(384, 192, 3, 3), (384,)]
+        assert results["fc6"].params == [(4096, None), (4096,)] and results["fc7"].params == [(4096, 4096), (4096,)]
         assert results["conv2"].tops["conv2"] is not None
 
     def test_unknown_image_size_stays_partly_known(self):

@@ -6,12 +6,16 @@ import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import DIGITS, ROOT, assert_one_line_error, run_caffegen
 from slurm_cluster import APT_PACKAGES, SlurmCluster, missing_programs
 
 from caffegen.job.prepare import JobOptions
+from caffegen.job.rundir import RunDir
+from caffegen.run.cache import store_of
 from caffegen.strategies.sweep import collect, combinations, prepare_sweep, run_on_gpus
 
 BASE_MODEL = ("--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel")
@@ -211,3 +215,118 @@ def test_sbatch_refusing_the_array_is_a_one_line_error(slurm, caffe, images, tmp
     assert done.stderr.strip().splitlines()[-1] == (
         f"caffegen: error: {tmp_path / 'sweep' / 'slurm.sh'}: sbatch refused the job array: "
         "sbatch: error: Batch job submission failed: Invalid partition name specified")
+
+
+def stores(sweep_dir):
+    """The sweep's feature stores that hold a finished extraction."""
+    return sorted(path.parent for path in (sweep_dir / "features").glob("*/cache.json"))
+
+
+def cache_record(run_dir):
+    return result(run_dir)["cache"]
+
+
+def test_cached_runs_with_one_trunk_compute_its_features_once(caffe, images, tmp_path):
+    out = tmp_path / "sweep"
+    done = sweep(images, out, "--freeze-upto", "conv1,conv2", "--lr", "0.02,0.01,0.005", "--cache-features",
+                 epochs=1)
+    assert done.returncode == 0, done.stderr
+    assert len(stores(out)) == 2
+    runs = [row["run"] for row in table(out)]
+    assert len(runs) == 6 and {row["status"] for row in table(out)} == {"ok"}
+    by_trunk = {}
+    for run in runs:
+        record = cache_record(out / run)
+        by_trunk.setdefault(run.split("_")[0], []).append((record["reused"], record["store"]))
+    for point, records in by_trunk.items():
+        assert [reused for reused, _ in records] == [False, True, True], point
+        assert len({store for _, store in records}) == 1 and Path(records[0][1]).parent == out / "features"
+    assert {store for records in by_trunk.values() for _, store in records} == {str(path) for path in stores(out)}
+    # Caffe ran the trunk once per chunk of each store, never for the runs that reused it.
+    assert done.stderr.count("trunk features:") == 6 and done.stderr.count("(reused from ") == 4
+    # conv2 costs most of its trunk's work, so its features are not worth deriving from pool1's.
+    assert "not deriving 'pool2' from the cached 'pool1' of " in done.stderr
+    assert "not worth it" in done.stderr.split("not deriving 'pool2'")[1].splitlines()[0]
+    for store in stores(out):
+        log = (store / "extract.log").read_text()
+        assert log.count("Successfully saved") == len(list(store.glob("*.h5"))) >= 2
+
+    # A store whose extraction did not finish is never reused: launching again computes it anew.
+    first = stores(out)[0]
+    (first / "cache.json").unlink()
+    again = run_caffegen("launch", out / by_trunk_run(out, first))
+    assert again.returncode == 0, again.stderr
+    assert f"(computed into {first})" in again.stderr and (first / "cache.json").is_file()
+
+
+def by_trunk_run(sweep_dir, store):
+    """A run of the sweep that reads ``store``."""
+    return next(row["run"] for row in table(sweep_dir) if cache_record(sweep_dir / row["run"])["store"] == str(store))
+
+
+def test_unshared_sweep_keeps_a_store_per_run(caffe, images, tmp_path):
+    options = JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=images,
+                         epochs=1, cache_features=True)
+    planned = combinations(options, ("conv2",), (), (0.01, 0.005))
+    shared = prepare_sweep(planned, tmp_path / "shared")
+    alone = prepare_sweep(planned, tmp_path / "alone", share_features=False)
+    assert [store_of(RunDir(tmp_path / "shared" / run.run_dir)).path for run in shared] == \
+        [tmp_path / "shared" / "features" / store_of(RunDir(tmp_path / "shared" / shared[0].run_dir)).key[:16]] * 2
+    assert [store_of(RunDir(tmp_path / "alone" / run.run_dir)).path for run in alone] == \
+        [tmp_path / "alone" / run.run_dir / "features" for run in alone]
+
+
+def test_slurm_computes_shared_features_in_a_job_the_runs_depend_on(slurm, caffe, images, tmp_path):
+    out = tmp_path / "cached sweep"
+    done = sweep(images, out, "--freeze-upto", "conv1,conv2", "--lr", "0.01,0.005", "--cache-features", "--slurm",
+                 "--slurm-opt=--time=10", epochs=1, env=slurm.env)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    features_job = done.stderr.split("submitted the trunk features as job array ")[1].split(";")[0]
+    assert job_id.isdigit() and features_job.isdigit() and features_job != job_id
+    dependency = slurm.client("scontrol", "show", "job", job_id).stdout
+    assert f"Dependency=afterok:{features_job}" in dependency.replace("(unfulfilled)", "")
+    assert "#SBATCH --array=0-1" in (out / "slurm_features.sh").read_text().splitlines()
+    slurm.wait_for_job(job_id, timeout=300)
+    collected = run_caffegen("sweep", "--collect", out, env=slurm.env)
+    assert collected.returncode == 0, collected.stderr
+    rows = table(out)
+    assert len(stores(out)) == 2
+    for task, row in enumerate(rows):
+        log = (out / f"slurm-{job_id}_{task}.out").read_text()
+        assert row["status"] == "ok", log + slurm.logs()
+        assert cache_record(out / row["run"])["reused"] is True, log
+    for task in range(2):
+        assert "(computed)" in (out / f"slurm-features-{features_job}_{task}.out").read_text()
+
+
+def features(store):
+    """The (features, labels) of every chunk of a store, in chunk order."""
+    import h5py
+    arrays = []
+    for path in sorted(store.glob("*.h5")):
+        with h5py.File(path, "r") as stored:
+            arrays.append((stored["data"][...], stored["label"][...]))
+    return arrays
+
+
+def test_a_deeper_trunk_is_computed_from_the_shallower_features(caffe, images, tmp_path):
+    out = tmp_path / "sweep"
+    done = sweep(images, out, "--freeze-upto", "conv2,fc1", "--lr", "0.01", "--cache-features", epochs=1)
+    assert done.returncode == 0, done.stderr
+    shallow, deep = (Path(cache_record(out / run)["store"]) for run in ("upto-conv2_lr-0.01", "upto-fc1_lr-0.01"))
+    assert f"deriving 'fc1' from the cached 'pool2' of {shallow}: " in done.stderr
+    assert "HDF5Data" in (deep / "train_0000.prototxt").read_text()
+    assert (deep / "train_0000.source.txt").read_text() == f"{shallow / 'train_0000.h5'}\n"
+    # The same features as the trunk computes from the images: a run of its own, nothing shared.
+    alone = tmp_path / "alone"
+    assert run_caffegen("prepare", *BASE_MODEL, "--data", images, "--freeze-upto", "fc1", "--epochs", "1",
+                        "--cache-features", "-o", alone).returncode == 0
+    assert run_caffegen("launch", alone).returncode == 0
+    derived, direct = features(deep), features(alone / "features")
+    assert len(derived) == len(direct) >= 2
+    for (derived_data, derived_labels), (direct_data, direct_labels) in zip(derived, direct):
+        assert derived_data.shape == direct_data.shape and derived_data.shape[1:] == (64, 1, 1)
+        np.testing.assert_array_equal(derived_labels, direct_labels)
+        np.testing.assert_allclose(derived_data, direct_data, rtol=1e-6, atol=1e-6)
+    assert table(out)[1]["status"] == "ok"

@@ -1,14 +1,28 @@
 """``caffegen inspect``: shapes, parameters and learning rates of a net, and what it takes from a caffemodel."""
 
 import json
+from pathlib import Path
 
 import click
 
-from caffegen.cli.options import load_net, net_argument, number_list, proto_option
+from caffegen.cli.options import (
+    STDIN,
+    load_net,
+    net_argument,
+    number_list,
+    proto_option,
+)
 from caffegen.io.tables import text_table
-from caffegen.net.inspect import LOADED, MISMATCH, NEW, inspect_net
+from caffegen.net.inspect import (
+    LOADED,
+    MISMATCH,
+    NEW,
+    UNVERIFIED,
+    input_from_data,
+    inspect_net,
+)
 from caffegen.net.netview import TEST, TRAIN
-from caffegen.net.shapes import format_shape
+from caffegen.net.shapes import IMAGE_SIZE_HINT, format_shape
 
 
 @click.command("inspect")
@@ -25,16 +39,23 @@ from caffegen.net.shapes import format_shape
 def inspect_command(ctx, net_path, weights_path, phase, input_shape, as_json, proto_path):
     """Show each layer's output shape, learnable parameters, learning rates and whether it learns.
 
-    With --weights, also what each layer gets from the caffemodel, matched by name as Caffe copies
-    weights: loaded, new (not in the weights: its fillers initialise it), mismatch (same name, another
-    shape: Caffe would abort), none (nothing to learn); and the weights' layers the net ignores.
+    Without --input-shape, the data's size comes from the data layer's files where they are found (the
+    first HDF5 file, LMDB Datum or image). With --weights, also what each layer gets from the caffemodel,
+    matched by name as Caffe copies weights: loaded, unverified (no known dimension differs, but some are
+    unknown), new (not in the weights: its fillers initialise it), mismatch (same name, another shape:
+    Caffe would abort), none (nothing to learn); and the weights' layers the net ignores.
     Exit 1 when Caffe would reject the net or abort loading the weights, 0 otherwise.
     """
     loaded = load_net(net_path, proto_path)
+    note = None
+    if input_shape is None and net_path != STDIN:
+        input_shape, note = input_from_data(loaded.net, phase, Path(net_path).parent)
     inspection = inspect_net(loaded.net, phase, input_shape, weights_path, path=net_path)
     if as_json:
-        click.echo(json.dumps(inspection.to_json(), indent=2))
+        click.echo(json.dumps(dict(inspection.to_json(), input_note=note), indent=2))
     else:
+        if note:
+            click.echo(f"note: {note}")
         for line in render(inspection, net_path):
             click.echo(line)
     ctx.exit(1 if inspection.caffe_would_abort else 0)
@@ -90,8 +111,10 @@ def _human(count):
 
 def _weight_findings(inspection, net_path):
     totals = inspection.totals()
+    unverified = totals["layers_unverified"]
+    why = f" (shapes partly unknown: {IMAGE_SIZE_HINT})" if unverified else ""
     yield (f"weights {inspection.weights_path}: {_plural(totals['layers_loaded'], 'layer')} loaded, "
-           f"{totals['layers_new']} new, {totals['layers_mismatch']} mismatched, "
+           f"{unverified} unverified{why}, {totals['layers_new']} new, {totals['layers_mismatch']} mismatched, "
            f"{totals['layers_ignored']} ignored")
     new = [report.name for report in inspection.layers if report.weights == NEW]
     if new:
@@ -100,5 +123,5 @@ def _weight_findings(inspection, net_path):
         yield f"ignored (in the weights, not in the net): {', '.join(inspection.ignored)}"
     for problem in inspection.problems:
         yield problem.format(net_path)
-    if not any(report.weights in (LOADED, MISMATCH) for report in inspection.layers):
+    if not any(report.weights in (LOADED, UNVERIFIED, MISMATCH) for report in inspection.layers):
         yield "warning: no layer of the net takes anything from these weights: are they for another net?"

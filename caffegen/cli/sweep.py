@@ -20,7 +20,7 @@ from caffegen.strategies.sweep import (
     run_on_gpus,
     submit,
     table_lines,
-    write_slurm_script,
+    write_slurm_scripts,
 )
 
 
@@ -96,7 +96,8 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
     if gpu_ids:
         errors = run_on_gpus(output, runs, gpu_ids, target.caffe, echo)
     else:
-        errors = run_here(output, runs, replace(target, device=None), echo)  # each run on the device it was prepared for
+        # Each run on the device it was prepared for.
+        errors = run_here(output, runs, replace(target, device=None), echo)
     rows = _show(collect(output, runs, errors), output, echo)
     statuses = {row["status"] for row in rows}
     ctx.exit(130 if "interrupted" in statuses else 0 if statuses == {"ok"} else 1)
@@ -128,11 +129,17 @@ def _gpu_ids(gpus):
 
 
 def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):
-    script = write_slurm_script(output, runs, slurm_opts, caffe_path)
+    features, script = write_slurm_scripts(output, runs, slurm_opts, caffe_path)
     if no_submit:
-        echo(f"wrote {script} ({len(runs)} tasks); submit it with: sbatch {script}")
+        if features:
+            echo(f"wrote {features}: compute the shared trunk features first: sbatch {features}")
+        echo(f"wrote {script} ({len(runs)} tasks); submit it with: sbatch {script}"
+             + (" --dependency=afterok:JOB (the features job)" if features else ""))
         return
-    job_id = submit(script)
+    after = submit(features) if features else None
+    if after:
+        echo(f"submitted the trunk features as job array {after}; the runs start when it succeeds")
+    job_id = submit(script, after)
     click.echo(job_id)
     echo(f"submitted job array {job_id} ({len(runs)} tasks); logs: {Path(output) / f'slurm-{job_id}_*.out'}")
     echo(f"gather the results with: caffegen sweep --collect {output}")

@@ -1,5 +1,7 @@
 """Writing files and directories so that readers see the old version or the new one, never half."""
 
+import functools
+import hashlib
 import os
 import shutil
 import tempfile
@@ -45,3 +47,19 @@ def built_beside(target):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def file_sha256(path):
+    """The SHA-256 of a file's content, computed once per version of it (size and modification time)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path, size, mtime_ns):
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -52,6 +52,8 @@ class CachePlan:
 
     run_dir: Path
     weights: Path  # the base weights the trunk's blobs come from
+    engine: str  # what computes the features
+    store_root: Path  # the folder of stores shared with other runs, or None: the run's own features/
     net: object  # the run's train_val NetParameter
     views: dict  # {phase: NetView}
     data_layers: dict  # {phase: the ImageData layer}
@@ -62,6 +64,7 @@ class CachePlan:
     feature_shape: tuple  # of one image
     images: dict  # {"train": count, "val": count}
     param_shapes: dict  # {layer name: [blob shapes]} as Caffe shapes them
+    multiply_adds: dict  # {layer name: forward multiply-adds per image, None when unknown}
     warnings: list = field(default_factory=list)
     notes: list = field(default_factory=list)
 
@@ -190,12 +193,12 @@ def plan_cache(run):
     extracted = {phase: [layer.name for layer in view.layers
                          if layer.name in (view.ancestors(source) | {source}) & trunk]
                  for phase, view in views.items()}
-    shape, param_shapes = _feature_shape(views, boundary, source, run.input_shape, path)
+    shape, param_shapes, multiply_adds = _feature_shape(views, boundary, source, run.input_shape, path)
     head = [layer.name for layer in net.layer if layer.type not in DATA_TYPES and layer.name not in trunk]
     data = {phase: data_layer(view, path) for phase, view in views.items()}
-    plan = CachePlan(run_dir, run.weights(), net, views, data, extracted, unique(head), boundary, label, shape,
-                     {LISTS[phase]: _count_lines(run_dir / f"{LISTS[phase]}.txt") for phase in (TRAIN, TEST)},
-                     param_shapes, warnings)
+    images = {LISTS[phase]: _count_lines(run_dir / f"{LISTS[phase]}.txt") for phase in (TRAIN, TEST)}
+    plan = CachePlan(run_dir, run.weights(), run.engine, run.feature_store, net, views, data, extracted, unique(head),
+                     boundary, label, shape, images, param_shapes, multiply_adds, warnings)
     if moved:
         names = ", ".join(sorted(moved, key=views[TRAIN].index))
         plan.notes.append(f"{names} after the last frozen layer run in the head, drawing fresh random masks on the "
@@ -249,10 +252,15 @@ def _boundary(views, trunk, label, path):
 
 
 def _feature_shape(views, boundary, source, input_shape, path):
-    """The cached blob's shape per image (the same in both phases) and the learnable blobs' shapes."""
-    shapes, param_shapes = set(), {}
-    for view in views.values():
+    """The cached blob's shape per image (the same in both phases), the learnable blobs' shapes, and each TRAIN
+    layer's forward multiply-adds per image (None where unknown)."""
+    shapes, param_shapes, multiply_adds = set(), {}, {}
+    for phase, view in views.items():
         results = infer_shapes(view, input_shape)
+        if phase == TRAIN:
+            batch = next(iter(results[0].tops.values()))[0]
+            multiply_adds = {result.name: None if result.multiply_adds is None else result.multiply_adds / batch
+                             for result in results}
         produced = next(result for result in results if result.name == source)
         shape = produced.tops.get(boundary)
         if shape is None or None in shape or len(shape) > 4:
@@ -263,7 +271,7 @@ def _feature_shape(views, boundary, source, input_shape, path):
     if len(shapes) != 1:
         raise CaffegenError(f"one image's '{boundary}' has different shapes in the TRAIN and TEST phases "
                             f"({', '.join(map(format_shape, shapes))}); give both data layers the same geometry", path)
-    return shapes.pop(), param_shapes
+    return shapes.pop(), param_shapes, multiply_adds
 
 
 def _check_trunk_weights(plan):
@@ -272,7 +280,8 @@ def _check_trunk_weights(plan):
                       if learnable_blob_count(plan.views[phase].layer(name)) and not stored(model, name))
     if missing:
         raise CaffegenError(f"frozen layer(s) {', '.join(missing)} have no weights here: they would keep random "
-                            f"filler values that differ between the cache and the final model; {RETRAIN_HINT}", plan.weights)
+                            f"filler values that differ between the cache and the final model; {RETRAIN_HINT}",
+                            plan.weights)
 
 
 def stored(model, name):

@@ -5,8 +5,6 @@ labels, ``train.sh``/``train.bat`` and a manifest of inputs (sizes, hashes) and 
 It is built beside its final place and renamed into it, so it is either complete or absent.
 """
 
-import functools
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field, replace
@@ -18,12 +16,12 @@ from PIL import Image
 from caffegen import __version__
 from caffegen.defaults import EPOCHS, FINE_TUNE_LR, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
-from caffegen.io.files import built_beside
+from caffegen.io.files import built_beside, file_sha256
 from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.job.cacheplan import check_cacheable, plan_cache
 from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
 from caffegen.job.device import CPU, Device
-from caffegen.job.rundir import MANIFEST, SNAPSHOT_DIR, RunDir
+from caffegen.job.rundir import ENGINE, MANIFEST, SNAPSHOT_DIR, RunDir
 from caffegen.job.scripts import (
     caffe_arguments,
     render_stages_sh,
@@ -39,14 +37,16 @@ from caffegen.job.solver import (
 )
 from caffegen.net.advise import advise
 from caffegen.net.freeze import freeze
-from caffegen.net.head import retarget_head
+from caffegen.net.head import drop_unscorable_accuracies, retarget_head
 from caffegen.net.inspect import preflight
 from caffegen.net.lr_rules import apply_lr_rules
 from caffegen.net.netview import TEST, TRAIN
+from caffegen.net.shapes import check_runs
 from caffegen.net.wiring import (
     DataSettings,
     data_layers,
     deploy_net,
+    fit_crop,
     phase_batch_sizes,
     preprocessing,
     wire_image_data,
@@ -54,8 +54,6 @@ from caffegen.net.wiring import (
 
 MEAN_FILE = "mean.binaryproto"
 WEIGHTS_COPY = "base.caffemodel"
-# What computes a cached run's trunk features.
-ENGINE = "caffe"
 
 
 @dataclass
@@ -92,6 +90,9 @@ class JobOptions:
     strategy: str = None
     similarity: str = None
     cache_features: bool = False
+    # With cache_features: a folder, relative to the run directory, whose stores runs with the same
+    # trunk share (a sweep's); None keeps the features in the run's own features/.
+    feature_store: Path = None
 
     def __post_init__(self):
         if not isinstance(self.device, Device):
@@ -253,16 +254,19 @@ def _build(options, dataset, weights, weights_ref, caffe):
     net = loaded.net
     if not options.keep_data_layers:
         wire_image_data(net, options.data_settings, options.net)
+        notes += fit_crop(net, bool(options.data_settings.resize), options.cache_features, options.net)
     mean_source = _resolve_mean_file(net, options)
     num_classes = len(dataset.classes)
     if options.freeze_upto or options.freeze_from:
         notes += freeze(net, options.freeze_upto, options.freeze_from, options.net).summary()
     notes += retarget_head(net, num_classes, None, options.head_name, options.head_lr_mult, options.net).summary()
+    notes += drop_unscorable_accuracies(net, num_classes)
     if options.lr_rules:
         notes += apply_lr_rules(net, options.lr_rules).summary()
     channels, height, width = _input_geometry(net, dataset, options.data_settings)
     deploy = deploy_net(net, channels, height, width)
     input_shape = [1, channels, height, width]
+    check_runs(net, input_shape, options.net)
     if weights_ref == weights:
         notes += preflight(net, weights, input_shape)
     if options.cache_features:
@@ -279,6 +283,9 @@ def _build(options, dataset, weights, weights_ref, caffe):
         "train.sh": render_train_sh(caffe, weights_ref, options.device.gpu_flag, net.name, num_classes),
         "train.bat": render_train_bat(weights_ref, options.device.gpu_flag, net.name, num_classes),
     }
+    if not files["train.bat"].isascii():
+        notes.append("train.bat names a non-ASCII path: cmd reads it as UTF-8 on Windows 10 and later only; "
+                     "elsewhere pass --copy-data, so that every path in it is relative to the run directory")
     if isinstance(dataset, Dataset):
         files["train.txt"] = dataset.list_text("train", copies)
         files["val.txt"] = dataset.list_text("val", copies)
@@ -289,6 +296,8 @@ def _build(options, dataset, weights, weights_ref, caffe):
     if options.cache_features:
         manifest["cache_features"] = True
         manifest["engine"] = ENGINE
+        if options.feature_store:
+            manifest["feature_store"] = str(options.feature_store)
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     if mean_source:
         copies[mean_source] = MEAN_FILE
@@ -427,17 +436,7 @@ def _now():
 def _describe(path):
     path = Path(path).resolve()
     stat = path.stat()
-    return {"path": str(path), "bytes": stat.st_size, "sha256": _sha256(str(path), stat.st_size, stat.st_mtime_ns)}
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256(path, size, mtime_ns):
-    """The file's SHA-256, computed once per version of it (stages and sweeps share their weights)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {"path": str(path), "bytes": stat.st_size, "sha256": file_sha256(path)}
 
 
 def _write_run_dir(run_dir, files, copies):

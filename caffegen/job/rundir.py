@@ -15,6 +15,8 @@ MANIFEST = "manifest.json"
 SNAPSHOT_DIR = "snapshots"
 SNAPSHOT_NAME = re.compile(r"_iter_(\d+)\.solverstate$")
 LISTS = ("train.txt", "val.txt")
+# What computes the trunk features of a cached run.
+ENGINE = "caffe"
 
 
 class RunDir:
@@ -47,6 +49,17 @@ class RunDir:
     @property
     def caches_features(self):
         return bool(self.manifest.get("cache_features"))
+
+    @property
+    def feature_store(self):
+        """The folder of feature stores this run shares with others, or None: its own features/."""
+        shared = self.manifest.get("feature_store")
+        return (self.path / shared).resolve() if shared else None
+
+    @property
+    def engine(self):
+        """What computes a cached run's trunk features."""
+        return self.manifest.get("engine", ENGINE)
 
     @property
     def input_shape(self):

@@ -137,3 +137,12 @@ def retarget_layer(layer, new_name, num_output, lr_mult=HEAD_LR_MULT, path=None)
         spec.lr_mult = lr_mult * (BIAS_LR_FACTOR if i == bias_blob_index(layer) else 1)
         spec.decay_mult = 0 if i == bias_blob_index(layer) else 1
     return before
+
+
+def drop_unscorable_accuracies(net, num_classes):
+    """Remove Accuracy layers whose top_k exceeds ``num_classes`` (Caffe aborts on them); return notes."""
+    dropped = [layer for layer in net.layer if layer.type == "Accuracy" and layer.accuracy_param.top_k > num_classes]
+    for layer in dropped:
+        net.layer.remove(layer)
+    return [f"removed '{layer.name}': its top_k {layer.accuracy_param.top_k} exceeds the {num_classes} classes, "
+            "on which Caffe aborts" for layer in dropped]

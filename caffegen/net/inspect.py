@@ -12,10 +12,15 @@ from dataclasses import dataclass, field
 
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel
+from caffegen.io.datasources import first_input
+from caffegen.net.layers import DATA_TYPES
 from caffegen.net.netview import TEST, TRAIN, NetView
-from caffegen.net.shapes import format_shape, infer_shapes, product
+from caffegen.net.shapes import IMAGE_SIZE_HINT, format_shape, infer_shapes, product
+from caffegen.net.shapes import unknown as _unknown
 
 LOADED, NEW, MISMATCH, NONE, UNKNOWN = "loaded", "new", "mismatch", "none", "unknown"
+# In the weights, and no known dimension differs, but some of the net's are unknown: Caffe may still abort.
+UNVERIFIED = "unverified"
 FROZEN, TRAINABLE, PARTLY_FROZEN, BATCH_STATS = "frozen", "trainable", "partly frozen", "batch stats"
 RENAME_FIX = ("rename the layer in the net so that Caffe initialises it fresh (caffegen head renames a "
               "retargeted classifier), or give it the weights' shape")
@@ -93,7 +98,7 @@ class Inspection:
             else:
                 totals["multiply_adds"] += report.multiply_adds
         if self.weights_path is not None:
-            for status in (LOADED, NEW, MISMATCH, UNKNOWN):
+            for status in (LOADED, UNVERIFIED, NEW, MISMATCH, UNKNOWN):
                 totals[f"layers_{status}"] = sum(report.weights == status for report in self.layers)
             totals["layers_ignored"] = len(self.ignored)
         return totals
@@ -116,6 +121,17 @@ class Inspection:
                          for p in self.problems],
             "totals": self.totals(),
         }
+
+
+def input_from_data(net, phase=TRAIN, net_dir="."):
+    """(N, C, H, W) of the phase's data as its first data layer's files tell, or None; and a line saying whence."""
+    layer = next((layer for layer in NetView(net, phase).layers if layer.type in DATA_TYPES), None)
+    found = first_input(layer, net_dir) if layer is not None else None
+    if found is None:
+        return None, None
+    if found.shape is None:
+        return None, f"input of '{layer.name}' unknown: {found.origin}"
+    return (1,) + found.shape, f"input of '{layer.name}': {format_shape(found.shape)} per item, from {found.origin}"
 
 
 def inspect_net(net, phase=TRAIN, input_shape=None, weights=None, path=None):
@@ -155,7 +171,7 @@ def preflight(net, caffemodel_path, input_shape=None):
                                 f"{fatal[0].message}{more}", caffemodel_path)
         warnings += [line for line in (problem.format(caffemodel_path) for problem in inspection.problems)
                      if line not in warnings]
-    if not any(layer.weights == LOADED for layer in inspection.layers):
+    if not any(layer.weights in (LOADED, UNVERIFIED) for layer in inspection.layers):
         warnings.append(f"{caffemodel_path}: names none of the net's layers: every layer starts from its "
                         "fillers; are these the right weights?")
     return warnings
@@ -213,6 +229,13 @@ def _match_weights(reports, model):
         problems.extend(found)
     for report in reports:
         report.weights = _status(report, matched.get(report.name), model.layer(report.name))
+        if report.weights == UNVERIFIED:
+            problems.append(WeightProblem(
+                report.name, None, None, None,
+                f"unverified: the net's shapes {', '.join(map(format_shape, report.params))} are partly unknown, so "
+                "caffegen cannot tell whether Caffe copies the weights' "
+                f"{', '.join(format_shape(blob.shape) for blob in model.layer(report.name).blobs)}; "
+                f"fix: {IMAGE_SIZE_HINT}", fatal=False))
         if report.weights == NEW and report.state == FROZEN:
             problems.append(WeightProblem(
                 report.name, None, None, None,
@@ -229,7 +252,9 @@ def _status(report, problems, weight_layer):
         return UNKNOWN if has_blobs else NONE
     if not report.params:
         return NONE
-    return LOADED if weight_layer is not None else NEW
+    if weight_layer is None:
+        return NEW
+    return UNVERIFIED if any(_unknown(shape) for shape in report.params) else LOADED
 
 
 def _blob_problems(report, weight_layer):
@@ -265,9 +290,10 @@ def _blobs(count):
 
 
 def _shape_equals(shape, blob):
-    """Caffe's Blob::ShapeEquals, where an unknown net dimension matches anything.
+    """Caffe's Blob::ShapeEquals on what is known: an unknown net dimension differs from nothing.
 
-    Legacy blobs give four dimensions counted from the end: a bias of 1×1×1×N fits shape (N,).
+    Whether it really matches is for the caller to doubt (:data:`UNVERIFIED`). Legacy blobs give
+    four dimensions counted from the end: a bias of 1×1×1×N fits shape (N,).
     """
     if shape is None:
         return True

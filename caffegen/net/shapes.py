@@ -10,7 +10,9 @@ and so on. A layer type caffegen does not know leaves its outputs unknown and sa
 import math
 from dataclasses import dataclass, field
 
+from caffegen.errors import CaffegenError
 from caffegen.net.layers import ELEMENTWISE_TYPES, LOSS_TYPES, learnable_blob_count
+from caffegen.net.netview import TEST, TRAIN, NetView
 
 IMAGE_SIZE_HINT = "pass --input-shape N,C,H,W"
 AUTOMATIC_TOP = "(automatic)"
@@ -51,6 +53,16 @@ def infer_shapes(view, input_shape=None):
         results.append(result)
         blobs.update(result.tops)
     return results
+
+
+def check_runs(net, input_shape=None, path=None):
+    """Refuse ``net`` when shape inference finds a layer Caffe would reject, in either phase."""
+    for phase in (TRAIN, TEST):
+        rejected = next((result for result in infer_shapes(NetView(net, phase, path=path), input_shape)
+                         if result.rejected), None)
+        if rejected is not None:
+            raise CaffegenError(f"the prepared {phase} net would not run: layer '{rejected.name}': {rejected.note}",
+                                path)
 
 
 def infer_layer(layer, bottoms, input_shape=None):
@@ -112,12 +124,38 @@ def _apply_rule(layer, bottoms, input_shape):
     if len(bottoms) < needed:
         raise ShapeError(f"{layer.type} needs {needed} bottom blob{'s' * (needed > 1)}, it has {len(bottoms)}")
     if any(bottom is None for bottom in bottoms):
-        raise _Unknown(None)
+        stand_in = _stand_in(layer) if len(bottoms) == 1 else None
+        if stand_in is None:
+            raise _Unknown(None)
+        return rule(layer, [stand_in])
     return rule(layer, bottoms)
 
 
+def _stand_in(layer):
+    """An input of unknown dimensions with the number of axes the layer's own settings imply, or None.
+
+    What the layer itself fixes is then known without its input: a Convolution's weights are
+    num_output × ? × kh × kw, an InnerProduct's num_output × ?, and the layers after them learn
+    their channel counts.
+    """
+    if layer.type in ("Convolution", "Deconvolution"):
+        param = layer.convolution_param
+        explicit = param.HasField("kernel_h") or param.HasField("kernel_w")
+        spatial = 2 if explicit or len(param.kernel_size) <= 1 else len(param.kernel_size)
+        return (None,) * (2 + spatial) if param.axis == 1 else None
+    if layer.type == "InnerProduct":
+        axis = layer.inner_product_param.axis
+        return (None,) * (axis + 1) if axis >= 0 else None
+    if layer.type in ("BatchNorm", "PReLU", "Embed"):
+        return (None,) * 2
+    if layer.type in ("Scale", "Bias"):
+        param = layer.scale_param if layer.type == "Scale" else layer.bias_param
+        return (None,) * (param.axis + param.num_axes) if param.axis >= 0 and param.num_axes >= 0 else None
+    return None
+
+
 def _note_unknown_dims(layer, tops, input_shape):
-    if layer.type in DATA_RULES and not input_shape and any(_unknown(shape) for shape in tops[:1]):
+    if layer.type in DATA_RULES and not input_shape and any(unknown(shape) for shape in tops[:1]):
         return f"the size of its data is not in the net; {IMAGE_SIZE_HINT}"
     return None
 
@@ -125,7 +163,8 @@ def _note_unknown_dims(layer, tops, input_shape):
 # --- dimensions ------------------------------------------------------------------------------
 
 
-def _unknown(shape):
+def unknown(shape):
+    """Whether ``shape`` or one of its dimensions is unknown."""
     return shape is None or None in shape
 
 

@@ -194,3 +194,50 @@ def preprocessing(net):
         "mean_file": transform.mean_file or None,
         "scale": transform.scale,
     }
+
+
+def fit_crop(net, resize_given, cache_features, path=None):
+    """Make each ImageData layer's crop agree with its resize, or refuse; return what was changed, in words.
+
+    A one-time feature cache keeps one crop per image, so without ``--resize`` it resizes the images
+    to the crop. A crop larger than the resize fails in Caffe ("img_height >= crop_size"): a net
+    whose classifier pools globally or is fully convolutional takes the smaller input, so the crop
+    follows the resize; a net with a fixed-size InnerProduct after its convolutions is refused with
+    the size it needs.
+    """
+    notes = []
+    for layer in (layer for layer in data_layers(net) if layer.type == "ImageData"):
+        transform, params = layer.transform_param, layer.image_data_param
+        crop = transform.crop_size
+        if not crop:
+            continue
+        if cache_features and not resize_given and (params.new_height, params.new_width) != (crop, crop):
+            params.new_height = params.new_width = crop
+            notes.append(f"'{layer.name}': resizing the images to the {crop}×{crop} crop, since a one-time feature "
+                         "cache cannot keep a fresh random crop of each image")
+        side = min(params.new_height, params.new_width) if params.new_height and params.new_width else None
+        if side is None or crop <= side:
+            continue
+        fixed = _fixed_size_layer(net)
+        if fixed is not None:
+            raise CaffegenError(f"--resize {params.new_height},{params.new_width} is smaller than the {crop}×{crop} "
+                                f"crop this net needs: '{fixed}' is an InnerProduct of fixed input size after the "
+                                f"convolutions; pass --resize {crop},{crop} or larger", path)
+        transform.crop_size = side
+        notes.append(f"'{layer.name}': crop_size {crop} → {side} to fit the resized {params.new_height}×"
+                     f"{params.new_width} images (the classifier pools globally or the net is fully convolutional)")
+    return notes
+
+
+def _fixed_size_layer(net):
+    """The first InnerProduct whose input size depends on the image size, or None."""
+    view = NetView(net, TRAIN)
+    for layer in view.layers:
+        if layer.type != "InnerProduct":
+            continue
+        above = [view.layer(name) for name in view.ancestors(layer.name)]
+        spatial = any(other.type == "Convolution" for other in above)
+        pooled = any(other.type == "Pooling" and other.pooling_param.global_pooling for other in above)
+        if spatial and not pooled:
+            return layer.name
+    return None

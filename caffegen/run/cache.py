@@ -3,19 +3,25 @@
 Carrying out a :class:`~caffegen.job.cacheplan.CachePlan`:
 
 1. :func:`run_cached` runs the trunk over train.txt and val.txt with ``caffe test`` into float32
-   HDF5 files under ``features/``, one process per chunk of at most 256 images;
+   HDF5 files in a feature store, one process per chunk of at most 256 images;
 2. it trains a head net (``HDF5Data`` on those files, then the trainable layers, loss and accuracy)
    with ``caffe train`` and the run's own schedule;
 3. it writes ``final.caffemodel``: the trunk's blobs from the base weights and the head's from
    the head's last snapshot, which ``deploy.prototxt`` loads like the model of an uncached run.
 
+A store is the run's own ``features/``, or, for runs that share one (a sweep's), a folder named by
+a hash of what the features depend on: the trunk nets (layers, transforms), the image lists, the
+weights' content, every image file's version and the engine. It counts as done only once its
+record is written, after the last chunk; runs sharing it take turns under a file lock, so the
+first computes and the others reuse. A deeper trunk may start from a shallower trunk's store.
+
 Why one ``caffe test`` per chunk: Caffe 1.0's ``HDF5Output`` layer creates its datasets in its file
 at every forward pass, so a second batch fails with "unable to create dataset" (BVLC issue #1726).
 ``extract_features`` writes LMDB datums without the labels, and a ``Data`` layer cannot shuffle,
 so the head could not be trained as the uncached job is. One batch per process keeps memory bounded;
-the trunk's blobs are first written to ``features/trunk.caffemodel`` so each process loads only them.
+the trunk's blobs are first written to the store's ``trunk.caffemodel`` so each process loads only them.
 """
-
+import fcntl
 import hashlib
 import json
 import math
@@ -23,14 +29,16 @@ import os
 import random
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from tqdm import tqdm
 
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
-from caffegen.io.files import write_atomic
-from caffegen.io.lists import read_list
+from caffegen.io.files import file_sha256, write_atomic
+from caffegen.io.lists import ListLine, read_list
 from caffegen.io.prototxt import read_solver, to_text
 from caffegen.io.schema import BVLC
 from caffegen.job.cacheplan import LISTS, plan_cache, stored, unique
@@ -41,10 +49,9 @@ from caffegen.run.caffelog import parse_log
 from caffegen.run.runner import INTERRUPTED, RESULT, result_summary, run_caffe_train
 
 FEATURES = "features"
-TRUNK_WEIGHTS = f"{FEATURES}/trunk.caffemodel"
 HEAD_WEIGHTS = f"{FEATURES}/head_init.caffemodel"
-CACHE_RECORD = f"{FEATURES}/cache.json"
-EXTRACT_LOG = f"{FEATURES}/extract.log"
+# The files of a feature store besides its chunks.
+STORE_WEIGHTS, STORE_RECORD, STORE_LOG, STORE_LOCK = "trunk.caffemodel", "cache.json", "extract.log", ".lock"
 HEAD_NET = "head_train_val.prototxt"
 HEAD_SOLVER = "head_solver.prototxt"
 HEAD_SNAPSHOTS = "snapshots/head"
@@ -63,17 +70,51 @@ class Chunk:
 
     phase: str
     name: str
-    lines: list  # of ListLine
+    lines: list  # of ListLine, with absolute image paths
 
     def path(self, suffix):
-        return f"{FEATURES}/{self.name}{suffix}"
+        """The chunk's file with ``suffix``, relative to its store."""
+        return f"{self.name}{suffix}"
+
+
+@dataclass
+class FeatureStore:
+    """A folder of one trunk's features over one image list, named by what they depend on."""
+
+    path: Path
+    key: str
+    work: list  # the Chunks
+    files: dict  # {name in the store: text}: the chunks' lists and trunk nets
+
+    @property
+    def lists_digest(self):
+        """A digest of the images and labels of every chunk, in order."""
+        lists = sorted((name, text) for name, text in self.files.items() if name.endswith(".txt"))
+        return hashlib.sha256(json.dumps(lists).encode("utf-8")).hexdigest()
+
+    def complete(self):
+        """Whether an extraction with this key finished here: a half-written store never counts."""
+        record = self.path / STORE_RECORD
+        if not record.is_file() or json.loads(record.read_text(encoding="utf-8")).get("key") != self.key:
+            return False
+        return all((self.path / chunk.path(".h5")).is_file() for chunk in self.work)
+
+
+def feature_store(plan, seed):
+    """The store of ``plan``'s features: the run's own features/, or a shared one named by its key."""
+    work = chunks(plan, seed)
+    files = chunk_files(plan, work)
+    key = _store_key(plan, work, files)
+    path = plan.store_root / key[:16] if plan.store_root else plan.run_dir / FEATURES
+    return FeatureStore(path, key, work, files)
 
 
 def chunks(plan, seed):
     """The chunks of train.txt and val.txt, training images shuffled by ``seed`` when the job shuffles them."""
     found = []
     for phase, subset in LISTS.items():
-        lines = read_list(plan.run_dir / f"{subset}.txt")
+        lines = [ListLine(line.number, str(plan.run_dir / line.path), line.label)
+                 for line in read_list(plan.run_dir / f"{subset}.txt")]
         if phase == TRAIN and plan.data_layers[TRAIN].image_data_param.shuffle:
             random.Random(seed).shuffle(lines)
         count = math.ceil(len(lines) / CHUNK_IMAGES)
@@ -98,47 +139,19 @@ def trunk_net(plan, chunk):
     return net
 
 
-def extract(plan, caffe, gpu=None, echo=None, show_progress=None, seed=1):
-    """Run the trunk over every image once; return whether cached features were reused."""
-    echo = echo or (lambda line: None)
-    run_dir, weights = plan.run_dir, plan.weights
-    (run_dir / FEATURES).mkdir(exist_ok=True)
-    work = chunks(plan, seed)
-    files = chunk_files(plan, work)
-    key = _cache_key(run_dir, work, files, weights)
-    if _reusable(run_dir, key, work):
-        echo(f"reusing the cached features in {run_dir / FEATURES}")
-        return True
-    (run_dir / CACHE_RECORD).unlink(missing_ok=True)
-    for name, text in files.items():
-        write_atomic(run_dir / name, text)
-    write_trimmed_weights(weights, run_dir / TRUNK_WEIGHTS, unique(sum(plan.extracted.values(), [])),
-                          plan.param_shapes)
-    (run_dir / EXTRACT_LOG).write_text("", encoding="utf-8")
-    with tqdm(total=sum(plan.images.values()), unit="img", desc="trunk features",
-              disable=None if show_progress is None else not show_progress, dynamic_ncols=True) as bar:
-        for chunk in work:
-            _run_chunk(caffe, chunk, run_dir, gpu)
-            bar.update(len(chunk.lines))
-    record = {"key": key, "boundary": plan.boundary, "feature_shape": plan.feature_shape, "bytes": plan.bytes}
-    write_atomic(run_dir / CACHE_RECORD, json.dumps(record) + "\n")
-    return False
-
-
 def chunk_files(plan, work):
-    """{path in the run directory: text}: each chunk's list and trunk net, and the head's lists of HDF5 files."""
+    """{name in the store: text}: each chunk's list and trunk net."""
     files = {chunk.path(".prototxt"): to_text(trunk_net(plan, chunk)) for chunk in work}
     files.update((chunk.path(".txt"), "".join(line.text() for line in chunk.lines)) for chunk in work)
-    for phase, subset in LISTS.items():
-        files[f"{FEATURES}/{subset}.txt"] = "".join(f"{chunk.path('.h5')}\n" for chunk in work if chunk.phase == phase)
     return files
 
 
-def _cache_key(run_dir, work, files, weights):
-    """What the features depend on: the trunk nets and lists, the weights file and every image file."""
-    images = [line.path for chunk in work for line in chunk.lines]
-    stamps = [_stamp(run_dir / path) for path in [weights] + images]
-    return hashlib.sha256(json.dumps([sorted(files.items()), stamps]).encode("utf-8")).hexdigest()
+def _store_key(plan, work, files):
+    """What the features depend on: the trunk nets (layers and transforms) and lists, the weights' content,
+    every image file's version, and the engine."""
+    stamps = [_stamp(Path(line.path)) for chunk in work for line in chunk.lines]
+    identity = [sorted(files.items()), file_sha256(plan.weights), stamps, plan.engine]
+    return hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()
 
 
 def _stamp(path):
@@ -149,30 +162,185 @@ def _stamp(path):
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def _reusable(run_dir, key, work):
-    record = run_dir / CACHE_RECORD
-    if not record.is_file() or json.loads(record.read_text(encoding="utf-8")).get("key") != key:
-        return False
-    return all((run_dir / chunk.path(".h5")).is_file() for chunk in work)
+def extract(plan, caffe, gpu=None, echo=None, show_progress=None, seed=1):
+    """Run the trunk over every image once into its store; return (the FeatureStore, whether it was reused).
+
+    Runs sharing a store wait for each other: the first computes, the others reuse.
+    """
+    echo = echo or (lambda line: None)
+    store = feature_store(plan, seed)
+    store.path.mkdir(parents=True, exist_ok=True)
+    with _locked(store.path / STORE_LOCK):
+        if store.complete():
+            echo(f"reusing the cached features in {store.path}")
+            return store, True
+        (store.path / STORE_RECORD).unlink(missing_ok=True)
+        source = derivation(plan, store, echo)
+        files = store.files if source is None else _derived_files(plan, store, source)
+        for name, text in files.items():
+            write_atomic(store.path / name, text)
+        layers = unique(sum(plan.extracted.values(), [])) if source is None else source.layers
+        write_trimmed_weights(plan.weights, store.path / STORE_WEIGHTS, layers, plan.param_shapes)
+        (store.path / STORE_LOG).write_text("", encoding="utf-8")
+        with tqdm(total=sum(plan.images.values()), unit="img", desc="trunk features",
+                  disable=None if show_progress is None else not show_progress, dynamic_ncols=True) as bar:
+            for chunk in store.work:
+                _run_chunk(caffe, chunk, store.path, gpu)
+                bar.update(len(chunk.lines))
+        write_atomic(store.path / STORE_RECORD, json.dumps(_record(plan, store)) + "\n")
+    return store, False
 
 
-def _run_chunk(caffe, chunk, run_dir, gpu):
-    """``caffe test`` of one chunk's trunk net, one iteration; its log is appended to features/extract.log."""
-    command = [str(caffe), "test", "-model", chunk.path(".prototxt"), "-weights", TRUNK_WEIGHTS, "-iterations", "1"]
+def _record(plan, store):
+    """What a finished store holds: its key, and what a deeper trunk needs to start from its features."""
+    return {"key": store.key, "boundary": plan.boundary, "label": plan.label, "feature_shape": plan.feature_shape,
+            "bytes": plan.bytes, "engine": plan.engine, "weights": file_sha256(plan.weights),
+            "lists": store.lists_digest, "chunks": {chunk.name: _layer_digests(plan, chunk) for chunk in store.work}}
+
+
+def _layer_digests(plan, chunk):
+    """A digest of each layer the chunk's trunk net runs before its output: the data layer first."""
+    return [hashlib.sha256(to_text(layer).encode("utf-8")).hexdigest() for layer in trunk_net(plan, chunk).layer[:-1]]
+
+
+# --- deeper trunks from shallower features -----------------------------------------------------
+#
+# When one freeze point's trunk continues another's (upto=fc6 and upto=fc7), the deeper features
+# are the layers in between applied to the shallower ones: the same float32 inputs, the same layers,
+# so the same features, for a fraction of the work when the layers in between are cheap.
+
+# Derive when the layers on top cost at most this share of the whole trunk's multiply-adds.
+DERIVE_SHARE = 0.5
+
+
+@dataclass
+class Source:
+    """A finished store of a shallower trunk, and the layers that compute this trunk's features from its own."""
+
+    path: Path
+    record: dict
+    layers: list  # names, in the order the trunk runs them
+
+
+def derivation(plan, store, echo):
+    """The Source to compute ``store`` from, when one exists and saves enough work; says which and why."""
+    source = _shallower_store(plan, store)
+    if source is None:
+        return None
+    trunk = [name for name in unique(sum(plan.extracted.values(), [])) if name not in _data_names(plan)]
+    whole, rest = (_cost(plan, names) for names in (trunk, source.layers))
+    words = f"'{plan.boundary}' from the cached '{source.record['boundary']}' of {source.path}"
+    if whole is None or rest is None:
+        echo(f"not deriving {words}: the cost of the layers is unknown")
+        return None
+    saving = f"{_millions(rest)} multiply-adds per image instead of {_millions(whole)}"
+    if rest > DERIVE_SHARE * whole:
+        echo(f"not deriving {words}: not worth it, {saving}")
+        return None
+    echo(f"deriving {words}: {saving}")
+    return source
+
+
+def _shallower_store(plan, store):
+    """The deepest finished store in the shared folder whose trunk nets begin this store's, or None."""
+    if plan.store_root is None:
+        return None
+    mine = {chunk.name: _layer_digests(plan, chunk) for chunk in store.work}
+    same_inputs = (store.lists_digest, file_sha256(plan.weights), plan.engine)
+    found = None
+    for path in sorted(plan.store_root.glob(f"*/{STORE_RECORD}")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        theirs = record.get("chunks", {})
+        if (path.parent == store.path or (record.get("lists"), record.get("weights"), record.get("engine")) != same_inputs
+                or theirs.keys() != mine.keys()):
+            continue
+        depth = len(next(iter(theirs.values())))
+        if not all(mine[name][:depth] == digests and len(mine[name]) > depth for name, digests in theirs.items()):
+            continue
+        if not all((path.parent / f"{name}.h5").is_file() for name in theirs):
+            continue
+        layers = _layers_on(plan, store.work[0], depth, record)
+        if layers is not None and (found is None or depth > found[0]):
+            found = depth, Source(path.parent, record, layers)
+    return found and found[1]
+
+
+def _layers_on(plan, chunk, depth, record):
+    """Names of the trunk layers after the first ``depth``, when they read nothing but the stored blobs."""
+    available = {record["boundary"], record["label"]}
+    layers = trunk_net(plan, chunk).layer[depth:-1]
+    for layer in layers:
+        if not set(layer.bottom) <= available:
+            return None
+        available.update(layer.top)
+    return [layer.name for layer in layers]
+
+
+def _data_names(plan):
+    return {layer.name for layer in plan.data_layers.values()}
+
+
+def _cost(plan, names):
+    costs = [plan.multiply_adds.get(name) for name in names]
+    return None if None in costs else sum(costs)
+
+
+def _millions(count):
+    return f"{count / 1e6:.1f} M"
+
+
+def derived_net(plan, source, chunk):
+    """The net computing a chunk's features from the source's: HDF5Data on its features, the layers on top,
+    HDF5Output."""
+    net = BVLC.NetParameter(name=f"{plan.net.name}_trunk")
+    data = net.layer.add(name="cached", type="HDF5Data", top=[FEATURE_DATASET, LABEL_DATASET])
+    data.hdf5_data_param.source, data.hdf5_data_param.batch_size = chunk.path(".source.txt"), len(chunk.lines)
+    if source.record["boundary"] != FEATURE_DATASET:
+        _add_reshape(net, FEATURE_DATASET, source.record["boundary"], [0] + list(source.record["feature_shape"]))
+    if source.record["label"] != LABEL_DATASET:
+        _add_reshape(net, LABEL_DATASET, source.record["label"], (0,))
+    trunk = {layer.name: layer for layer in trunk_net(plan, chunk).layer}
+    net.layer.extend(trunk[name] for name in source.layers)
+    output = net.layer.add(name="cache", type="HDF5Output", bottom=[plan.boundary, plan.label])
+    output.hdf5_output_param.file_name = chunk.path(".h5")
+    return net
+
+
+def _derived_files(plan, store, source):
+    """{name in the store: text}: each chunk's derived net and the list of the source features it reads."""
+    files = {chunk.path(".prototxt"): to_text(derived_net(plan, source, chunk)) for chunk in store.work}
+    files.update((chunk.path(".source.txt"), f"{source.path / chunk.path('.h5')}\n") for chunk in store.work)
+    return files
+
+
+@contextmanager
+def _locked(path):
+    """Hold an exclusive lock on ``path`` (created if missing) for the block."""
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run_chunk(caffe, chunk, store, gpu):
+    """``caffe test`` of one chunk's trunk net, one iteration, in the store; its log is appended to extract.log."""
+    command = [str(caffe), "test", "-model", chunk.path(".prototxt"), "-weights", STORE_WEIGHTS, "-iterations", "1"]
     if gpu is not None:
         command += ["-gpu", str(gpu)]
-    (run_dir / chunk.path(".h5")).unlink(missing_ok=True)
+    (store / chunk.path(".h5")).unlink(missing_ok=True)
     env = dict(os.environ, GLOG_logtostderr="1")
-    done = subprocess.run(command, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    done = subprocess.run(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, errors="replace")
-    with (run_dir / EXTRACT_LOG).open("a", encoding="utf-8") as log:
+    with (store / STORE_LOG).open("a", encoding="utf-8") as log:
         log.write(done.stdout)
     if done.returncode != 0:
         watcher, _ = parse_log(done.stdout.splitlines())
         lines = [line for line in done.stdout.splitlines() if line.strip()]
         reason = watcher.diagnoses[0].message if watcher.diagnoses else (lines or ["no output"])[-1]
         raise CaffegenError(f"computing the features of {chunk.name} failed (exit code {done.returncode}): {reason}",
-                            run_dir / EXTRACT_LOG)
+                            store / STORE_LOG)
 
 
 # --- weights -----------------------------------------------------------------------------------
@@ -232,9 +400,10 @@ def _add_reshape(net, bottom, top, dims):
     layer.reshape_param.shape.dim.extend(dims)
 
 
-def head_solver(run_dir, gpu):
+def head_solver(run_solver, gpu):
     """The run's solver on the head net: the same batch sizes, so the same iterations, tests and epochs."""
-    solver = read_solver(run_dir / "solver.prototxt")
+    solver = type(run_solver)()
+    solver.CopyFrom(run_solver)
     for name in ("train_net", "test_net", "net_param", "train_net_param", "test_net_param"):
         solver.ClearField(name)
     solver.net = HEAD_NET
@@ -243,11 +412,16 @@ def head_solver(run_dir, gpu):
     return solver
 
 
-def write_head(plan, gpu):
-    """Write the head net, its solver and its starting weights; return the ``caffe train`` arguments."""
+def write_head(plan, store, solver, gpu):
+    """Write the head net on ``store``'s features, its solver and its starting weights; return ``caffe train``'s
+    arguments."""
     run_dir = plan.run_dir
+    (run_dir / FEATURES).mkdir(exist_ok=True)
+    for phase, subset in LISTS.items():
+        files = [os.path.relpath(store.path / chunk.path(".h5"), run_dir) for chunk in store.work if chunk.phase == phase]
+        write_atomic(run_dir / FEATURES / f"{subset}.txt", "".join(f"{name}\n" for name in files))
     write_atomic(run_dir / HEAD_NET, to_text(head_net(plan)))
-    write_atomic(run_dir / HEAD_SOLVER, to_text(head_solver(run_dir, gpu)))
+    write_atomic(run_dir / HEAD_SOLVER, to_text(head_solver(solver, gpu)))
     arguments = ["train", "-solver", HEAD_SOLVER]
     if write_trimmed_weights(plan.weights, run_dir / HEAD_WEIGHTS, plan.head, plan.param_shapes):
         arguments += ["-weights", HEAD_WEIGHTS]
@@ -267,35 +441,59 @@ def merge_model(plan, head_snapshot):
 # --- the whole run -----------------------------------------------------------------------------
 
 
-def run_cached(run, target, echo=None, show_progress=None):
-    """Cache the trunk's features of :class:`RunDir` ``run``, train the head on them, and merge final.caffemodel.
+@dataclass
+class CachedFeatures:
+    """A run's features, ready for its head: the plan, the store, whether it was reused, and the run's solver."""
 
-    ``target`` is the Caffe to run and the device asked for, as ``launch`` resolved them.
-    """
-    started = time.monotonic()
+    plan: object
+    store: FeatureStore
+    reused: bool
+    seconds: float
+    solver: object
+    gpu: str  # Caffe's -gpu, or None on the CPU
+
+
+def store_of(run):
+    """The FeatureStore a prepared cached run reads, found without running anything."""
+    return feature_store(plan_cache(run), _seed(read_solver(run.path / "solver.prototxt")))
+
+
+def extract_features(run, target, echo=None, show_progress=None):
+    """Compute the trunk features of :class:`RunDir` ``run`` into its store, or reuse them; train nothing."""
     echo = echo or (lambda line: None)
     gpu = target.launch_device(run.device, echo).gpu_flag
     run.check_labels()
     plan = plan_cache(run)
     for line in plan.warnings + plan.notes + [plan.describe()]:
         echo(line)
-    extract_started = time.monotonic()
-    reused = extract(plan, target.caffe, gpu, echo, show_progress, _seed(run.path))
-    extracted = time.monotonic() - extract_started
-    result = run_caffe_train(target.caffe, write_head(plan, gpu), run.path, [], echo, show_progress)
+    solver = read_solver(run.path / "solver.prototxt")
+    started = time.monotonic()
+    store, reused = extract(plan, target.caffe, gpu, echo, show_progress, _seed(solver))
+    return CachedFeatures(plan, store, reused, time.monotonic() - started, solver, gpu)
+
+
+def run_cached(run, target, echo=None, show_progress=None):
+    """Cache the trunk's features of :class:`RunDir` ``run``, train the head on them, and merge final.caffemodel.
+
+    ``target`` is the Caffe to run and the device asked for, as ``launch`` resolved them.
+    """
+    started = time.monotonic()
+    features = extract_features(run, target, echo, show_progress)
+    plan, store, reused, extracted = features.plan, features.store, features.reused, features.seconds
+    arguments = write_head(plan, store, features.solver, features.gpu)
+    result = run_caffe_train(target.caffe, arguments, run.path, [], echo or (lambda line: None), show_progress)
     trained = result.seconds
     if result.final_model and result.exit_code in (0, INTERRUPTED):
         result.final_model = merge_model(plan, result.final_model)
     result.seconds = time.monotonic() - started
-    timings = {"extract_seconds": round(extracted, 3), "train_seconds": round(trained, 3),
-               "reused": reused, "boundary": plan.boundary, "feature_shape": list(plan.feature_shape),
-               "bytes": plan.bytes}
-    result.notes.append(f"trunk features: {timings['extract_seconds']:.1f} s{' (reused)' if reused else ''}; "
-                        f"head training: {trained:.1f} s")
+    timings = {"extract_seconds": round(extracted, 3), "train_seconds": round(trained, 3), "reused": reused,
+               "store": str(store.path), "engine": plan.engine, "boundary": plan.boundary,
+               "feature_shape": list(plan.feature_shape), "bytes": plan.bytes}
+    origin = f"reused from {store.path}" if reused else f"computed into {store.path}"
+    result.notes.append(f"trunk features: {timings['extract_seconds']:.1f} s ({origin}); head training: {trained:.1f} s")
     write_atomic(run.path / RESULT, json.dumps(dict(result_summary(result), cache=timings), indent=2) + "\n")
     return result
 
 
-def _seed(run_dir):
-    solver = read_solver(run_dir / "solver.prototxt")
+def _seed(solver):
     return solver.random_seed if solver.random_seed >= 0 else 0

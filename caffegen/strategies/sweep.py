@@ -25,6 +25,8 @@ from caffegen.io.files import built_beside, write_atomic
 from caffegen.io.tables import text_table
 from caffegen.io.templates import render_template
 from caffegen.job.prepare import prepare
+from caffegen.job.rundir import RunDir
+from caffegen.run.cache import store_of
 from caffegen.run.launch import launch
 from caffegen.run.runner import RESULT, summary_lines
 
@@ -32,6 +34,9 @@ SWEEP = "sweep.json"
 TABLE = "results.csv"
 PLOT = "results.png"
 SLURM_SCRIPT = "slurm.sh"
+SLURM_FEATURES_SCRIPT = "slurm_features.sh"
+# The feature stores that the sweep's cached runs share, one per distinct trunk.
+SHARED_FEATURES = "features"
 LAUNCH_LOG = "launch.log"
 COLUMNS = ("run", "freeze", "lr", "best_accuracy", "last_accuracy", "seconds", "exit_code", "status")
 NOT_FINISHED = "not finished"
@@ -79,9 +84,11 @@ def _run_name(upto, start, lr):
     return UNSAFE_NAME.sub("-", "_".join(part for part in parts if part)) or "run"
 
 
-def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None):
+def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share_features=True):
     """Prepare every run of ``planned`` (from :func:`combinations`) and ``sweep.json`` in ``out_dir``.
 
+    Runs with cached features share their feature stores (``features/`` of the sweep) unless
+    ``share_features`` is false: runs with identical trunks then compute their features once.
     The directory is built beside its place and renamed into it, so a bad layer name leaves nothing.
     """
     echo = echo or (lambda line: None)
@@ -90,7 +97,9 @@ def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None):
         raise CaffegenError("sweep directory exists; pass --force to replace it, or gather it with --collect",
                             out_dir)
     with built_beside(out_dir) as staging:
-        runs = [_prepare_run(run, options, staging, caffe, echo) for run, options in planned]
+        shared = Path("..") / SHARED_FEATURES if share_features else None
+        runs = [_prepare_run(run, replace(options, feature_store=shared if options.cache_features else None),
+                             staging, caffe, echo) for run, options in planned]
         _write_sweep_file(staging, runs)
     return runs
 
@@ -208,16 +217,44 @@ def check_slurm(sweep_dir, sbatch_options=()):
             raise CaffegenError(f"--slurm-opt takes an sbatch option such as --partition=gpu, got '{option}'")
 
 
-def write_slurm_script(sweep_dir, runs, sbatch_options=(), caffe=None):
-    """Write ``slurm.sh``: a job array whose task i runs ``caffegen launch`` on run i; return its path."""
+def feature_groups(sweep_dir, runs):
+    """{feature store: [the runs reading it]} for the sweep's cached runs, in the order of ``runs``."""
+    groups = {}
+    for run in runs:
+        run_dir = RunDir(Path(sweep_dir) / run.run_dir)
+        if run_dir.caches_features:
+            groups.setdefault(store_of(run_dir).path, []).append(run)
+    return groups
+
+
+def write_slurm_scripts(sweep_dir, runs, sbatch_options=(), caffe=None):
+    """Write the sweep's job arrays; return (``slurm_features.sh`` or None, ``slurm.sh``).
+
+    Task i of ``slurm.sh`` launches run i. When runs cache their features, task j of
+    ``slurm_features.sh`` first computes the features of the j-th distinct trunk, once for all
+    the runs that share it; ``slurm.sh`` is then submitted to start after it (:func:`submit`).
+    """
     check_slurm(sweep_dir, sbatch_options)
     sweep_dir = Path(sweep_dir).resolve()
     command = [sys.executable, "-m", "caffegen", "launch"] + (["--caffe", str(Path(caffe).resolve())] if caffe else [])
-    script = sweep_dir / SLURM_SCRIPT
+    groups = feature_groups(sweep_dir, runs)
+    features = None
+    if groups:
+        features = _write_array(sweep_dir, SLURM_FEATURES_SCRIPT, [group[0] for group in groups.values()],
+                                sbatch_options, command + ["--features-only"], "slurm-features",
+                                "task i computes the trunk features shared by the runs of store i")
+    array = _write_array(sweep_dir, SLURM_SCRIPT, runs, sbatch_options, command, "slurm",
+                         "task i launches run i of sweep.json")
+    return features, array
+
+
+def _write_array(sweep_dir, name, runs, sbatch_options, command, log_name, purpose):
+    """Write the job array ``name``, whose task i runs ``command`` on run i of ``runs``, logging to ``log_name``."""
+    script = sweep_dir / name
+    job = UNSAFE_NAME.sub("-", f"caffegen-{sweep_dir.name}" + log_name.removeprefix("slurm"))
     text = render_template(
-        "sweep_slurm.sh.j2",
-        job_name=UNSAFE_NAME.sub("-", f"caffegen-{sweep_dir.name}"), last_task=len(runs) - 1,
-        output=sweep_dir / "slurm-%A_%a.out", sbatch_options=sbatch_options, command=shlex.join(command),
+        "sweep_slurm.sh.j2", job_name=job, last_task=len(runs) - 1, output=sweep_dir / f"{log_name}-%A_%a.out",
+        sbatch_options=sbatch_options, command=shlex.join(command), purpose=purpose,
         runs=[shlex.quote(str(sweep_dir / run.run_dir)) for run in runs], script=shlex.quote(str(script)),
         sweep_dir=shlex.quote(str(sweep_dir)))
     write_atomic(script, text)
@@ -225,13 +262,14 @@ def write_slurm_script(sweep_dir, runs, sbatch_options=(), caffe=None):
     return script
 
 
-def submit(script):
-    """Submit ``script`` with sbatch (no shell involved); return the job id."""
+def submit(script, after=None):
+    """Submit ``script`` with sbatch (no shell involved), after job ``after`` succeeded if given; return the job id."""
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise CaffegenError(f"sbatch not found: run this on a Slurm login node, or submit {script} there "
                             f"with: sbatch {shlex.quote(str(script))}")
-    done = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True)
+    dependency = [f"--dependency=afterok:{after}"] if after else []
+    done = subprocess.run([sbatch, "--parsable", *dependency, str(script)], capture_output=True, text=True)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise CaffegenError(f"sbatch refused the job array: {reason}", script)

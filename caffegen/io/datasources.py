@@ -1,0 +1,93 @@
+"""The first item of a data layer's source, read as Caffe reads it: what the net alone cannot say of its input.
+
+``HDF5Data`` reads the datasets named after its tops from the files its source lists; ``Data`` reads
+``Datum`` records from an LMDB (a LevelDB cannot be read here); ``ImageData`` reads the images its
+list names. Paths are tried as Caffe would open them from the current folder, then from the net's.
+"""
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import lmdb
+from PIL import Image
+
+from caffegen.io.lists import read_list
+from caffegen.io.schema import BVLC
+
+LMDB = 1  # DataParameter.DB
+
+
+@dataclass(frozen=True)
+class FirstInput:
+    """One item's shape without the batch axis (None when it cannot be read), and where it came from or why not."""
+
+    shape: tuple
+    origin: str
+
+
+def first_input(layer, net_dir):
+    """The FirstInput of data layer ``layer`` (a ``LayerParameter``), or None for a type that reads no files."""
+    reader = READERS.get(layer.type)
+    return reader(layer, Path(net_dir)) if reader else None
+
+
+def _found(name, net_dir):
+    """The file or folder ``name`` as Caffe would open it from here, else beside the net; None if neither exists."""
+    return next((path for path in (Path(name), net_dir / name) if name and path.exists()), None)
+
+
+def _hdf5(layer, net_dir):
+    source = layer.hdf5_data_param.source
+    listed = _found(source, net_dir)
+    if listed is None:
+        return FirstInput(None, f"its source list {source} is not here")
+    files = [line.strip() for line in listed.read_text(encoding="utf-8").splitlines() if line.strip()]
+    first = _found(files[0], net_dir) if files else None
+    if first is None:
+        return FirstInput(None, f"the first file of {listed} is not here" if files else f"{listed} lists no file")
+    with h5py.File(first, "r") as stored:
+        if layer.top[0] not in stored:
+            return FirstInput(None, f"{first} has no dataset '{layer.top[0]}'")
+        return FirstInput(tuple(stored[layer.top[0]].shape[1:]), f"the dataset '{layer.top[0]}' of {first}")
+
+
+def _datum(layer, net_dir):
+    param = layer.data_param
+    if param.backend != LMDB:
+        return FirstInput(None, f"{param.source} is a LevelDB, which caffegen cannot read")
+    found = _found(param.source, net_dir)
+    if found is None:
+        return FirstInput(None, f"the LMDB {param.source} is not here")
+    with lmdb.open(str(found), readonly=True, lock=False, readahead=False, subdir=found.is_dir()) as env:
+        with env.begin() as transaction:
+            record = next(iter(transaction.cursor()), None)
+    if record is None:
+        return FirstInput(None, f"the LMDB {found} is empty")
+    datum = BVLC.Datum.FromString(record[1])
+    where = f"the first Datum of {found}"
+    if not datum.encoded:
+        return FirstInput((datum.channels, datum.height, datum.width), where)
+    gray = layer.transform_param.force_gray
+    return FirstInput(_image_shape(io.BytesIO(datum.data), gray), f"{where} (an encoded image)")
+
+
+def _image(layer, net_dir):
+    param = layer.image_data_param
+    listed = _found(param.source, net_dir)
+    if listed is None:
+        return FirstInput(None, f"its list {param.source} is not here")
+    lines = read_list(listed)
+    image = _found(param.root_folder + lines[0].path, net_dir) if lines else None
+    if image is None:
+        return FirstInput(None, f"the first image of {listed} is not here" if lines else f"{listed} is empty")
+    return FirstInput(_image_shape(image, not param.is_color), f"the first image of {listed}, {image}")
+
+
+def _image_shape(source, gray):
+    with Image.open(source) as image:
+        return (1 if gray else 3, image.height, image.width)
+
+
+READERS = {"HDF5Data": _hdf5, "Data": _datum, "ImageData": _image}
