@@ -137,3 +137,19 @@ def test_real_caffe_reads_the_lmdb_as_inspect_did(caffe, tmp_path):
                           cwd=run)
     assert code != 0 and "Cannot copy param 0 weights from layer 'conv1'; shape mismatch" in log
     assert "Top shape: 2 3 10 10" in log
+
+
+def test_the_first_image_of_an_image_list_gives_the_input(tmp_path):
+    from PIL import Image
+    Image.new("L", (14, 12)).save(tmp_path / "a b.png")
+    (tmp_path / "list.txt").write_text("a b.png 0\n")
+    text = LMDB_NET.replace('type: "Data"', 'type: "ImageData"').replace(
+        'data_param { source: "train_lmdb" backend: LMDB batch_size: 2 }',
+        'image_data_param { source: "list.txt" batch_size: 2 is_color: false root_folder: "" }').replace(
+        "crop_size: 10", "crop_size: 8")
+    (tmp_path / "net.prototxt").write_text(text)
+    done = run_caffegen("inspect", tmp_path / "net.prototxt")
+    assert done.returncode == 0, done.stderr
+    assert f"note: input of 'data': 1×12×14 per item, from the first image of {tmp_path / 'list.txt'}" in done.stdout
+    conv = next(line for line in done.stdout.splitlines() if line.startswith("conv1 "))
+    assert "2×4×6×6" in conv and "4×1×3×3" in conv
