@@ -19,13 +19,7 @@ from caffegen.job.prepare import JobOptions, prepare
 from caffegen.job.rundir import RunDir
 from caffegen.net.netview import TEST, NetView
 from caffegen.net.wiring import DataSettings
-from caffegen.run.cache import (
-    FEATURES,
-    FINAL_MODEL,
-    HEAD_NET,
-    run_cached,
-    write_trimmed_weights,
-)
+from caffegen.run.cache import FEATURES, FINAL_MODEL, HEAD_NET, run_cached, write_trimmed_weights
 from caffegen.run.launch import launch
 from caffegen.run.target import Target
 

@@ -11,13 +11,7 @@ from caffegen.io.prototxt import read_net, read_solver
 from caffegen.job.dataset import read_lists, scan_class_folders
 from caffegen.job.prepare import JobOptions, prepare
 from caffegen.job.scripts import render_train_bat, render_train_sh
-from caffegen.job.solver import (
-    check_solver_text,
-    epoch_schedule,
-    parse_overrides,
-    render_solver,
-    solver_fields,
-)
+from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
 from caffegen.net.wiring import DataSettings, deploy_net, wire_image_data
 
 

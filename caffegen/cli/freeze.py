@@ -2,14 +2,7 @@
 
 import click
 
-from caffegen.cli.options import (
-    load_net,
-    net_argument,
-    output_options,
-    proto_option,
-    report,
-    write_net,
-)
+from caffegen.cli.options import load_net, net_argument, output_options, proto_option, report, write_net
 from caffegen.errors import CaffegenError
 from caffegen.net.freeze import freeze
 

@@ -2,14 +2,7 @@
 
 import click
 
-from caffegen.cli.options import (
-    load_net,
-    net_argument,
-    output_options,
-    proto_option,
-    report,
-    write_net,
-)
+from caffegen.cli.options import load_net, net_argument, output_options, proto_option, report, write_net
 from caffegen.defaults import HEAD_LR_MULT
 from caffegen.net.head import retarget_head
 

@@ -5,22 +5,9 @@ from pathlib import Path
 
 import click
 
-from caffegen.cli.options import (
-    STDIN,
-    load_net,
-    net_argument,
-    number_list,
-    proto_option,
-)
+from caffegen.cli.options import STDIN, load_net, net_argument, number_list, proto_option
 from caffegen.io.tables import text_table
-from caffegen.net.inspect import (
-    LOADED,
-    MISMATCH,
-    NEW,
-    UNVERIFIED,
-    input_from_data,
-    inspect_net,
-)
+from caffegen.net.inspect import LOADED, MISMATCH, NEW, UNVERIFIED, input_from_data, inspect_net
 from caffegen.net.netview import TEST, TRAIN
 from caffegen.net.shapes import IMAGE_SIZE_HINT, format_shape
 

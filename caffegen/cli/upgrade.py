@@ -4,13 +4,7 @@ from pathlib import Path
 
 import click
 
-from caffegen.cli.options import (
-    load_net,
-    net_argument,
-    output_options,
-    report,
-    write_net,
-)
+from caffegen.cli.options import load_net, net_argument, output_options, report, write_net
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import upgrade_caffemodel
 

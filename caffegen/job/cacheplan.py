@@ -33,12 +33,7 @@ from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.lists import read_list
 from caffegen.io.prototxt import read_net
 from caffegen.job.rundir import RunDir
-from caffegen.net.layers import (
-    DATA_TYPES,
-    RANDOM_TYPES,
-    is_frozen,
-    learnable_blob_count,
-)
+from caffegen.net.layers import DATA_TYPES, RANDOM_TYPES, is_frozen, learnable_blob_count
 from caffegen.net.netview import TEST, TRAIN, NetView
 from caffegen.net.shapes import format_shape, infer_shapes, product
 

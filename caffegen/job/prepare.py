@@ -22,19 +22,8 @@ from caffegen.job.cacheplan import check_cacheable, plan_cache
 from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
 from caffegen.job.device import CPU, Device
 from caffegen.job.rundir import ENGINE, MANIFEST, SNAPSHOT_DIR, RunDir
-from caffegen.job.scripts import (
-    caffe_arguments,
-    render_stages_sh,
-    render_train_bat,
-    render_train_sh,
-)
-from caffegen.job.solver import (
-    check_solver_text,
-    epoch_schedule,
-    parse_overrides,
-    render_solver,
-    solver_fields,
-)
+from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
+from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
 from caffegen.net.advise import advise
 from caffegen.net.freeze import freeze
 from caffegen.net.head import drop_unscorable_accuracies, retarget_head

@@ -9,12 +9,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from caffegen.errors import CaffegenError
-from caffegen.net.layers import (
-    BIAS_LR_FACTOR,
-    bias_blob_index,
-    is_frozen,
-    learnable_blob_count,
-)
+from caffegen.net.layers import BIAS_LR_FACTOR, bias_blob_index, is_frozen, learnable_blob_count
 
 
 @dataclass

@@ -17,13 +17,7 @@ from caffegen.net.inspect import preflight
 from caffegen.run.cache import run_cached
 from caffegen.run.caffelog import LogWatcher
 from caffegen.run.curves import plot_curves, write_curves_csv
-from caffegen.run.runner import (
-    RESULT,
-    LaunchResult,
-    earlier_records,
-    result_summary,
-    run_caffe_train,
-)
+from caffegen.run.runner import RESULT, LaunchResult, earlier_records, result_summary, run_caffe_train
 from caffegen.run.target import resolve_target
 
 
