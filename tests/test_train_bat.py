@@ -61,6 +61,8 @@ def with_caffe(run, caffe):
 
 
 def cmd(env, bat, cwd, **extra):
+    """``wine cmd /c bat`` in ``cwd``, once no wineserver is left: one that is shutting down can fail a new start."""
+    subprocess.run(["wineserver", "-w"], env=env, timeout=120)
     return subprocess.run(["wine", "cmd", "/c", bat], cwd=cwd, env=dict(env, **extra), stdin=subprocess.DEVNULL,
                           capture_output=True, timeout=120)
 
@@ -79,7 +81,8 @@ def launched(env, run, started_from, **extra):
 
 
 def assert_caffe_ran(done, caffe_dir, run, arguments):
-    assert done.returncode == 0, done.stdout + done.stderr
+    log = (run / "train.log").read_bytes() if (run / "train.log").is_file() else b""
+    assert done.returncode == 0, done.stdout + done.stderr + log
     cwd, argv = recorded(caffe_dir)
     assert cwd.rstrip("\\") == windows_path(run)
     assert argv == arguments
