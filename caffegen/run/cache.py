@@ -22,6 +22,7 @@ so the head could not be trained as the uncached job is. One batch per process k
 the trunk's blobs are first written to the store's ``trunk.caffemodel`` so each process loads only them.
 """
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -84,7 +85,14 @@ class FeatureStore:
     path: Path
     key: str
     work: list  # the Chunks
+    nets: dict  # {chunk name: the trunk net that computes it from the images}
     files: dict  # {name in the store: text}: the chunks' lists and trunk nets
+
+    @functools.cached_property
+    def layer_digests(self):
+        """{chunk name: a digest of each layer its trunk net runs before the output, the data layer first}."""
+        return {name: [hashlib.sha256(to_text(layer).encode("utf-8")).hexdigest() for layer in net.layer[:-1]]
+                for name, net in self.nets.items()}
 
     @property
     def lists_digest(self):
@@ -103,10 +111,12 @@ class FeatureStore:
 def feature_store(plan, seed):
     """The store of ``plan``'s features: the run's own features/, or a shared one named by its key."""
     work = chunks(plan, seed)
-    files = chunk_files(plan, work)
+    nets = {chunk.name: trunk_net(plan, chunk) for chunk in work}
+    files = {chunk.path(".prototxt"): to_text(nets[chunk.name]) for chunk in work}
+    files.update((chunk.path(".txt"), "".join(line.text() for line in chunk.lines)) for chunk in work)
     key = _store_key(plan, work, files)
     path = plan.store_root / key[:16] if plan.store_root else plan.run_dir / FEATURES
-    return FeatureStore(path, key, work, files)
+    return FeatureStore(path, key, work, nets, files)
 
 
 def chunks(plan, seed):
@@ -137,13 +147,6 @@ def trunk_net(plan, chunk):
     output = net.layer.add(name="cache", type="HDF5Output", bottom=[plan.boundary, plan.label])
     output.hdf5_output_param.file_name = chunk.path(".h5")
     return net
-
-
-def chunk_files(plan, work):
-    """{name in the store: text}: each chunk's list and trunk net."""
-    files = {chunk.path(".prototxt"): to_text(trunk_net(plan, chunk)) for chunk in work}
-    files.update((chunk.path(".txt"), "".join(line.text() for line in chunk.lines)) for chunk in work)
-    return files
 
 
 def _store_key(plan, work, files):
@@ -195,12 +198,7 @@ def _record(plan, store):
     """What a finished store holds: its key, and what a deeper trunk needs to start from its features."""
     return {"key": store.key, "boundary": plan.boundary, "label": plan.label, "feature_shape": plan.feature_shape,
             "bytes": plan.bytes, "engine": plan.engine, "weights": file_sha256(plan.weights),
-            "lists": store.lists_digest, "chunks": {chunk.name: _layer_digests(plan, chunk) for chunk in store.work}}
-
-
-def _layer_digests(plan, chunk):
-    """A digest of each layer the chunk's trunk net runs before its output: the data layer first."""
-    return [hashlib.sha256(to_text(layer).encode("utf-8")).hexdigest() for layer in trunk_net(plan, chunk).layer[:-1]]
+            "lists": store.lists_digest, "chunks": store.layer_digests}
 
 
 # --- deeper trunks from shallower features -----------------------------------------------------
@@ -245,7 +243,7 @@ def _shallower_store(plan, store):
     """The deepest finished store in the shared folder whose trunk nets begin this store's, or None."""
     if plan.store_root is None:
         return None
-    mine = {chunk.name: _layer_digests(plan, chunk) for chunk in store.work}
+    mine = store.layer_digests
     same_inputs = (store.lists_digest, file_sha256(plan.weights), plan.engine)
     found = None
     for path in sorted(plan.store_root.glob(f"*/{STORE_RECORD}")):
@@ -259,16 +257,16 @@ def _shallower_store(plan, store):
             continue
         if not all((path.parent / f"{name}.h5").is_file() for name in theirs):
             continue
-        layers = _layers_on(plan, store.work[0], depth, record)
+        layers = _layers_on(store.nets[store.work[0].name], depth, record)
         if layers is not None and (found is None or depth > found[0]):
             found = depth, Source(path.parent, record, layers)
     return found and found[1]
 
 
-def _layers_on(plan, chunk, depth, record):
-    """Names of the trunk layers after the first ``depth``, when they read nothing but the stored blobs."""
+def _layers_on(trunk, depth, record):
+    """Names of the layers of ``trunk`` after its first ``depth``, when they read nothing but the stored blobs."""
     available = {record["boundary"], record["label"]}
-    layers = trunk_net(plan, chunk).layer[depth:-1]
+    layers = trunk.layer[depth:-1]
     for layer in layers:
         if not set(layer.bottom) <= available:
             return None
@@ -289,7 +287,7 @@ def _millions(count):
     return f"{count / 1e6:.1f} M"
 
 
-def derived_net(plan, source, chunk):
+def derived_net(plan, store, source, chunk):
     """The net computing a chunk's features from the source's: HDF5Data on its features, the layers on top,
     HDF5Output."""
     net = BVLC.NetParameter(name=f"{plan.net.name}_trunk")
@@ -299,7 +297,7 @@ def derived_net(plan, source, chunk):
         _add_reshape(net, FEATURE_DATASET, source.record["boundary"], [0] + list(source.record["feature_shape"]))
     if source.record["label"] != LABEL_DATASET:
         _add_reshape(net, LABEL_DATASET, source.record["label"], (0,))
-    trunk = {layer.name: layer for layer in trunk_net(plan, chunk).layer}
+    trunk = {layer.name: layer for layer in store.nets[chunk.name].layer}
     net.layer.extend(trunk[name] for name in source.layers)
     output = net.layer.add(name="cache", type="HDF5Output", bottom=[plan.boundary, plan.label])
     output.hdf5_output_param.file_name = chunk.path(".h5")
@@ -308,7 +306,7 @@ def derived_net(plan, source, chunk):
 
 def _derived_files(plan, store, source):
     """{name in the store: text}: each chunk's derived net and the list of the source features it reads."""
-    files = {chunk.path(".prototxt"): to_text(derived_net(plan, source, chunk)) for chunk in store.work}
+    files = {chunk.path(".prototxt"): to_text(derived_net(plan, store, source, chunk)) for chunk in store.work}
     files.update((chunk.path(".source.txt"), f"{source.path / chunk.path('.h5')}\n") for chunk in store.work)
     return files
 
