@@ -357,3 +357,28 @@ def test_prepare_refuses_to_cache_random_augmentation(cli, images, tmp_path):
                  "--freeze-upto", "conv2", "--cache-features", "-o", tmp_path / "run")
     assert result.returncode == 2 and "mirror" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_cache_leaves_no_run_directory(images, tmp_path):
+    weights = tmp_path / "partial.caffemodel"
+    write_trimmed_weights(DIGITS / "digits.caffemodel", weights, ["conv1", "bn1", "scale1", "fc1", "fc2"], {})
+    with pytest.raises(CaffegenError, match=r"frozen layer\(s\) conv2, bn2, scale2 have no weights"):
+        prepare_run(images, tmp_path / "run", weights=weights, cache_features=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_mean_file_is_subtracted_in_the_store_too(caffe, images, tmp_path):
+    mean = BVLC.BlobProto()
+    mean.shape.dim.extend([1, 1, 28, 28])
+    mean.data.extend([100.0] * 28 * 28)
+    (tmp_path / "mean.binaryproto").write_bytes(mean.SerializeToString())
+    text = BASE_NET.replace("transform_param { scale: 0.00390625 mirror: false }",
+                            'transform_param { scale: 0.00390625 mean_file: "mean.binaryproto" }')
+    text = text.replace("transform_param { scale: 0.00390625 }",
+                        'transform_param { scale: 0.00390625 mean_file: "mean.binaryproto" }')
+    run = prepare_run(images, tmp_path / "run", text, cache_features=True, mean_file=tmp_path / "mean.binaryproto")
+    result = run_cached(RunDir(run), Target(caffe), None, show_progress=False)
+    assert result.exit_code == 0, (run / "features" / "extract.log").read_text()[-2000:]
+    assert (run / "features" / "mean.binaryproto").read_bytes() == mean.SerializeToString()
+    log = (run / "features" / "extract.log").read_text()
+    assert "Loading mean file from: mean.binaryproto" in log

@@ -153,3 +153,30 @@ def test_the_first_image_of_an_image_list_gives_the_input(tmp_path):
     assert f"note: input of 'data': 1×12×14 per item, from the first image of {tmp_path / 'list.txt'}" in done.stdout
     conv = next(line for line in done.stdout.splitlines() if line.startswith("conv1 "))
     assert "2×4×6×6" in conv and "4×1×3×3" in conv
+
+
+def test_a_fork_layer_before_a_batchnorm_leaves_its_axes_unknown_and_the_net_accepted():
+    from caffegen.net.netview import TRAIN, NetView
+    from caffegen.net.shapes import check_runs, infer_shapes
+    net = parse_net("""name: "fork"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 32 dim: 32 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 8 kernel_size: 3 } }
+layer { name: "dw" type: "ConvolutionDepthwise" bottom: "conv" top: "dw" }
+layer { name: "bn" type: "BatchNorm" bottom: "dw" top: "dw" }
+layer { name: "sc" type: "Scale" bottom: "dw" top: "dw" scale_param { bias_term: true } }
+layer { name: "pw" type: "Convolution" bottom: "dw" top: "pw" convolution_param { num_output: 16 kernel_size: 1 } }
+""", "fork.prototxt").net
+    check_runs(net)  # nothing Caffe would reject is found where the shapes are unknown
+    results = {result.name: result for result in infer_shapes(NetView(net, TRAIN))}
+    assert results["bn"].tops == {"dw": None} and results["bn"].params == [(None,), (None,), (1,)]
+    assert results["sc"].params == [(None,), (None,)] and not results["pw"].rejected
+    assert results["pw"].params == [(16, None, 1, 1), (16,)]
+
+
+def test_unreadable_data_files_are_a_note_not_a_traceback(tmp_path):
+    (tmp_path / "train.h5").write_bytes(b"not hdf5 at all")
+    (tmp_path / "train_h5.txt").write_text("train.h5\n")
+    (tmp_path / "net.prototxt").write_text(HDF5_NET.replace("CLASSES", "3"))
+    done = run_caffegen("inspect", tmp_path / "net.prototxt")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "note: input of 'data' unknown: its data cannot be read (" in done.stdout

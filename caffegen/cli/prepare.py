@@ -12,8 +12,8 @@ from caffegen.net.lr_rules import parse_lr_rules
 from caffegen.net.wiring import DataSettings
 from caffegen.run.target import resolve_target
 
-# Click options that JobOptions receives in another form.
-CONVERTED = {"data_settings", "device", "lr_rules"}
+# Click options that JobOptions receives in another form (the data settings and the device are no click options).
+CONVERTED = {"lr_rules"}
 
 
 def default(name):

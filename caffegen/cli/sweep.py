@@ -133,8 +133,9 @@ def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):
     if no_submit:
         if features:
             echo(f"wrote {features}: compute the shared trunk features first: sbatch {features}")
-        echo(f"wrote {script} ({len(runs)} tasks); submit it with: sbatch {script}"
-             + (" --dependency=afterok:JOB (the features job)" if features else ""))
+        after = "--dependency=afterok:JOB " if features else ""
+        echo(f"wrote {script} ({len(runs)} tasks); submit it with: sbatch {after}{script}"
+             + (" (JOB: the features job's id)" if features else ""))
         return
     after = submit(features) if features else None
     if after:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import h5py
 import lmdb
+from google.protobuf.message import DecodeError
 from PIL import Image
 
+from caffegen.errors import CaffegenError
 from caffegen.io.lists import read_list
 from caffegen.io.schema import BVLC
 
@@ -30,7 +32,12 @@ class FirstInput:
 def first_input(layer, net_dir):
     """The FirstInput of data layer ``layer`` (a ``LayerParameter``), or None for a type that reads no files."""
     reader = READERS.get(layer.type)
-    return reader(layer, Path(net_dir)) if reader else None
+    if reader is None:
+        return None
+    try:
+        return reader(layer, Path(net_dir))
+    except (OSError, ValueError, lmdb.Error, DecodeError, CaffegenError) as error:
+        return FirstInput(None, f"its data cannot be read ({error})")
 
 
 def _found(name, net_dir):
@@ -69,7 +76,8 @@ def _datum(layer, net_dir):
     where = f"the first Datum of {found}"
     if not datum.encoded:
         return FirstInput((datum.channels, datum.height, datum.width), where)
-    gray = layer.transform_param.force_gray
+    transform = layer.transform_param
+    gray = True if transform.force_gray else False if transform.force_color else None
     return FirstInput(_image_shape(io.BytesIO(datum.data), gray), f"{where} (an encoded image)")
 
 
@@ -86,8 +94,10 @@ def _image(layer, net_dir):
 
 
 def _image_shape(source, gray):
+    """(channels, height, width) of an image as Caffe decodes it: gray, colour, or (None) as stored."""
     with Image.open(source) as image:
-        return (1 if gray else 3, image.height, image.width)
+        channels = len(image.getbands()) if gray is None else 1 if gray else 3
+        return (channels, image.height, image.width)
 
 
 READERS = {"HDF5Data": _hdf5, "Data": _datum, "ImageData": _image}

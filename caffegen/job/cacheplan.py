@@ -64,6 +64,17 @@ class CachePlan:
     notes: list = field(default_factory=list)
 
     @property
+    def trunk_names(self):
+        """The names of every layer the trunk nets run, both phases, in order."""
+        return unique(sum(self.extracted.values(), []))
+
+    @property
+    def mean_file(self):
+        """The mean file the data layers subtract, in the run directory, or None."""
+        names = {layer.transform_param.mean_file for layer in self.data_layers.values()} - {""}
+        return self.run_dir / names.pop() if names else None
+
+    @property
     def bytes_per_image(self):
         """Bytes one image takes in the cache: its float32 features and its label."""
         return 4 * (product(self.feature_shape) + 1)

@@ -21,7 +21,7 @@ from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.job.cacheplan import check_cacheable, plan_cache
 from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
 from caffegen.job.device import CPU, Device
-from caffegen.job.rundir import ENGINE, MANIFEST, SNAPSHOT_DIR, RunDir
+from caffegen.job.rundir import ENGINE, MANIFEST, SNAPSHOT_DIR
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
 from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
 from caffegen.net.advise import advise
@@ -171,9 +171,9 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=()):
     options = _with_defaults(options)
     if not stages:
         build = _build(options, dataset, weights, weights, caffe)
-        _write_run_dir(run_dir, build.files, build.copies)
-        if options.cache_features:
-            build.notes.append(plan_cache(RunDir(run_dir)).describe())
+        plan = _write_run_dir(run_dir, build.files, build.copies, plan_cache if options.cache_features else None)
+        if plan is not None:
+            build.notes.append(plan.describe())
         return PreparedJob(run_dir, build.manifest, notes + build.notes)
     job = _prepare_stages(options, stages, dataset, weights, run_dir, caffe)
     job.notes[:0] = notes
@@ -428,8 +428,12 @@ def _describe(path):
     return {"path": str(path), "bytes": stat.st_size, "sha256": file_sha256(path)}
 
 
-def _write_run_dir(run_dir, files, copies):
-    """Build the directory beside ``run_dir`` (texts, then copies of files) and rename it into place."""
+def _write_run_dir(run_dir, files, copies, check=None):
+    """Build the directory beside ``run_dir`` (texts, then copies of files) and rename it into place.
+
+    ``check``, if given, is called with the built directory before it takes its place, so that what it
+    refuses is never written; its answer is returned.
+    """
     with built_beside(run_dir) as staging:
         for name, text in files.items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
@@ -442,4 +446,5 @@ def _write_run_dir(run_dir, files, copies):
         for source, name in copies.items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, staging / name)
+        return check(staging) if check else None
 

@@ -28,7 +28,11 @@ class RunDir:
         if not manifest.is_file():
             raise CaffegenError(f"not a caffegen run directory (no {MANIFEST}); create one with caffegen prepare",
                                 path)
-        self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
+        try:
+            self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
+            Device.parse(self.manifest["device"])
+        except (ValueError, KeyError, TypeError, CaffegenError) as error:
+            raise CaffegenError(f"unreadable manifest ({error}); prepare the run again", manifest) from None
 
     def __truediv__(self, name):
         return self.path / name

@@ -15,6 +15,8 @@ from caffegen.net.layers import ELEMENTWISE_TYPES, LOSS_TYPES, learnable_blob_co
 from caffegen.net.netview import TEST, TRAIN, NetView
 
 IMAGE_SIZE_HINT = "pass --input-shape N,C,H,W"
+# Layers whose output's axes their own settings fix, whatever their input's size.
+AXES_FIXED_TYPES = {"Convolution", "Deconvolution", "InnerProduct"}
 AUTOMATIC_TOP = "(automatic)"
 
 
@@ -127,7 +129,10 @@ def _apply_rule(layer, bottoms, input_shape):
         stand_in = _stand_in(layer) if len(bottoms) == 1 else None
         if stand_in is None:
             raise _Unknown(None)
-        return rule(layer, [stand_in])
+        tops, params, multiply_adds = rule(layer, [stand_in])
+        if layer.type not in AXES_FIXED_TYPES:
+            tops = [None] * len(tops)  # the stand-in's axes are the layer's guess, not its input's
+        return tops, params, multiply_adds
     return rule(layer, bottoms)
 
 

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import time
 from contextlib import contextmanager
@@ -87,6 +88,7 @@ class FeatureStore:
     work: list  # the Chunks
     nets: dict  # {chunk name: the trunk net that computes it from the images}
     files: dict  # {name in the store: text}: the chunks' lists and trunk nets
+    images: str  # a digest of every image file's version, and of the mean file's content
 
     @functools.cached_property
     def layer_digests(self):
@@ -109,14 +111,20 @@ class FeatureStore:
 
 
 def feature_store(plan, seed):
-    """The store of ``plan``'s features: the run's own features/, or a shared one named by its key."""
+    """The store of ``plan``'s features: the run's own features/, or a shared one named by its key.
+
+    The key is what the features depend on: the trunk nets (layers and transforms) and lists, the
+    weights' and the mean file's content, every image file's version, and the engine.
+    """
     work = chunks(plan, seed)
     nets = {chunk.name: trunk_net(plan, chunk) for chunk in work}
     files = {chunk.path(".prototxt"): to_text(nets[chunk.name]) for chunk in work}
     files.update((chunk.path(".txt"), "".join(line.text() for line in chunk.lines)) for chunk in work)
-    key = _store_key(plan, work, files)
+    images = _digest([_stamp(Path(line.path)) for chunk in work for line in chunk.lines]
+                     + [file_sha256(plan.mean_file) if plan.mean_file else None])
+    key = _digest([sorted(files.items()), file_sha256(plan.weights), images, plan.engine])
     path = plan.store_root / key[:16] if plan.store_root else plan.run_dir / FEATURES
-    return FeatureStore(path, key, work, nets, files)
+    return FeatureStore(path, key, work, nets, files, images)
 
 
 def chunks(plan, seed):
@@ -149,12 +157,8 @@ def trunk_net(plan, chunk):
     return net
 
 
-def _store_key(plan, work, files):
-    """What the features depend on: the trunk nets (layers and transforms) and lists, the weights' content,
-    every image file's version, and the engine."""
-    stamps = [_stamp(Path(line.path)) for chunk in work for line in chunk.lines]
-    identity = [sorted(files.items()), file_sha256(plan.weights), stamps, plan.engine]
-    return hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()
+def _digest(data):
+    return hashlib.sha256(json.dumps(data).encode("utf-8")).hexdigest()
 
 
 def _stamp(path):
@@ -173,7 +177,7 @@ def extract(plan, caffe, gpu=None, echo=None, show_progress=None, seed=1):
     echo = echo or (lambda line: None)
     store = feature_store(plan, seed)
     store.path.mkdir(parents=True, exist_ok=True)
-    with _locked(store.path / STORE_LOCK):
+    with _locked(store.path / STORE_LOCK, echo):
         if store.complete():
             echo(f"reusing the cached features in {store.path}")
             return store, True
@@ -182,7 +186,9 @@ def extract(plan, caffe, gpu=None, echo=None, show_progress=None, seed=1):
         files = store.files if source is None else _derived_files(plan, store, source)
         for name, text in files.items():
             write_atomic(store.path / name, text)
-        layers = unique(sum(plan.extracted.values(), [])) if source is None else source.layers
+        layers = plan.trunk_names if source is None else source.layers
+        if plan.mean_file is not None:  # the trunk nets name it as the run directory does, and run in the store
+            shutil.copyfile(plan.mean_file, store.path / plan.data_layers[TRAIN].transform_param.mean_file)
         write_trimmed_weights(plan.weights, store.path / STORE_WEIGHTS, layers, plan.param_shapes)
         (store.path / STORE_LOG).write_text("", encoding="utf-8")
         with tqdm(total=sum(plan.images.values()), unit="img", desc="trunk features",
@@ -198,7 +204,7 @@ def _record(plan, store):
     """What a finished store holds: its key, and what a deeper trunk needs to start from its features."""
     return {"key": store.key, "boundary": plan.boundary, "label": plan.label, "feature_shape": plan.feature_shape,
             "bytes": plan.bytes, "engine": plan.engine, "weights": file_sha256(plan.weights),
-            "lists": store.lists_digest, "chunks": store.layer_digests}
+            "lists": store.lists_digest, "images": store.images, "chunks": store.layer_digests}
 
 
 # --- deeper trunks from shallower features -----------------------------------------------------
@@ -225,7 +231,8 @@ def derivation(plan, store, echo):
     source = _shallower_store(plan, store)
     if source is None:
         return None
-    trunk = [name for name in unique(sum(plan.extracted.values(), [])) if name not in _data_names(plan)]
+    data = {layer.name for layer in plan.data_layers.values()}
+    trunk = [name for name in plan.trunk_names if name not in data]
     whole, rest = (_cost(plan, names) for names in (trunk, source.layers))
     words = f"'{plan.boundary}' from the cached '{source.record['boundary']}' of {source.path}"
     if whole is None or rest is None:
@@ -244,13 +251,13 @@ def _shallower_store(plan, store):
     if plan.store_root is None:
         return None
     mine = store.layer_digests
-    same_inputs = (store.lists_digest, file_sha256(plan.weights), plan.engine)
+    same_inputs = (store.lists_digest, store.images, file_sha256(plan.weights), plan.engine)
     found = None
     for path in sorted(plan.store_root.glob(f"*/{STORE_RECORD}")):
         record = json.loads(path.read_text(encoding="utf-8"))
         theirs = record.get("chunks", {})
-        if (path.parent == store.path or (record.get("lists"), record.get("weights"), record.get("engine")) != same_inputs
-                or theirs.keys() != mine.keys()):
+        recorded = tuple(record.get(name) for name in ("lists", "images", "weights", "engine"))
+        if path.parent == store.path or recorded != same_inputs or theirs.keys() != mine.keys():
             continue
         depth = len(next(iter(theirs.values())))
         if not all(mine[name][:depth] == digests and len(mine[name]) > depth for name, digests in theirs.items()):
@@ -272,10 +279,6 @@ def _layers_on(trunk, depth, record):
             return None
         available.update(layer.top)
     return [layer.name for layer in layers]
-
-
-def _data_names(plan):
-    return {layer.name for layer in plan.data_layers.values()}
 
 
 def _cost(plan, names):
@@ -312,10 +315,19 @@ def _derived_files(plan, store, source):
 
 
 @contextmanager
-def _locked(path):
-    """Hold an exclusive lock on ``path`` (created if missing) for the block."""
+def _locked(path, echo):
+    """Hold an exclusive lock on ``path`` (created if missing) for the block, saying so when it must wait."""
     with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                echo(f"waiting for another run that is computing the features in {path.parent}")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError as error:
+            raise CaffegenError(f"cannot lock the feature store ({error.strerror}): its file system does not "
+                                "support file locks; give the sweep a directory on a local or lock-capable "
+                                "file system", path.parent) from None
         try:
             yield
         finally:

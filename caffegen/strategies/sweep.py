@@ -244,17 +244,18 @@ def write_slurm_scripts(sweep_dir, runs, sbatch_options=(), caffe=None):
                                 sbatch_options, command + ["--features-only"], "slurm-features",
                                 "task i computes the trunk features shared by the runs of store i")
     array = _write_array(sweep_dir, SLURM_SCRIPT, runs, sbatch_options, command, "slurm",
-                         "task i launches run i of sweep.json")
+                         "task i launches run i of sweep.json",
+                         f"--dependency=afterok:JOB (JOB: the id of {SLURM_FEATURES_SCRIPT}'s job) " if groups else "")
     return features, array
 
 
-def _write_array(sweep_dir, name, runs, sbatch_options, command, log_name, purpose):
+def _write_array(sweep_dir, name, runs, sbatch_options, command, log_name, purpose, dependency=""):
     """Write the job array ``name``, whose task i runs ``command`` on run i of ``runs``, logging to ``log_name``."""
     script = sweep_dir / name
     job = UNSAFE_NAME.sub("-", f"caffegen-{sweep_dir.name}" + log_name.removeprefix("slurm"))
     text = render_template(
         "sweep_slurm.sh.j2", job_name=job, last_task=len(runs) - 1, output=sweep_dir / f"{log_name}-%A_%a.out",
-        sbatch_options=sbatch_options, command=shlex.join(command), purpose=purpose,
+        sbatch_options=sbatch_options, command=shlex.join(command), purpose=purpose, dependency=dependency,
         runs=[shlex.quote(str(sweep_dir / run.run_dir)) for run in runs], script=shlex.quote(str(script)),
         sweep_dir=shlex.quote(str(sweep_dir)))
     write_atomic(script, text)
