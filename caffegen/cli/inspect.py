@@ -57,12 +57,13 @@ def render(inspection, net_path):
             + ([report.weights] * with_weights) for report in inspection.layers]
     yield from text_table(header, rows)
     yield ""
-    yield from _totals(inspection.totals(), inspection.phase)
+    totals = inspection.totals()
+    yield from _totals(totals, inspection.phase)
     for report in inspection.layers:
         if report.note:
             yield f"note: layer '{report.name}': {report.note}"
     if with_weights:
-        yield from _weight_findings(inspection, net_path)
+        yield from _weight_findings(inspection, totals, net_path)
 
 
 def _shapes(shapes):
@@ -96,8 +97,7 @@ def _human(count):
     return str(count)
 
 
-def _weight_findings(inspection, net_path):
-    totals = inspection.totals()
+def _weight_findings(inspection, totals, net_path):
     unverified = totals["layers_unverified"]
     why = f" (shapes partly unknown: {IMAGE_SIZE_HINT})" if unverified else ""
     yield (f"weights {inspection.weights_path}: {_plural(totals['layers_loaded'], 'layer')} loaded, "

@@ -15,8 +15,7 @@ from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.datasources import first_input
 from caffegen.net.layers import DATA_TYPES
 from caffegen.net.netview import TEST, TRAIN, NetView
-from caffegen.net.shapes import IMAGE_SIZE_HINT, format_shape, infer_shapes, product
-from caffegen.net.shapes import unknown as _unknown
+from caffegen.net.shapes import IMAGE_SIZE_HINT, format_shape, infer_shapes, learnable_blobs, product, unknown
 
 LOADED, NEW, MISMATCH, NONE, UNKNOWN = "loaded", "new", "mismatch", "none", "unknown"
 # In the weights, and no known dimension differs, but some of the net's are unknown: Caffe may still abort.
@@ -254,7 +253,7 @@ def _status(report, problems, weight_layer):
         return NONE
     if weight_layer is None:
         return NEW
-    return UNVERIFIED if any(_unknown(shape) for shape in report.params) else LOADED
+    return UNVERIFIED if any(unknown(shape) for shape in report.params) else LOADED
 
 
 def _blob_problems(report, weight_layer):
@@ -265,7 +264,7 @@ def _blob_problems(report, weight_layer):
     if len(params) != len(blobs):
         return [WeightProblem(
             name, None, None, None,
-            f"the net gives it {_blobs(len(params))} but the weights' layer has {len(blobs)}: Caffe aborts "
+            f"the net gives it {learnable_blobs(len(params))} but the weights' layer has {len(blobs)}: Caffe aborts "
             f"with \"Incompatible number of blobs for layer {name}\"; fix: rename the layer in the net so that "
             "Caffe initialises it fresh, or make it match the weights' layer (type, bias_term)")]
     problems = []
@@ -283,10 +282,6 @@ def _blob_problems(report, weight_layer):
                 f"{format_shape(blob.shape)} needs {product(blob.shape)}: the caffemodel is damaged; "
                 "fix: download or export it again"))
     return problems
-
-
-def _blobs(count):
-    return f"{count} learnable blob" + ("" if count == 1 else "s")
 
 
 def _shape_equals(shape, blob):

@@ -85,7 +85,7 @@ def infer_layer(layer, bottoms, input_shape=None):
         result.params = params
         if len(layer.param) > len(params) and result.note is None:
             result.rejected = True
-            result.note = (f"Caffe would reject it: it has {_blobs(len(params))} but {len(layer.param)} "
+            result.note = (f"Caffe would reject it: it has {learnable_blobs(len(params))} but {len(layer.param)} "
                            f"param {{}} (\"Too many params specified for layer {layer.name}\")")
     result.tops = dict(zip(_top_names(layer), tops))
     result.multiply_adds = multiply_adds
@@ -94,7 +94,8 @@ def infer_layer(layer, bottoms, input_shape=None):
     return result
 
 
-def _blobs(count):
+def learnable_blobs(count):
+    """``count`` learnable blobs, in words."""
     return f"{count} learnable blob" + ("" if count == 1 else "s")
 
 
