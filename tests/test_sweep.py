@@ -285,6 +285,7 @@ def test_slurm_computes_shared_features_in_a_job_the_runs_depend_on(slurm, caffe
     features_job = done.stderr.split("submitted the trunk features as job array ")[1].split(";")[0]
     assert job_id.isdigit() and features_job.isdigit() and features_job != job_id
     dependency = slurm.client("scontrol", "show", "job", job_id).stdout
+    assert "KillOInInvalidDependent=Yes" in dependency  # a failed features job cancels the runs
     assert f"Dependency=afterok:{features_job}" in dependency.replace("(unfulfilled)", "")
     assert "#SBATCH --array=0-1" in (out / "slurm_features.sh").read_text().splitlines()
     slurm.wait_for_job(job_id, timeout=300)

@@ -15,7 +15,7 @@ from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.datasources import first_input
 from caffegen.net.layers import DATA_TYPES
 from caffegen.net.netview import TEST, TRAIN, NetView
-from caffegen.net.shapes import IMAGE_SIZE_HINT, format_shape, infer_shapes, learnable_blobs, product, unknown
+from caffegen.net.shapes import format_shape, infer_shapes, learnable_blobs, product, unknown
 
 LOADED, NEW, MISMATCH, NONE, UNKNOWN = "loaded", "new", "mismatch", "none", "unknown"
 # In the weights, and no known dimension differs, but some of the net's are unknown: Caffe may still abort.
@@ -233,8 +233,8 @@ def _match_weights(reports, model):
                 report.name, None, None, None,
                 f"unverified: the net's shapes {', '.join(map(format_shape, report.params))} are partly unknown, so "
                 "caffegen cannot tell whether Caffe copies the weights' "
-                f"{', '.join(format_shape(blob.shape) for blob in model.layer(report.name).blobs)}; "
-                f"fix: {IMAGE_SIZE_HINT}", fatal=False))
+                f"{', '.join(format_shape(blob.shape) for blob in model.layer(report.name).blobs)}: Caffe may still "
+                "abort loading them", fatal=False))
         if report.weights == NEW and report.state == FROZEN:
             problems.append(WeightProblem(
                 report.name, None, None, None,

@@ -269,7 +269,8 @@ def submit(script, after=None):
     if sbatch is None:
         raise CaffegenError(f"sbatch not found: run this on a Slurm login node, or submit {script} there "
                             f"with: sbatch {shlex.quote(str(script))}")
-    dependency = [f"--dependency=afterok:{after}"] if after else []
+    # After a failed features job, the runs could never start: Slurm cancels them instead of keeping them pending.
+    dependency = [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"] if after else []
     done = subprocess.run([sbatch, "--parsable", *dependency, str(script)], capture_output=True, text=True)
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
