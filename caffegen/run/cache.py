@@ -88,19 +88,12 @@ class FeatureStore:
     work: list  # the Chunks
     nets: dict  # {chunk name: the trunk net that computes it from the images}
     files: dict  # {name in the store: text}: the chunks' lists and trunk nets
-    images: str  # a digest of every image file's version, and of the mean file's content
+    inputs: dict  # digests of what feeds the trunk: lists, image versions (and mean file), weights; the engine
 
     @functools.cached_property
     def layer_digests(self):
         """{chunk name: a digest of each layer its trunk net runs before the output, the data layer first}."""
-        return {name: [hashlib.sha256(to_text(layer).encode("utf-8")).hexdigest() for layer in net.layer[:-1]]
-                for name, net in self.nets.items()}
-
-    @property
-    def lists_digest(self):
-        """A digest of the images and labels of every chunk, in order."""
-        lists = sorted((name, text) for name, text in self.files.items() if name.endswith(".txt"))
-        return hashlib.sha256(json.dumps(lists).encode("utf-8")).hexdigest()
+        return {name: [_digest(to_text(layer)) for layer in net.layer[:-1]] for name, net in self.nets.items()}
 
     def complete(self):
         """Whether an extraction with this key finished here: a half-written store never counts."""
@@ -120,11 +113,16 @@ def feature_store(plan, seed):
     nets = {chunk.name: trunk_net(plan, chunk) for chunk in work}
     files = {chunk.path(".prototxt"): to_text(nets[chunk.name]) for chunk in work}
     files.update((chunk.path(".txt"), "".join(line.text() for line in chunk.lines)) for chunk in work)
-    images = _digest([_stamp(Path(line.path)) for chunk in work for line in chunk.lines]
-                     + [file_sha256(plan.mean_file) if plan.mean_file else None])
-    key = _digest([sorted(files.items()), file_sha256(plan.weights), images, plan.engine])
+    inputs = {
+        "lists": _digest(sorted((name, text) for name, text in files.items() if name.endswith(".txt"))),
+        "images": _digest([_stamp(Path(line.path)) for chunk in work for line in chunk.lines]
+                          + [file_sha256(plan.mean_file) if plan.mean_file else None]),
+        "weights": file_sha256(plan.weights),
+        "engine": plan.engine,
+    }
+    key = _digest([sorted(files.items()), inputs])
     path = plan.store_root / key[:16] if plan.store_root else plan.run_dir / FEATURES
-    return FeatureStore(path, key, work, nets, files, images)
+    return FeatureStore(path, key, work, nets, files, inputs)
 
 
 def chunks(plan, seed):
@@ -203,8 +201,7 @@ def extract(plan, caffe, gpu=None, echo=None, show_progress=None, seed=1):
 def _record(plan, store):
     """What a finished store holds: its key, and what a deeper trunk needs to start from its features."""
     return {"key": store.key, "boundary": plan.boundary, "label": plan.label, "feature_shape": plan.feature_shape,
-            "bytes": plan.bytes, "engine": plan.engine, "weights": file_sha256(plan.weights),
-            "lists": store.lists_digest, "images": store.images, "chunks": store.layer_digests}
+            "bytes": plan.bytes, **store.inputs, "chunks": store.layer_digests}
 
 
 # --- deeper trunks from shallower features -----------------------------------------------------
@@ -251,13 +248,12 @@ def _shallower_store(plan, store):
     if plan.store_root is None:
         return None
     mine = store.layer_digests
-    same_inputs = (store.lists_digest, store.images, file_sha256(plan.weights), plan.engine)
     found = None
     for path in sorted(plan.store_root.glob(f"*/{STORE_RECORD}")):
         record = json.loads(path.read_text(encoding="utf-8"))
         theirs = record.get("chunks", {})
-        recorded = tuple(record.get(name) for name in ("lists", "images", "weights", "engine"))
-        if path.parent == store.path or recorded != same_inputs or theirs.keys() != mine.keys():
+        same_inputs = all(record.get(name) == value for name, value in store.inputs.items())
+        if path.parent == store.path or not same_inputs or theirs.keys() != mine.keys():
             continue
         depth = len(next(iter(theirs.values())))
         if not all(mine[name][:depth] == digests and len(mine[name]) > depth for name, digests in theirs.items()):
