@@ -2,7 +2,7 @@
 
 :func:`prepare_sweep` writes a run directory per combination and ``sweep.json``. The runs are
 launched here one after another (:func:`run_here`), one per GPU at a time (:func:`run_on_gpus`),
-or as a Slurm job array (:func:`write_slurm_script`, :func:`submit`). :func:`collect` reads each
+or as Slurm job arrays (:func:`write_slurm_scripts`, :func:`submit`). :func:`collect` reads each
 run's ``result.json`` into ``results.csv`` and ``results.png``, whenever the runs have ended.
 """
 
