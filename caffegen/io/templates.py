@@ -1,4 +1,4 @@
-"""The jinja2 templates of the files caffegen writes: solvers, train.sh/.bat, Slurm scripts."""
+"""The jinja2 templates of the files caffegen writes: solvers, train.sh/.bat, Slurm scripts, HTML reports (escaped)."""
 
 import functools
 
@@ -17,4 +17,5 @@ def render_template(name, newline="\n", **values):
 def _environment(newline):
     return jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")),
                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              autoescape=lambda name: name.endswith(".html.j2"),
                               newline_sequence=newline)

@@ -171,3 +171,48 @@ def _read_list(path):
     if not entries:
         raise CaffegenError("empty list", path)
     return entries
+
+
+def labelled_images(classes, data_dir=None, list_file=None, base=None, skip_bad=False, warn=None):
+    """[(image path, label)] to evaluate a model of ``classes`` on: class folders, a Caffe list, or ``base``'s val.txt.
+
+    Folders are named after classes of labels.txt; list labels are positions in it. Relative list
+    paths are read from the current folder, else from the list's own (``base`` for val.txt).
+    """
+    if data_dir is not None:
+        return _class_folder_images(Path(data_dir), classes, skip_bad, warn)
+    path = Path(list_file) if list_file is not None else Path(base) / "val.txt"
+    entries = []
+    for line in read_list(path):
+        label = line.label_number
+        if label is None or not 0 <= label < len(classes):
+            raise CaffegenError(f"label '{line.label}' is unknown to the model's labels.txt, which has "
+                                f"{len(classes)} classes (0…{len(classes) - 1})", path, line.number)
+        image = next((candidate for candidate in (Path(line.path), path.parent / line.path) if candidate.is_file()),
+                     None)
+        if image is None:
+            raise CaffegenError(f"image not found: {line.path}", path, line.number)
+        entries.append((image.resolve(), label))
+    if not entries:
+        raise CaffegenError("empty list: no images to evaluate", path)
+    return entries
+
+
+def _class_folder_images(data_dir, classes, skip_bad, warn):
+    if not data_dir.is_dir():
+        raise CaffegenError("no such directory (expected one sub-folder of images per class)", data_dir)
+    folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [folder.name for folder in folders if folder.name not in classes]
+    if unknown:
+        raise CaffegenError(f"class folder(s) unknown to the model's labels.txt: {', '.join(unknown[:MAX_LISTED])} "
+                            f"(its classes: {', '.join(classes[:10])}{' …' if len(classes) > 10 else ''})", data_dir)
+    entries, bad = [], []
+    for folder in folders:
+        found, problems = _images_in(folder)
+        entries += [(path, classes.index(folder.name)) for path in found]
+        bad += problems
+    if bad:
+        _report_bad_files(bad, data_dir, skip_bad, warn)
+    if not entries:
+        raise CaffegenError("no images found (expected one sub-folder of images per class)", data_dir)
+    return entries

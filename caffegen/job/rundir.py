@@ -15,6 +15,7 @@ MANIFEST = "manifest.json"
 SNAPSHOT_DIR = "snapshots"
 SNAPSHOT_NAME = re.compile(r"_iter_(\d+)\.solverstate$")
 LISTS = ("train.txt", "val.txt")
+RESULT = "result.json"
 # What computes the trunk features of a cached run.
 ENGINE = "caffe"
 
@@ -79,6 +80,17 @@ class RunDir:
         if not weights.is_file():
             raise CaffegenError("the pretrained weights named in the manifest are missing", weights)
         return weights
+
+    def trained_weights(self):
+        """The weights the run's training ended with, refusing a run that has not trained yet."""
+        result = self.path / RESULT
+        final = json.loads(result.read_text(encoding="utf-8")).get("final_model") if result.is_file() else None
+        if final:
+            name = Path(final).name
+            for candidate in (Path(final), self.path / SNAPSHOT_DIR / name, self.path / name):
+                if candidate.is_file():
+                    return candidate
+        raise CaffegenError(f"no trained model here yet; train it first with: caffegen launch {self.path}", self.path)
 
     def match_solver_mode(self, device, echo):
         """Make solver_mode agree with ``device``: Caffe takes GPU mode from the solver when -gpu is absent."""

@@ -241,3 +241,32 @@ def _fixed_size_layer(net):
         if spatial and not pooled:
             return layer.name
     return None
+
+
+def image_input_net(deploy, preprocessing, source, batch_size, resize=None):
+    """A copy of ``deploy`` that reads the images of list ``source`` as its TEST data layer did in training.
+
+    Its Input layer becomes an ``ImageData`` layer with the recorded ``preprocessing`` (mean, scale,
+    crop, colour) and ``resize`` (H, W) in place of the recorded one when given; the labels it reads
+    go to a top that nothing uses.
+    """
+    net = type(deploy)()
+    net.CopyFrom(deploy)
+    inputs = [layer for layer in net.layer if layer.type == "Input"]
+    if len(inputs) != 1 or len(inputs[0].top) != 1:
+        raise CaffegenError("the deploy net must have one Input layer with one top to be fed images")
+    layer = type(inputs[0])(name=inputs[0].name, type="ImageData", top=[inputs[0].top[0], "caffegen_list_label"])
+    transform, params = layer.transform_param, layer.image_data_param
+    transform.scale = preprocessing.get("scale", 1.0)
+    transform.mean_value.extend(preprocessing.get("mean_value") or ())
+    if preprocessing.get("mean_file"):
+        transform.mean_file = str(preprocessing["mean_file"])
+    if preprocessing.get("crop_size"):
+        transform.crop_size = preprocessing["crop_size"]
+    params.source, params.batch_size = str(source), batch_size
+    params.is_color = preprocessing.get("channel_order") != "gray"
+    resize = resize or preprocessing.get("resize")
+    if resize:
+        params.new_height, params.new_width = resize
+    _insert_replacing(net, inputs[0], layer)
+    return net

@@ -44,11 +44,12 @@ from caffegen.io.lists import ListLine, read_list
 from caffegen.io.prototxt import read_solver, to_text
 from caffegen.io.schema import BVLC
 from caffegen.job.cacheplan import LISTS, plan_cache, stored, unique
+from caffegen.job.rundir import RESULT
 from caffegen.net.layers import DATA_TYPES
 from caffegen.net.netview import PHASE_NUMBERS, TRAIN
 from caffegen.net.shapes import product
 from caffegen.run.caffelog import parse_log
-from caffegen.run.runner import INTERRUPTED, RESULT, result_summary, run_caffe_train
+from caffegen.run.runner import INTERRUPTED, result_summary, run_caffe_train
 
 FEATURES = "features"
 HEAD_WEIGHTS = f"{FEATURES}/head_init.caffemodel"

@@ -11,13 +11,13 @@ from pathlib import Path
 from caffegen.errors import CaffegenError
 from caffegen.io.files import write_atomic
 from caffegen.io.prototxt import read_net
-from caffegen.job.rundir import SNAPSHOT_DIR, SNAPSHOT_NAME, RunDir, newest_snapshot
+from caffegen.job.rundir import RESULT, SNAPSHOT_DIR, SNAPSHOT_NAME, RunDir, newest_snapshot
 from caffegen.job.scripts import caffe_arguments
 from caffegen.net.inspect import preflight
 from caffegen.run.cache import run_cached
 from caffegen.run.caffelog import LogWatcher
 from caffegen.run.curves import plot_curves, write_curves_csv
-from caffegen.run.runner import RESULT, LaunchResult, earlier_records, result_summary, run_caffe_train
+from caffegen.run.runner import LaunchResult, earlier_records, result_summary, run_caffe_train
 from caffegen.run.target import resolve_target
 
 

@@ -17,12 +17,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from caffegen.io.files import write_atomic
-from caffegen.job.rundir import newest_snapshot
+from caffegen.job.rundir import RESULT, newest_snapshot
 from caffegen.run.caffelog import LogWatcher, parse_log
 from caffegen.run.curves import plot_curves, write_curves_csv
 from caffegen.run.diagnose import Diagnosis
 
-RESULT = "result.json"
 INTERRUPTED = 130
 DIAGNOSED = 3
 

@@ -1,6 +1,7 @@
 """The Caffe a command runs and the device it asks for, resolved once at the command's edge."""
 
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,15 @@ class Target:
         if self.caffe is None:
             raise self.missing
         return self
+
+    def tool(self, name):
+        """The Caffe tool ``name`` (extract_features, convert_imageset, …) built beside this Caffe."""
+        caffe = self.required().caffe
+        for candidate in (caffe.with_name(name), caffe.with_name(f"{name}.bin")):
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return candidate
+        raise CaffegenError(f"Caffe's {name} tool is not beside {caffe}; install a complete Caffe with "
+                            "`caffegen install-caffe`, or pass --caffe of a build that has its tools")
 
     def planned_device(self, echo):
         """The device to prepare a job for: the one asked for, else a GPU when this Caffe can use one."""

@@ -25,10 +25,10 @@ from caffegen.io.files import built_beside, write_atomic
 from caffegen.io.tables import text_table
 from caffegen.io.templates import render_template
 from caffegen.job.prepare import prepare
-from caffegen.job.rundir import RunDir
+from caffegen.job.rundir import RESULT, RunDir
 from caffegen.run.cache import store_of
 from caffegen.run.launch import launch
-from caffegen.run.runner import RESULT, summary_lines
+from caffegen.run.runner import summary_lines
 
 SWEEP = "sweep.json"
 TABLE = "results.csv"

@@ -1,0 +1,57 @@
+"""``caffegen evaluate``: a trained model's metrics, confusion matrix, mistakes and report, from real Caffe."""
+
+from pathlib import Path
+
+import click
+
+from caffegen.errors import CaffegenError
+from caffegen.job.dataset import labelled_images
+from caffegen.job.device import CPU
+from caffegen.job.model import load_model
+from caffegen.run.evaluate import evaluate_to, metrics_line
+from caffegen.run.forward import DEFAULT_BATCH
+from caffegen.run.report import REPORT
+from caffegen.run.target import resolve_target
+
+EVAL_DIR = "eval"
+
+
+def device_options(command):
+    """--gpu and --caffe of the commands that run a trained model."""
+    command = click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary.")(command)
+    command = click.option("--gpu", metavar="ID|cpu", help="0 or cpu (default: as the run was prepared).")(command)
+    return click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True,
+                        help="Images per forward pass.")(command)
+
+
+@click.command("evaluate")
+@click.argument("model_path", metavar="RUN", type=click.Path(path_type=str))
+@click.option("--data", type=click.Path(path_type=str), help="Labelled images to evaluate on: one folder per class.")
+@click.option("--list", "list_file", type=click.Path(path_type=str), help="A Caffe list ('path label') to evaluate on.")
+@click.option("--weights", type=click.Path(path_type=str), help="Weights to evaluate (default: the run's trained model).")
+@click.option("--skip-bad", is_flag=True, help="With --data: leave out files that are not readable images.")
+@click.option("-o", "--output", type=click.Path(path_type=str), help="The folder to write (default: RUN/eval).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@device_options
+def evaluate_command(model_path, data, list_file, weights, skip_bad, output, force, batch_size, gpu, caffe_path):
+    """Run the trained model of RUN (a run directory or an exported bundle) over labelled images with Caffe.
+
+    By default the run's validation images. Writes predictions.csv, metrics.json (top-1, top-5,
+    mean class accuracy, per-class precision/recall/F1), confusion.csv/.png, mistakes.png and a
+    self-contained report.html.
+    """
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    if data and list_file:
+        raise CaffegenError("give --data or --list, not both")
+    model = load_model(model_path, weights)
+    if model.run is None and not (data or list_file):
+        raise CaffegenError("a model bundle has no validation images: pass --data DIR or --list FILE", model_path)
+    out_dir = Path(output) if output else model.source / EVAL_DIR
+    if out_dir.exists() and not force:
+        raise CaffegenError("exists; pass --force to replace it, or choose another folder with -o", out_dir)
+    images = labelled_images(model.classes, data, list_file, model.run and model.run.path, skip_bad, echo)
+    target = resolve_target(caffe_path, gpu)
+    device = target.launch_device(model.run.device if model.run else CPU, echo)
+    metrics = evaluate_to(target, model, images, out_dir, batch_size, device, echo)
+    click.echo(metrics_line(metrics))
+    echo(f"report: {out_dir / REPORT}")

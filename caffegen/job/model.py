@@ -1,0 +1,100 @@
+"""A trained model as later steps use it: from a run directory or from an exported bundle.
+
+Evaluation, prediction and export need the same five facts of a model: its deploy net, its
+weights, its class names, the preprocessing it was trained with and its input shape. A run
+directory records them in its manifest and result.json; a bundle in preprocessing.json.
+"""
+
+import atexit
+import json
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from caffegen.errors import CaffegenError
+from caffegen.job.rundir import MANIFEST, RunDir
+
+DEPLOY = "deploy.prototxt"
+LABELS = "labels.txt"
+PREPROCESSING = "preprocessing.json"
+BUNDLE_WEIGHTS = "model.caffemodel"
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """The deploy net, weights, classes and preprocessing of a trained model; ``run`` when it is a run's."""
+
+    deploy: Path
+    weights: Path
+    classes: list
+    preprocessing: dict  # as the manifest records it, with ``mean_file`` an absolute path or None
+    input_shape: tuple  # (N, C, H, W) of the deploy net
+    source: Path
+    run: RunDir = None
+
+    @property
+    def mean_file(self):
+        return Path(self.preprocessing["mean_file"]) if self.preprocessing.get("mean_file") else None
+
+
+def load_model(path, weights=None):
+    """The TrainedModel at ``path``: a run directory, an exported bundle (folder or .tar.gz); ``weights`` overrides."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        path = _unpacked(path)
+    if (path / MANIFEST).is_file():
+        return _from_run(RunDir(path), weights)
+    if (path / PREPROCESSING).is_file():
+        return _from_bundle(path, weights)
+    raise CaffegenError("neither a run directory (no manifest.json) nor a model bundle (no preprocessing.json); "
+                        "give a directory made by caffegen prepare or caffegen export", path)
+
+
+def _from_run(run, weights):
+    model_run = run.stages[-1] if run.stages else run
+    if "preprocessing" not in model_run.manifest or not model_run.manifest["preprocessing"]:
+        raise CaffegenError("the manifest records no image preprocessing (the run keeps its own data layers); "
+                            "export or evaluate needs a run prepared on images", model_run / MANIFEST)
+    preprocessing = dict(model_run.manifest["preprocessing"])
+    if preprocessing.get("mean_file"):
+        preprocessing["mean_file"] = str(model_run / preprocessing["mean_file"])
+    return TrainedModel(model_run / DEPLOY, _existing(weights) if weights else run.trained_weights(),
+                        list(run.manifest["classes"]), preprocessing, model_run.input_shape, run.path, model_run)
+
+
+def _from_bundle(path, weights):
+    try:
+        recorded = json.loads((path / PREPROCESSING).read_text(encoding="utf-8"))
+        preprocessing, input_shape = dict(recorded["preprocessing"]), tuple(recorded["input_shape"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CaffegenError(f"unreadable bundle description ({error}); export the model again",
+                            path / PREPROCESSING) from None
+    if preprocessing.get("mean_file"):
+        preprocessing["mean_file"] = str(_existing(path / preprocessing["mean_file"]))
+    labels = _existing(path / LABELS).read_text(encoding="utf-8").splitlines()
+    return TrainedModel(_existing(path / DEPLOY), _existing(weights or path / BUNDLE_WEIGHTS), labels,
+                        preprocessing, input_shape, path.resolve())
+
+
+def _existing(path):
+    path = Path(path)
+    if not path.is_file():
+        raise CaffegenError("no such file", path)
+    return path.resolve()
+
+
+def _unpacked(archive):
+    """The bundle folder inside ``archive``, unpacked into a temporary folder removed when the process ends."""
+    folder = Path(tempfile.mkdtemp(prefix="caffegen-bundle-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(folder, filter="data")
+    except (tarfile.TarError, OSError) as error:
+        raise CaffegenError(f"cannot unpack the bundle: {error}", archive) from None
+    found = [p.parent for p in folder.rglob(PREPROCESSING)]
+    if len(found) != 1:
+        raise CaffegenError("the archive holds no model bundle (no preprocessing.json)", archive)
+    return found[0]

@@ -1,0 +1,97 @@
+"""Forward passes of real Caffe over many images, in mini-batches, with ``extract_features``.
+
+``extract_features`` loads the weights once and runs the net's TEST phase for a number of
+mini-batches in one process, writing the blobs asked for to LMDBs of float ``Datum`` records, one
+per image, in the order the data layer read them. Peak memory depends on the net and the
+mini-batch, not on the number of images. The data layer wraps around at the end of its list, so
+the records past the last image are dropped.
+"""
+
+import math
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from caffegen.errors import CaffegenError
+from caffegen.io.featuredb import read_feature_db
+from caffegen.io.lists import list_line
+from caffegen.io.prototxt import read_net, to_text
+from caffegen.net.wiring import image_input_net
+from caffegen.run.caffelog import parse_log
+
+DEFAULT_BATCH = 16
+LIST, NET, LOG = "images.txt", "forward.prototxt", "forward.log"
+
+
+def extract_blobs(target, net, weights, blobs, count, batch_size, workdir, device=None):
+    """{blob: float32 array (count, values per image)} of ``net`` (whose data layer reads ``count`` images).
+
+    ``workdir`` receives the net, the databases and Caffe's log (forward.log); ``device`` is a
+    :class:`~caffegen.job.device.Device` (None: the CPU).
+    """
+    workdir = Path(workdir)
+    (workdir / NET).write_text(to_text(net), encoding="utf-8")
+    databases = [f"{blob.replace('/', '_')}.lmdb" for blob in blobs]
+    command = [str(target.tool("extract_features")), str(weights), NET, ",".join(blobs), ",".join(databases),
+               str(math.ceil(count / batch_size)), "lmdb"]
+    if device is not None and not device.is_cpu:
+        command += ["GPU", device.name.split(",")[0]]
+    done = subprocess.run(command, cwd=workdir, env=dict(os.environ, GLOG_logtostderr="1"), check=False,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    (workdir / LOG).write_text(done.stdout, encoding="utf-8")
+    if done.returncode != 0:
+        raise CaffegenError(f"Caffe's forward pass failed (exit code {done.returncode}): {_reason(done.stdout)}",
+                            workdir / LOG)
+    return {blob: read_feature_db(workdir / database, count) for blob, database in zip(blobs, databases)}
+
+
+def _reason(output):
+    """The diagnosis of a failed Caffe's output, else its last line."""
+    watcher, _ = parse_log(output.splitlines())
+    if watcher.diagnoses:
+        return watcher.diagnoses[0].message
+    lines = [line for line in output.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def forward_images(target, model, paths, blobs, batch_size=DEFAULT_BATCH, device=None, echo=None, workdir=None):
+    """{blob: array (len(paths), values per image)} of ``model`` (a TrainedModel) over the image files ``paths``.
+
+    The images are preprocessed as the model's validation images were in training; images whose
+    size the model cannot take as they are are resized to its input size, which ``echo`` notes once.
+    """
+    paths = [Path(path).resolve() for path in paths]
+    resize = _needed_resize(model, paths, echo or (lambda line: None))
+    with tempfile.TemporaryDirectory(prefix="caffegen-forward-", dir=workdir) as tmp:
+        (Path(tmp) / LIST).write_text("".join(list_line(path, 0) for path in paths), encoding="utf-8")
+        net = image_input_net(read_net(model.deploy).net, model.preprocessing, Path(tmp) / LIST,
+                              min(batch_size, len(paths)), resize)
+        return extract_blobs(target, net, model.weights, blobs, len(paths), min(batch_size, len(paths)), tmp,
+                             device)
+
+
+def _needed_resize(model, paths, echo):
+    """The (H, W) to resize every image to, when some could not be fed as training fed them, else None."""
+    if model.preprocessing.get("resize"):
+        return None
+    crop = model.preprocessing.get("crop_size")
+    height, width = model.input_shape[2:]
+    sizes = {_size(path) for path in paths}
+    unfit = [size for size in sizes if (size[0] < crop or size[1] < crop if crop else size != (height, width))]
+    if not unfit:
+        return None
+    echo(f"{len(unfit)} image size(s) differ from the model's input of {height}×{width} "
+         f"(for example {unfit[0][0]}×{unfit[0][1]}): resizing every image to {height}×{width}")
+    return height, width
+
+
+def _size(path):
+    """(height, width) of an image file."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, UnidentifiedImageError) as error:
+        raise CaffegenError(f"not a readable image ({error.__class__.__name__})", path) from None
