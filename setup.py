@@ -27,7 +27,8 @@ setup(
         "lmdb>=1.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "grpcio-tools==1.85.1"],
+        "opencv": ["opencv-python-headless>=4.5,<5"],
+        "test": ["pytest>=7", "grpcio-tools==1.85.1", "opencv-python-headless>=4.5,<5"],
     },
     entry_points={"console_scripts": ["caffegen = caffegen.cli:main"]},
 )

@@ -8,12 +8,14 @@ from caffegen import __version__
 from caffegen.cli.advise import advise_command
 from caffegen.cli.demo import demo_command
 from caffegen.cli.evaluate import evaluate_command
+from caffegen.cli.export import export_command
 from caffegen.cli.freeze import freeze_command
 from caffegen.cli.head import head_command
 from caffegen.cli.inspect import inspect_command
 from caffegen.cli.install import install_caffe_command
 from caffegen.cli.launch import launch_command
 from caffegen.cli.lint import lint_command
+from caffegen.cli.predict import predict_command
 from caffegen.cli.prepare import prepare_command
 from caffegen.cli.sweep import sweep_command
 from caffegen.cli.upgrade import upgrade_command
@@ -26,8 +28,8 @@ def cli():
     """Turn a pretrained BVLC Caffe model into a correct fine-tuning job and run it."""
 
 
-for command in (demo_command, advise_command, prepare_command, launch_command, evaluate_command,
-                sweep_command, freeze_command,
+for command in (demo_command, advise_command, prepare_command, launch_command, evaluate_command, predict_command,
+                export_command, sweep_command, freeze_command,
                 head_command, lint_command, inspect_command, upgrade_command, install_caffe_command):
     cli.add_command(command)
 

@@ -1,8 +1,13 @@
 """``caffegen demo``: the whole fine-tuning flow on the bundled model, offline, on the CPU."""
 
+from pathlib import Path
+
 import click
 
 from caffegen.defaults import EPOCHS
+from caffegen.job.rundir import EVAL_DIR
+from caffegen.run.evaluate import metrics_line
+from caffegen.run.report import REPORT
 from caffegen.run.runner import summary_lines
 from caffegen.strategies.demo import run_demo
 
@@ -17,13 +22,14 @@ def demo_command(ctx, output, force, caffe_path):
     """Fine-tune the bundled digits model (trained on 0–4) to the digits 5–9 with real Caffe.
 
     Installs Caffe into the user prefix first when none is found. Leaves a complete run
-    directory (nets, solver, lists, train.log, curves.csv, curves.png, the final caffemodel)
-    that `caffegen launch DIR` can run again.
+    directory (nets, solver, lists, train.log, curves, the final caffemodel, and eval/ with
+    metrics and report.html) that `caffegen launch DIR` can run again.
     """
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    result = run_demo(output, caffe_path, force, echo)
+    result, metrics = run_demo(output, caffe_path, force, echo)
     for line in summary_lines(result, output):
         echo(line)
-    if result.exit_code == 0:
-        echo(f"demo done: {EPOCHS} epochs with the trunk frozen; see {output}/curves.png")
+    if metrics is not None:
+        click.echo(f"evaluation: {metrics_line(metrics)}")
+        echo(f"demo done: {EPOCHS} epochs with the trunk frozen; report: {Path(output) / EVAL_DIR / REPORT}")
     ctx.exit(result.exit_code)

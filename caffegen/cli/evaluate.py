@@ -8,12 +8,11 @@ from caffegen.errors import CaffegenError
 from caffegen.job.dataset import labelled_images
 from caffegen.job.device import CPU
 from caffegen.job.model import load_model
+from caffegen.job.rundir import EVAL_DIR
 from caffegen.run.evaluate import evaluate_to, metrics_line
 from caffegen.run.forward import DEFAULT_BATCH
 from caffegen.run.report import REPORT
 from caffegen.run.target import resolve_target
-
-EVAL_DIR = "eval"
 
 
 def device_options(command):

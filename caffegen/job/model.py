@@ -6,6 +6,7 @@ directory records them in its manifest and result.json; a bundle in preprocessin
 """
 
 import atexit
+import functools
 import json
 import shutil
 import tarfile
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
+from caffegen.io.prototxt import read_net
 from caffegen.job.rundir import MANIFEST, RunDir
+from caffegen.net.netview import TEST, NetView
 
 DEPLOY = "deploy.prototxt"
 LABELS = "labels.txt"
@@ -33,6 +36,27 @@ class TrainedModel:
     input_shape: tuple  # (N, C, H, W) of the deploy net
     source: Path
     run: RunDir = None
+
+    @functools.cached_property
+    def deploy_net(self):
+        return read_net(self.deploy).net
+
+    @property
+    def input_blob(self):
+        """The blob the deploy net's Input layer feeds."""
+        inputs = [layer for layer in self.deploy_net.layer if layer.type == "Input"]
+        if len(inputs) != 1 or len(inputs[0].top) != 1:
+            raise CaffegenError("the deploy net must have one Input layer with one top to be fed images", self.deploy)
+        return inputs[0].top[0]
+
+    @property
+    def output_blob(self):
+        """The deploy net's probabilities: the top of its last layer, which must be a Softmax."""
+        last = NetView(self.deploy_net, TEST).layers[-1]
+        if last.type != "Softmax":
+            raise CaffegenError(f"the deploy net ends in a {last.type} layer '{last.name}', not a Softmax: "
+                                "caffegen evaluates classifiers that output probabilities", self.deploy)
+        return last.top[0]
 
     @property
     def mean_file(self):

@@ -16,6 +16,7 @@ SNAPSHOT_DIR = "snapshots"
 SNAPSHOT_NAME = re.compile(r"_iter_(\d+)\.solverstate$")
 LISTS = ("train.txt", "val.txt")
 RESULT = "result.json"
+EVAL_DIR = "eval"  # where caffegen evaluate writes by default
 # What computes the trunk features of a cached run.
 ENGINE = "caffe"
 

@@ -4,6 +4,7 @@ Caffe computes the probabilities (:mod:`caffegen.run.forward`); scikit-learn the
 mean class accuracy is the mean of the per-class recalls, so a large class cannot hide a bad one.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +17,6 @@ from sklearn.metrics import (
 )
 
 from caffegen.errors import CaffegenError
-from caffegen.io.prototxt import read_net
-from caffegen.net.netview import NetView
 from caffegen.run.forward import DEFAULT_BATCH, forward_images
 from caffegen.run.report import write_evaluation
 
@@ -54,8 +53,11 @@ class Evaluation:
         labels = range(len(self.classes))
         precision, recall, f1, support = precision_recall_fscore_support(
             self.labels, self.predicted, labels=labels, zero_division=0)
+        with warnings.catch_warnings():  # classes absent from the images are expected, not worth a warning
+            warnings.simplefilter("ignore", UserWarning)
+            mean_class_accuracy = float(balanced_accuracy_score(self.labels, self.predicted))
         metrics = {"images": len(self.paths), "top1": float(accuracy_score(self.labels, self.predicted)),
-                   "mean_class_accuracy": float(balanced_accuracy_score(self.labels, self.predicted))}
+                   "mean_class_accuracy": mean_class_accuracy}
         if len(self.classes) > TOP_K:  # with K ≤ 5 classes every label is in the top 5
             metrics["top5"] = float(top_k_accuracy_score(self.labels, self.probabilities, k=TOP_K, labels=labels))
         metrics["per_class"] = [
@@ -69,19 +71,9 @@ class Evaluation:
         return wrong[np.argsort(-self.confidence[wrong], kind="stable")][:count]
 
 
-def output_blob(model):
-    """The deploy net's probabilities: the top of its last layer, which must hold one value per class."""
-    net = read_net(model.deploy).net
-    last = NetView(net, "TEST").layers[-1]
-    if last.type != "Softmax":
-        raise CaffegenError(f"the deploy net ends in a {last.type} layer '{last.name}', not a Softmax: "
-                            "caffegen evaluates classifiers that output probabilities", model.deploy)
-    return last.top[0]
-
-
 def evaluate(target, model, images, batch_size=DEFAULT_BATCH, device=None, echo=None):
     """The Evaluation of ``model`` (a TrainedModel) on ``images``, [(path, label)], computed by real Caffe."""
-    blob = output_blob(model)
+    blob = model.output_blob
     paths = [path for path, _ in images]
     probabilities = forward_images(target, model, paths, [blob], batch_size, device, echo)[blob]
     if probabilities.shape[1] != len(model.classes):

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from caffegen.errors import CaffegenError
 from caffegen.io.featuredb import read_feature_db
 from caffegen.io.lists import list_line
-from caffegen.io.prototxt import read_net, to_text
+from caffegen.io.prototxt import to_text
 from caffegen.net.wiring import image_input_net
 from caffegen.run.caffelog import parse_log
 
@@ -67,7 +67,7 @@ def forward_images(target, model, paths, blobs, batch_size=DEFAULT_BATCH, device
     resize = _needed_resize(model, paths, echo or (lambda line: None))
     with tempfile.TemporaryDirectory(prefix="caffegen-forward-", dir=workdir) as tmp:
         (Path(tmp) / LIST).write_text("".join(list_line(path, 0) for path in paths), encoding="utf-8")
-        net = image_input_net(read_net(model.deploy).net, model.preprocessing, Path(tmp) / LIST,
+        net = image_input_net(model.deploy_net, model.preprocessing, Path(tmp) / LIST,
                               min(batch_size, len(paths)), resize)
         return extract_blobs(target, net, model.weights, blobs, len(paths), min(batch_size, len(paths)), tmp,
                              device)

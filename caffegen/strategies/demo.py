@@ -2,7 +2,8 @@
 
 The bundled base model was trained on the handwritten digits 0–4; the demo fine-tunes it,
 trunk frozen, to the digits 5–9: it writes the images, prepares a run directory and launches
-the real Caffe. The directory is left complete, so ``caffegen launch DIR`` can run it again.
+the real Caffe, then evaluates the trained model on the validation images (``eval/``). The
+directory is left complete, so ``caffegen launch DIR`` can run it again.
 """
 
 import tempfile
@@ -10,9 +11,12 @@ from pathlib import Path
 
 from caffegen.errors import CaffegenError, CaffeNotFound
 from caffegen.io.resources import resource_dir
+from caffegen.job.dataset import labelled_images
 from caffegen.job.device import CPU
+from caffegen.job.model import load_model
 from caffegen.job.prepare import JobOptions, prepare
-from caffegen.job.rundir import RunDir
+from caffegen.job.rundir import EVAL_DIR, RunDir
+from caffegen.run.evaluate import evaluate_to
 from caffegen.run.install import default_prefix, install_caffe
 from caffegen.run.launch import launch_run
 from caffegen.run.target import Target, resolve_target
@@ -34,7 +38,10 @@ def ensure_caffe(caffe, echo):
 
 
 def run_demo(out_dir, caffe=None, force=False, echo=None, show_progress=None):
-    """Fine-tune the bundled digits model to new digits in ``out_dir``; return the launch result."""
+    """Fine-tune the bundled digits model to new digits in ``out_dir`` and evaluate it.
+
+    Returns the launch result and the evaluation's metrics (None when training failed).
+    """
     echo = echo or (lambda line: None)
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
@@ -51,4 +58,10 @@ def run_demo(out_dir, caffe=None, force=False, echo=None, show_progress=None):
     for note in job.notes:
         echo(note)
     echo(f"prepared {out_dir}; training on the CPU")
-    return launch_run(RunDir(out_dir), target, False, echo, show_progress)
+    result = launch_run(RunDir(out_dir), target, False, echo, show_progress)
+    if result.exit_code != 0:
+        return result, None
+    model = load_model(out_dir)
+    echo("evaluating the trained model on the validation images")
+    metrics = evaluate_to(target, model, labelled_images(model.classes, base=out_dir), out_dir / EVAL_DIR, echo=echo)
+    return result, metrics

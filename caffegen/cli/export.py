@@ -1,0 +1,53 @@
+"""``caffegen export``: a run's trained model as a bundle for Caffe, OpenCV DNN and edge toolchains."""
+
+import json
+
+import click
+
+from caffegen.errors import CaffegenError
+from caffegen.job.bundle import export_bundle
+from caffegen.job.dataset import labelled_images
+from caffegen.job.model import load_model
+from caffegen.job.rundir import EVAL_DIR
+from caffegen.run.opencv import check_opencv
+from caffegen.run.report import METRICS
+from caffegen.run.target import resolve_target
+
+CHECK_IMAGES = 50
+
+
+@click.command("export")
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+              help="The bundle to write: a folder, or a FILE.tar.gz.")
+@click.option("--weights", type=click.Path(path_type=str), help="Weights to ship (default: the run's trained model).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--check-opencv", "check_opencv_", is_flag=True,
+              help="Load the bundle with OpenCV DNN (4.x) and compare its probabilities with real Caffe's.")
+@click.option("--check-images", type=click.IntRange(min=1), default=CHECK_IMAGES, show_default=True,
+              help="Validation images the OpenCV check compares on.")
+@click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary (for --check-opencv).")
+def export_command(run_dir, output, weights, force, check_opencv_, check_images, caffe_path):
+    """Write RUN's trained model as deploy.prototxt, model.caffemodel, labels.txt, preprocessing.json, README.md.
+
+    The mean file comes along when the model subtracts one; info.json records where the model
+    comes from and, when `caffegen evaluate` has run, its metrics.
+    """
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    model = load_model(run_dir, weights)
+    if model.run is None:
+        raise CaffegenError("already a bundle: export takes a run directory", run_dir)
+    evaluated = model.source / EVAL_DIR / METRICS
+    metrics = json.loads(evaluated.read_text(encoding="utf-8")) if evaluated.is_file() else None
+    if metrics:
+        metrics = {key: value for key, value in metrics.items() if key != "per_class"}
+    bundle = export_bundle(model, output, force, metrics)
+    echo(f"wrote {bundle}")
+    if check_opencv_:
+        images = labelled_images(model.classes, base=model.run.path)[:check_images]
+        check = check_opencv(resolve_target(caffe_path, "cpu"), load_model(bundle), [path for path, _ in images],
+                             echo=echo)
+        click.echo(check.line())
+        if not check.passed:
+            raise CaffegenError("OpenCV DNN and Caffe disagree on this model: ship it for Caffe only, or see which "
+                                "layer differs with OpenCV's own tools")

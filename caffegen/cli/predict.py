@@ -1,0 +1,58 @@
+"""``caffegen predict``: the top classes of new images, from a run directory or an exported bundle."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from caffegen.cli.evaluate import device_options
+from caffegen.io.tables import text_table
+from caffegen.job.device import CPU
+from caffegen.job.model import load_model
+from caffegen.run.predict import predict
+from caffegen.run.target import resolve_target
+
+
+@click.command("predict")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=str))
+@click.argument("images", metavar="IMAGE|DIR…", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes shown per image.")
+@click.option("--weights", type=click.Path(path_type=str), help="Weights to use (default: the model's trained ones).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+@device_options
+def predict_command(model_path, images, top_k, weights, as_json, as_csv, batch_size, gpu, caffe_path):
+    """Classify IMAGE files (or every image under DIR) with MODEL, a run directory or an exported bundle.
+
+    Images are preprocessed as the model was trained; unreadable files are reported and skipped.
+    """
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    model = load_model(model_path, weights)
+    target = resolve_target(caffe_path, gpu)
+    device = target.launch_device(model.run.device if model.run else CPU, echo)
+    predictions = predict(target, model, images, min(top_k, len(model.classes)), batch_size, device, echo)
+    if as_json:
+        click.echo(json.dumps([{"path": str(p.path), "top": [{"class": name, "probability": probability}
+                                                             for name, probability in p.top]}
+                               for p in predictions], indent=2))
+    elif as_csv:
+        writer = csv.writer(sys.stdout)
+        k = len(predictions[0].top)
+        writer.writerow(["path"] + [f"top{i}_{what}" for i in range(1, k + 1) for what in ("label", "probability")])
+        for p in predictions:
+            writer.writerow([p.path] + [cell for name, probability in p.top for cell in (name, f"{probability:.6g}")])
+    else:
+        header = ["image"] + [f"#{i}" for i in range(1, len(predictions[0].top) + 1)]
+        rows = [[_shown(p.path)] + [f"{name} {probability:.3f}" for name, probability in p.top] for p in predictions]
+        for line in text_table(header, rows):
+            click.echo(line)
+
+
+def _shown(path):
+    """``path`` relative to the current folder when it lies under it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,254 @@
+"""evaluate, predict and export on real runs of the bundled model, with real Caffe and OpenCV DNN 4.x."""
+
+import csv
+import json
+import re
+import subprocess
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from caffegen.io.lists import read_list
+from caffegen.io.prototxt import read_net, to_text
+from caffegen.run.evaluate import Evaluation
+from conftest import DIGITS, assert_one_line_error
+
+
+@pytest.fixture(scope="module")
+def trained(caffe, images, tmp_path_factory):
+    """A run fine-tuned from the bundled model to the digits 5–9 (trunk frozen, 2 epochs)."""
+    from conftest import run_caffegen
+    run = tmp_path_factory.mktemp("trained") / "run"
+    prepared = run_caffegen("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
+                            "--data", images, "--freeze-upto", "conv2", "--epochs", 2, "-o", run)
+    assert prepared.returncode == 0, prepared.stderr
+    launched = run_caffegen("launch", run)
+    assert launched.returncode == 0, launched.stderr
+    return run
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained):
+    from conftest import run_caffegen
+    result = run_caffegen("evaluate", trained)
+    assert result.returncode == 0, result.stderr
+    return trained / "eval", result
+
+
+class TestMetrics:
+    """Evaluation's arithmetic, on probabilities chosen by hand."""
+
+    def evaluation(self):
+        probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.2, 0.3, 0.5]])
+        return Evaluation(["a", "b", "c"], ["p0", "p1", "p2", "p3"], np.array([0, 1, 1, 1]), probabilities)
+
+    def test_top1_mean_class_accuracy_and_per_class(self):
+        metrics = self.evaluation().metrics()
+        assert metrics["top1"] == 0.5
+        # recall: a 1/1, b 1/3; c has no images and does not count.
+        assert metrics["mean_class_accuracy"] == pytest.approx((1 + 1 / 3) / 2)
+        b = metrics["per_class"][1]
+        assert (b["precision"], b["recall"], b["support"]) == (1.0, pytest.approx(1 / 3), 3)
+        assert "top5" not in metrics  # three classes: every label is in the top 5
+
+    def test_confusion_and_mistakes(self):
+        evaluation = self.evaluation()
+        assert evaluation.confusion().tolist() == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
+        assert list(evaluation.mistakes(5)) == [2, 3]  # both wrong at 0.5: the earlier first
+        evaluation.probabilities[3] = [0.1, 0.3, 0.6]
+        assert list(evaluation.mistakes(1)) == [3]
+
+    def test_top5_with_more_than_five_classes(self):
+        probabilities = np.array([[0.04, 0.4, 0.2, 0.1, 0.09, 0.08, 0.09],   # label 1: first
+                                  [0.3, 0.04, 0.4, 0.1, 0.06, 0.05, 0.05],   # label 0: second
+                                  [0.3, 0.2, 0.15, 0.12, 0.1, 0.08, 0.05]])  # label 6: last
+        evaluation = Evaluation(list("abcdefg"), ["x", "y", "z"], np.array([1, 0, 6]), probabilities)
+        metrics = evaluation.metrics()
+        assert metrics["top1"] == pytest.approx(1 / 3) and metrics["top5"] == pytest.approx(2 / 3)
+
+
+def caffe_accuracy(caffe, run, weights):
+    """The accuracy Caffe's own Accuracy layer gives over val.txt, one image per iteration (no wrap-around)."""
+    net = read_net(run / "train_val.prototxt").net
+    count = len(read_list(run / "val.txt"))
+    for layer in net.layer:
+        if layer.type == "ImageData" and layer.include and layer.include[0].phase == 1:
+            layer.image_data_param.batch_size = 1
+    (run / "accuracy_check.prototxt").write_text(to_text(net))
+    done = subprocess.run([str(caffe), "test", "-model", "accuracy_check.prototxt", "-weights", str(weights),
+                           "-iterations", str(count)], cwd=run, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return float(re.findall(r"\] accuracy = ([0-9.]+)", done.stderr)[-1]), count
+
+
+def test_evaluate_top1_equals_caffes_accuracy_layer(caffe, trained, evaluated):
+    out, result = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+    final = json.loads((trained / "result.json").read_text())["final_model"]
+    accuracy, count = caffe_accuracy(caffe, trained, final)
+    assert metrics["images"] == count
+    assert metrics["top1"] == pytest.approx(accuracy, abs=1e-6)
+    assert f"top-1 {metrics['top1']:.4f}" in result.stdout
+
+
+def test_evaluate_files_agree(evaluated):
+    out, _ = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == metrics["images"]
+    assert sum(int(row["correct"]) for row in rows) / len(rows) == pytest.approx(metrics["top1"])
+    assert all(row["top1_label"] == row["predicted_label"] for row in rows)
+    assert all(float(row["top1_probability"]) >= float(row["top2_probability"]) for row in rows)
+    confusion = list(csv.reader((out / "confusion.csv").open()))
+    assert confusion[0][1:] == ["5", "6", "7", "8", "9"]
+    counts = np.array([[int(cell) for cell in row[1:]] for row in confusion[1:]])
+    assert counts.sum() == len(rows) and np.trace(counts) == sum(int(row["correct"]) for row in rows)
+    assert [entry["support"] for entry in metrics["per_class"]] == counts.sum(axis=1).tolist()
+    for name in ("confusion.png", "mistakes.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.width > 300
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3  # curves, confusion, mistakes: nothing to fetch
+    assert not re.search(r'src="(?!data:)', html)
+    assert f"{metrics['mean_class_accuracy']:.4f}" in html
+
+
+def test_evaluate_on_class_folders_and_lists(cli, trained, images, tmp_path):
+    data = tmp_path / "new"
+    for name in ("6", "9"):
+        (data / name).mkdir(parents=True)
+        for path in sorted((images / name).iterdir())[:5]:
+            (data / name / path.name).write_bytes(path.read_bytes())
+    result = cli("evaluate", trained, "--data", data, "-o", tmp_path / "eval")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((tmp_path / "eval" / "predictions.csv").open()))
+    assert len(rows) == 10 and {row["true_label"] for row in rows} == {"6", "9"}
+    listed = tmp_path / "list.txt"
+    listed.write_text("".join(f"{path} 1\n" for path in sorted((data / "6").iterdir())))
+    result = cli("evaluate", trained, "--list", listed, "-o", tmp_path / "eval2")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "eval2" / "metrics.json").read_text())["per_class"][1]["support"] == 5
+
+
+def test_evaluate_bad_input(cli, trained, images, tmp_path):
+    assert_one_line_error(cli("evaluate", trained), "exists", "--force")
+    listed = tmp_path / "list.txt"
+    first = sorted((images / "5").iterdir())[0]
+    listed.write_text(f"{first} 7\n")
+    assert_one_line_error(cli("evaluate", trained, "--list", listed, "-o", tmp_path / "e"), "list.txt:1",
+                          "label '7'", "labels.txt")
+    (tmp_path / "folders" / "cat").mkdir(parents=True)
+    assert_one_line_error(cli("evaluate", trained, "--data", tmp_path / "folders", "-o", tmp_path / "e"), "cat",
+                          "unknown")
+    (tmp_path / "empty" / "5").mkdir(parents=True)
+    assert_one_line_error(cli("evaluate", trained, "--data", tmp_path / "empty", "-o", tmp_path / "e"),
+                          "no images")
+    (tmp_path / "empty" / "5" / "notes.txt").write_text("not an image")
+    assert_one_line_error(cli("evaluate", trained, "--data", tmp_path / "empty", "-o", tmp_path / "e"),
+                          "notes.txt", "not an image")
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_run_without_a_trained_model_names_launch(cli, images, tmp_path):
+    run = tmp_path / "untrained"
+    assert cli("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
+               "--data", images, "-o", run).returncode == 0
+    for command in (("evaluate", run), ("predict", run, images / "5"), ("export", run, "-o", tmp_path / "b")):
+        assert_one_line_error(cli(*command), "no trained model", "caffegen launch")
+    assert not (tmp_path / "b").exists()
+
+
+def test_predict_table_json_csv_and_bad_files(cli, trained, images, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    source = sorted((images / "7").iterdir())[0]
+    with Image.open(source) as image:
+        image.save(folder / "seven.png")
+        image.convert("RGB").resize((40, 30)).save(folder / "seven_rgb_40x30.jpg")
+    (folder / "broken.png").write_bytes(b"not a png")
+    table = cli("predict", trained, folder, tmp_path / "missing.png")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["image", "#1", "#2", "#3", "#4", "#5"] and len(lines) == 3
+    assert "skipped" in table.stderr and "broken.png" in table.stderr and "missing.png" in table.stderr
+    assert table.stderr.count("resizing every image") == 1
+    predictions = json.loads(cli("predict", trained, folder / "seven.png", "--json", "--top-k", 2).stdout)
+    top = predictions[0]["top"]
+    assert len(top) == 2 and top[0]["probability"] >= top[1]["probability"]
+    rows = list(csv.DictReader(cli("predict", trained, folder, "--csv").stdout.splitlines()))
+    assert len(rows) == 2 and rows[0]["top1_label"] in "56789"
+    # The same image as PNG and as a resized colour JPEG: the model says the same.
+    assert rows[0]["top1_label"] == rows[1]["top1_label"]
+    assert_one_line_error(cli("predict", trained, folder / "broken.png"), "no readable images")
+
+
+def test_predict_agrees_with_evaluate(cli, trained, evaluated):
+    out, _ = evaluated
+    row = next(csv.DictReader((out / "predictions.csv").open()))
+    predicted = json.loads(cli("predict", trained, row["path"], "--json").stdout)[0]["top"][0]
+    assert predicted["class"] == row["top1_label"]
+    assert predicted["probability"] == pytest.approx(float(row["top1_probability"]), rel=1e-5)
+
+
+def test_export_folder_and_archive(cli, trained, evaluated, tmp_path):
+    bundle = tmp_path / "bundle"
+    result = cli("export", trained, "-o", bundle)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "deploy.prototxt", "info.json", "labels.txt",
+                                                         "model.caffemodel", "preprocessing.json"]
+    info = json.loads((bundle / "info.json").read_text())
+    assert info["metrics"]["top1"] == json.loads((evaluated[0] / "metrics.json").read_text())["top1"]
+    assert (bundle / "labels.txt").read_text().split() == ["5", "6", "7", "8", "9"]
+    assert_one_line_error(cli("export", trained, "-o", bundle), "exists", "--force")
+    archive = tmp_path / "model.tar.gz"
+    assert cli("export", trained, "-o", archive).returncode == 0
+    with tarfile.open(archive) as tar:
+        assert "model/model.caffemodel" in tar.getnames()
+    predictions = [json.loads(cli("predict", source, evaluated_image(evaluated), "--json").stdout)[0]
+                   for source in (trained, bundle, archive)]
+    assert predictions[0] == predictions[1] == predictions[2]
+
+
+def evaluated_image(evaluated):
+    return next(csv.DictReader((evaluated[0] / "predictions.csv").open()))["path"]
+
+
+def test_export_check_opencv_on_a_batchnorm_net(cli, trained, tmp_path):
+    pytest.importorskip("cv2")
+    assert any(layer.type == "BatchNorm" for layer in read_net(trained / "deploy.prototxt").net.layer)
+    result = cli("export", trained, "-o", tmp_path / "bundle", "--check-opencv")
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"agrees with Caffe on (\d+) images: max \|Δ probability\| ([0-9.e+-]+)", result.stdout)
+    assert found and int(found.group(1)) == 50 and float(found.group(2)) < 1e-4, result.stdout
+
+
+def test_the_bundle_readmes_opencv_code_gives_caffes_probabilities(cli, trained, evaluated, tmp_path):
+    pytest.importorskip("cv2")
+    bundle = tmp_path / "bundle"
+    assert cli("export", trained, "-o", bundle).returncode == 0
+    code = re.search(r"```python\n(import cv2.*?)```", (bundle / "README.md").read_text(), re.S).group(1)
+    image = evaluated_image(evaluated)
+    expected = json.loads(cli("predict", bundle, image, "--json").stdout)[0]["top"][0]["class"]
+    done = subprocess.run(["python", "-c", code.replace("image.jpg", image)], cwd=bundle, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
+
+
+def test_evaluate_predict_export_on_a_cached_run(cli, caffe, images, tmp_path):
+    pytest.importorskip("cv2")
+    run = tmp_path / "cached"
+    assert cli("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
+               "--data", images, "--freeze-upto", "conv2", "--epochs", 2, "--cache-features", "-o", run).returncode == 0
+    assert cli("launch", run).returncode == 0
+    result = cli("evaluate", run)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["top1"] > 0.5  # chance is 0.2: the merged final.caffemodel carries the trained head
+    assert json.loads((run / "result.json").read_text())["final_model"].endswith("final.caffemodel")
+    image = next(csv.DictReader((run / "eval" / "predictions.csv").open()))["path"]
+    assert json.loads(cli("predict", run, image, "--json").stdout)[0]["top"][0]["class"] in "56789"
+    exported = cli("export", run, "-o", tmp_path / "bundle", "--check-opencv")
+    assert exported.returncode == 0 and "agrees with Caffe" in exported.stdout, exported.stderr
