@@ -13,13 +13,12 @@ from PIL import Image
 from caffegen.io.lists import read_list
 from caffegen.io.prototxt import read_net, to_text
 from caffegen.run.evaluate import Evaluation
-from conftest import DIGITS, assert_one_line_error
+from conftest import DIGITS, assert_one_line_error, run_caffegen
 
 
 @pytest.fixture(scope="module")
 def trained(caffe, images, tmp_path_factory):
     """A run fine-tuned from the bundled model to the digits 5–9 (trunk frozen, 2 epochs)."""
-    from conftest import run_caffegen
     run = tmp_path_factory.mktemp("trained") / "run"
     prepared = run_caffegen("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
                             "--data", images, "--freeze-upto", "conv2", "--epochs", 2, "-o", run)
@@ -31,7 +30,6 @@ def trained(caffe, images, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(trained):
-    from conftest import run_caffegen
     result = run_caffegen("evaluate", trained)
     assert result.returncode == 0, result.stderr
     return trained / "eval", result

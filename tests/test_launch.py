@@ -125,8 +125,12 @@ def test_demo_leaves_a_run_directory_that_launches_again(caffe, tmp_path):
     assert accuracy > 0.9
     for name in ("train_val.prototxt", "deploy.prototxt", "solver.prototxt", "train.txt", "val.txt", "labels.txt",
                  "train.sh", "train.bat", "manifest.json", "train.log", "curves.csv", "curves.png",
-                 "base.caffemodel", "snapshots/ft_iter_230.caffemodel"):
+                 "base.caffemodel", "snapshots/ft_iter_230.caffemodel", "eval/metrics.json", "eval/report.html"):
         assert (demo / name).is_file(), name
+    # The demo ends with its evaluation: the metrics line on stdout, the report's path last.
+    top1 = json.loads((demo / "eval" / "metrics.json").read_text())["top1"]
+    assert result.stdout.startswith(f"evaluation: top-1 {top1:.4f}") and top1 > 0.9
+    assert result.stderr.strip().splitlines()[-1].endswith("report: " + str(demo / "eval" / "report.html"))
     assert_one_line_error(run_caffegen("demo", "-o", demo), str(demo), "exists; pass --force")
     again = run_caffegen("launch", demo)
     assert again.returncode == 0, again.stderr
