@@ -59,6 +59,8 @@ def assert_real_result(row, run_dir):
     assert float(row["best_accuracy"]) == recorded["best_accuracy"] > 0.5
     assert float(row["last_accuracy"]) == recorded["last_accuracy"]
     assert float(row["seconds"]) == recorded["seconds"] > 0
+    evaluated = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert float(row["mean_class_accuracy"]) == evaluated["mean_class_accuracy"] > 0.3  # chance: 0.2
 
 
 def printed_row(stdout, run):
@@ -154,7 +156,7 @@ def test_slurm_script_gives_each_task_its_run(caffe, images, tmp_path):
     assert "#SBATCH --array=0-2" in lines
     assert f'#SBATCH --output="{out}/slurm-%A_%a.out"' in lines
     assert "#SBATCH --partition=gpu" in lines and "#SBATCH --time=00:10:00" in lines
-    assert f"exec {shlex.quote(sys.executable)} -m caffegen launch " + '"${RUNS[$SLURM_ARRAY_TASK_ID]}"' in lines
+    assert f"exec {shlex.quote(sys.executable)} -m caffegen launch --evaluate " + '"${RUNS[$SLURM_ARRAY_TASK_ID]}"' in lines
     for run in ("upto-conv1", "upto-conv2", "upto-fc1"):
         assert f"  {shlex.quote(str(out / run))}" in lines
 

@@ -64,7 +64,9 @@ class TrainedModel:
 
 
 def load_model(path, weights=None):
-    """The TrainedModel at ``path``: a run directory, an exported bundle (folder or .tar.gz); ``weights`` overrides."""
+    """The TrainedModel at ``path``: a run directory (or RunDir), a bundle (folder or .tar.gz); ``weights`` overrides."""
+    if isinstance(path, RunDir):
+        return _from_run(path, weights)
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         path = _unpacked(path)

@@ -17,6 +17,9 @@ from sklearn.metrics import (
 )
 
 from caffegen.errors import CaffegenError
+from caffegen.job.dataset import labelled_images
+from caffegen.job.model import load_model
+from caffegen.job.rundir import EVAL_DIR
 from caffegen.run.forward import DEFAULT_BATCH, forward_images
 from caffegen.run.report import write_evaluation
 
@@ -87,6 +90,14 @@ def evaluate_to(target, model, images, out_dir, batch_size=DEFAULT_BATCH, device
     evaluation = evaluate(target, model, images, batch_size, device, echo)
     curves = model.source / "curves.png" if model.run else None
     return write_evaluation(evaluation, out_dir, model, curves)
+
+
+def evaluate_validation(target, run, device=None, echo=None):
+    """Evaluate a trained run (a path or RunDir) on its validation images into its eval/ (replaced); return the metrics."""
+    model = load_model(run)
+    images = labelled_images(model.classes, base=model.run.path)
+    device = device or target.launch_device(model.run.device, echo or (lambda line: None))
+    return evaluate_to(target, model, images, model.source / EVAL_DIR, device=device, echo=echo)
 
 
 def metrics_line(metrics):

@@ -22,13 +22,14 @@ from caffegen.run.target import resolve_target
 
 
 def launch(run_dir, target=None, resume=False, echo=None, show_progress=None):
-    """Run ``caffe train`` for the run directory and watch it; see :class:`LaunchResult`.
+    """Run ``caffe train`` for the run directory (a path or a :class:`RunDir`) and watch it; see :class:`LaunchResult`.
 
     ``target`` (a :class:`~caffegen.run.target.Target`) is the Caffe and the device; by default the
     Caffe found as ``caffegen launch`` finds it, on the device the run was prepared for.
     """
     target = (target or resolve_target()).required()
-    return launch_run(RunDir(run_dir), target, resume, echo or (lambda line: None), show_progress)
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    return launch_run(run, target, resume, echo or (lambda line: None), show_progress)
 
 
 def launch_run(run, target, resume, echo, show_progress):

@@ -11,12 +11,10 @@ from pathlib import Path
 
 from caffegen.errors import CaffegenError, CaffeNotFound
 from caffegen.io.resources import resource_dir
-from caffegen.job.dataset import labelled_images
 from caffegen.job.device import CPU
-from caffegen.job.model import load_model
 from caffegen.job.prepare import JobOptions, prepare
-from caffegen.job.rundir import EVAL_DIR, RunDir
-from caffegen.run.evaluate import evaluate_to
+from caffegen.job.rundir import RunDir
+from caffegen.run.evaluate import evaluate_validation
 from caffegen.run.install import default_prefix, install_caffe
 from caffegen.run.launch import launch_run
 from caffegen.run.target import Target, resolve_target
@@ -61,7 +59,5 @@ def run_demo(out_dir, caffe=None, force=False, echo=None, show_progress=None):
     result = launch_run(RunDir(out_dir), target, False, echo, show_progress)
     if result.exit_code != 0:
         return result, None
-    model = load_model(out_dir)
     echo("evaluating the trained model on the validation images")
-    metrics = evaluate_to(target, model, labelled_images(model.classes, base=out_dir), out_dir / EVAL_DIR, echo=echo)
-    return result, metrics
+    return result, evaluate_validation(target, out_dir, echo=echo)

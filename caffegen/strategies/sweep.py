@@ -25,10 +25,13 @@ from caffegen.io.files import built_beside, write_atomic
 from caffegen.io.tables import text_table
 from caffegen.io.templates import render_template
 from caffegen.job.prepare import prepare
-from caffegen.job.rundir import RESULT, RunDir
+from caffegen.job.rundir import EVAL_DIR, RESULT, RunDir
 from caffegen.run.cache import store_of
+from caffegen.run.evaluate import evaluate_validation, metrics_line
 from caffegen.run.launch import launch
+from caffegen.run.report import METRICS
 from caffegen.run.runner import summary_lines
+from caffegen.run.target import resolve_target
 
 SWEEP = "sweep.json"
 TABLE = "results.csv"
@@ -38,7 +41,8 @@ SLURM_FEATURES_SCRIPT = "slurm_features.sh"
 # The feature stores that the sweep's cached runs share, one per distinct trunk.
 SHARED_FEATURES = "features"
 LAUNCH_LOG = "launch.log"
-COLUMNS = ("run", "freeze", "lr", "best_accuracy", "last_accuracy", "seconds", "exit_code", "status")
+COLUMNS = ("run", "freeze", "lr", "best_accuracy", "last_accuracy", "mean_class_accuracy", "seconds", "exit_code",
+           "status")
 NOT_FINISHED = "not finished"
 UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -134,22 +138,26 @@ def load_sweep(sweep_dir):
 
 
 def run_here(sweep_dir, runs, target=None, echo=None, show_progress=None):
-    """Launch the runs one after another with ``target``; return {run_dir: error} for runs refused before Caffe started.
+    """Launch and evaluate the runs one after another with ``target``; return {run_dir: error} for runs refused.
 
     A failing run does not stop the others; Ctrl-C stops the run in progress and the sweep.
     """
     echo = echo or (lambda line: None)
+    target = (target or resolve_target()).required()
     errors = {}
     for number, run in enumerate(runs, start=1):
         echo(f"[{number}/{len(runs)}] {run.run_dir}")
         try:
-            result = launch(Path(sweep_dir) / run.run_dir, target, echo=echo, show_progress=show_progress)
+            run_dir = RunDir(Path(sweep_dir) / run.run_dir)
+            result = launch(run_dir, target, echo=echo, show_progress=show_progress)
+            for line in summary_lines(result, run_dir.path):
+                echo(line)
+            if result.exit_code == 0:
+                echo(f"evaluation: {metrics_line(evaluate_validation(target, run_dir, echo=echo))}")
         except CaffegenError as error:
             errors[run.run_dir] = str(error)
             echo(f"caffegen: error: {error}")
             continue
-        for line in summary_lines(result, Path(sweep_dir) / run.run_dir):
-            echo(line)
         if result.interrupted:
             echo("interrupted: the remaining runs are not started")
             break
@@ -183,7 +191,7 @@ def run_on_gpus(sweep_dir, runs, gpus, caffe=None, echo=None, poll_seconds=1.0):
 
 def _start_launch(sweep_dir, run, gpu, caffe, echo):
     run_dir = sweep_dir / run.run_dir
-    command = [sys.executable, "-m", "caffegen", "launch", str(run_dir), "--gpu", gpu]
+    command = [sys.executable, "-m", "caffegen", "launch", str(run_dir), "--gpu", gpu, "--evaluate"]
     if caffe:
         command += ["--caffe", str(caffe)]
     echo(f"GPU {gpu}: started {run.run_dir}")
@@ -243,7 +251,7 @@ def write_slurm_scripts(sweep_dir, runs, sbatch_options=(), caffe=None):
         features = _write_array(sweep_dir, SLURM_FEATURES_SCRIPT, [group[0] for group in groups.values()],
                                 sbatch_options, command + ["--features-only"], "slurm-features",
                                 "task i computes the trunk features shared by the runs of store i")
-    array = _write_array(sweep_dir, SLURM_SCRIPT, runs, sbatch_options, command, "slurm",
+    array = _write_array(sweep_dir, SLURM_SCRIPT, runs, sbatch_options, command + ["--evaluate"], "slurm",
                          "task i launches run i of sweep.json",
                          f"--dependency=afterok:JOB (JOB: the id of {SLURM_FEATURES_SCRIPT}'s job) " if groups else "")
     return features, array
@@ -289,10 +297,12 @@ def collect(sweep_dir, runs=None, errors=None):
 
 
 def _row(sweep_dir, run, error):
-    path = sweep_dir / run.run_dir / RESULT
+    path, evaluated = (sweep_dir / run.run_dir / name for name in (RESULT, f"{EVAL_DIR}/{METRICS}"))
     result = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    metrics = json.loads(evaluated.read_text(encoding="utf-8")) if evaluated.is_file() else {}
     return {"run": run.run_dir, "freeze": run.freeze, "lr": run.lr,
             "best_accuracy": result.get("best_accuracy"), "last_accuracy": result.get("last_accuracy"),
+            "mean_class_accuracy": metrics.get("mean_class_accuracy"),
             "seconds": result.get("seconds"), "exit_code": result.get("exit_code"),
             "status": f"error: {error}" if error else _status(result)}
 
@@ -317,9 +327,10 @@ def _csv_text(rows):
 
 def table_lines(rows):
     """The rows as an aligned text table for the terminal."""
-    header = ("run", "freeze", "lr", "best acc", "last acc", "time", "exit", "status")
+    header = ("run", "freeze", "lr", "best acc", "last acc", "class acc", "time", "exit", "status")
     return text_table(header, [(row["run"], row["freeze"], _number(row["lr"], "g"), _number(row["best_accuracy"], ".4f"),
-                                _number(row["last_accuracy"], ".4f"), _number(row["seconds"], ".1f", " s"),
+                                _number(row["last_accuracy"], ".4f"), _number(row["mean_class_accuracy"], ".4f"),
+                                _number(row["seconds"], ".1f", " s"),
                                 _number(row["exit_code"], "d"), row["status"]) for row in rows])
 
 
@@ -341,7 +352,7 @@ def _accuracy_curve(run_dir):
 
 
 def plot_sweep(rows, curves, path):
-    """Draw each run's best validation accuracy as a bar, and all validation curves on one axis, as a PNG."""
+    """Draw each run's best validation accuracy as a bar (its mean class accuracy as a mark), and all validation curves, as a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -366,6 +377,12 @@ def _draw_bars(axis, rows):
         if row["status"] != "ok":
             label = f"{label}  {row['status']}".strip()
         axis.text(value + 0.01, position, label, va="center", fontsize="small")
+    evaluated = [(position, row["mean_class_accuracy"]) for position, row in zip(positions, rows)
+                 if row["mean_class_accuracy"] is not None]
+    if evaluated:
+        axis.scatter([value for _, value in evaluated], [position for position, _ in evaluated], marker="D",
+                     color="black", zorder=3, label="mean class accuracy (final model)")
+        axis.legend(loc="lower right", fontsize="small")
     axis.set_yticks(list(positions), [row["run"] for row in rows])
     axis.invert_yaxis()
     axis.set_xlim(0, 1.3)
