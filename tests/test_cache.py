@@ -25,7 +25,8 @@ from caffegen.run.target import Target
 
 BASE_NET = (DIGITS / "train_val.prototxt").read_text()
 TRUNK_BLOB = "pool2"
-HDF5_HEADER = 2560  # what Caffe's HDF5 files hold besides their two datasets (2 KiB)
+HDF5_HEADER = 2560  # what an HDF5 file holds besides its two datasets (2 KiB)
+CHUNKING = 0.01  # chunked datasets: the chunk index, and a few rows of padding in the last chunk
 
 
 def prepare_run(images, run_dir, net_text=BASE_NET, weights=DIGITS / "digits.caffemodel", upto="conv2", **options):
@@ -219,9 +220,9 @@ class TestCachedRun:
         plan = plan_cache(run)
         assert plan.describe() in lines and f"{plan.bytes / 1e6:.1f} MB" in plan.describe()
         files = sorted((run / FEATURES).glob("*.h5"))
-        assert [path.name for path in files] == ["train_0000.h5", "train_0001.h5", "train_0002.h5", "val_0000.h5"]
+        assert [path.name for path in files] == ["train_0000.h5", "val_0000.h5"]  # up to 4,096 images a chunk
         stored = sum(path.stat().st_size for path in files)
-        assert plan.bytes <= stored <= plan.bytes + HDF5_HEADER * len(files)
+        assert plan.bytes <= stored <= plan.bytes * (1 + CHUNKING) + HDF5_HEADER * len(files)
         data, labels = cached_features(run, "train")
         assert data.shape == (plan.images["train"],) + plan.feature_shape and data.dtype == np.float32
         assert json.loads((run / "result.json").read_text())["cache"]["bytes"] == plan.bytes
@@ -382,3 +383,32 @@ def test_a_mean_file_is_subtracted_in_the_store_too(caffe, images, tmp_path):
     assert (run / "features" / "mean.binaryproto").read_bytes() == mean.SerializeToString()
     log = (run / "features" / "extract.log").read_text()
     assert "Loading mean file from: mean.binaryproto" in log
+
+
+def test_many_chunks_keep_list_order_and_an_interrupted_extraction_resumes(caffe, cached, images, tmp_path,
+                                                                           monkeypatch):
+    """Chunks of 200 images (4 for training), mini-batches of 7: the same features as one chunk; a lost chunk is
+    computed again alone."""
+    from caffegen.run import cache
+    one_chunk, _, _ = cached
+    monkeypatch.setattr(cache, "CHUNK_IMAGES", 200)
+    monkeypatch.setattr(cache, "CACHE_BATCH", 7)
+    run = prepare_run(images, tmp_path / "run")
+    store, reused = cache.extract(plan_cache(run), Target(caffe), seed=1, batch_size=7)
+    assert not reused and [chunk.name for chunk in store.work] == [f"train_{i:04d}" for i in range(4)] + [
+        "val_0000"]
+    for subset in ("train", "val"):
+        write_list = "".join(f"{FEATURES}/{chunk.path('.h5')}\n" for chunk in store.work if chunk.name.startswith(subset))
+        (run / FEATURES / f"{subset}.txt").write_text(write_list)
+        np.testing.assert_allclose(cached_features(run, subset)[0], cached_features(one_chunk, subset)[0],
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(cached_features(run, subset)[1], cached_features(one_chunk, subset)[1])
+    before = {path.name: path.stat().st_mtime_ns for path in (run / FEATURES).glob("*.h5")}
+    (run / FEATURES / "cache.json").unlink()
+    (run / FEATURES / "train_0002.h5").unlink()
+    lines = []
+    store, reused = cache.extract(plan_cache(run), Target(caffe), echo=lines.append, seed=1, batch_size=7)
+    assert "resuming: 4 of 5 chunks of features are already computed" in lines and not reused
+    after = {path.name: path.stat().st_mtime_ns for path in (run / FEATURES).glob("*.h5")}
+    assert {name for name in after if after[name] != before.get(name)} == {"train_0002.h5"}
+    assert not list((run / FEATURES).glob("*.lmdb"))

@@ -251,7 +251,7 @@ def test_cached_runs_with_one_trunk_compute_its_features_once(caffe, images, tmp
     assert "not worth it" in done.stderr.split("not deriving 'pool2'")[1].splitlines()[0]
     for store in stores(out):
         log = (store / "extract.log").read_text()
-        assert log.count("Successfully saved") == len(list(store.glob("*.h5"))) >= 2
+        assert log.count("Successfully extracted the features!") == len(list(store.glob("*.h5"))) >= 2
 
     # A store whose extraction did not finish is never reused: launching again computes it anew.
     first = stores(out)[0]
@@ -329,7 +329,7 @@ def test_a_deeper_trunk_is_computed_from_the_shallower_features(caffe, images, t
     derived, direct = features(deep), features(alone / "features")
     assert len(derived) == len(direct) >= 2
     for (derived_data, derived_labels), (direct_data, direct_labels) in zip(derived, direct):
-        assert derived_data.shape == direct_data.shape and derived_data.shape[1:] == (64, 1, 1)
+        assert derived_data.shape == direct_data.shape and derived_data.shape[1:] == (64,)  # fc1: 64 values an image
         np.testing.assert_array_equal(derived_labels, direct_labels)
         np.testing.assert_allclose(derived_data, direct_data, rtol=1e-6, atol=1e-6)
     assert table(out)[1]["status"] == "ok"

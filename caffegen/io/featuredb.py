@@ -1,24 +1,78 @@
-"""The databases Caffe's ``extract_features`` writes: one float ``Datum`` per image, keyed by its index."""
+"""The databases Caffe's ``extract_features`` writes (one float ``Datum`` per image, keyed by its index),
+and the float32 HDF5 files caffegen keeps features in.
 
+``extract_features`` runs whole mini-batches, so it stores a few records past the last image (the
+data layer wraps around to the start); keys are zero-padded indices, so they sort in order.
+"""
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import h5py
 import lmdb
 import numpy as np
 
 from caffegen.errors import CaffegenError
 from caffegen.io.schema import BVLC
 
+SLICE = 256  # records converted at a time: memory stays bounded whatever the number of images
+CHUNK_ROWS = 64  # images per HDF5 chunk: HDF5Data reads whole chunks
 
-def read_feature_db(path, count):
-    """The first ``count`` records of the feature LMDB ``path`` as a float32 array (count, values per image).
 
-    ``extract_features`` runs whole mini-batches, so it stores a few records past the last image
-    (the data layer wraps around to the start); keys are zero-padded indices, so they sort in order.
-    """
+def feature_slices(path, count, size=SLICE):
+    """The first ``count`` records of the feature LMDB ``path``, as float32 arrays of up to ``size`` rows."""
     try:
         with lmdb.open(str(path), readonly=True, lock=False, readahead=False) as env, env.begin() as transaction:
-            rows = [np.asarray(BVLC.Datum.FromString(value).float_data, dtype=np.float32)
-                    for _, value in zip(range(count), transaction.cursor().iternext(keys=False))]
+            values, rows = transaction.cursor().iternext(keys=False), []
+            for _, value in zip(range(count), values):
+                rows.append(np.asarray(BVLC.Datum.FromString(value).float_data, dtype=np.float32))
+                if len(rows) == size:
+                    yield np.stack(rows)
+                    rows = []
+            if rows:
+                yield np.stack(rows)
     except lmdb.Error as error:
         raise CaffegenError(f"cannot read the features Caffe wrote: {error}", path) from None
-    if len(rows) < count:
-        raise CaffegenError(f"Caffe wrote {len(rows)} feature records, {count} were expected", path)
-    return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+
+
+def read_feature_db(path, count):
+    """The first ``count`` records of the feature LMDB ``path`` as one float32 array (count, values per image)."""
+    parts = list(feature_slices(path, count))
+    found = sum(len(part) for part in parts)
+    if found < count:
+        raise CaffegenError(f"Caffe wrote {found} feature records, {count} were expected", path)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _chunk_rows(count, most=CHUNK_ROWS):
+    """Rows per HDF5 chunk: at most ``most``, equal chunks, so the last one wastes at most a few rows."""
+    return math.ceil(count / math.ceil(count / most))
+
+
+def write_features_h5(path, databases, count, shapes):
+    """Write the HDF5 file ``path`` atomically: dataset name → the first ``count`` records of ``databases[name]``.
+
+    ``shapes`` gives each dataset's shape per image; datasets are float32 and chunked, and the
+    records are copied a slice at a time.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as out:
+            for name, database in databases.items():
+                shape = tuple(shapes[name])
+                dataset = out.create_dataset(name, (count, *shape), dtype="float32",
+                                             chunks=(_chunk_rows(count), *shape) if count else None)
+                written = 0
+                for part in feature_slices(database, count):
+                    dataset[written:written + len(part)] = part.reshape(len(part), *shape)
+                    written += len(part)
+                if written < count:
+                    raise CaffegenError(f"Caffe wrote {written} feature records, {count} were expected", database)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -2,8 +2,11 @@
 
 Carrying out a :class:`~caffegen.job.cacheplan.CachePlan`:
 
-1. :func:`run_cached` runs the trunk over train.txt and val.txt with ``caffe test`` into float32
-   HDF5 files in a feature store, one process per chunk of at most 256 images;
+1. :func:`run_cached` runs the trunk over train.txt and val.txt with Caffe's ``extract_features``
+   into float32 HDF5 files in a feature store, one process per chunk of up to 4,096 images, each
+   running mini-batches (:data:`CACHE_BATCH` images, or ``--cache-batch``): the trunk's weights
+   are loaded once per chunk and peak memory depends on the net and the mini-batch, never on the
+   number of images;
 2. it trains a head net (``HDF5Data`` on those files, then the trainable layers, loss and accuracy)
    with ``caffe train`` and the run's own schedule;
 3. it writes ``final.caffemodel``: the trunk's blobs from the base weights and the head's from
@@ -11,15 +14,18 @@ Carrying out a :class:`~caffegen.job.cacheplan.CachePlan`:
 
 A store is the run's own ``features/``, or, for runs that share one (a sweep's), a folder named by
 a hash of what the features depend on: the trunk nets (layers, transforms), the image lists, the
-weights' content, every image file's version and the engine. It counts as done only once its
-record is written, after the last chunk; runs sharing it take turns under a file lock, so the
-first computes and the others reuse. A deeper trunk may start from a shallower trunk's store.
+weights' content, every image file's version and the engine; not the mini-batch, which changes
+no feature. A chunk's HDF5 file appears complete or not at all, so an interrupted extraction
+resumes from the chunks it finished; the store counts as done once its record is written. Runs
+sharing it take turns under a file lock, so the first computes and the others reuse. A deeper
+trunk may start from a shallower trunk's store.
 
-Why one ``caffe test`` per chunk: Caffe 1.0's ``HDF5Output`` layer creates its datasets in its file
-at every forward pass, so a second batch fails with "unable to create dataset" (BVLC issue #1726).
-``extract_features`` writes LMDB datums without the labels, and a ``Data`` layer cannot shuffle,
-so the head could not be trained as the uncached job is. One batch per process keeps memory bounded;
-the trunk's blobs are first written to the store's ``trunk.caffemodel`` so each process loads only them.
+Why ``extract_features`` and not ``caffe test`` with ``HDF5Output``: Caffe 1.0's ``HDF5Output``
+creates its datasets at every forward pass, so a second batch fails with "unable to create
+dataset" (BVLC issue #1726), and one batch per process made memory grow with the chunk.
+``extract_features`` stores the blobs asked for, the labels among them, in order; caffegen copies
+them into chunked HDF5 a slice at a time. The trunk's blobs are first written to the store's
+``trunk.caffemodel`` so each process loads only them.
 """
 import fcntl
 import functools
@@ -29,7 +35,6 @@ import math
 import os
 import random
 import shutil
-import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +44,7 @@ from tqdm import tqdm
 
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
+from caffegen.io.featuredb import write_features_h5
 from caffegen.io.files import file_sha256, write_atomic
 from caffegen.io.lists import ListLine, read_list
 from caffegen.io.prototxt import read_solver, to_text
@@ -48,7 +54,7 @@ from caffegen.job.rundir import RESULT
 from caffegen.net.layers import DATA_TYPES
 from caffegen.net.netview import PHASE_NUMBERS, TRAIN
 from caffegen.net.shapes import product
-from caffegen.run.caffelog import parse_log
+from caffegen.run.forward import run_extract_features
 from caffegen.run.runner import INTERRUPTED, result_summary, run_caffe_train
 
 FEATURES = "features"
@@ -59,7 +65,8 @@ HEAD_NET = "head_train_val.prototxt"
 HEAD_SOLVER = "head_solver.prototxt"
 HEAD_SNAPSHOTS = "snapshots/head"
 FINAL_MODEL = "final.caffemodel"
-CHUNK_IMAGES = 256
+CHUNK_IMAGES = 4096
+CACHE_BATCH = 16  # images per forward pass of the trunk
 # The dataset names Caffe's HDF5Output layer writes; HDF5Data reads datasets named as its tops.
 FEATURE_DATASET, LABEL_DATASET = "data", "label"
 
@@ -94,7 +101,7 @@ class FeatureStore:
     @functools.cached_property
     def layer_digests(self):
         """{chunk name: a digest of each layer its trunk net runs before the output, the data layer first}."""
-        return {name: [_digest(to_text(layer)) for layer in net.layer[:-1]] for name, net in self.nets.items()}
+        return {name: [_digest(to_text(layer)) for layer in net.layer] for name, net in self.nets.items()}
 
     def complete(self):
         """Whether an extraction with this key finished here: a half-written store never counts."""
@@ -141,7 +148,7 @@ def chunks(plan, seed):
 
 
 def trunk_net(plan, chunk):
-    """The trunk as a net for ``caffe test``: ImageData on the chunk's list, the trunk, HDF5Output."""
+    """The trunk as a net for ``extract_features``: ImageData on the chunk's list (batch size 1 until it runs), the trunk."""
     view = plan.views[chunk.phase]
     net = BVLC.NetParameter(name=f"{plan.net.name}_trunk")
     for name in plan.extracted[chunk.phase]:
@@ -150,9 +157,7 @@ def trunk_net(plan, chunk):
         layer.ClearField("include")
         layer.ClearField("exclude")
     params = net.layer[0].image_data_param
-    params.source, params.batch_size, params.shuffle, params.rand_skip = chunk.path(".txt"), len(chunk.lines), False, 0
-    output = net.layer.add(name="cache", type="HDF5Output", bottom=[plan.boundary, plan.label])
-    output.hdf5_output_param.file_name = chunk.path(".h5")
+    params.source, params.batch_size, params.shuffle, params.rand_skip = chunk.path(".txt"), 1, False, 0
     return net
 
 
@@ -168,10 +173,11 @@ def _stamp(path):
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def extract(plan, caffe, gpu=None, echo=None, show_progress=None, seed=1):
+def extract(plan, target, device=None, echo=None, show_progress=None, seed=1, batch_size=CACHE_BATCH):
     """Run the trunk over every image once into its store; return (the FeatureStore, whether it was reused).
 
-    Runs sharing a store wait for each other: the first computes, the others reuse.
+    Runs sharing a store wait for each other: the first computes, the others reuse. Chunks an
+    interrupted extraction finished are kept and not computed again.
     """
     echo = echo or (lambda line: None)
     store = feature_store(plan, seed)
@@ -182,6 +188,8 @@ def extract(plan, caffe, gpu=None, echo=None, show_progress=None, seed=1):
             return store, True
         (store.path / STORE_RECORD).unlink(missing_ok=True)
         source = derivation(plan, store, echo)
+        nets = store.nets if source is None else {chunk.name: derived_net(plan, store, source, chunk)
+                                                  for chunk in store.work}
         files = store.files if source is None else _derived_files(plan, store, source)
         for name, text in files.items():
             write_atomic(store.path / name, text)
@@ -189,11 +197,14 @@ def extract(plan, caffe, gpu=None, echo=None, show_progress=None, seed=1):
         if plan.mean_file is not None:  # the trunk nets name it as the run directory does, and run in the store
             shutil.copyfile(plan.mean_file, store.path / plan.data_layers[TRAIN].transform_param.mean_file)
         write_trimmed_weights(plan.weights, store.path / STORE_WEIGHTS, layers, plan.param_shapes)
-        (store.path / STORE_LOG).write_text("", encoding="utf-8")
+        done = [chunk for chunk in store.work if (store.path / chunk.path(".h5")).is_file()]
+        if done:
+            echo(f"resuming: {len(done)} of {len(store.work)} chunks of features are already computed")
         with tqdm(total=sum(plan.images.values()), unit="img", desc="trunk features",
                   disable=None if show_progress is None else not show_progress, dynamic_ncols=True) as bar:
-            for chunk in store.work:
-                _run_chunk(caffe, chunk, store.path, gpu)
+            bar.update(sum(len(chunk.lines) for chunk in done))
+            for chunk in (chunk for chunk in store.work if chunk not in done):
+                _run_chunk(target, plan, chunk, nets[chunk.name], store.path, device, batch_size)
                 bar.update(len(chunk.lines))
         write_atomic(store.path / STORE_RECORD, json.dumps(_record(plan, store)) + "\n")
     return store, False
@@ -270,7 +281,7 @@ def _shallower_store(plan, store):
 def _layers_on(trunk, depth, record):
     """Names of the layers of ``trunk`` after its first ``depth``, when they read nothing but the stored blobs."""
     available = {record["boundary"], record["label"]}
-    layers = trunk.layer[depth:-1]
+    layers = trunk.layer[depth:]
     for layer in layers:
         if not set(layer.bottom) <= available:
             return None
@@ -288,19 +299,16 @@ def _millions(count):
 
 
 def derived_net(plan, store, source, chunk):
-    """The net computing a chunk's features from the source's: HDF5Data on its features, the layers on top,
-    HDF5Output."""
+    """The net computing a chunk's features from the source's: HDF5Data on its features, the layers on top."""
     net = BVLC.NetParameter(name=f"{plan.net.name}_trunk")
     data = net.layer.add(name="cached", type="HDF5Data", top=[FEATURE_DATASET, LABEL_DATASET])
-    data.hdf5_data_param.source, data.hdf5_data_param.batch_size = chunk.path(".source.txt"), len(chunk.lines)
+    data.hdf5_data_param.source, data.hdf5_data_param.batch_size = chunk.path(".source.txt"), 1
     if source.record["boundary"] != FEATURE_DATASET:
         _add_reshape(net, FEATURE_DATASET, source.record["boundary"], [0] + list(source.record["feature_shape"]))
     if source.record["label"] != LABEL_DATASET:
         _add_reshape(net, LABEL_DATASET, source.record["label"], (0,))
     trunk = {layer.name: layer for layer in store.nets[chunk.name].layer}
     net.layer.extend(trunk[name] for name in source.layers)
-    output = net.layer.add(name="cache", type="HDF5Output", bottom=[plan.boundary, plan.label])
-    output.hdf5_output_param.file_name = chunk.path(".h5")
     return net
 
 
@@ -331,23 +339,35 @@ def _locked(path, echo):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _run_chunk(caffe, chunk, store, gpu):
-    """``caffe test`` of one chunk's trunk net, one iteration, in the store; its log is appended to extract.log."""
-    command = [str(caffe), "test", "-model", chunk.path(".prototxt"), "-weights", STORE_WEIGHTS, "-iterations", "1"]
-    if gpu is not None:
-        command += ["-gpu", str(gpu)]
-    (store / chunk.path(".h5")).unlink(missing_ok=True)
-    env = dict(os.environ, GLOG_logtostderr="1")
-    done = subprocess.run(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace")
-    with (store / STORE_LOG).open("a", encoding="utf-8") as log:
-        log.write(done.stdout)
-    if done.returncode != 0:
-        watcher, _ = parse_log(done.stdout.splitlines())
-        lines = [line for line in done.stdout.splitlines() if line.strip()]
-        reason = watcher.diagnoses[0].message if watcher.diagnoses else (lines or ["no output"])[-1]
-        raise CaffegenError(f"computing the features of {chunk.name} failed (exit code {done.returncode}): {reason}",
-                            store / STORE_LOG)
+def _run_chunk(target, plan, chunk, net, store, device, batch_size):
+    """Compute one chunk's features and labels with ``extract_features`` into its HDF5 file; drop the LMDBs after.
+
+    Caffe's log is appended to the store's extract.log.
+    """
+    count, batch = len(chunk.lines), min(batch_size, len(chunk.lines))
+    running = type(net)()
+    running.CopyFrom(net)
+    data = running.layer[0]
+    getattr(data, "image_data_param" if data.type == "ImageData" else "hdf5_data_param").batch_size = batch
+    try:
+        databases = run_extract_features(target, running, STORE_WEIGHTS, [plan.boundary, plan.label], count, batch,
+                                         store, device, name=chunk.name)
+    except CaffegenError as error:
+        raise CaffegenError(f"computing the features of {chunk.name} failed: {error.message}", store / STORE_LOG) \
+            from None
+    finally:
+        log = store / chunk.path(".log")
+        if log.is_file():
+            with (store / STORE_LOG).open("a", encoding="utf-8") as out:
+                out.write(log.read_text(encoding="utf-8"))
+            log.unlink()
+    try:
+        write_features_h5(store / chunk.path(".h5"), {FEATURE_DATASET: databases[plan.boundary],
+                                                      LABEL_DATASET: databases[plan.label]},
+                          count, {FEATURE_DATASET: plan.feature_shape, LABEL_DATASET: ()})
+    finally:
+        for database in databases.values():
+            shutil.rmtree(database, ignore_errors=True)
 
 
 # --- weights -----------------------------------------------------------------------------------
@@ -468,15 +488,15 @@ def store_of(run):
 def extract_features(run, target, echo=None, show_progress=None):
     """Compute the trunk features of :class:`RunDir` ``run`` into its store, or reuse them; train nothing."""
     echo = echo or (lambda line: None)
-    gpu = target.launch_device(run.device, echo).gpu_flag
+    device = target.launch_device(run.device, echo)
     run.check_labels()
     plan = plan_cache(run)
     for line in plan.warnings + plan.notes + [plan.describe()]:
         echo(line)
     solver = read_solver(run.path / "solver.prototxt")
     started = time.monotonic()
-    store, reused = extract(plan, target.caffe, gpu, echo, show_progress, _seed(solver))
-    return CachedFeatures(plan, store, reused, time.monotonic() - started, solver, gpu)
+    store, reused = extract(plan, target, device, echo, show_progress, _seed(solver))
+    return CachedFeatures(plan, store, reused, time.monotonic() - started, solver, device.gpu_flag)
 
 
 def run_cached(run, target, echo=None, show_progress=None):

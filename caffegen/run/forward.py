@@ -9,6 +9,7 @@ the records past the last image are dropped.
 
 import math
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,29 +24,37 @@ from caffegen.net.wiring import image_input_net
 from caffegen.run.caffelog import parse_log
 
 DEFAULT_BATCH = 16
-LIST, NET, LOG = "images.txt", "forward.prototxt", "forward.log"
+LIST = "images.txt"
 
 
-def extract_blobs(target, net, weights, blobs, count, batch_size, workdir, device=None):
-    """{blob: float32 array (count, values per image)} of ``net`` (whose data layer reads ``count`` images).
+def run_extract_features(target, net, weights, blobs, count, batch_size, workdir, device=None, name="forward"):
+    """Run ``extract_features`` on ``net`` (its data layer reads ``count`` images) in ``workdir``; return {blob: LMDB}.
 
-    ``workdir`` receives the net, the databases and Caffe's log (forward.log); ``device`` is a
-    :class:`~caffegen.job.device.Device` (None: the CPU).
+    ``workdir`` receives the net (NAME.prototxt), Caffe's log (NAME.log) and one fresh LMDB per
+    blob; ``device`` is a :class:`~caffegen.job.device.Device` (None: the CPU).
     """
     workdir = Path(workdir)
-    (workdir / NET).write_text(to_text(net), encoding="utf-8")
-    databases = [f"{blob.replace('/', '_')}.lmdb" for blob in blobs]
-    command = [str(target.tool("extract_features")), str(weights), NET, ",".join(blobs), ",".join(databases),
-               str(math.ceil(count / batch_size)), "lmdb"]
+    (workdir / f"{name}.prototxt").write_text(to_text(net), encoding="utf-8")
+    databases = {blob: workdir / f"{name}.{blob.replace('/', '_')}.lmdb" for blob in blobs}
+    for database in databases.values():
+        shutil.rmtree(database, ignore_errors=True)
+    command = [str(target.tool("extract_features")), str(weights), f"{name}.prototxt", ",".join(blobs),
+               ",".join(database.name for database in databases.values()), str(math.ceil(count / batch_size)), "lmdb"]
     if device is not None and not device.is_cpu:
         command += ["GPU", device.name.split(",")[0]]
     done = subprocess.run(command, cwd=workdir, env=dict(os.environ, GLOG_logtostderr="1"), check=False,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    (workdir / LOG).write_text(done.stdout, encoding="utf-8")
+    (workdir / f"{name}.log").write_text(done.stdout, encoding="utf-8")
     if done.returncode != 0:
         raise CaffegenError(f"Caffe's forward pass failed (exit code {done.returncode}): {_reason(done.stdout)}",
-                            workdir / LOG)
-    return {blob: read_feature_db(workdir / database, count) for blob, database in zip(blobs, databases)}
+                            workdir / f"{name}.log")
+    return databases
+
+
+def extract_blobs(target, net, weights, blobs, count, batch_size, workdir, device=None):
+    """{blob: float32 array (count, values per image)} of ``net``, computed by ``extract_features`` in ``workdir``."""
+    databases = run_extract_features(target, net, weights, blobs, count, batch_size, workdir, device)
+    return {blob: read_feature_db(database, count) for blob, database in databases.items()}
 
 
 def _reason(output):

@@ -1,0 +1,131 @@
+"""Benchmark: feature extraction at real scale, on the zoo's ResNet-50 at its native 224×224 input.
+
+Caffe-initialised weights (zero iterations of ``caffe train``) are fine for speed and memory.
+The bench draws JPEGs of five classes at 256×256, prepares cached jobs frozen through pool5
+(the deploy net gains data layers, mean 104/117/123, images resized to 224×224), and runs the
+extraction on SMALL and on LARGE training images, each in a fresh process, so that each peak
+RSS is its own. Beside them, in the same run, ``caffe time -phase TEST`` measures Caffe's own
+forward speed at a few batch sizes.
+
+Usage: python bench/cache_scale.py [--dir FOLDER] [--small 500] [--large 2000]
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from caffegen.io.prototxt import read_net, to_text  # noqa: E402
+from caffegen.job.cacheplan import plan_cache  # noqa: E402
+from caffegen.job.prepare import JobOptions, prepare  # noqa: E402
+from caffegen.net.wiring import DataSettings  # noqa: E402
+from caffegen.run import cache  # noqa: E402
+from caffegen.run.install import install_caffe  # noqa: E402
+from caffegen.run.target import Target  # noqa: E402
+
+RESNET = ROOT.parent / "shared" / "fixtures" / "zoo" / "resnet" / "ResNet-50-deploy.prototxt"
+SIDE, INPUT, CLASSES, VAL = 256, 224, 5, 0.05
+TIME_BATCHES = (1, 8, 16)
+
+
+def write_images(folder, count, seed=5):
+    """``count`` JPEGs in CLASSES folders: a class hue with noise."""
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        label = index % CLASSES
+        (folder / f"c{label}").mkdir(parents=True, exist_ok=True)
+        hue = np.array([40 + 40 * label, 200 - 30 * label, 120], np.float32)
+        pixels = np.clip(hue + rng.normal(0, 40, (SIDE, SIDE, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"c{label}" / f"{index:05d}.jpg", quality=85)
+
+
+def initial_weights(caffe, folder):
+    """Caffe's own initialisation of ResNet-50: zero iterations of ``caffe train``, which still snapshots."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "init.prototxt").write_text(RESNET.read_text())
+    (folder / "solver.prototxt").write_text('net: "init.prototxt"\nbase_lr: 0\nlr_policy: "fixed"\nmax_iter: 0\n'
+                                            'snapshot_prefix: "init"\nsolver_mode: CPU\nrandom_seed: 3\n')
+    done = subprocess.run([str(caffe), "train", "-solver", "solver.prototxt"], cwd=folder, capture_output=True,
+                          text=True, env=dict(os.environ, GLOG_logtostderr="1"))
+    weights = folder / "init_iter_0.caffemodel"
+    if done.returncode != 0 or not weights.is_file():
+        sys.exit(f"caffe could not initialise the weights:\n{done.stderr[-2000:]}")
+    return weights
+
+
+def caffe_time(caffe, folder, batch):
+    """Images per second of Caffe's own forward pass of ResNet-50 at ``batch``."""
+    net = read_net(RESNET).net
+    net.input_dim[0] = batch  # the published net states its input in the legacy input_dim fields
+    path = folder / f"time_{batch}.prototxt"
+    path.write_text(to_text(net))
+    done = subprocess.run([str(caffe), "time", "-model", str(path), "-phase", "TEST", "-iterations", "3"],
+                          capture_output=True, text=True, env=dict(os.environ, GLOG_logtostderr="1"))
+    forward = float(re.search(r"Average Forward pass: ([0-9.]+) ms", done.stderr).group(1))
+    return batch / forward * 1000
+
+
+def extract_once(caffe, weights, images, run_dir):
+    """In this process: prepare the cached job and extract its features; print JSON of the figures."""
+    settings = DataSettings(resize=(INPUT, INPUT), mean_value=(104.0, 117.0, 123.0))
+    prepare(JobOptions(net=RESNET, weights=weights, data=images, val_fraction=VAL, freeze_upto="pool5",
+                       cache_features=True, data_settings=settings), run_dir)
+    plan = plan_cache(run_dir)
+    started = time.monotonic()
+    cache.extract(plan, Target(Path(caffe)), show_progress=False)
+    seconds = time.monotonic() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(json.dumps({"images": sum(plan.images.values()), "seconds": seconds, "peak_rss": peak}))
+
+
+def measured_extraction(caffe, weights, images, run_dir):
+    done = subprocess.run([sys.executable, __file__, "--extract-only", str(caffe), str(weights), str(images),
+                           str(run_dir)], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path)
+    parser.add_argument("--small", type=int, default=500)
+    parser.add_argument("--large", type=int, default=2000)
+    parser.add_argument("--extract-only", nargs=4, metavar=("CAFFE", "WEIGHTS", "IMAGES", "RUN"))
+    args = parser.parse_args()
+    if args.extract_only:
+        return extract_once(*args.extract_only)
+    work = args.dir or Path(tempfile.mkdtemp(prefix="caffegen-bench-"))
+    caffe = install_caffe(log=print)
+    weights = initial_weights(caffe, work / "init")
+    results = {}
+    for count in (args.small, args.large):
+        images = work / f"images_{count}"
+        write_images(images, round(count / (1 - VAL)))
+        results[count] = measured_extraction(caffe, weights, images, work / f"run_{count}")
+        figures = results[count]
+        print(f"{figures['images']} images: {figures['images'] / figures['seconds']:.1f} img/s, "
+              f"peak RSS {figures['peak_rss'] / 1e9:.2f} GB")
+    timed = {batch: caffe_time(caffe, work, batch) for batch in TIME_BATCHES}
+    print("caffe time -phase TEST: " + ", ".join(f"batch {b}: {rate:.1f} img/s" for b, rate in timed.items()))
+    large, small = results[args.large], results[args.small]
+    rate = large["images"] / large["seconds"]
+    print(f"extraction: {rate:.1f} img/s (caffe engine {rate / max(timed.values()):.2f}× caffe time), "
+          f"peak RSS {small['peak_rss'] / 1e9:.2f} GB at {args.small} and {large['peak_rss'] / 1e9:.2f} GB at "
+          f"{args.large} images (mini-batches of {cache.CACHE_BATCH})")
+
+
+if __name__ == "__main__":
+    main()
