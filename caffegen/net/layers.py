@@ -24,9 +24,11 @@ KNOWN_PARAMETER_FREE = {
     "MVN", "MemoryData", "MultinomialLogisticLoss", "Pooling", "Power", "ReLU",
     "Reduction", "Reshape", "SPP", "Sigmoid", "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax",
     "SoftmaxWithLoss", "Split", "Swish", "TanH", "Threshold", "Tile", "WindowData",
+    # SSD's layers (weiliu89/caffe, branch ssd)
+    "AnnotatedData", "DetectionEvaluate", "DetectionOutput", "MultiBoxLoss", "Permute", "PriorBox",
 }
 # Types whose learnable-blob count is fixed, or base + 1 when their bias_term flag is on.
-FIXED_BLOBS = {"BatchNorm": 3, "Bias": 1, "PReLU": 1, "Parameter": 1, "LSTM": 3, "RNN": 5}
+FIXED_BLOBS = {"BatchNorm": 3, "Bias": 1, "PReLU": 1, "Parameter": 1, "LSTM": 3, "RNN": 5, "Normalize": 1}
 BIAS_TERM_BLOBS = {
     # layer type -> (its parameter message, weight blobs, bias_term default)
     "Convolution": ("convolution_param", 1, True),
@@ -92,3 +94,18 @@ def is_frozen(layer):
     if not count:
         return False
     return len(layer.param) >= count and all(spec.lr_mult == 0 for spec in layer.param[:count])
+
+
+def priors_per_location(prior_box_param):
+    """How many boxes an SSD PriorBox places at each location, counted as SSD's prior_box_layer.cpp counts them.
+
+    Aspect ratio 1 comes first; each other ratio counts once however often it is listed, and its
+    inverse once more with ``flip``; that set is repeated per ``min_size``, plus one box per ``max_size``.
+    """
+    ratios = [1.0]
+    for ratio in prior_box_param.aspect_ratio:
+        if all(abs(ratio - known) >= 1e-6 for known in ratios):
+            ratios.append(ratio)
+            if prior_box_param.flip:
+                ratios.append(1.0 / ratio)
+    return len(ratios) * len(prior_box_param.min_size) + len(prior_box_param.max_size)
