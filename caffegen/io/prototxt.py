@@ -88,6 +88,18 @@ def to_text(message):
     return text_format.MessageToString(message)
 
 
+def label_map_text(names, schema, path=None):
+    """The text of an SSD LabelMap naming classes 0…K-1 in order (``schema`` must be a fork's that has LabelMap)."""
+    try:
+        label_map = schema.message_class("LabelMap")()
+    except KeyError:
+        raise CaffegenError(f"{schema.origin} has no LabelMap message: pass --proto with SSD's caffe.proto",
+                            path) from None
+    for label, name in enumerate(names):
+        label_map.item.add(name=name, label=label, display_name=name)
+    return to_text(label_map)
+
+
 def _describe_parse_error(error, message, path):
     detail = str(error)
     line, column = error.GetLine(), error.GetColumn()
