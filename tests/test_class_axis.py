@@ -16,7 +16,7 @@ from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.prototxt import parse_text, read_net, read_text, to_text
 from caffegen.io.schema import BVLC, load_fork_schema
-from caffegen.net.head import find_class_axes, find_classifiers, retarget_head
+from caffegen.net.head import find_class_axes, find_classifiers, retarget_head, retarget_layer
 from caffegen.net.lint import lint
 from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN, NetView
 from caffegen.net.shapes import infer_shapes
@@ -110,6 +110,31 @@ class TestFcnHead:
         lines = result.stderr.strip().splitlines()
         assert [line.split(":")[0] for line in lines] == FCN8S_CLASS_LAYERS
         assert cli("lint", out).returncode == 0
+
+
+class TestLintClassAxes:
+    def test_a_layer_retargeted_alone_is_named(self):
+        net = read_net(FCN8S).net
+        retarget_layer(layer(net, "score_pool4"), "score_pool4_ft", 5)
+        findings = lint(net)
+        assert [finding.layer for finding in findings if "classes" in finding.problem] == ["score_pool4_ft"]
+        problem = next(finding for finding in findings if finding.layer == "score_pool4_ft").format("n")
+        assert "states 5 classes but the rest of the class axis of loss 'loss' states 21" in problem
+        assert "disagree at 'fuse_pool4'" in problem and "caffegen head --num-output N" in problem
+
+    def test_a_layer_left_at_the_old_size_is_named(self):
+        net = read_net(FCN8S).net
+        retarget_head(net, 5)
+        layer(net, "upscore_pool4_ft").convolution_param.num_output = 21
+        assert [finding.layer for finding in lint(net)] == ["upscore_pool4_ft"]
+
+    def test_ssd_confidences_that_do_not_fit_their_priors(self, ssd_schema):
+        net = read_net(SSD / "MobileNetSSD_train.prototxt", ssd_schema).net
+        layer(net, "conv13_mbox_conf").convolution_param.num_output = 125
+        layer(net, "mbox_loss").multibox_loss_param.num_classes = 20
+        problems = {finding.layer: finding.problem for finding in lint(net)}
+        assert "no multiple of its 6 priors" in problems["conv13_mbox_conf"]
+        assert "states 20 classes but the rest of the class axis of loss 'mbox_loss' states 21" in problems["mbox_loss"]
 
 
 def with_inputs(net, side):
