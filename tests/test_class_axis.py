@@ -79,7 +79,8 @@ class TestFcnHead:
 
     def test_layers_shared_by_two_outputs_are_retargeted_once(self):
         net = read_net(FCN8S).net
-        net.layer.add(name="prob", type="Softmax", bottom=["score"], top=["prob"]).include.add(phase=PHASE_NUMBERS[TEST])
+        prob = net.layer.add(name="prob", type="Softmax", bottom=["score"], top=["prob"])
+        prob.include.add(phase=PHASE_NUMBERS[TEST])
         assert [axis.root for axis in find_class_axes(net)] == ["loss", "prob"]
         report = retarget_head(net, 5)
         assert [old for old, _, _ in report.renamed] == FCN8S_CLASS_LAYERS and len(report.summary()) == 6
@@ -102,6 +103,15 @@ class TestFcnHead:
         with pytest.raises(CaffegenError, match="cannot rename 'upscore8' to 'upscore8_ft'"):
             retarget_head(net, 5)
         assert to_text(net) == before
+
+    def test_an_upsampler_caffe_cannot_fill_bilinearly_is_refused(self):
+        net = read_net(FCN8S).net
+        param = layer(net, "upscore8").convolution_param
+        param.ClearField("kernel_size")
+        param.kernel_h, param.kernel_w = 16, 8
+        square_only = "'upscore8': Caffe's bilinear filler fills square kernels only, not 16×8"
+        with pytest.raises(CaffegenError, match=square_only):
+            retarget_head(net, 5)
 
     def test_cli_retargets_fcn8s_and_lint_agrees(self, cli, tmp_path):
         out = tmp_path / "ft.prototxt"

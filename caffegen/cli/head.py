@@ -17,8 +17,7 @@ from caffegen.cli.options import (
 )
 from caffegen.defaults import HEAD_LR_MULT
 from caffegen.errors import CaffegenError
-from caffegen.io.files import write_atomic
-from caffegen.io.prototxt import label_map_text
+from caffegen.io.prototxt import write_label_map
 from caffegen.net.head import retarget_head
 
 LABEL_MAP_NAME = "labelmap.prototxt"
@@ -52,13 +51,12 @@ def head_command(net_path, num_output, layers, new_name, lr_mult, label_map, out
     label_map = label_map or (str(Path(target).parent / LABEL_MAP_NAME) if target else None)
     reference = os.path.relpath(label_map, Path(target).parent if target else ".") if label_map else None
     result = retarget_head(loaded.net, num_output, layers, new_name, lr_mult, path=net_path, label_map_file=reference)
-    if result.label_map is not None:
-        if label_map is None:
-            raise CaffegenError(f"an SSD net needs a label map for its {num_output} classes: pass -o or --label-map",
-                                net_path)
-        write_atomic(label_map, label_map_text(result.label_map, schema_for(proto_path), net_path))
+    if result.label_map is not None and label_map is None:
+        raise CaffegenError(f"an SSD net needs a label map for its {num_output} classes: pass -o or --label-map",
+                            net_path)
     write_net(loaded.net, net_path, output, in_place)
     report(result.summary())
     if result.label_map is not None:
+        write_label_map(label_map, result.label_map, schema_for(proto_path))
         report([f"wrote the label map of the {num_output} classes to {label_map} ({', '.join(result.label_map[:3])}"
                 f"{', …' if num_output > 3 else ''}; put your class names in it), which the net's data layers read"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from caffegen.errors import CaffegenError
+from caffegen.io.files import write_atomic
 from caffegen.io.schema import BVLC
 from caffegen.io.upgrade import is_v1_net, upgrade_v1_net
 
@@ -88,8 +89,8 @@ def to_text(message):
     return text_format.MessageToString(message)
 
 
-def label_map_text(names, schema, path=None):
-    """The text of an SSD LabelMap naming classes 0…K-1 in order (``schema`` must be a fork's that has LabelMap)."""
+def write_label_map(path, names, schema):
+    """Write an SSD LabelMap naming classes 0…K-1 in order (``schema`` must be a fork's that has LabelMap)."""
     try:
         label_map = schema.message_class("LabelMap")()
     except KeyError:
@@ -97,7 +98,7 @@ def label_map_text(names, schema, path=None):
                             path) from None
     for label, name in enumerate(names):
         label_map.item.add(name=name, label=label, display_name=name)
-    return to_text(label_map)
+    write_atomic(path, to_text(label_map))
 
 
 def _describe_parse_error(error, message, path):

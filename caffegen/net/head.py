@@ -384,9 +384,9 @@ def retarget_layer(layer, new_name, num_output, lr_mult=HEAD_LR_MULT, path=None)
 def retarget_upsampler(layer, new_name, num_output, path=None):
     """Resize a per-class Deconvolution for ``num_output`` classes; a fixed one gets bilinear weights and keeps lr 0.
 
-    Its group becomes the class count when it was the class count, or 1 for a fixed upsampler: Caffe's
-    bilinear filler fills every pair of input and output channels, so only a grouped Deconvolution
-    upsamples each class on its own (what FCN's surgery did by hand for its group-1 upsamplers).
+    Its group becomes the class count where it was the old class count, and where it was 1 in a fixed
+    upsampler: Caffe's bilinear filler fills every pair of input and output channels, so only a grouped
+    Deconvolution upsamples each class on its own (FCN's surgery filled only those pairs by hand).
     Returns the change, in words.
     """
     param = layer.convolution_param
@@ -394,6 +394,9 @@ def retarget_upsampler(layer, new_name, num_output, path=None):
     new_group = num_output if group == before or (fixed and group == 1) else group
     if num_output % new_group:
         raise CaffegenError(f"layer '{layer.name}': {num_output} classes do not split into its {group} groups", path)
+    if fixed and len(set(_kernel(param))) > 1:
+        raise CaffegenError(f"layer '{layer.name}': Caffe's bilinear filler fills square kernels only, not "
+                            f"{'×'.join(map(str, _kernel(param)))}; set this upsampler's weights yourself", path)
     layer.name = new_name
     param.num_output, param.group = num_output, new_group
     if fixed or not param.HasField("weight_filler"):
@@ -405,6 +408,13 @@ def retarget_upsampler(layer, new_name, num_output, path=None):
             spec.lr_mult, spec.decay_mult = 0, 0
     weights = "bilinear weights, lr_mult 0" if fixed else "its own learning rate"
     return f"num_output {before} → {num_output}, group {group} → {new_group}, {weights}"
+
+
+def _kernel(param):
+    """A convolution's kernel sizes: kernel_h and kernel_w, or its kernel_size values."""
+    if param.HasField("kernel_h") or param.HasField("kernel_w"):
+        return [param.kernel_h, param.kernel_w]
+    return list(param.kernel_size)
 
 
 def _add_bias_filler(layer, param):
@@ -424,11 +434,11 @@ def _param_specs(layer):
 def set_num_classes(layer, num_output, path=None):
     """Set an SSD layer's ``num_classes``; returns the change, in words."""
     param = _ssd_param(layer, NUM_CLASSES_PARAMS[layer.type], path)
-    before, param.num_classes = param.num_classes, num_output
     background = getattr(param, "background_label_id", 0)
     if background >= num_output:
         raise CaffegenError(f"layer '{layer.name}': background_label_id {background} needs more than "
                             f"{num_output} classes (SSD counts the background as a class)", path)
+    before, param.num_classes = param.num_classes, num_output
     return f"num_classes {before} → {num_output}"
 
 
