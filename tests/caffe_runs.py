@@ -1,12 +1,19 @@
 """Running the real Caffe binary from tests, and reading what it wrote."""
 
 import os
+import re
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
 
+from caffegen.io.prototxt import to_text
 from caffegen.io.schema import BVLC
+from caffegen.net.netview import TRAIN
+from caffegen.net.shapes import format_shape
+
+READY = "Network initialization done."
 
 
 def run_caffe(caffe, *args, cwd):
@@ -44,3 +51,53 @@ def layers_without_backward(log):
     """Names of the layers Caffe reports as not needing backward computation."""
     marker = " does not need backward computation."
     return {line.split("] ", 1)[-1][: -len(marker)] for line in log.splitlines() if line.endswith(marker)}
+
+
+def caffe_top_shapes(caffe, workdir, net, phase=TRAIN):
+    """{layer name: [top shapes]} as real Caffe logs them while building ``net`` in ``phase``."""
+    (workdir / "net.prototxt").write_text(to_text(constant_fillers(net)))
+    process = subprocess.Popen([str(caffe), "time", "-model", "net.prototxt", "-phase", phase, "-iterations", "1"],
+                               cwd=workdir, env=dict(os.environ, GLOG_logtostderr="1"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    shapes, layer, log = {}, None, []
+    try:
+        for line in process.stderr:
+            log.append(line)
+            if READY in line:
+                break
+            setting_up = re.search(r"\] Setting up (.+)$", line)
+            top = re.search(r"\] Top shape: ([\d ]*)\(\d+\)$", line)
+            if setting_up:
+                layer = setting_up.group(1)
+                shapes[layer] = []
+            elif top:
+                shapes[layer].append(tuple(int(dim) for dim in top.group(1).split()))
+    finally:
+        watchdog.cancel()
+        process.kill()
+        process.wait()
+    assert log and READY in log[-1], "".join(log[-30:])
+    return shapes
+
+
+def constant_fillers(net):
+    """A copy of ``net`` whose weights Caffe fills with zeros, which is quicker than random numbers."""
+    quick = BVLC.NetParameter()
+    quick.CopyFrom(net)
+    for layer in quick.layer:
+        for name in ("convolution_param", "inner_product_param", "embed_param"):
+            if layer.HasField(name):
+                getattr(layer, name).weight_filler.CopyFrom(BVLC.FillerParameter(type="constant"))
+    return quick
+
+
+def assert_same_shapes(ours, theirs):
+    for result in ours:
+        assert result.name in theirs, f"Caffe did not build layer '{result.name}'"
+        assert list(result.tops.values()) == theirs[result.name], (
+            f"layer '{result.name}' ({result.type}): caffegen {list(map(format_shape, result.tops.values()))}, "
+            f"Caffe {list(map(format_shape, theirs[result.name]))}")
+    inserted = {name for name in theirs if name.endswith("_split")}
+    assert set(theirs) - inserted == {result.name for result in ours}

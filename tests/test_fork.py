@@ -1,11 +1,12 @@
 """Nets of forked Caffes: a clear error without their schema, full support with --proto."""
 
 import pytest
-from conftest import ROOT, ZOO, assert_one_line_error
+from conftest import ZOO, assert_one_line_error
+from fork_schemas import ceil_mode_proto
 
 from caffegen.errors import CaffegenError
 from caffegen.io.prototxt import read_net, to_text
-from caffegen.io.schema import BVLC, load_fork_schema
+from caffegen.io.schema import load_fork_schema
 from caffegen.net.freeze import freeze
 from caffegen.net.head import retarget_head
 
@@ -15,14 +16,7 @@ DENSENET = ZOO / "densenet/DenseNet_121.prototxt"
 @pytest.fixture(scope="module")
 def fork_proto(tmp_path_factory):
     """A fork-style schema: BVLC's caffe.proto with the fields DenseNet's Caffe adds to PoolingParameter."""
-    pooling = BVLC.PoolingParameter.DESCRIPTOR
-    number = max(field.number for field in pooling.fields) + 1
-    text = (ROOT / "caffe.proto").read_text()
-    anchor = "message PoolingParameter {"
-    assert text.count(anchor) == 1
-    path = tmp_path_factory.mktemp("fork") / "caffe.proto"
-    path.write_text(text.replace(anchor, f"{anchor}\n  optional bool ceil_mode = {number} [default = true];"))
-    return path
+    return ceil_mode_proto(tmp_path_factory.mktemp("fork") / "caffe.proto")
 
 
 def test_without_the_fork_schema_the_error_points_to_proto():

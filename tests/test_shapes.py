@@ -5,25 +5,22 @@ read files (LMDB, image lists, window files) get Input layers with the shapes ca
 for their data layers, which ``TestDataLayers`` checks on its own against real files.
 """
 
-import os
-import re
-import subprocess
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from caffe_runs import run_caffe
+from caffe_runs import READY, assert_same_shapes, caffe_top_shapes, constant_fillers, run_caffe
 from conftest import ROOT, ZOO, zoo_nets
+from fork_schemas import ceil_mode_proto, ssd_proto
 from google.protobuf import text_format
 
 from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.prototxt import read_net, to_text
 from caffegen.io.schema import BVLC, load_fork_schema
+from caffegen.net.layers import priors_per_location
 from caffegen.net.netview import TEST, TRAIN, NetView
-from caffegen.net.shapes import format_shape, infer_shapes
+from caffegen.net.shapes import infer_shapes
 
-READY = "Network initialization done."
 FILE_DATA_TYPES = {"Data", "ImageData", "WindowData"}
 # The size of the images a zoo net's database holds, by folder (N, C, H, W); ImageNet-sized otherwise.
 STORED_IMAGES = {"mnist": (1, 1, 28, 28), "v1_2015_mnist": (1, 1, 28, 28), "siamese": (1, 2, 28, 28),
@@ -104,56 +101,6 @@ layer { name: "l2" type: "EuclideanLoss" bottom: "fc" bottom: "fc" top: "l2" }
 layer { name: "swish" type: "Swish" bottom: "data" top: "swish" }
 layer { name: "silence" type: "Silence" bottom: "tiled" }
 """
-
-
-def caffe_top_shapes(caffe, workdir, net, phase=TRAIN):
-    """{layer name: [top shapes]} as real Caffe logs them while building ``net`` in ``phase``."""
-    (workdir / "net.prototxt").write_text(to_text(constant_fillers(net)))
-    process = subprocess.Popen([str(caffe), "time", "-model", "net.prototxt", "-phase", phase, "-iterations", "1"],
-                               cwd=workdir, env=dict(os.environ, GLOG_logtostderr="1"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    watchdog = threading.Timer(120, process.kill)
-    watchdog.start()
-    shapes, layer, log = {}, None, []
-    try:
-        for line in process.stderr:
-            log.append(line)
-            if READY in line:
-                break
-            setting_up = re.search(r"\] Setting up (.+)$", line)
-            top = re.search(r"\] Top shape: ([\d ]*)\(\d+\)$", line)
-            if setting_up:
-                layer = setting_up.group(1)
-                shapes[layer] = []
-            elif top:
-                shapes[layer].append(tuple(int(dim) for dim in top.group(1).split()))
-    finally:
-        watchdog.cancel()
-        process.kill()
-        process.wait()
-    assert log and READY in log[-1], "".join(log[-30:])
-    return shapes
-
-
-def constant_fillers(net):
-    """A copy of ``net`` whose weights Caffe fills with zeros, which is quicker than random numbers."""
-    quick = BVLC.NetParameter()
-    quick.CopyFrom(net)
-    for layer in quick.layer:
-        for name in ("convolution_param", "inner_product_param", "embed_param"):
-            if layer.HasField(name):
-                getattr(layer, name).weight_filler.CopyFrom(BVLC.FillerParameter(type="constant"))
-    return quick
-
-
-def assert_same_shapes(ours, theirs):
-    for result in ours:
-        assert result.name in theirs, f"Caffe did not build layer '{result.name}'"
-        assert list(result.tops.values()) == theirs[result.name], (
-            f"layer '{result.name}' ({result.type}): caffegen {list(map(format_shape, result.tops.values()))}, "
-            f"Caffe {list(map(format_shape, theirs[result.name]))}")
-    inserted = {name for name in theirs if name.endswith("_split")}
-    assert set(theirs) - inserted == {result.name for result in ours}
 
 
 def batch_of_one(net):
@@ -237,7 +184,7 @@ class TestZooAgainstCaffe:
         assert_same_shapes(ours, caffe_top_shapes(caffe, tmp_path, with_inputs_for_file_data(net, phase, ours), phase))
 
     def test_densenet_with_its_forks_ceil_mode(self, caffe, tmp_path):
-        fork = fork_schema(tmp_path)
+        fork = load_fork_schema(ceil_mode_proto(tmp_path / "fork.proto"))
         net = read_net(DENSENET, fork).net
         floor = [layer.name for layer in net.layer if layer.type == "Pooling" and not layer.pooling_param.ceil_mode]
         assert floor, "DenseNet-Caffe should round some pooled sizes down"
@@ -253,16 +200,6 @@ class TestZooAgainstCaffe:
 
 def every_rule_net():
     return text_format.Parse(EVERY_RULE, BVLC.NetParameter(name="every_rule"))
-
-
-def fork_schema(folder):
-    """A fork-style schema: BVLC's with the ceil_mode DenseNet-Caffe adds to PoolingParameter."""
-    number = max(field.number for field in BVLC.PoolingParameter.DESCRIPTOR.fields) + 1
-    anchor = "message PoolingParameter {"
-    path = folder / "fork.proto"
-    path.write_text((ROOT / "caffe.proto").read_text().replace(
-        anchor, f"{anchor}\n  optional bool ceil_mode = {number} [default = true];"))
-    return load_fork_schema(path)
 
 
 def as_bvlc_rounding(net):
@@ -425,3 +362,66 @@ class TestWithoutCaffe:
         assert round(multiply_adds / 1e6) == 569 and round(parameters / 1e5) == 42
         multiply_adds, _ = totals("resnet/ResNet-50-deploy.prototxt")
         assert round(multiply_adds / 1e8) in (38, 39)
+
+
+SSD = ZOO / "ssd_mobilenet"
+
+
+@pytest.fixture(scope="module")
+def ssd_schema(tmp_path_factory):
+    return load_fork_schema(ssd_proto(tmp_path_factory.mktemp("ssd") / "caffe.proto"))
+
+
+class TestSsdFork:
+    """SSD's layers, read with the test copy of SSD's schema. No SSD Caffe can run here, so the checks
+    are SSD's own: its published MobileNet-SSD figures and the CHECKs of its layers' Reshape."""
+
+    @pytest.mark.parametrize("settings, count", [
+        ("min_size: 60 aspect_ratio: 2 flip: true", 3),
+        ("min_size: 105 max_size: 150 aspect_ratio: 2 aspect_ratio: 3 flip: true", 6),
+        ("min_size: 30 aspect_ratio: 2 aspect_ratio: 0.5 flip: true", 3),
+        ("min_size: 30 aspect_ratio: 2 aspect_ratio: 2 flip: false", 2),
+        ("min_size: 30 aspect_ratio: 1", 1),
+        ("min_size: 30 min_size: 60 max_size: 60 max_size: 90 aspect_ratio: 2", 8),
+    ])
+    def test_priors_per_location_are_counted_as_ssd_does(self, ssd_schema, settings, count):
+        assert priors_per_location(text_format.Parse(settings, ssd_schema.PriorBoxParameter())) == count
+
+    @pytest.mark.parametrize("name, phase", [("MobileNetSSD_deploy.prototxt", TEST),
+                                             ("MobileNetSSD_train.prototxt", TRAIN),
+                                             ("MobileNetSSD_test.prototxt", TEST)])
+    def test_mobilenet_ssd_confidences_are_priors_times_classes(self, ssd_schema, name, phase):
+        """MobileNet-SSD scores 1917 priors at 300×300 (19², 10², 5², 3², 2², 1² locations × 3 or 6 priors)."""
+        net = read_net(SSD / name, ssd_schema).net
+        view = NetView(net, phase)
+        results = {result.name: result for result in infer_shapes(view, (1, 3, 300, 300))}
+        assert not [(result.name, result.note) for result in results.values() if result.note]
+        boxes = [layer for layer in view.layers if layer.type == "PriorBox"]
+        sides = [results[view.sources(box.name)[0]].tops[box.bottom[0]][2] for box in boxes]
+        assert sides == [19, 10, 5, 3, 2, 1]
+        for box in boxes:
+            conf = view.layer(box.bottom[0] + "_mbox_conf")
+            assert conf.convolution_param.num_output == priors_per_location(box.prior_box_param) * 21
+        assert results["mbox_priorbox"].tops["mbox_priorbox"] == (1, 2, 1917 * 4)
+        batch = results["mbox_conf"].tops["mbox_conf"][0]
+        assert results["mbox_conf"].tops["mbox_conf"] == (batch, 1917 * 21)
+        assert results["mbox_loc"].tops["mbox_loc"] == (batch, 1917 * 4)
+        assert results["conv11_mbox_conf_perm"].tops["conv11_mbox_conf_perm"] == (batch, 19, 19, 63)
+
+    @pytest.mark.parametrize("name, layer, param", [("MobileNetSSD_train.prototxt", "mbox_loss", "multibox_loss_param"),
+                                                    ("MobileNetSSD_deploy.prototxt", "detection_out",
+                                                     "detection_output_param")])
+    def test_confidences_that_miss_a_class_are_rejected(self, ssd_schema, name, layer, param):
+        net = read_net(SSD / name, ssd_schema).net
+        getattr(next(item for item in net.layer if item.name == layer), param).num_classes = 20
+        phase = TRAIN if "train" in name else TEST
+        result = next(r for r in infer_shapes(NetView(net, phase), (1, 3, 300, 300)) if r.name == layer)
+        assert result.rejected and "1917 priors × 20 make 38340" in result.note
+
+    def test_without_the_forks_schema_the_shapes_are_unknown(self):
+        net = text_format.Parse('layer { name: "data" type: "Input" top: "data" '
+                                'input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }'
+                                'layer { name: "perm" type: "Permute" bottom: "data" top: "perm" }',
+                                BVLC.NetParameter())
+        result = infer_shapes(NetView(net, TEST))[-1]
+        assert result.tops == {"perm": None} and "--proto" in result.note and not result.rejected

@@ -10,6 +10,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from caffegen.errors import CaffegenError
+from caffegen.io.files import write_atomic
 from caffegen.io.schema import BVLC
 from caffegen.io.upgrade import is_v1_net, upgrade_v1_net
 
@@ -86,6 +87,18 @@ def read_solver(path, schema=BVLC):
 def to_text(message):
     """The prototxt text of ``message``."""
     return text_format.MessageToString(message)
+
+
+def write_label_map(path, names, schema):
+    """Write an SSD LabelMap naming classes 0…K-1 in order (``schema`` must be a fork's that has LabelMap)."""
+    try:
+        label_map = schema.message_class("LabelMap")()
+    except KeyError:
+        raise CaffegenError(f"{schema.origin} has no LabelMap message: pass --proto with SSD's caffe.proto",
+                            path) from None
+    for label, name in enumerate(names):
+        label_map.item.add(name=name, label=label, display_name=name)
+    write_atomic(path, to_text(label_map))
 
 
 def _describe_parse_error(error, message, path):

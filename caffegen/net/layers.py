@@ -24,9 +24,11 @@ KNOWN_PARAMETER_FREE = {
     "MVN", "MemoryData", "MultinomialLogisticLoss", "Pooling", "Power", "ReLU",
     "Reduction", "Reshape", "SPP", "Sigmoid", "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax",
     "SoftmaxWithLoss", "Split", "Swish", "TanH", "Threshold", "Tile", "WindowData",
+    # SSD's layers (weiliu89/caffe, branch ssd)
+    "AnnotatedData", "DetectionEvaluate", "DetectionOutput", "MultiBoxLoss", "Permute", "PriorBox",
 }
 # Types whose learnable-blob count is fixed, or base + 1 when their bias_term flag is on.
-FIXED_BLOBS = {"BatchNorm": 3, "Bias": 1, "PReLU": 1, "Parameter": 1, "LSTM": 3, "RNN": 5}
+FIXED_BLOBS = {"BatchNorm": 3, "Bias": 1, "PReLU": 1, "Parameter": 1, "LSTM": 3, "RNN": 5, "Normalize": 1}
 BIAS_TERM_BLOBS = {
     # layer type -> (its parameter message, weight blobs, bias_term default)
     "Convolution": ("convolution_param", 1, True),
@@ -39,9 +41,22 @@ NUM_OUTPUT_PARAMS = {"Convolution": "convolution_param", "Deconvolution": "convo
                      "InnerProduct": "inner_product_param", "Embed": "embed_param"}
 # Caffe's reference models let bias terms learn twice as fast as weights.
 BIAS_LR_FACTOR = 2.0
-# Layers a classifier's scores pass through unchanged in meaning on their way to the softmax.
-PASSTHROUGH_TYPES = {"ReLU", "Dropout", "Pooling", "Flatten", "Reshape", "Split"}
 SOFTMAX_TYPES = {"Softmax", "SoftmaxWithLoss"}
+# SSD's layers that state the number of classes, with the parameter message holding their num_classes.
+NUM_CLASSES_PARAMS = {"MultiBoxLoss": "multibox_loss_param", "DetectionOutput": "detection_output_param",
+                      "DetectionEvaluate": "detection_evaluate_param"}
+# Layers that read class scores at the end of a class axis: losses and outputs of classes.
+CLASS_AXIS_ROOTS = SOFTMAX_TYPES | set(NUM_CLASSES_PARAMS)
+ALL_BOTTOMS = None
+# The bottoms that carry class scores into a layer that keeps its input's classes (ALL_BOTTOMS: every one):
+# Crop's second bottom only gives the size, SSD's detection layers take the confidences second (or read them
+# from DetectionOutput's detections), and parameter-free element-wise layers keep every axis.
+CLASS_AXIS_BOTTOMS = {
+    "Crop": (0,), "Eltwise": ALL_BOTTOMS, "Concat": ALL_BOTTOMS, "Flatten": (0,), "Permute": (0,), "Reshape": (0,),
+    "Split": (0,), "Pooling": (0,), "SoftmaxWithLoss": (0,),
+    "MultiBoxLoss": (1,), "DetectionOutput": (1,), "DetectionEvaluate": (0,),
+    **{layer_type: (0,) for layer_type in ELEMENTWISE_TYPES & KNOWN_PARAMETER_FREE},
+}
 
 
 def learnable_blob_count(layer):
@@ -92,3 +107,26 @@ def is_frozen(layer):
     if not count:
         return False
     return len(layer.param) >= count and all(spec.lr_mult == 0 for spec in layer.param[:count])
+
+
+def class_axis_bottoms(layer):
+    """Indexes of the bottoms through which class scores reach ``layer``; () when it does not keep classes."""
+    if layer.type not in CLASS_AXIS_BOTTOMS:
+        return ()
+    carriers = CLASS_AXIS_BOTTOMS[layer.type]
+    return tuple(range(len(layer.bottom))) if carriers is ALL_BOTTOMS else carriers
+
+
+def priors_per_location(prior_box_param):
+    """How many boxes an SSD PriorBox places at each location, counted as SSD's prior_box_layer.cpp counts them.
+
+    Aspect ratio 1 comes first; each other ratio counts once however often it is listed, and its
+    inverse once more with ``flip``; that set is repeated per ``min_size``, plus one box per ``max_size``.
+    """
+    ratios = [1.0]
+    for ratio in prior_box_param.aspect_ratio:
+        if all(abs(ratio - known) >= 1e-6 for known in ratios):
+            ratios.append(ratio)
+            if prior_box_param.flip:
+                ratios.append(1.0 / ratio)
+    return len(ratios) * len(prior_box_param.min_size) + len(prior_box_param.max_size)

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from caffegen.errors import CaffegenError
 from caffegen.io.lists import read_list
-from caffegen.net.head import classifier_outputs
+from caffegen.net.head import classifier_outputs, find_class_axes
 from caffegen.net.layers import is_frozen, learnable_blob_count
 from caffegen.net.netview import TEST, TRAIN, NetView
 
@@ -32,6 +32,8 @@ def lint(net, num_classes=None, path=None):
             checks.append(check_drifting_batchnorm(view))
         if num_classes is not None:
             checks.append(check_classifier_size(net, num_classes, path))
+        if phase == TRAIN:
+            checks.append(check_class_axes(net, path))
         for finding in (f for check in checks for f in check):
             if finding not in findings:
                 findings.append(finding)
@@ -103,6 +105,26 @@ def check_classifier_size(net, num_classes, path):
         if outputs != num_classes:
             yield Finding(name, f"classifier has num_output {outputs} but the labels have {num_classes} classes",
                           f"caffegen head --num-output {num_classes} (renames it so Caffe initialises it fresh)")
+
+
+def check_class_axes(net, path):
+    """A layer stating another number of classes than the rest of its class axis (retargeted alone, or left out).
+
+    The majority of the axis's layers is taken as right, so a layer retargeted on its own is named,
+    and so is one left at the old size when most were retargeted.
+    """
+    for axis in find_class_axes(net, path):
+        count = axis.count
+        for layer in axis.layers:
+            if layer.count is None and layer.priors:
+                yield Finding(layer.name, f"its num_output is no multiple of its {layer.priors} priors a location, so "
+                              f"its classes disagree with the {count} of the {axis.describe()}",
+                              "caffegen head --num-output N (it sets priors × N)")
+            elif layer.count is not None and layer.count != count:
+                yield Finding(layer.name, f"states {layer.count} classes but the rest of the {axis.describe()} "
+                              f"states {count}, so they disagree at '{layer.via or axis.root}'",
+                              f"retarget them together: caffegen head --num-output N "
+                              f"(it changes every layer of the axis: {', '.join(axis.names)})")
 
 
 def count_classes(path):

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from caffegen.errors import CaffegenError
-from caffegen.net.layers import ELEMENTWISE_TYPES, LOSS_TYPES, learnable_blob_count
+from caffegen.net.layers import ELEMENTWISE_TYPES, LOSS_TYPES, learnable_blob_count, priors_per_location
 from caffegen.net.netview import TEST, TRAIN, NetView
 
 IMAGE_SIZE_HINT = "pass --input-shape N,C,H,W"
@@ -308,8 +308,20 @@ def _net_inputs(net, input_shape):
     return result
 
 
+def _annotated_data_layer(layer, input_shape):
+    """SSD's AnnotatedData: images of the stored size unless resized (WARP) or cropped; a row of 8 per box."""
+    batch = layer.data_param.batch_size
+    transform = layer.transform_param
+    height = width = transform.crop_size or None
+    fields = transform.DESCRIPTOR.fields_by_name
+    resize = transform.resize_param if "resize_param" in fields and transform.HasField("resize_param") else None
+    if not height and resize is not None and resize.resize_mode == resize.WARP and resize.height and resize.width:
+        height, width = resize.height, resize.width
+    return [_fill((batch, None, height, width), input_shape), (1, 1, None, 8)][:len(layer.top)]
+
+
 DATA_RULES = {
-    "Data": _stored_data_layer("data_param"), "ImageData": _image_data_layer,
+    "Data": _stored_data_layer("data_param"), "ImageData": _image_data_layer, "AnnotatedData": _annotated_data_layer,
     "WindowData": _stored_data_layer("window_data_param"),
     "MemoryData": _memory_data_layer, "HDF5Data": _hdf5_data_layer, "DummyData": _dummy_data_layer,
     "Input": _input_layer,
@@ -664,12 +676,88 @@ def _silence(layer, bottoms):
     return [], [], 0
 
 
+# --- SSD's layers (weiliu89/caffe, branch ssd), read with that fork's schema -----------------------
+
+
+def _fork_param(message, name):
+    """``message``'s field ``name``, which only a fork's schema has; unknown shapes without it."""
+    if name not in message.DESCRIPTOR.fields_by_name:
+        raise _Unknown(f"'{name}' is not in this schema: read the net with --proto and the fork's caffe.proto")
+    return getattr(message, name)
+
+
+def _permute(layer, bottoms):
+    bottom = bottoms[0]
+    order = list(_fork_param(layer, "permute_param").order)
+    if any(axis >= len(bottom) for axis in order) or len(set(order)) != len(order):
+        raise ShapeError(f"order {order} is not a permutation of the axes of {format_shape(bottom)}")
+    order += [axis for axis in range(len(bottom)) if axis not in order]
+    return [tuple(bottom[axis] for axis in order)], [], 0
+
+
+def _prior_box(layer, bottoms):
+    """1 × 2 (boxes, variances) × 4 coordinates of each prior at each location of the feature map."""
+    param = _fork_param(layer, "prior_box_param")
+    feature = bottoms[0]
+    if len(feature) != 4:
+        raise ShapeError(f"PriorBox needs a 4-axis feature map, not {format_shape(feature)}")
+    if not param.min_size:
+        raise ShapeError("no min_size")
+    if param.max_size and len(param.max_size) != len(param.min_size):
+        raise ShapeError(f"{len(param.max_size)} max_size for {len(param.min_size)} min_size")
+    return [(1, 2, _times(feature[2], feature[3], priors_per_location(param), 4))], [], 0
+
+
+def _normalize(layer, bottoms):
+    bottom = bottoms[0]
+    if len(bottom) < 2:
+        raise ShapeError(f"Normalize needs an input with a channel axis, not {format_shape(bottom)}")
+    shared = _fork_param(layer, "norm_param").channel_shared
+    return [bottom] * len(layer.top), [() if shared else (bottom[1],)], 0
+
+
+def _check_detection_inputs(layer, bottoms, param):
+    """SSD's check: locations are priors × 4 (per class without share_location), confidences priors × classes."""
+    if not param.HasField("num_classes"):
+        raise ShapeError("no num_classes")
+    locations, confidences, priors = bottoms[:3]
+    if len(priors) != 3 or len(locations) < 2 or len(confidences) < 2:
+        raise ShapeError("expected locations and confidences of 2 axes or more and priors of 3 (1 × 2 × 4·priors)")
+    num_priors = None if priors[2] is None else priors[2] // 4
+    location_classes = 1 if param.share_location else param.num_classes
+    for blob, what, per_prior in ((0, "locations", location_classes * 4), (1, "confidences", param.num_classes)):
+        expected, channels = _times(num_priors, per_prior), bottoms[blob][1]
+        if None not in (expected, channels) and expected != channels:
+            raise ShapeError(f"its {what} '{layer.bottom[blob]}' have {channels} values an image, but "
+                             f"{num_priors} priors × {per_prior} make {expected}")
+    if None not in (locations[0], confidences[0]) and locations[0] != confidences[0]:
+        raise ShapeError(f"locations and confidences have batch sizes {locations[0]} and {confidences[0]}")
+
+
+def _multibox_loss(layer, bottoms):
+    _check_detection_inputs(layer, bottoms, _fork_param(layer, "multibox_loss_param"))
+    return [()] * len(layer.top), [], 0
+
+
+def _detection_output(layer, bottoms):
+    _check_detection_inputs(layer, bottoms, _fork_param(layer, "detection_output_param"))
+    return [(1, 1, 1, 7)] * len(layer.top), [], 0
+
+
+def _detection_evaluate(layer, bottoms):
+    _fork_param(layer, "detection_evaluate_param")
+    return [(1, 1, None, 5)] * len(layer.top), [], 0
+
+
 RULES = {
     "Convolution": _convolution, "Deconvolution": _deconvolution, "Im2col": _im2col, "Pooling": _pooling,
     "InnerProduct": _inner_product, "Embed": _embed, "Eltwise": _eltwise, "Split": _split,
     "Concat": _concat, "Slice": _slice, "Flatten": _flatten, "Reshape": _reshape, "Crop": _crop_layer,
     "Tile": _tile, "BatchReindex": _batch_reindex, "Parameter": _parameter, "Accuracy": _accuracy,
     "ArgMax": _argmax, "Reduction": _reduction, "Silence": _silence,
+    "Permute": _permute, "PriorBox": _prior_box, "Normalize": _normalize, "MultiBoxLoss": _multibox_loss,
+    "DetectionOutput": _detection_output, "DetectionEvaluate": _detection_evaluate,
 }
 RULES.update({layer_type: _same_shape for layer_type in ELEMENTWISE_TYPES})
-MIN_BOTTOMS = {"Parameter": 0, "BatchReindex": 2, "Crop": 2}
+MIN_BOTTOMS = {"Parameter": 0, "BatchReindex": 2, "Crop": 2, "PriorBox": 2, "MultiBoxLoss": 4, "DetectionOutput": 3,
+               "DetectionEvaluate": 2}
