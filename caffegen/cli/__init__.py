@@ -16,6 +16,7 @@ from caffegen.cli.lint import lint_command
 from caffegen.cli.prepare import prepare_command
 from caffegen.cli.sweep import sweep_command
 from caffegen.cli.upgrade import upgrade_command
+from caffegen.cli.zoo import zoo_command
 from caffegen.errors import CaffegenError
 
 
@@ -26,7 +27,7 @@ def cli():
 
 
 for command in (demo_command, advise_command, prepare_command, launch_command, sweep_command, freeze_command,
-                head_command, lint_command, inspect_command, upgrade_command, install_caffe_command):
+                head_command, lint_command, inspect_command, upgrade_command, install_caffe_command, zoo_command):
     cli.add_command(command)
 
 
