@@ -378,13 +378,12 @@ def _check_mean_file(mean, layer, dataset):
     """Refuse a mean file that Caffe would abort on in ``layer``: other channels, or images of another size."""
     if layer.type != "ImageData":
         return  # what an LMDB holds is not known here
-    gray = not layer.image_data_param.is_color or layer.transform_param.force_gray
-    channels = 1 if gray else 3
-    instead = "--mean-value " + ",".join(f"{value:.2f}" for value in mean.channel_means)
+    channels = _channels(layer)
     if mean.channels != channels:
+        kind = "gray" if channels == 1 else "colour (BGR)"
         raise CaffegenError(f"the mean file has {mean.channels} channel(s), but data layer '{layer.name}' feeds the "
-                            f"net {'gray' if gray else 'colour (BGR)'} images of {channels}: give the mean file "
-                            "of this model, or --mean-value", mean.path)
+                            f"net {kind} images of {channels}: give the mean file of this model, or --mean-value",
+                            mean.path)
     params = layer.image_data_param
     if params.new_height and params.new_width:
         size, how = (params.new_height, params.new_width), "resized to"
@@ -395,10 +394,16 @@ def _check_mean_file(mean, layer, dataset):
         return
     if size != mean.size:
         height, width = mean.size
+        instead = "--mean-value " + ",".join(f"{value:.2f}" for value in mean.channel_means)
         raise CaffegenError(f"the mean file is {height}×{width}, but data layer '{layer.name}' gets images {how} "
                             f"{size[0]}×{size[1]}: Caffe subtracts a mean file only from images of its size; pass "
                             f"--resize {height},{width}, or subtract its per-channel mean instead ({instead})",
                             mean.path)
+
+
+def _channels(layer):
+    """The channels a data layer feeds the net: 1 for gray images, else 3."""
+    return 1 if not layer.image_data_param.is_color or layer.transform_param.force_gray else 3
 
 
 def _set_scale(net, scale):
@@ -411,8 +416,7 @@ def _set_scale(net, scale):
 def _input_geometry(net, dataset, settings):
     """(channels, height, width) the deploy net takes: the crop, the resize, or the images' own size."""
     layer = data_layers(net)[0]
-    gray = not layer.image_data_param.is_color or layer.transform_param.force_gray
-    channels = 1 if gray else 3
+    channels = _channels(layer)
     crop = layer.transform_param.crop_size
     if crop:
         return channels, crop, crop
