@@ -477,6 +477,24 @@ class TestPrepareModel:
         manifest = json.loads((tmp_path / "run2" / "manifest.json").read_text())
         assert (manifest["preprocessing"]["mean_value"], manifest["preprocessing"]["scale"]) == ([10], 0.5)
 
+    def test_a_zoo_mean_file_is_downloaded_checked_and_recorded(self, team, server, home, images, tmp_path):
+        entry = json.loads(json.dumps(team["entry"]))
+        mean = team["mean"]
+        entry["preprocessing"] = {"channel_order": "gray", "input_size": [28, 28], "resize": [28, 28],
+                                  "mean_file": {"url": server.add("/lenet/mean.binaryproto", mean), "sha1": sha1(mean)}}
+        catalog = write_catalog(tmp_path / "resnet_like.json", {"lenet_mean": entry})
+        result = run_caffegen("prepare", "--model", "lenet_mean", "--catalog", catalog, "--data", images,
+                              "-o", tmp_path / "run")
+        assert result.returncode == 0, result.stderr
+        manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+        assert manifest["inputs"]["mean_file"]["path"] == str(home / "zoo" / "lenet_mean" / "mean.binaryproto")
+        assert manifest["preprocessing"]["mean_file_shape"] == [1, 1, 28, 28]
+        assert manifest["preprocessing"]["resize"] == [28, 28]
+        # Images resized otherwise than the mean file: Caffe would abort, so prepare refuses.
+        refused = run_caffegen("prepare", "--model", "lenet_mean", "--catalog", catalog, "--data", images,
+                               "--resize", "32", "--gpu", "cpu", "-o", tmp_path / "run2")
+        assert_one_line_error(refused, "the mean file is 28×28", "resized to 32×32", "--mean-value 33.00")
+
     def test_model_and_net_are_exclusive_and_one_is_needed(self, team, images, tmp_path):
         both = run_caffegen("prepare", "--model", "lenet", "--net", LENET, "--data", images, "-o", tmp_path / "r")
         assert_one_line_error(both, "give --model or --net/--weights, not both")
