@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["caffegen", "caffegen.*"]) + ["caffegen.templates", "caffegen.models"],
     package_dir={"caffegen.templates": "templates", "caffegen.models": "models"},
-    package_data={"caffegen.templates": ["*.j2"], "caffegen.models": ["*/*.prototxt", "*/*.caffemodel"]},
+    package_data={"caffegen.templates": ["*.j2"], "caffegen.models": ["*/*.prototxt", "*/*.caffemodel", "zoo.json"]},
     install_requires=[
         "protobuf>=6.31.1,<8",
         "grpcio-tools>=1.85,<2",

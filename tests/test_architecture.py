@@ -15,6 +15,7 @@ CONFINED = {
     "google.protobuf.text_format": {"io"},
     "jinja2": {"io"},
     "subprocess": {"io", "run", "strategies"},  # io runs protoc on a fork's schema
+    "urllib.request": {"io"},  # downloads: the zoo's verified, resumable fetch
 }
 
 

@@ -19,6 +19,7 @@ from caffegen.cli.predict import predict_command
 from caffegen.cli.prepare import prepare_command
 from caffegen.cli.sweep import sweep_command
 from caffegen.cli.upgrade import upgrade_command
+from caffegen.cli.zoo import zoo_command
 from caffegen.errors import CaffegenError
 
 
@@ -28,9 +29,9 @@ def cli():
     """Turn a pretrained BVLC Caffe model into a correct fine-tuning job and run it."""
 
 
-for command in (demo_command, advise_command, prepare_command, launch_command, evaluate_command, predict_command,
-                export_command, sweep_command, freeze_command,
-                head_command, lint_command, inspect_command, upgrade_command, install_caffe_command):
+for command in (demo_command, advise_command, zoo_command, prepare_command, launch_command, evaluate_command,
+                predict_command, export_command, sweep_command, freeze_command, head_command, lint_command,
+                inspect_command, upgrade_command, install_caffe_command):
     cli.add_command(command)
 
 

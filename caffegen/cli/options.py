@@ -23,6 +23,24 @@ def proto_option(command):
                         help="A forked Caffe's caffe.proto (SSD, DenseNet, …) to read and write with.")(command)
 
 
+# Where zoo models come from, for every command that lists or downloads them.
+ZOO_SOURCE_OPTIONS = [
+    click.option("--catalog", "catalogs", multiple=True, type=click.Path(path_type=str), metavar="FILE",
+                 help="A catalogue of more models, in the format of the built-in one (also: $CAFFEGEN_ZOO_CATALOG). "
+                      "Repeatable."),
+    click.option("--mirror", metavar="URL|DIR",
+                 help="Download zoo files from URL/NAME/FILE instead of their own URLs (also: $CAFFEGEN_ZOO_MIRROR)."),
+    click.option("--offline", is_flag=True, help="Use only the zoo files already downloaded."),
+]
+
+
+def zoo_source_options(command):
+    """--catalog, --mirror and --offline, meaning the same for every command that reaches the zoo."""
+    for option in reversed(ZOO_SOURCE_OPTIONS):
+        command = option(command)
+    return command
+
+
 def output_options(command):
     """-o/--output and --in-place, meaning the same for every command that writes a net."""
     command = click.option("--in-place", is_flag=True, help="Overwrite the input net.")(command)

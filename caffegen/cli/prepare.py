@@ -4,10 +4,12 @@ from dataclasses import fields
 
 import click
 
-from caffegen.cli.options import number_list, report
+from caffegen.cli.options import ZOO_SOURCE_OPTIONS, number_list, report
 from caffegen.defaults import EPOCHS, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
+from caffegen.io.zoo import fetch_model, load_catalog
 from caffegen.job.prepare import JobOptions, parse_stages, prepare
+from caffegen.job.zoo import with_zoo_model
 from caffegen.net.lr_rules import parse_lr_rules
 from caffegen.net.wiring import DataSettings
 from caffegen.run.target import resolve_target
@@ -22,9 +24,13 @@ def default(name):
 
 
 JOB_OPTIONS = [
-    click.option("--net", "net", required=True, type=click.Path(path_type=str),
+    click.option("--net", "net", type=click.Path(path_type=str),
                  help="The base net: a train_val .prototxt (or a deploy net, which gains data layers and a loss)."),
-    click.option("--weights", required=True, type=click.Path(path_type=str), help="The pretrained .caffemodel."),
+    click.option("--weights", type=click.Path(path_type=str), help="The pretrained .caffemodel."),
+    click.option("--model", metavar="NAME",
+                 help="A zoo model (caffegen zoo list) instead of --net and --weights: downloaded if needed, with "
+                      "its own preprocessing."),
+    *ZOO_SOURCE_OPTIONS,
     click.option("--data", type=click.Path(path_type=str), help="A folder with one sub-folder of images per class."),
     click.option("--train-list", type=click.Path(path_type=str), help="A Caffe list of training images ('path label')."),
     click.option("--val-list", type=click.Path(path_type=str), help="A Caffe list of validation images."),
@@ -53,7 +59,10 @@ JOB_OPTIONS = [
                  help="Batches accumulated per iteration."),
     click.option("--resize", callback=number_list(int, (1, 2), positive=True), metavar="H[,W]", help="Resize images to H×W before cropping."),
     click.option("--mean-value", callback=number_list(float, (1, 3)), metavar="B,G,R", help="Per-channel mean to subtract."),
-    click.option("--mean-file", type=click.Path(path_type=str), help="The mean .binaryproto the base net names."),
+    click.option("--mean-file", type=click.Path(path_type=str),
+                 help="A mean .binaryproto to subtract (default: the one the base net names)."),
+    click.option("--scale", type=click.FloatRange(min=0, min_open=True),
+                 help="Multiply the mean-subtracted pixels by this (transform_param.scale; MobileNet's is 0.017)."),
     click.option("--base-lr", type=float, help="Learning rate (default: 1/10 of --solver's, else 0.001)."),
     click.option("--solver", "base_solver", type=click.Path(path_type=str), help="The base model's solver, for its learning rate."),
     click.option("--solver-set", multiple=True, metavar="KEY=VALUE", help="Set any solver field. Repeatable."),
@@ -78,16 +87,34 @@ def job_options(command):
 
 
 def job_from_options(params, target, echo):
-    """JobOptions from the parsed job options, for the device ``target`` plans: every field named alike is copied."""
+    """JobOptions from the parsed job options, for the device ``target`` plans: every field named alike is copied.
+
+    With --model, the zoo model is downloaded (or found downloaded) first, and gives the net, the
+    weights and the preprocessing the options leave unsaid.
+    """
     if params["freeze_upto"] and params["freeze_from"]:
         raise CaffegenError("give --freeze-upto or --freeze-from, not both")
+    fetched = _zoo_model(params)
     resize = params["resize"]
     settings = DataSettings(params["batch_size"], params["val_batch_size"], (resize * 2)[:2] if resize else None,
-                            params["mean_value"] or ())
+                            params["mean_value"] or (), params["scale"])
     given = {field.name: params[field.name] for field in fields(JobOptions)
              if field.name in params and field.name not in CONVERTED}
-    return JobOptions(**given, data_settings=settings, device=target.planned_device(echo),
-                      lr_rules=parse_lr_rules(params["lr_rules"]))
+    options = JobOptions(**given, data_settings=settings, device=target.planned_device(echo),
+                         lr_rules=parse_lr_rules(params["lr_rules"]))
+    return with_zoo_model(options, fetched) if fetched else options
+
+
+def _zoo_model(params):
+    """The zoo model --model names, downloaded and verified; None without --model."""
+    if not params["model"]:
+        if not (params["net"] and params["weights"]):
+            raise CaffegenError("give the base model: --net and --weights, or --model NAME (see caffegen zoo list)")
+        return None
+    if params["net"] or params["weights"]:
+        raise CaffegenError("give --model or --net/--weights, not both: --model brings its own net and weights")
+    model = load_catalog(params["catalogs"]).find(params["model"])
+    return fetch_model(model, mirror=params["mirror"], offline=params["offline"])
 
 
 @click.command("prepare")

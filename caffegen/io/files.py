@@ -51,14 +51,19 @@ def built_beside(target):
 
 def file_sha256(path):
     """The SHA-256 of a file's content, computed once per version of it (size and modification time)."""
+    return file_digest(path, "sha256")
+
+
+def file_digest(path, algorithm):
+    """The ``hashlib`` digest ``algorithm`` (sha1, sha256) of a file's content, once per version of it."""
     path = Path(path).resolve()
     stat = path.stat()
-    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns, algorithm)
 
 
 @functools.lru_cache(maxsize=64)
-def _sha256(path, size, mtime_ns):
-    digest = hashlib.sha256()
+def _digest(path, size, mtime_ns, algorithm):
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)

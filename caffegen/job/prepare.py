@@ -17,6 +17,7 @@ from caffegen import __version__
 from caffegen.defaults import EPOCHS, FINE_TUNE_LR, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
 from caffegen.io.files import built_beside, file_sha256
+from caffegen.io.meanfile import read_mean_file
 from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.job.cacheplan import check_cacheable, plan_cache
 from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
@@ -24,6 +25,7 @@ from caffegen.job.device import CPU, Device
 from caffegen.job.rundir import ENGINE, MANIFEST, SNAPSHOT_DIR
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
 from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
+from caffegen.job.zoo import preprocessing_warnings
 from caffegen.net.advise import advise
 from caffegen.net.freeze import freeze
 from caffegen.net.head import drop_unscorable_accuracies, retarget_head
@@ -82,6 +84,8 @@ class JobOptions:
     # With cache_features: a folder, relative to the run directory, whose stores runs with the same
     # trunk share (a sweep's); None keeps the features in the run's own features/.
     feature_store: Path = None
+    # The zoo model (a ZooModel) that net, weights and preprocessing come from (job.zoo.with_zoo_model), or None.
+    zoo_model: object = None
 
     def __post_init__(self):
         if not isinstance(self.device, Device):
@@ -169,13 +173,17 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=()):
     dataset = _dataset(options, warn)
     options, notes = _apply_strategy(options, dataset)
     options = _with_defaults(options)
+    if options.zoo_model:
+        notes.append(f"base model: the zoo's {options.zoo_model.name} (licence: {options.zoo_model.licence}), "
+                     f"from {Path(options.weights).parent}")
+    say = warn or notes.append
     if not stages:
-        build = _build(options, dataset, weights, weights, caffe)
+        build = _build(options, dataset, weights, weights, caffe, say)
         plan = _write_run_dir(run_dir, build.files, build.copies, plan_cache if options.cache_features else None)
         if plan is not None:
             build.notes.append(plan.describe())
         return PreparedJob(run_dir, build.manifest, notes + build.notes)
-    job = _prepare_stages(options, stages, dataset, weights, run_dir, caffe)
+    job = _prepare_stages(options, stages, dataset, weights, run_dir, caffe, say)
     job.notes[:0] = notes
     return job
 
@@ -206,7 +214,7 @@ def _apply_strategy(options, dataset):
     return replace(options, **chosen), [note]
 
 
-def _prepare_stages(options, stages, dataset, weights, run_dir, caffe):
+def _prepare_stages(options, stages, dataset, weights, run_dir, caffe, warn):
     if options.copy_data or options.cache_features:
         raise CaffegenError("--copy-data and --cache-features do not combine with --stages yet")
     files, notes, entries, weights_ref = {}, [], [], weights
@@ -216,7 +224,7 @@ def _prepare_stages(options, stages, dataset, weights, run_dir, caffe):
                       stage.epochs or options.epochs)
         stage_options = replace(options, freeze_upto=stage.freeze_upto, freeze_from=stage.freeze_from,
                                 base_lr=stage.base_lr, epochs=stage.epochs)
-        build = _build(stage_options, dataset, weights, weights_ref, caffe)
+        build = _build(stage_options, dataset, weights, weights_ref, caffe, warn if number == 1 else None)
         name = f"stage{number}"
         build.manifest["stage"] = number
         files.update({f"{name}/{path}": text for path, text in build.files.items()})
@@ -234,17 +242,23 @@ def _prepare_stages(options, stages, dataset, weights, run_dir, caffe):
     return PreparedJob(run_dir, manifest, notes)
 
 
-def _build(options, dataset, weights, weights_ref, caffe):
-    """Nets, solver, lists, scripts and manifest of one run, from the base net and ``options``."""
+def _build(options, dataset, weights, weights_ref, caffe, warn=None):
+    """Nets, solver, lists, scripts and manifest of one run, from the base net and ``options``.
+
+    ``warn``, if given, hears what the base net leaves unsaid about its preprocessing.
+    """
     notes = []
     loaded = read_net(options.net)
     if loaded.upgraded_from:
         notes.append(f"upgraded the legacy {loaded.upgraded_from} net to the current layer format")
     net = loaded.net
+    for line in preprocessing_warnings(options, net) if warn else ():
+        warn(line)
     if not options.keep_data_layers:
         wire_image_data(net, options.data_settings, options.net)
         notes += fit_crop(net, bool(options.data_settings.resize), options.cache_features, options.net)
-    mean_source = _resolve_mean_file(net, options)
+    mean = _resolve_mean_file(net, options, dataset)
+    _set_scale(net, options.data_settings.scale)
     num_classes = len(dataset.classes)
     if options.freeze_upto or options.freeze_from:
         notes += freeze(net, options.freeze_upto, options.freeze_from, options.net).summary()
@@ -278,18 +292,20 @@ def _build(options, dataset, weights, weights_ref, caffe):
     if isinstance(dataset, Dataset):
         files["train.txt"] = dataset.list_text("train", copies)
         files["val.txt"] = dataset.list_text("val", copies)
-    manifest = _manifest(options, weights, weights_ref, dataset, schedule, mean_source)
+    manifest = _manifest(options, weights, weights_ref, dataset, schedule, mean.path if mean else None)
     manifest["base_lr"] = base_lr
     manifest["input"] = {"shape": input_shape}
     manifest["preprocessing"] = preprocessing(net)
+    if mean:
+        manifest["preprocessing"]["mean_file_shape"] = list(mean.shape)
     if options.cache_features:
         manifest["cache_features"] = True
         manifest["engine"] = ENGINE
         if options.feature_store:
             manifest["feature_store"] = str(options.feature_store)
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
-    if mean_source:
-        copies[mean_source] = MEAN_FILE
+    if mean:
+        copies[mean.path] = MEAN_FILE
     return _Build(files, copies, manifest, notes)
 
 
@@ -323,38 +339,84 @@ def _kept_data(options):
     return KeptData([str(label) for label in range(options.num_classes)], options.train_images, options.val_images)
 
 
-def _resolve_mean_file(net, options):
-    """The mean file the data layers use, found and pointed at its copy in the run directory.
+def _resolve_mean_file(net, options, dataset):
+    """The mean file the data layers use (a MeanFile, read and checked), pointed at its copy in the run directory.
 
-    ``--mean-value`` replaces the mean file of every data layer.
+    ``--mean-value`` replaces the mean file of every data layer, ``--mean-file`` the mean of every data layer;
+    without either, the base net's mean file is looked for beside the net.
     """
     mean_value = options.data_settings.mean_value
+    if mean_value and options.mean_file:
+        raise CaffegenError("give --mean-value or --mean-file, not both")
     if mean_value:
         for layer in data_layers(net):
             layer.transform_param.ClearField("mean_file")
             layer.transform_param.ClearField("mean_value")
             layer.transform_param.mean_value.extend(mean_value)
         return None
-    layers = [layer for layer in data_layers(net) if layer.transform_param.mean_file]
-    if not layers:
-        return None
-    named = Path(layers[0].transform_param.mean_file)
-    candidates = [Path(options.mean_file)] if options.mean_file else \
-        [named, Path(options.net).parent / named, Path(options.net).parent / named.name]
-    found = next((path for path in candidates if path.is_file()), None)
-    if found is None:
-        raise CaffegenError(f"the base net's mean_file '{named}' is not found; pass --mean-file PATH "
-                            "or --mean-value B,G,R", options.net)
+    if options.mean_file:
+        layers, found = data_layers(net), _existing_file(options.mean_file, "mean")
+    else:
+        layers = [layer for layer in data_layers(net) if layer.transform_param.mean_file]
+        if not layers:
+            return None
+        named = Path(layers[0].transform_param.mean_file)
+        candidates = [named, Path(options.net).parent / named, Path(options.net).parent / named.name]
+        found = next((path.resolve() for path in candidates if path.is_file()), None)
+        if found is None:
+            raise CaffegenError(f"the base net's mean_file '{named}' is not found; pass --mean-file PATH "
+                                "or --mean-value B,G,R", options.net)
+    mean = read_mean_file(found)
     for layer in layers:
+        _check_mean_file(mean, layer, dataset)
+        layer.transform_param.ClearField("mean_value")
         layer.transform_param.mean_file = MEAN_FILE
-    return found.resolve()
+    return mean
+
+
+def _check_mean_file(mean, layer, dataset):
+    """Refuse a mean file that Caffe would abort on in ``layer``: other channels, or images of another size."""
+    if layer.type != "ImageData":
+        return  # what an LMDB holds is not known here
+    channels = _channels(layer)
+    if mean.channels != channels:
+        kind = "gray" if channels == 1 else "colour (BGR)"
+        raise CaffegenError(f"the mean file has {mean.channels} channel(s), but data layer '{layer.name}' feeds the "
+                            f"net {kind} images of {channels}: give the mean file of this model, or --mean-value",
+                            mean.path)
+    params = layer.image_data_param
+    if params.new_height and params.new_width:
+        size, how = (params.new_height, params.new_width), "resized to"
+    elif isinstance(dataset, Dataset):
+        with Image.open(dataset.train[0][0]) as image:
+            size, how = (image.height, image.width), "not resized; the first is"
+    else:
+        return
+    if size != mean.size:
+        height, width = mean.size
+        instead = "--mean-value " + ",".join(f"{value:.2f}" for value in mean.channel_means)
+        raise CaffegenError(f"the mean file is {height}×{width}, but data layer '{layer.name}' gets images {how} "
+                            f"{size[0]}×{size[1]}: Caffe subtracts a mean file only from images of its size; pass "
+                            f"--resize {height},{width}, or subtract its per-channel mean instead ({instead})",
+                            mean.path)
+
+
+def _channels(layer):
+    """The channels a data layer feeds the net: 1 for gray images, else 3."""
+    return 1 if not layer.image_data_param.is_color or layer.transform_param.force_gray else 3
+
+
+def _set_scale(net, scale):
+    """Give every data layer ``scale`` (None: keep the base net's)."""
+    if scale is not None:
+        for layer in data_layers(net):
+            layer.transform_param.scale = scale
 
 
 def _input_geometry(net, dataset, settings):
     """(channels, height, width) the deploy net takes: the crop, the resize, or the images' own size."""
     layer = data_layers(net)[0]
-    gray = not layer.image_data_param.is_color or layer.transform_param.force_gray
-    channels = 1 if gray else 3
+    channels = _channels(layer)
     crop = layer.transform_param.crop_size
     if crop:
         return channels, crop, crop
@@ -392,6 +454,8 @@ def _base_lr(options):
 
 def _manifest(options, weights, weights_ref, dataset, schedule, mean_source):
     inputs = {"net": _describe(options.net), "weights": _describe(weights)}
+    if options.zoo_model:
+        inputs["model"] = options.zoo_model.to_json()
     if options.base_solver:
         inputs["base_solver"] = _describe(options.base_solver)
     if mean_source:

@@ -18,12 +18,13 @@ DEFAULT_BATCH = {TRAIN: 32, TEST: 50}
 
 @dataclass
 class DataSettings:
-    """How the job feeds images: batch sizes (None: the base net's), resize, colour, extra transforms."""
+    """How the job feeds images: batch sizes (None: the base net's), resize, mean, scale (None: the base net's)."""
 
     batch_size: int = None
     val_batch_size: int = None
     resize: tuple = None
     mean_value: tuple = ()
+    scale: float = None
 
 
 def data_layers(net):

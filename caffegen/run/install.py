@@ -36,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
+from caffegen.io.download import cache_home
 from caffegen.io.files import built_beside
 
 SUITE = "bullseye"
@@ -288,8 +289,7 @@ def _essential(apt, names):
 
 
 def _deb_cache():
-    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache_home) / "caffegen" / "debs"
+    return cache_home() / "debs"
 
 
 def _fetch(apt, packages, cache, log):
