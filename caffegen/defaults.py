@@ -7,3 +7,5 @@ FINE_TUNE_LR = 0.001
 HEAD_LR_MULT = 10.0
 # Passes over the training images.
 EPOCHS = 10
+# Images per ``caffe test`` process when cached features are extracted: one batch of at most this many.
+CHUNK_IMAGES = 256

@@ -166,7 +166,9 @@ class TestProcesses:
 
     def test_largest_batch_fits_the_budget(self):
         body = net(conv("conv", "data", kernel=3))
-        peak = lambda batch: caffe_test_memory(body, batch).peak
+        def peak(batch):
+            return caffe_test_memory(body, batch).peak
+
         batch = largest_batch(peak, peak(37) + 1, 1000)
         assert batch == 37 and peak(38) > peak(37)
         assert largest_batch(peak, peak(1) - 1, 1000) is None

@@ -119,13 +119,10 @@ class ProcessMemory:
         """Layers of unknown shape in any of the nets: the figures are then too low."""
         return [name for net in self.nets for name in net.unknown]
 
-    def describe(self):
-        """One line: the peak, and the largest parts."""
-        parts = sorted(((size, name) for name, size in self.parts.items() if size), reverse=True)
-        listed = ", ".join(f"{PART_WORDS[name]} {format_bytes(size)}" for size, name in parts)
-        moment = max(self.snapshot, self.peak - self.resident)
-        extra = f"; {format_bytes(moment)} more for a moment (weights loaded or snapshotted)" if moment else ""
-        return f"{self.what}: peak {format_bytes(self.peak)} ({listed}{extra})"
+    def to_json(self):
+        """The estimate as plain JSON data, in bytes."""
+        return {"what": self.what, "peak": self.peak, "resident": self.resident, "parts": self.parts,
+                "loading": self.loading, "snapshot": self.snapshot, "unknown": self.unknown}
 
 
 def format_bytes(count):
@@ -234,6 +231,17 @@ def largest_batch(peak_at, budget, most):
         else:
             high = middle - 1
     return low
+
+
+def inspected_memory(net, input_shape=None, weights_copy=None, path=None):
+    """What ``caffegen inspect`` shows: ``caffe train``'s peak where the TRAIN phase has a loss, and ``caffe test``'s
+    where there is a TEST phase."""
+    found = []
+    if any(layer.type.endswith("Loss") or layer.loss_weight for layer in NetView(net, TRAIN).layers):
+        found.append(training_memory(net, input_shape=input_shape, weights_copy=weights_copy, path=path))
+    if _has_phase(net, TEST):
+        found.append(testing_memory(net, input_shape=input_shape, weights_copy=weights_copy, path=path))
+    return found
 
 
 def _has_phase(net, phase):

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from caffegen.defaults import CHUNK_IMAGES
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
 from caffegen.io.files import file_sha256, write_atomic
@@ -58,7 +59,6 @@ HEAD_NET = "head_train_val.prototxt"
 HEAD_SOLVER = "head_solver.prototxt"
 HEAD_SNAPSHOTS = "snapshots/head"
 FINAL_MODEL = "final.caffemodel"
-CHUNK_IMAGES = 256
 # The dataset names Caffe's HDF5Output layer writes; HDF5Data reads datasets named as its tops.
 FEATURE_DATASET, LABEL_DATASET = "data", "label"
 

@@ -1,0 +1,126 @@
+"""Memory before and after Caffe runs: the budget, prepare's and sweep's refusals, and out-of-memory diagnoses."""
+
+import os
+import re
+
+import pytest
+from conftest import DIGITS, assert_one_line_error, run_caffegen
+
+from caffegen.cli import main
+from caffegen.io.caffemodel import read_caffemodel
+from caffegen.io.prototxt import read_net
+from caffegen.job.device import Device
+from caffegen.job.prepare import JobOptions, prepare
+from caffegen.net.memory import training_memory, weights_copy
+from caffegen.net.netview import TRAIN
+from caffegen.run import target as target_module
+from caffegen.run.target import available_ram, free_gpu_memory
+
+BASE_MODEL = ("--net", str(DIGITS / "train_val.prototxt"), "--weights", str(DIGITS / "digits.caffemodel"))
+FIX = re.compile(r"pass --batch-size (\d+) --iter-size (\d+) to keep the effective batch of 32")
+
+
+def mem_available(monkeypatch, tmp_path, bytes_available):
+    """Make /proc/meminfo say ``bytes_available`` are available."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal:       99999999 kB\nMemAvailable:   {bytes_available // 1024} kB\n")
+    monkeypatch.setattr(target_module, "MEMINFO", meminfo)
+
+
+def stand_in(folder, name, script):
+    """An executable ``name`` in ``folder`` running the shell ``script``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="module")
+def peaks(images, tmp_path_factory):
+    """The digits job's training peak at batch 8 and at its own 32, estimated on the net prepare writes."""
+    run = tmp_path_factory.mktemp("estimate") / "run"
+    job = prepare(JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=images,
+                             freeze_upto="conv2"), run)
+    net, shape = read_net(run / "train_val.prototxt").net, job.manifest["input"]["shape"]
+    copy = weights_copy(read_caffemodel(DIGITS / "digits.caffemodel"))
+    return {batch: training_memory(net, batches={TRAIN: batch}, input_shape=shape, weights_copy=copy).peak
+            for batch in (8, 32)}
+
+
+class TestBudget:
+    def test_mem_available(self, monkeypatch, tmp_path):
+        mem_available(monkeypatch, tmp_path, 5 << 30)
+        assert available_ram().bytes == 5 << 30 and "MemAvailable" in available_ram().source
+        (tmp_path / "meminfo").write_text("MemTotal: 1 kB\n")
+        assert available_ram().bytes is None
+
+    def test_this_machine_has_some(self):
+        assert available_ram().bytes > 0
+
+    def test_nvidia_smi_gives_the_least_free_gpu(self, monkeypatch, tmp_path):
+        stand_in(tmp_path, "nvidia-smi", 'echo "0, 81000"\necho "1, 500"\n')
+        monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+        for device, free, gpu in (("0", 81000, "0"), ("0,1", 500, "1"), ("all", 500, "1")):
+            budget = free_gpu_memory(Device.parse(device))
+            assert (budget.bytes, budget.source) == (free << 20, f"free memory of GPU {gpu} (nvidia-smi)")
+        assert free_gpu_memory(Device.parse("2")).bytes is None
+
+    def test_without_nvidia_smi_the_gpu_is_unverified(self, monkeypatch, tmp_path):
+        monkeypatch.setenv("PATH", str(tmp_path))
+        assert "nvidia-smi is not on PATH" in free_gpu_memory(Device.parse("0")).source
+        stand_in(tmp_path, "nvidia-smi", 'echo "NVIDIA-SMI has failed because it couldn\'t communicate"\nexit 9\n')
+        budget = free_gpu_memory(Device.parse("0"))
+        assert budget.bytes is None and "couldn't communicate" in budget.source
+
+
+class TestPrepare:
+    def test_a_job_that_does_not_fit_is_refused_with_a_batch_that_does(self, images, tmp_path, monkeypatch, capsys,
+                                                                       peaks):
+        mem_available(monkeypatch, tmp_path, (peaks[8] + peaks[32]) // 2)
+        run = tmp_path / "run"
+        assert main(["prepare", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2", "-o", str(run)]) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "training (TRAIN net at batch 32 + TEST net at batch 50) peaks at about" in error
+        assert "more than the" in error and "RAM available (MemAvailable)" in error and "--force" in error
+        assert FIX.search(error), error
+        batch, iter_size = map(int, FIX.search(error).groups())
+        assert 8 <= batch < 32 and batch * iter_size == 32
+        assert not run.exists()
+        assert main(["prepare", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2", "-o", str(run),
+                     "--batch-size", str(batch), "--iter-size", str(iter_size)]) == 0
+        assert f"TRAIN net at batch {batch} + TEST net at batch 50) peaks at about" in capsys.readouterr().err
+
+    def test_force_prepares_it_anyway(self, images, tmp_path, monkeypatch, capsys, peaks):
+        mem_available(monkeypatch, tmp_path, peaks[8])
+        run = tmp_path / "run"
+        assert main(["prepare", *BASE_MODEL, "--data", str(images), "-o", str(run), "--force"]) == 0
+        assert "prepared anyway (--force)" in capsys.readouterr().err
+        assert (run / "solver.prototxt").is_file()
+
+    def test_a_gpu_job_is_checked_against_the_gpu(self, images, tmp_path):
+        bin_dir = tmp_path / "bin"
+        env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        stand_in(bin_dir, "nvidia-smi", 'echo "0, 80000"\n')
+        ok = run_caffegen("prepare", *BASE_MODEL, "--data", images, "--gpu", "0", "-o", tmp_path / "run", env=env)
+        assert ok.returncode == 0 and "within the 83.9 GB of free memory of GPU 0 (nvidia-smi)" in ok.stderr
+        stand_in(bin_dir, "nvidia-smi", 'echo "0, 10"\n')
+        refused = run_caffegen("prepare", *BASE_MODEL, "--data", images, "--gpu", "0", "-o", tmp_path / "small",
+                               env=env)
+        assert_one_line_error(refused, "more than the 10.5 MB of free memory of GPU 0 (nvidia-smi)",
+                              "not even one image at a time fits")
+
+    def test_an_unreadable_budget_is_unverified_not_ok(self, images, tmp_path):
+        env = dict(os.environ, PATH=str(tmp_path / "empty"))
+        env["PATH"] += os.pathsep + os.path.dirname(os.sys.executable)
+        done = run_caffegen("prepare", *BASE_MODEL, "--data", images, "--gpu", "0", "-o", tmp_path / "run", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "; unverified: nvidia-smi is not on PATH" in done.stderr
+
+    def test_sweep_refuses_a_run_that_cannot_fit(self, images, tmp_path, monkeypatch, capsys, peaks):
+        mem_available(monkeypatch, tmp_path, (peaks[8] + peaks[32]) // 2)
+        out = tmp_path / "sweep"
+        code = main(["sweep", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2,fc1", "-o", str(out)])
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and FIX.search(error) and not out.exists()
+
