@@ -1,7 +1,9 @@
 """Running the real Caffe binary from tests, and reading what it wrote."""
 
 import os
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +46,20 @@ def layers_without_backward(log):
     """Names of the layers Caffe reports as not needing backward computation."""
     marker = " does not need backward computation."
     return {line.split("] ", 1)[-1][: -len(marker)] for line in log.splitlines() if line.endswith(marker)}
+
+
+def started_address_space(caffe, *args, cwd):
+    """The virtual memory ``caffe args`` reaches in its first second in ``cwd``, plus 64 MiB: Caffe starts within it."""
+    process = subprocess.Popen([str(caffe), *map(str, args)], cwd=cwd, env=dict(os.environ, GLOG_logtostderr="1"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak, started = 0, time.monotonic()
+    while process.poll() is None and time.monotonic() - started < 1:
+        try:
+            found = re.search(r"VmPeak:\s+(\d+) kB", Path(f"/proc/{process.pid}/status").read_text())
+        except OSError:  # it has just ended
+            found = None
+        peak = max(peak, int(found[1]) * 1024 if found else 0)
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    return peak + (64 << 20)

@@ -3,18 +3,22 @@
 import os
 import re
 
+import numpy as np
 import pytest
+from caffe_runs import started_address_space
 from conftest import DIGITS, assert_one_line_error, run_caffegen
 
 from caffegen.cli import main
-from caffegen.io.caffemodel import read_caffemodel
+from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
 from caffegen.io.prototxt import read_net
+from caffegen.io.schema import BVLC
 from caffegen.job.device import Device
 from caffegen.job.prepare import JobOptions, prepare
 from caffegen.net.memory import training_memory, weights_copy
 from caffegen.net.netview import TRAIN
 from caffegen.run import target as target_module
-from caffegen.run.target import available_ram, free_gpu_memory
+from caffegen.run.launch import launch
+from caffegen.run.target import Target, available_ram, free_gpu_memory
 
 BASE_MODEL = ("--net", str(DIGITS / "train_val.prototxt"), "--weights", str(DIGITS / "digits.caffemodel"))
 FIX = re.compile(r"pass --batch-size (\d+) --iter-size (\d+) to keep the effective batch of 32")
@@ -123,4 +127,42 @@ class TestPrepare:
         code = main(["sweep", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2,fc1", "-o", str(out)])
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert code == 2 and FIX.search(error) and not out.exists()
+
+
+class TestOutOfMemoryRuns:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def run(cls, images, tmp_path_factory):
+        run = tmp_path_factory.mktemp("oom") / "run"
+        assert main(["prepare", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2", "-o", str(run)]) == 0
+        return run
+
+    def test_a_killed_caffe_is_diagnosed_with_the_estimate(self, run, tmp_path):
+        caffe = stand_in(tmp_path, "caffe", 'if [ "$1" = device_query ]; then echo "Cannot use GPU in CPU-only Caffe"; '
+                                            'exit 1; fi\necho "I1202 00:00:00.000000  1 caffe.cpp:197] Use CPU."\n'
+                                            'kill -9 $$\n')
+        result = launch(run, Target(caffe, Device.parse("cpu")))
+        assert (result.exit_code, result.diagnosis.kind) == (137, "out_of_memory")
+        message = result.diagnosis.message
+        assert "killed by SIGKILL, exit code -9" in message
+        assert "caffegen estimated that training (TRAIN net at batch 32 + TEST net at batch 50) peaks at about" \
+            in message and "within the" in message and "--iter-size" in message
+
+    def test_real_caffe_out_of_address_space_is_diagnosed(self, caffe, run, tmp_path):
+        """Weights with an unused 256 MiB layer, parsed by real Caffe in a little more address space than it needs
+        to start."""
+        model = read_caffemodel(DIGITS / "digits.caffemodel")
+        layers = [(BVLC.LayerParameter(name=layer.name, type=layer.type), model.values(layer.name))
+                  for layer in model.layers if layer.blobs]
+        unused = (BVLC.LayerParameter(name="unused", type="InnerProduct"), [np.zeros((1 << 26) + 1, np.float32)])
+        write_caffemodel(run / "base.caffemodel", layers + [unused])
+        limit = started_address_space(caffe, "train", "-solver", "solver.prototxt", "-weights",
+                                      DIGITS / "digits.caffemodel", cwd=run)
+        limited = stand_in(tmp_path, "caffe", f'ulimit -v {limit // 1024}\nexec "{caffe}" "$@"\n')
+        manifest = (run / "manifest.json").read_text()
+        (run / "manifest.json").write_text(re.sub(r'"weights": "[^"]*"', '"weights": "base.caffemodel"', manifest))
+        result = launch(run, Target(limited, Device.parse("cpu")))
+        assert result.diagnosis.kind == "out_of_memory", (run / "train.log").read_text()[-2000:]
+        assert "std::bad_alloc" in result.diagnosis.message and "caffegen estimated that" in result.diagnosis.message
+        assert result.exit_code == 3
 
