@@ -136,6 +136,12 @@ class TestOutOfMemory:
         assert "an allocation of 1073741824 bytes failed" in diagnosis.message
         assert "smaller --batch-size and a larger --iter-size" in diagnosis.message
 
+    def test_cuda_out_of_memory_too(self):
+        # The line GPU builds print (BVLC/caffe#2339); no GPU here to make a log with.
+        line = "F0419 19:59:24.128612 11075 syncedmem.cpp:53] Check failed: error == cudaSuccess (2 vs. 0)  out of memory"
+        diagnosis = LogWatcher().feed(line)[0]
+        assert diagnosis.kind == "out_of_memory" and "the GPU has no memory left" in diagnosis.message
+
     def test_bad_alloc_is_out_of_memory(self):
         diagnosis = only_diagnosis("bad_alloc")
         assert diagnosis.kind == "out_of_memory" and "std::bad_alloc" in diagnosis.message

@@ -1,12 +1,13 @@
 """Memory before and after Caffe runs: the budget, prepare's and sweep's refusals, and out-of-memory diagnoses."""
 
+import json
 import os
 import re
 
 import numpy as np
 import pytest
 from caffe_runs import started_address_space
-from conftest import DIGITS, assert_one_line_error, run_caffegen
+from conftest import DIGITS, ZOO, assert_one_line_error, run_caffegen
 
 from caffegen.cli import main
 from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
@@ -121,12 +122,48 @@ class TestPrepare:
         assert done.returncode == 0, done.stderr
         assert "; unverified: nvidia-smi is not on PATH" in done.stderr
 
+    def test_a_cached_job_is_checked_at_its_extraction(self, images, tmp_path, monkeypatch, capsys):
+        command = ["prepare", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2", "--cache-features"]
+        assert main([*command, "-o", str(tmp_path / "run")]) == 0
+        note = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("memory: "))
+        chunk = int(re.search(r"feature extraction \(trunk at batch (\d+)\) peaks at about", note)[1])
+        assert 200 < chunk <= 256, "717 training images in chunks of at most 256"
+        mem_available(monkeypatch, tmp_path, 1 << 20)
+        assert main([*command, "-o", str(tmp_path / "small")]) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("caffegen: error: ") and "feature extraction" in error
+        assert "not even one image at a time fits: train without --cache-features" in error
+        assert not (tmp_path / "small").exists()
+
     def test_sweep_refuses_a_run_that_cannot_fit(self, images, tmp_path, monkeypatch, capsys, peaks):
         mem_available(monkeypatch, tmp_path, (peaks[8] + peaks[32]) // 2)
         out = tmp_path / "sweep"
         code = main(["sweep", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2,fc1", "-o", str(out)])
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert code == 2 and FIX.search(error) and not out.exists()
+
+
+class TestInspect:
+    CAFFENET = ZOO / "bvlc_reference_caffenet" / "train_val.prototxt"
+
+    def test_the_estimates_by_part(self):
+        done = run_caffegen("inspect", self.CAFFENET, "--input-shape", "1,3,227,227")
+        lines = done.stdout.splitlines()
+        table = lines[lines.index("memory, estimated for Caffe 1.0 on the CPU:") + 1:]
+        assert "training (TRAIN net at batch 256 + TEST net at batch 50)" in table[0]
+        assert "testing (TEST net at batch 50)" in table[0]
+        assert [row.split()[0] for row in table[1:4]] == ["layer", "their", "im2col"]
+        assert table[-1].startswith("peak") and not any(line.startswith("unverified") for line in lines)
+
+    def test_json_holds_the_same_figures(self):
+        done = run_caffegen("inspect", self.CAFFENET, "--input-shape", "1,3,227,227", "--json")
+        memory = json.loads(done.stdout)["memory"]
+        expected = training_memory(read_net(self.CAFFENET).net, input_shape=(1, 3, 227, 227))
+        assert memory[0]["peak"] == expected.peak and memory[0]["parts"] == expected.parts
+
+    def test_unknown_sizes_are_unverified(self):
+        done = run_caffegen("inspect", self.CAFFENET)
+        assert "unverified: the memory of 2 layers of unknown size (conv1, data) is left out" in done.stdout
 
 
 class TestOutOfMemoryRuns:

@@ -45,7 +45,8 @@ class MemoryCheck:
 
     def figures(self):
         """'training (…) peaks at about 9.1 GB', with the budget it is measured against when known."""
-        words = f"{self.estimate.what} peaks at about {format_bytes(self.estimate.peak)}"
+        about = "at least" if self.estimate.unknown else "about"
+        words = f"{self.estimate.what} peaks at {about} {format_bytes(self.estimate.peak)}"
         if self.budget.bytes is None:
             return words
         relation = "more than" if self.over else "within"
@@ -53,17 +54,17 @@ class MemoryCheck:
 
     def note(self, force=False, path=None):
         """The line that tells the user; over the budget, a one-line refusal unless ``force``."""
+        if self.over and not force:
+            raise CaffegenError(f"{self.figures()}, and Caffe would be killed; {self.remedy}, or --force to "
+                                "prepare it anyway", path)
+        if self.over:
+            return f"memory: {self.figures()}: Caffe may be killed; prepared anyway (--force)"
         if self.estimate.unknown:
             names = ", ".join(f"'{name}'" for name in self.estimate.unknown[:3])
-            return f"memory: unverified: {self.figures()} without layer(s) {names}, whose size is unknown"
+            return f"memory: unverified: {self.figures()}, leaving out layer(s) {names}, whose size is unknown"
         if self.budget.bytes is None:
             return f"memory: {self.figures()}; unverified: {self.budget.source}"
-        if not self.over:
-            return f"memory: {self.figures()}"
-        if force:
-            return f"memory: {self.figures()}: Caffe may be killed; prepared anyway (--force)"
-        raise CaffegenError(f"{self.figures()}, and Caffe would be killed; {self.remedy}, or --force to prepare "
-                            "it anyway", path)
+        return f"memory: {self.figures()}"
 
     def advice(self):
         """What an out-of-memory diagnosis says of the estimate, and the fix."""

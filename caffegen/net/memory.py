@@ -117,7 +117,7 @@ class ProcessMemory:
     @property
     def unknown(self):
         """Layers of unknown shape in any of the nets: the figures are then too low."""
-        return [name for net in self.nets for name in net.unknown]
+        return list(dict.fromkeys(name for net in self.nets for name in net.unknown))
 
     def to_json(self):
         """The estimate as plain JSON data, in bytes."""
@@ -126,7 +126,7 @@ class ProcessMemory:
 
 
 def format_bytes(count):
-    """Bytes for people: 1.2 GB, 340 MB (decimal units, as `free -h` would not, but as disks are sold)."""
+    """Bytes for people, in decimal units: 1.2 GB, 340.0 MB."""
     for size, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
         if count >= size:
             return f"{count / size:.1f} {unit}"
@@ -161,10 +161,10 @@ def training_memory(net, solver_type="SGD", batches=None, input_shape=None, weig
     return ProcessMemory(f"training ({what})", nets, BASELINE_BYTES, loading, snapshot)
 
 
-def testing_memory(net, batch=None, input_shape=None, weights_copy=None, gpu=False, what="testing", path=None):
+def testing_memory(net, batch=None, input_shape=None, weights_copy=None, gpu=False, path=None):
     """``caffe test``'s peak: the TEST net at ``batch`` (None: its own) with its weights loaded."""
     memory = net_memory(net, TEST, batch, input_shape, path=path)
-    label = f"{what} (TEST net at batch {memory.batch})"
+    label = f"testing (TEST net at batch {memory.batch})"
     if gpu:
         return ProcessMemory(label, [memory], GPU_BASELINE_BYTES)
     return ProcessMemory(label, [memory], BASELINE_BYTES, _parsed(weights_copy, memory))
@@ -237,7 +237,7 @@ def inspected_memory(net, input_shape=None, weights_copy=None, path=None):
     """What ``caffegen inspect`` shows: ``caffe train``'s peak where the TRAIN phase has a loss, and ``caffe test``'s
     where there is a TEST phase."""
     found = []
-    if any(layer.type.endswith("Loss") or layer.loss_weight for layer in NetView(net, TRAIN).layers):
+    if any(_is_loss(layer) for layer in NetView(net, TRAIN).layers):
         found.append(training_memory(net, input_shape=input_shape, weights_copy=weights_copy, path=path))
     if _has_phase(net, TEST):
         found.append(testing_memory(net, input_shape=input_shape, weights_copy=weights_copy, path=path))
@@ -245,7 +245,12 @@ def inspected_memory(net, input_shape=None, weights_copy=None, path=None):
 
 
 def _has_phase(net, phase):
-    return any(layer for layer in NetView(net, phase).layers)
+    return bool(NetView(net, phase).layers)
+
+
+def _is_loss(layer):
+    """Whether ``layer`` gives the net a loss: a loss type, or an explicit loss_weight."""
+    return layer.type.endswith("Loss") or any(layer.loss_weight)
 
 
 # --- one net ------------------------------------------------------------------------------------
@@ -472,7 +477,7 @@ class _Graph:
             count = len(result.params or [])
             rates = [spec.lr_mult for spec in layer.param[:count]] + [1.0] * (count - len(layer.param))
             node.learns = any(rates)
-            node.loss = result.type.endswith("Loss") or any(layer.loss_weight)
+            node.loss = _is_loss(layer)
             node.propagate_down = list(layer.propagate_down) or None
         return node
 
