@@ -11,7 +11,8 @@ from its learnable blobs' shapes. Caffe then runs what caffegen runs:
 - ``extract``: ``caffe test`` of the trunk below the classifier writing its output with HDF5Output,
   loading only the trunk's weights, as ``--cache-features`` extracts.
 
-The peak is the child's ``ru_maxrss`` (``os.wait4``), taken from a process started for that run alone.
+The peak is Caffe's ``ru_maxrss``, from a small fresh interpreter that starts it and reads
+``RUSAGE_CHILDREN``.
 The table gives net, command, batch, estimated and measured peaks and the error of the estimate.
 
 Usage: python bench/memory_estimate.py [--dir FOLDER] [--nets caffenet,googlenet,...] [--batches 2,8]
@@ -79,17 +80,24 @@ class Row:
         return 100 * (self.estimated - self.measured) / self.measured
 
 
+# Runs Caffe and prints its exit code and peak RSS in kB. A child's peak starts at its parent's (Linux keeps the
+# high-water mark across exec), so Caffe is started by this small fresh interpreter, not by the big one measuring.
+MEASURE = ("import resource, subprocess, sys\n"
+           "code = subprocess.call(sys.argv[1:], stdout=sys.stderr)\n"
+           "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
 def peak_rss(caffe, args, cwd):
     """Run ``caffe args`` in ``cwd``; return its peak resident memory in bytes, refusing a failed run."""
     env = dict(os.environ, GLOG_logtostderr="1")
     with open(Path(cwd) / "caffe.log", "w") as log:
-        process = subprocess.Popen([str(caffe), *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", MEASURE, str(caffe), *map(str, args)], cwd=cwd,
+                              env=env, stdout=subprocess.PIPE, stderr=log, text=True, check=True)
+    code, kilobytes = map(int, done.stdout.split())
+    if code != 0:
         tail = (Path(cwd) / "caffe.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"caffe {' '.join(args)} failed in {cwd} ({process.returncode}):\n{tail}")
-    return usage.ru_maxrss * 1024
+        raise RuntimeError(f"caffe {' '.join(args)} failed in {cwd} ({code}):\n{tail}")
+    return kilobytes * 1024
 
 
 def train_val(deploy_path):
