@@ -7,3 +7,7 @@ FINE_TUNE_LR = 0.001
 HEAD_LR_MULT = 10.0
 # Passes over the training images.
 EPOCHS = 10
+# Cached features are extracted by one ``extract_features`` process per chunk of at most
+# CHUNK_IMAGES images, in mini-batches of CACHE_BATCH images (its peak memory depends on the latter).
+CHUNK_IMAGES = 4096
+CACHE_BATCH = 16

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,20 @@ def assert_same_shapes(ours, theirs):
             f"Caffe {list(map(format_shape, theirs[result.name]))}")
     inserted = {name for name in theirs if name.endswith("_split")}
     assert set(theirs) - inserted == {result.name for result in ours}
+
+
+def started_address_space(caffe, *args, cwd):
+    """The virtual memory ``caffe args`` reaches in its first second in ``cwd``, plus 64 MiB: Caffe starts within it."""
+    process = subprocess.Popen([str(caffe), *map(str, args)], cwd=cwd, env=dict(os.environ, GLOG_logtostderr="1"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak, started = 0, time.monotonic()
+    while process.poll() is None and time.monotonic() - started < 1:
+        try:
+            found = re.search(r"VmPeak:\s+(\d+) kB", Path(f"/proc/{process.pid}/status").read_text())
+        except OSError:  # it has just ended
+            found = None
+        peak = max(peak, int(found[1]) * 1024 if found else 0)
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    return peak + (64 << 20)

@@ -127,3 +127,40 @@ class TestLabelsOutOfRange:
         assert not watcher.diagnoses and watcher.done
         assert watcher.records[-1]["loss"] > 5 * math.log(3), "a 3-class net starts near ln 3 and should fall"
         assert watcher.latest_test["test/accuracy"] == 1.0, "Accuracy reads past its blob too"
+
+
+class TestOutOfMemory:
+    def test_a_failed_allocation_of_caffe_is_out_of_memory(self):
+        diagnosis = only_diagnosis("allocation_failed")
+        assert diagnosis.kind == "out_of_memory"
+        assert "an allocation of 1073741824 bytes failed" in diagnosis.message
+        assert "smaller --batch-size and a larger --iter-size" in diagnosis.message
+
+    def test_cuda_out_of_memory_too(self):
+        # The line GPU builds print (BVLC/caffe#2339); no GPU here to make a log with.
+        line = "F0419 19:59:24.128612 11075 syncedmem.cpp:53] Check failed: error == cudaSuccess (2 vs. 0)  out of memory"
+        diagnosis = LogWatcher().feed(line)[0]
+        assert diagnosis.kind == "out_of_memory" and "the GPU has no memory left" in diagnosis.message
+
+    def test_bad_alloc_is_out_of_memory(self):
+        diagnosis = only_diagnosis("bad_alloc")
+        assert diagnosis.kind == "out_of_memory" and "std::bad_alloc" in diagnosis.message
+
+    def test_the_estimate_and_its_fix_are_quoted(self):
+        watcher = LogWatcher(memory="caffegen estimated that training peaks at about 31.2 GB; FIX.")
+        diagnoses = [event for line in log_lines("bad_alloc") for event in watcher.feed(line)
+                     if isinstance(event, Diagnosis)]
+        assert diagnoses[0].message.endswith("caffegen estimated that training peaks at about 31.2 GB; FIX.")
+
+    @pytest.mark.parametrize("code", [-9, 137])
+    def test_a_kill_without_an_error_is_out_of_memory(self, code):
+        watcher, _ = parse_log(log_lines("train_ok")[:40])
+        diagnosis = watcher.ended(code)[0]
+        assert diagnosis.kind == "out_of_memory" and not diagnosis.stop
+        assert f"killed by SIGKILL, exit code {code}" in diagnosis.message
+
+    def test_other_ends_are_not_diagnosed_again(self):
+        watcher, _ = parse_log(log_lines("train_ok"))
+        assert watcher.ended(0) == [] and watcher.ended(-15) == []
+        watcher, _ = parse_log(log_lines("bad_alloc"))
+        assert watcher.ended(-9) == [], "the log explained it already"

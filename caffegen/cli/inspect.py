@@ -8,6 +8,7 @@ import click
 from caffegen.cli.options import STDIN, load_net, net_argument, number_list, proto_option
 from caffegen.io.tables import text_table
 from caffegen.net.inspect import LOADED, MISMATCH, NEW, UNVERIFIED, input_from_data, inspect_net
+from caffegen.net.memory import PART_WORDS, format_bytes, inspected_memory, weights_copy
 from caffegen.net.netview import TEST, TRAIN
 from caffegen.net.shapes import IMAGE_SIZE_HINT, format_shape
 
@@ -31,6 +32,8 @@ def inspect_command(ctx, net_path, weights_path, phase, input_shape, as_json, pr
     matched by name as Caffe copies weights: loaded, unverified (no known dimension differs, but some are
     unknown), new (not in the weights: its fillers initialise it), mismatch (same name, another shape:
     Caffe would abort), none (nothing to learn); and the weights' layers the net ignores.
+    Then the estimated peak memory of `caffe train` (TRAIN and TEST nets, SGD) and of `caffe test`
+    (TEST net) on the CPU, by part.
     Exit 1 when Caffe would reject the net or abort loading the weights, 0 otherwise.
     """
     loaded = load_net(net_path, proto_path)
@@ -38,12 +41,15 @@ def inspect_command(ctx, net_path, weights_path, phase, input_shape, as_json, pr
     if input_shape is None and net_path != STDIN:
         input_shape, note = input_from_data(loaded.net, phase, Path(net_path).parent)
     inspection = inspect_net(loaded.net, phase, input_shape, weights_path, path=net_path)
+    memory = inspected_memory(loaded.net, input_shape, weights_copy(inspection.model) if inspection.model else None,
+                              net_path)
     if as_json:
-        click.echo(json.dumps(dict(inspection.to_json(), input_note=note), indent=2))
+        click.echo(json.dumps(dict(inspection.to_json(), input_note=note,
+                                   memory=[process.to_json() for process in memory]), indent=2))
     else:
         if note:
             click.echo(f"note: {note}")
-        for line in render(inspection, net_path):
+        for line in [*render(inspection, net_path), *render_memory(memory)]:
             click.echo(line)
     ctx.exit(1 if inspection.caffe_would_abort else 0)
 
@@ -64,6 +70,29 @@ def render(inspection, net_path):
             yield f"note: layer '{report.name}': {report.note}"
     if with_weights:
         yield from _weight_findings(inspection, totals, net_path)
+
+
+def render_memory(processes):
+    """The lines of the memory estimates: one column per process, one row per part, then the peak."""
+    if not processes:
+        return []
+    names = [name for name in PART_WORDS if any(process.parts.get(name) for process in processes)]
+    rows = [[PART_WORDS[name]] + [_bytes(process.parts.get(name)) for process in processes] for name in names]
+    moments = [process.peak - process.resident for process in processes]
+    if any(moments):
+        rows.append(["+ for a moment (weights, snapshot)"] + [_bytes(moment) for moment in moments])
+    rows.append(["peak"] + [format_bytes(process.peak) for process in processes])
+    lines = ["", "memory, estimated for Caffe 1.0 on the CPU:"]
+    lines += text_table(["part"] + [process.what for process in processes], rows)
+    unknown = sorted({name for process in processes for name in process.unknown})
+    if unknown:
+        lines.append(f"unverified: the memory of {_plural(len(unknown), 'layer')} of unknown size "
+                     f"({', '.join(unknown[:3])}{', …' if len(unknown) > 3 else ''}) is left out; {IMAGE_SIZE_HINT}")
+    return lines
+
+
+def _bytes(count):
+    return format_bytes(count) if count else "-"
 
 
 def _shapes(shapes):

@@ -12,7 +12,7 @@ from caffegen.job.prepare import JobOptions, parse_stages, prepare
 from caffegen.job.zoo import with_zoo_model
 from caffegen.net.lr_rules import parse_lr_rules
 from caffegen.net.wiring import DataSettings
-from caffegen.run.target import resolve_target
+from caffegen.run.target import memory_budget, resolve_target
 
 # Click options that JobOptions receives in another form (the data settings and the device are no click options).
 CONVERTED = {"lr_rules"}
@@ -123,16 +123,22 @@ def _zoo_model(params):
               help="Staged fine-tuning, e.g. 'upto=fc7,lr=0.001,epochs=5;from=conv4,lr=0.0001,epochs=5': "
                    "each stage starts from the one before.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="The run directory to create.")
-@click.option("--force", is_flag=True, help="Replace an existing run directory.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing run directory, and prepare a job whose estimated memory exceeds the "
+                   "machine's (RAM available, or the GPU's free memory).")
 def prepare_command(stages, output, force, **params):
     """Prepare a fine-tuning run: wired nets, epoch-based solver, image lists, train.sh/.bat, manifest.
 
-    Labels are 0…K-1 in sorted class order; the classifier is retargeted to K classes.
+    Labels are 0…K-1 in sorted class order; the classifier is retargeted to K classes. The peak memory
+    of training (of the feature extraction with --cache-features) is estimated and compared with the RAM
+    available here, or the GPU's free memory: a job that does not fit is refused, with the batch size and
+    iter_size that fit.
     """
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     target = resolve_target(params["caffe_path"], params["gpu"], required=False)
-    job = prepare(job_from_options(params, target, echo), output, force=force, caffe=target.caffe or "caffe", warn=echo,
-                  stages=parse_stages(stages) if stages else ())
+    options = job_from_options(params, target, echo)
+    job = prepare(options, output, force=force, caffe=target.caffe or "caffe", warn=echo,
+                  stages=parse_stages(stages) if stages else (), budget=memory_budget(options.device))
     report(job.notes)
     images = job.manifest["images"]
     echo(f"prepared {job.run_dir}: {len(job.manifest['classes'])} classes, {images['train']} training and "

@@ -8,7 +8,8 @@ import click
 from caffegen.cli.options import number_list
 from caffegen.cli.prepare import job_from_options, job_options
 from caffegen.errors import CaffegenError
-from caffegen.run.target import resolve_target
+from caffegen.job.device import Device
+from caffegen.run.target import memory_budget, resolve_target
 from caffegen.strategies.sweep import (
     PLOT,
     TABLE,
@@ -50,7 +51,9 @@ def _names(value, option):
 @click.option("--lr", "learning_rates", callback=number_list(float, positive=True), metavar="LR[,LR…]",
               help="Learning rates to try, one run each per freeze point (default: as --base-lr).")
 @click.option("-o", "--output", type=click.Path(path_type=str), help="The sweep directory to create.")
-@click.option("--force", is_flag=True, help="Replace an existing sweep directory.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing sweep directory, and prepare runs whose estimated memory exceeds the "
+                   "machine's (RAM available, or the GPUs' free memory).")
 @click.option("--gpus", metavar="ID[,ID…]", help="Train here on these GPUs, one run per GPU at a time.")
 @click.option("--slurm", is_flag=True, help="Write slurm.sh, a job array with one task per run, and submit it.")
 @click.option("--slurm-opt", "slurm_opts", multiple=True, metavar="OPTION",
@@ -87,9 +90,12 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
     if gpu_ids and target.cpu_only:
         raise CaffegenError(f"{target.caffe} is a CPU-only build and cannot use --gpus {gpus}; drop --gpus to train "
                             "the runs one after another on the CPU")
-    planned = combinations(job_from_options(params, target, echo), _names(params["freeze_upto"], "--freeze-upto"),
+    options = job_from_options(params, target, echo)
+    planned = combinations(options, _names(params["freeze_upto"], "--freeze-upto"),
                            _names(params["freeze_from"], "--freeze-from"), learning_rates)
-    runs = prepare_sweep(planned, output, force, target.caffe or "caffe", echo)
+    # Each run trains alone on its device here; Slurm's nodes are not this machine.
+    budget = None if slurm else memory_budget(Device.parse(gpus) if gpus else options.device)
+    runs = prepare_sweep(planned, output, force, target.caffe or "caffe", echo, budget=budget)
     if slurm:
         _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, echo)
         return

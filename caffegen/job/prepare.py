@@ -22,6 +22,7 @@ from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.job.cacheplan import check_cacheable, plan_cache
 from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
 from caffegen.job.device import CPU, Device
+from caffegen.job.memorycheck import extraction_check, training_check
 from caffegen.job.rundir import ENGINE, MANIFEST, SNAPSHOT_DIR
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
 from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
@@ -160,11 +161,12 @@ class _Build:
     notes: list
 
 
-def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=()):
+def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), budget=None):
     """Write the run directory for ``options``; refuse an existing one unless ``force``.
 
     With ``stages``, the directory holds one run per stage (stage1/, stage2/, …); each stage
-    starts from the final weights of the one before.
+    starts from the final weights of the one before. With ``budget`` (a MemoryBudget), a job whose
+    estimated peak memory exceeds it is refused too, unless ``force``.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not force:
@@ -177,13 +179,13 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=()):
         notes.append(f"base model: the zoo's {options.zoo_model.name} (licence: {options.zoo_model.licence}), "
                      f"from {Path(options.weights).parent}")
     say = warn or notes.append
+    memory = _MemoryLimit(budget, force, options.net)
     if not stages:
-        build = _build(options, dataset, weights, weights, caffe, say)
-        plan = _write_run_dir(run_dir, build.files, build.copies, plan_cache if options.cache_features else None)
-        if plan is not None:
-            build.notes.append(plan.describe())
+        build = _build(options, dataset, weights, weights, caffe, memory, say)
+        check = _planned_cache(memory, options.device, build) if options.cache_features else None
+        build.notes += _write_run_dir(run_dir, build.files, build.copies, check) or []
         return PreparedJob(run_dir, build.manifest, notes + build.notes)
-    job = _prepare_stages(options, stages, dataset, weights, run_dir, caffe, say)
+    job = _prepare_stages(options, stages, dataset, weights, run_dir, caffe, memory, say)
     job.notes[:0] = notes
     return job
 
@@ -214,7 +216,31 @@ def _apply_strategy(options, dataset):
     return replace(options, **chosen), [note]
 
 
-def _prepare_stages(options, stages, dataset, weights, run_dir, caffe, warn):
+@dataclass(frozen=True)
+class _MemoryLimit:
+    """The memory a job may take (None: not checked), whether to prepare it beyond that, and the net it is for."""
+
+    budget: object
+    force: bool
+    path: Path
+
+    def note(self, check):
+        """The note of a MemoryCheck, or its refusal."""
+        return [check.note(self.force, self.path)]
+
+
+def _planned_cache(memory, device, build):
+    """The check of a cached run's built directory: its cache plan, and its extraction's memory."""
+    def check(staging):
+        plan = plan_cache(staging)
+        notes = [plan.describe()]
+        if memory.budget is not None:
+            notes += memory.note(extraction_check(plan, build.manifest["input"]["shape"], device, memory.budget))
+        return notes
+    return check
+
+
+def _prepare_stages(options, stages, dataset, weights, run_dir, caffe, memory, warn):
     if options.copy_data or options.cache_features:
         raise CaffegenError("--copy-data and --cache-features do not combine with --stages yet")
     files, notes, entries, weights_ref = {}, [], [], weights
@@ -224,7 +250,7 @@ def _prepare_stages(options, stages, dataset, weights, run_dir, caffe, warn):
                       stage.epochs or options.epochs)
         stage_options = replace(options, freeze_upto=stage.freeze_upto, freeze_from=stage.freeze_from,
                                 base_lr=stage.base_lr, epochs=stage.epochs)
-        build = _build(stage_options, dataset, weights, weights_ref, caffe, warn if number == 1 else None)
+        build = _build(stage_options, dataset, weights, weights_ref, caffe, memory, warn if number == 1 else None)
         name = f"stage{number}"
         build.manifest["stage"] = number
         files.update({f"{name}/{path}": text for path, text in build.files.items()})
@@ -242,10 +268,12 @@ def _prepare_stages(options, stages, dataset, weights, run_dir, caffe, warn):
     return PreparedJob(run_dir, manifest, notes)
 
 
-def _build(options, dataset, weights, weights_ref, caffe, warn=None):
+def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None):
     """Nets, solver, lists, scripts and manifest of one run, from the base net and ``options``.
 
-    ``warn``, if given, hears what the base net leaves unsaid about its preprocessing.
+    Its memory is checked against ``memory`` (a _MemoryLimit) unless it caches features (the
+    extraction is checked then); ``warn``, if given, hears what the base net leaves unsaid about
+    its preprocessing.
     """
     notes = []
     loaded = read_net(options.net)
@@ -274,7 +302,10 @@ def _build(options, dataset, weights, weights_ref, caffe, warn=None):
         notes += preflight(net, weights, input_shape)
     if options.cache_features:
         notes += check_cacheable(net, options.net)
-    schedule, solver_text, base_lr = _solver(options, net, dataset)
+    schedule, solver_text, base_lr, solver = _solver(options, net, dataset)
+    if memory.budget is not None and not options.cache_features:
+        notes += memory.note(training_check(net, solver.type, input_shape, weights if weights_ref == weights else None,
+                                            options.device, solver.iter_size, memory.budget, options.net))
     copies = dataset.copy_names() if options.copy_data else {}
     if options.copy_data:
         copies[weights] = weights_ref = WEIGHTS_COPY
@@ -438,8 +469,9 @@ def _solver(options, net, dataset):
     fields = solver_fields(schedule, _base_lr(options), not options.device.is_cpu,
                            options.seed, options.iter_size, snapshot_prefix=f"{SNAPSHOT_DIR}/ft")
     text = render_solver(fields, schedule, parse_overrides(options.solver_set))
+    solver = check_solver_text(text)
     # base_lr as Caffe reads it: a float32, given with the 7 digits it holds.
-    return schedule, text, float(f"{check_solver_text(text).base_lr:.7g}")
+    return schedule, text, float(f"{solver.base_lr:.7g}"), solver
 
 
 def _base_lr(options):

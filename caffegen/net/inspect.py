@@ -68,6 +68,7 @@ class Inspection:
     phase: str
     layers: list
     weights_path: object = None
+    model: object = None  # the Caffemodel read, with weights
     ignored: list = field(default_factory=list)
     problems: list = field(default_factory=list)
 
@@ -140,7 +141,7 @@ def inspect_net(net, phase=TRAIN, input_shape=None, weights=None, path=None):
     inspection = Inspection(phase, reports)
     if weights is not None:
         model = read_caffemodel(weights)
-        inspection.weights_path = model.path
+        inspection.weights_path, inspection.model = model.path, model
         inspection.problems, inspection.ignored = _match_weights(reports, model)
     return inspection
 

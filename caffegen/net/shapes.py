@@ -349,7 +349,7 @@ def _spatial_values(param, name, spatial, default):
     return values * spatial if len(values) == 1 else values
 
 
-def _conv_setup(layer, bottom):
+def conv_setup(layer, bottom):
     """(channel axis, kernel, stride, pad, dilation) of a Convolution-style layer on ``bottom``."""
     param = layer.convolution_param
     axis = _axis(param.axis, len(bottom))
@@ -384,7 +384,7 @@ def _conv_output(size, kernel, stride, pad, dilation, transposed):
 def _convolution(layer, bottoms, transposed=False):
     param = layer.convolution_param
     bottom = bottoms[0]
-    axis, kernel, stride, pad, dilation = _conv_setup(layer, bottom)
+    axis, kernel, stride, pad, dilation = conv_setup(layer, bottom)
     channels, outputs, group = bottom[axis], param.num_output, param.group
     for what, value in (("input channels", channels), ("num_output", outputs)):
         if value is not None and (group == 0 or value % group):
@@ -408,7 +408,7 @@ def _deconvolution(layer, bottoms):
 
 def _im2col(layer, bottoms):
     bottom = bottoms[0]
-    axis, kernel, stride, pad, dilation = _conv_setup(layer, bottom)
+    axis, kernel, stride, pad, dilation = conv_setup(layer, bottom)
     spatial = [_conv_output(size, *settings, False)
                for size, settings in zip(bottom[axis + 1:], zip(kernel, stride, pad, dilation))]
     top = tuple(bottom[:axis]) + (_times(bottom[axis], product(kernel)),) + tuple(spatial)

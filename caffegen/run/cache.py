@@ -42,6 +42,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from caffegen.defaults import CACHE_BATCH, CHUNK_IMAGES
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
 from caffegen.io.featuredb import write_features_h5
@@ -65,8 +66,6 @@ HEAD_NET = "head_train_val.prototxt"
 HEAD_SOLVER = "head_solver.prototxt"
 HEAD_SNAPSHOTS = "snapshots/head"
 FINAL_MODEL = "final.caffemodel"
-CHUNK_IMAGES = 4096
-CACHE_BATCH = 16  # images per forward pass of the trunk
 # The dataset names Caffe's HDF5Output layer writes; HDF5Data reads datasets named as its tops.
 FEATURE_DATASET, LABEL_DATASET = "data", "label"
 

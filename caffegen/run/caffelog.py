@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from caffegen.run.diagnose import Context, diagnose_crash, diagnose_fatal, diagnose_loss
+from caffegen.run.diagnose import Context, diagnose_crash, diagnose_fatal, diagnose_killed, diagnose_loss
 
 GLOG_PREFIX = re.compile(r"([IWEF])(?:\d{4})?\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ ([^ \]]+):\d+\] ?(.*)")
 SETTING = re.compile(r"(\w+): \"?(.*?)\"?")
@@ -87,10 +87,13 @@ class LogWatcher:
     ``finetuned_from``, ``resumed_from``, ``done`` (Caffe printed "Optimization Done.", as it also
     does when a signal stopped it), ``stopped_early`` (a signal stopped it), ``rates`` (iterations
     per second of every display but the first, whose value is garbage), ``solver`` (the solver's
-    top-level fields as printed, as strings) and ``diagnoses`` (each kind reported once).
+    top-level fields as printed, as strings) and ``diagnoses`` (each kind reported once). ``memory``
+    is caffegen's estimate of the run's memory and how to make it fit, which an out-of-memory
+    diagnosis quotes (None: it gives the usual fix).
     """
 
-    def __init__(self):
+    def __init__(self, memory=None):
+        self.memory = memory  # caffegen's estimate of the run's memory and its fix, for an out-of-memory diagnosis
         self.iteration = None
         self.records = []
         self.latest_test = {}
@@ -132,6 +135,11 @@ class LogWatcher:
         else:
             events += self._on_plain(line)
         return events
+
+    def ended(self, exit_code):
+        """Say Caffe exited with ``exit_code``; return the diagnosis of a kill its log does not explain."""
+        diagnosis = None if self.diagnoses else diagnose_killed(exit_code, self._context())
+        return self._diagnosed(diagnosis) if diagnosis else []
 
     def close(self):
         """Say the log has ended; return the events still pending (a test whose outputs ended the log)."""
@@ -177,7 +185,7 @@ class LogWatcher:
         if line.startswith(PROTOBUF_ERROR):
             self._parse_error = line.split("] ", 1)[-1]
             return []
-        diagnosis = diagnose_crash(line)
+        diagnosis = diagnose_crash(line, self._context())
         return self._diagnosed(diagnosis) if diagnosis else []
 
     def _on_display(self, match):
@@ -278,7 +286,8 @@ class LogWatcher:
 
     def _context(self):
         return Context(solver=self.solver, weights=self.finetuned_from, snapshot=self.resumed_from,
-                       image_list=self._image_list, layer=self._layer, parse_error=self._parse_error)
+                       image_list=self._image_list, layer=self._layer, parse_error=self._parse_error,
+                       memory=self.memory)
 
 
 def parse_log(lines):

@@ -11,12 +11,19 @@ write past their blobs. Real runs of a 3-class net show what follows: with label
 ln 3 = 1.1) while test accuracy reads 1; with labels 5 (or -1) the same happens and then glibc aborts
 at exit with "corrupted size vs. prev_size" or "free(): invalid next size (fast)", which
 ``diagnose_crash`` reports. Check the label lists before training instead.
+
+Running out of memory shows three ways: Caffe's own allocation fails ("host allocation of size N
+failed", or CUDA's "out of memory"), another one throws ``std::bad_alloc``, or the kernel kills the
+process (SIGKILL, no fatal line). Each diagnosis quotes caffegen's estimate of the run and the batch
+that fits, when the caller gives them (``Context.memory``).
 """
 
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Optional
+
+from caffegen.job.memorycheck import GENERIC_RETRY
 
 FLT_MIN = 2.0 ** -126
 STUCK_LOSS = -math.log(FLT_MIN)  # 87.3365: SoftmaxWithLoss's loss when the right class gets probability 0
@@ -33,6 +40,11 @@ PROTOBUF_POSITION = re.compile(r"Error parsing text-format caffe\.\w+: (\d+):(\d
 NAMED_LAYER = re.compile(r"layer '([^']+)'")
 HEAP_CORRUPTION = re.compile(r"(?:free|malloc\w*|realloc|munmap_chunk)\(\): .+|double free or corruption.*|"
                              r"corrupted .+")
+# Caffe's own allocations (syncedmem.hpp's CHECK, CUDA's), and C++'s for everything else (protobuf, vectors).
+OUT_OF_MEMORY = re.compile(r"host allocation of size (\d+) failed|out of memory")
+BAD_ALLOC = "terminate called after throwing an instance of 'std::bad_alloc'"
+# A process the kernel killed: SIGKILL, as Popen reports it and as a shell does.
+KILLED = (-9, 128 + 9)
 PARAM_NAMES = {0: "weights", 1: "bias"}
 PROTO_KINDS = {"NetParameter": "net", "SolverParameter": "solver"}
 
@@ -56,20 +68,23 @@ class Context:
     image_list: Optional[str] = None  # the ImageData list last opened
     layer: Optional[str] = None  # the layer being set up, while the nets are built
     parse_error: Optional[str] = None  # protobuf's last complaint about a prototxt
+    memory: Optional[str] = None  # caffegen's estimate of the run's memory, and how to make it fit
 
 
 def diagnose_fatal(message, context):
     """The diagnosis of a fatal (``F``) log line, given without its glog prefix."""
     for check in (_gpu_on_cpu_only, _shape_mismatch, _missing_file, _missing_image_list, _missing_image,
-                  _bad_prototxt):
+                  _bad_prototxt, _out_of_memory):
         diagnosis = check(message, context)
         if diagnosis:
             return diagnosis
     return _other_fatal(message, context)
 
 
-def diagnose_crash(line):
-    """The diagnosis of a line glibc prints when it finds the heap corrupted, else None."""
+def diagnose_crash(line, context):
+    """The diagnosis of a line glibc prints when it finds the heap corrupted, or C++ when memory ran out, else None."""
+    if line.strip() == BAD_ALLOC:
+        return _ran_out("a memory allocation failed: std::bad_alloc", context.memory)
     if not HEAP_CORRUPTION.fullmatch(line):
         return None
     return Diagnosis("memory_corruption",
@@ -77,6 +92,23 @@ def diagnose_crash(line):
                      "is labels outside 0 .. num_output-1: SoftmaxWithLoss and Accuracy do not check them and "
                      "write past their buffers, so the losses and accuracies printed before were meaningless too. "
                      "Make every label in the lists run from 0 to num_output-1 of the classifier.", stop=True)
+
+
+def diagnose_killed(exit_code, context):
+    """The diagnosis of a Caffe killed by SIGKILL without a fatal error of its own, else None.
+
+    The run has ended already, so the diagnosis does not stop it: the exit code stays Caffe's.
+    """
+    if exit_code not in KILLED:
+        return None
+    return _ran_out(f"killed by SIGKILL, exit code {exit_code}, without an error of its own: on Linux that is "
+                    "usually the kernel's out-of-memory killer, which dmesg names", context.memory, stop=False)
+
+
+def _ran_out(evidence, advice, stop=True):
+    """Caffe ran out of memory: what showed it, then caffegen's estimate and fix (``advice``; None: the usual fix)."""
+    return Diagnosis("out_of_memory", f"Caffe ran out of memory ({evidence}). {advice or f'To fit, {GENERIC_RETRY}.'}",
+                     stop)
 
 
 def diagnose_loss(losses, context):
@@ -190,6 +222,14 @@ def _bad_prototxt(message, context):
     where = PROTOBUF_POSITION.search(context.parse_error or "")
     detail = f"line {where[1]}, column {where[2]}: {where[3]}" if where else "see protobuf's error above"
     return Diagnosis("bad_prototxt", f"The {what} file '{path}' is not valid prototxt: {detail}", stop=True)
+
+
+def _out_of_memory(message, context):
+    match = OUT_OF_MEMORY.search(message)
+    if not match:
+        return None
+    what = f"an allocation of {match[1]} bytes failed" if match[1] else "the GPU has no memory left"
+    return _ran_out(f"{what}: {message}", context.memory)
 
 
 def _other_fatal(message, context):

@@ -11,6 +11,7 @@ from pathlib import Path
 from caffegen.errors import CaffegenError
 from caffegen.io.files import write_atomic
 from caffegen.io.prototxt import read_net
+from caffegen.job.memorycheck import run_check
 from caffegen.job.rundir import RESULT, SNAPSHOT_DIR, SNAPSHOT_NAME, RunDir, newest_snapshot
 from caffegen.job.scripts import caffe_arguments
 from caffegen.net.inspect import preflight
@@ -18,7 +19,7 @@ from caffegen.run.cache import run_cached
 from caffegen.run.caffelog import LogWatcher
 from caffegen.run.curves import plot_curves, write_curves_csv
 from caffegen.run.runner import LaunchResult, earlier_records, result_summary, run_caffe_train
-from caffegen.run.target import resolve_target
+from caffegen.run.target import memory_budget, resolve_target
 
 
 def launch(run_dir, target=None, resume=False, echo=None, show_progress=None):
@@ -46,7 +47,8 @@ def launch_run(run, target, resume, echo, show_progress):
     run.check_labels()
     arguments = _arguments(run, device, resume, echo)
     history = earlier_records(run.path, _iteration_of(arguments)) if resume else []
-    return run_caffe_train(target.caffe, arguments, run.path, history, echo, show_progress)
+    memory = run_check(run, memory_budget(device), device).advice()
+    return run_caffe_train(target.caffe, arguments, run.path, history, echo, show_progress, memory)
 
 
 def launch_stages(run, target, resume, echo, show_progress):

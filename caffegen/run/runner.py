@@ -41,10 +41,13 @@ class LaunchResult:
     notes: list = field(default_factory=list)
 
 
-def run_caffe_train(caffe, arguments, run_dir, history, echo, show_progress):
-    """Run ``caffe`` with ``arguments`` in ``run_dir``, after the ``history`` of records of an earlier run."""
+def run_caffe_train(caffe, arguments, run_dir, history, echo, show_progress, memory=None):
+    """Run ``caffe`` with ``arguments`` in ``run_dir``, after the ``history`` of records of an earlier run.
+
+    ``memory`` is caffegen's estimate of the run's memory and its fix, for an out-of-memory diagnosis.
+    """
     started = time.monotonic()
-    watcher = LogWatcher()
+    watcher = LogWatcher(memory)
     env = dict(os.environ, GLOG_logtostderr="1")
     process = subprocess.Popen([str(caffe), *arguments], cwd=run_dir, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
@@ -60,6 +63,7 @@ def run_caffe_train(caffe, arguments, run_dir, history, echo, show_progress):
                 _update(bar, watcher)
             diagnosis = _watch(watcher.close(), diagnosis, process)
         code = process.wait()
+        diagnosis = _watch(watcher.ended(code), diagnosis, process)
     finally:
         signal.signal(signal.SIGINT, previous)
     stopped = bool(interrupts) or watcher.stopped_early  # Ctrl-C here, or a SIGINT sent to Caffe itself

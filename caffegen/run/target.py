@@ -2,12 +2,18 @@
 
 import functools
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from caffegen.errors import CaffegenError, CaffeNotFound
 from caffegen.job.device import CPU, Device
+from caffegen.net.memory import MemoryBudget
 from caffegen.run.locate import caffe_is_cpu_only, find_caffe
+
+MEMINFO = Path("/proc/meminfo")
+GPU_MEMORY_QUERY = ["--query-gpu=index,memory.free", "--format=csv,noheader,nounits"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,50 @@ class Target:
             echo(f"{self.caffe} is a CPU-only build: training on the CPU instead of GPU {planned}")
             return CPU
         return wanted
+
+
+def memory_budget(device):
+    """What a run on ``device`` may take: the RAM available for the CPU, the free memory of its GPUs (the least)."""
+    return available_ram() if device.is_cpu else free_gpu_memory(device)
+
+
+def available_ram():
+    """The RAM available to a new process (MemAvailable of /proc/meminfo) as a budget; bytes None when unknown."""
+    try:
+        lines = MEMINFO.read_text(encoding="ascii").splitlines()
+    except OSError as error:
+        return MemoryBudget(None, f"cannot read {MEMINFO} ({error.strerror})")
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name == "MemAvailable" and value.split():
+            return MemoryBudget(int(value.split()[0]) * 1024, "RAM available (MemAvailable)")
+    return MemoryBudget(None, f"{MEMINFO} gives no MemAvailable")
+
+
+def free_gpu_memory(device):
+    """The free memory of the GPUs of ``device`` (the least of them), as nvidia-smi reports it."""
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        return MemoryBudget(None, "nvidia-smi is not on PATH, so the GPU's memory is unknown")
+    try:
+        done = subprocess.run([nvidia_smi, *GPU_MEMORY_QUERY], check=False, capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return MemoryBudget(None, f"nvidia-smi failed ({error})")
+    if done.returncode != 0:
+        reason = (done.stdout + done.stderr).strip().splitlines() or [f"exit code {done.returncode}"]
+        return MemoryBudget(None, f"nvidia-smi failed: {reason[-1]}")
+    free = {}
+    for line in done.stdout.splitlines():
+        fields = [part.strip() for part in line.split(",")]
+        if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+            free[fields[0]] = int(fields[1]) << 20  # MiB
+    wanted = list(free) if device.name == "all" else device.name.split(",")
+    missing = [gpu for gpu in wanted if gpu not in free]
+    if missing or not wanted:
+        return MemoryBudget(None, f"nvidia-smi lists no GPU {', '.join(missing) or 'at all'}")
+    gpu = min(wanted, key=free.get)
+    return MemoryBudget(free[gpu], f"free memory of GPU {gpu} (nvidia-smi)")
 
 
 def resolve_target(caffe=None, gpu=None, required=True):

@@ -88,12 +88,13 @@ def _run_name(upto, start, lr):
     return UNSAFE_NAME.sub("-", "_".join(part for part in parts if part)) or "run"
 
 
-def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share_features=True):
+def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share_features=True, budget=None):
     """Prepare every run of ``planned`` (from :func:`combinations`) and ``sweep.json`` in ``out_dir``.
 
     Runs with cached features share their feature stores (``features/`` of the sweep) unless
     ``share_features`` is false: runs with identical trunks then compute their features once.
-    The directory is built beside its place and renamed into it, so a bad layer name leaves nothing.
+    The directory is built beside its place and renamed into it, so a bad layer name leaves nothing,
+    and neither does a run whose estimated memory exceeds ``budget`` (a MemoryBudget) without ``force``.
     """
     echo = echo or (lambda line: None)
     out_dir = Path(out_dir)
@@ -103,13 +104,13 @@ def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share
     with built_beside(out_dir) as staging:
         shared = Path("..") / SHARED_FEATURES if share_features else None
         runs = [_prepare_run(run, replace(options, feature_store=shared if options.cache_features else None),
-                             staging, caffe, echo) for run, options in planned]
+                             staging, caffe, echo, budget, force) for run, options in planned]
         _write_sweep_file(staging, runs)
     return runs
 
 
-def _prepare_run(run, options, staging, caffe, echo):
-    job = prepare(options, staging / run.run_dir, caffe=caffe, warn=echo)
+def _prepare_run(run, options, staging, caffe, echo, budget, force):
+    job = prepare(options, staging / run.run_dir, force, caffe, echo, budget=budget)
     lr = job.manifest["base_lr"]
     echo(f"prepared {run.run_dir}: freeze {run.freeze}, base_lr {lr:g}, "
          f"{job.manifest['schedule']['max_iter']} iterations")

@@ -14,6 +14,7 @@ which the interrupted run stops vary from one regeneration to the next.
 
 import argparse
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -24,6 +25,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))  # caffegen from this checkout, to find Caffe as the tests do
+sys.path.insert(0, str(HERE.parents[1]))  # the tests' helpers
+from caffe_runs import started_address_space  # noqa: E402
 
 DATA = """
 layer { name: "data" type: "DummyData" top: "data" top: "label" include { phase: %(phase)s }
@@ -99,13 +102,14 @@ class Scratch:
         (self.root / name).write_text(text)
         return name
 
-    def popen(self, *args):
+    def popen(self, *args, address_space=None):
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_AS, (address_space,) * 2)) if address_space else None
         return subprocess.Popen([self.caffe, *args], cwd=self.root, env=self.env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=limit)
 
-    def run(self, *args, expect):
-        """Run ``caffe args``; return its log after checking that it exited with ``expect``."""
-        with self.popen(*args) as process:
+    def run(self, *args, expect, address_space=None):
+        """Run ``caffe args`` (in ``address_space`` bytes); return its log after checking it exited with ``expect``."""
+        with self.popen(*args, address_space=address_space) as process:
             log = process.stdout.read()
         check(process.returncode == expect, f"caffe {' '.join(args)} exited with {process.returncode}", log)
         return log
@@ -283,9 +287,37 @@ def unknown_layer_type(scratch):
     return scratch.run("train", "-solver", "unknown_solver.prototxt", expect=ABORTED)
 
 
+def allocation_failed(scratch):
+    """A 1 GiB DummyData batch in a little more address space than Caffe needs to start: its allocation fails."""
+    scratch.write("tiny_solver.prototxt", solver(scratch.write("tiny.prototxt", dummy_net("tiny")), max_iter=10000))
+    limit = started_address_space(scratch.caffe, "train", "-solver", "tiny_solver.prototxt", cwd=scratch.root)
+    huge = dummy_net("huge").replace("shape { dim: 8 dim: 2 dim: 6 dim: 6 } shape { dim: 8 }",
+                                     "shape { dim: 4096 dim: 64 dim: 32 dim: 32 } shape { dim: 4096 }")
+    scratch.write("huge_solver.prototxt", solver(scratch.write("huge.prototxt", huge)))
+    log = scratch.run("train", "-solver", "huge_solver.prototxt", expect=ABORTED, address_space=limit)
+    check("host allocation of size" in log, "no failed allocation", log)
+    return log
+
+
+def bad_alloc(scratch):
+    """Weights with an unused 256 MiB layer, parsed in a little more address space than Caffe needs to start:
+    protobuf's allocation fails, and C++ terminates Caffe."""
+    from caffegen.io.caffemodel import write_caffemodel
+    from caffegen.io.schema import BVLC
+    write_caffemodel(scratch.root / "unused.caffemodel",
+                     [(BVLC.LayerParameter(name="unused", type="InnerProduct"), [np.zeros((1 << 26) + 1, np.float32)])])
+    scratch.write("tiny_solver.prototxt", solver(scratch.write("tiny.prototxt", dummy_net("tiny")), max_iter=10000))
+    limit = started_address_space(scratch.caffe, "train", "-solver", "tiny_solver.prototxt", cwd=scratch.root)
+    log = scratch.run("train", "-solver", "tiny_solver.prototxt", "-weights", "unused.caffemodel", expect=ABORTED,
+                      address_space=limit)
+    check("std::bad_alloc" in log, "no std::bad_alloc", log)
+    return log
+
+
 SCENARIOS = [train_ok, finetune, shape_mismatch, resume, outputs, interrupted, diverge_nan, stuck_87,
              labels_out_of_range, labels_equal_num_output, gpu_on_cpu_only, missing_weights, missing_snapshot,
-             missing_solver, missing_net, missing_image_list, missing_image, bad_prototxt, unknown_layer_type]
+             missing_solver, missing_net, missing_image_list, missing_image, bad_prototxt, unknown_layer_type,
+             allocation_failed, bad_alloc]
 
 
 def default_caffe():
@@ -296,11 +328,14 @@ def default_caffe():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--caffe", help="the caffe binary (default: the one caffegen installs)")
+    parser.add_argument("--only", nargs="+", metavar="SCENARIO", help="regenerate these logs only")
     args = parser.parse_args()
     caffe = args.caffe or default_caffe()
     with tempfile.TemporaryDirectory(prefix="caffegen-logs-") as root:
         scratch = Scratch(caffe, root)
         for scenario in SCENARIOS:
+            if args.only and scenario.__name__ not in args.only:
+                continue
             log = scenario(scratch)
             (HERE / f"{scenario.__name__}.log").write_text(log)
             print(f"{scenario.__name__}.log: {len(log.splitlines())} lines")
