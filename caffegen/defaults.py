@@ -7,3 +7,5 @@ FINE_TUNE_LR = 0.001
 HEAD_LR_MULT = 10.0
 # Passes over the training images.
 EPOCHS = 10
+# The mask value of pixels a segmentation loss and its metrics ignore (PASCAL VOC's borders).
+IGNORE_LABEL = 255

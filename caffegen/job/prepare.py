@@ -23,6 +23,7 @@ from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folde
 from caffegen.job.device import CPU, Device
 from caffegen.job.rundir import ENGINE, MANIFEST, SNAPSHOT_DIR
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
+from caffegen.job.segmentation import SEGMENTATION, build_segmentation
 from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
 from caffegen.net.advise import advise
 from caffegen.net.freeze import freeze
@@ -82,6 +83,7 @@ class JobOptions:
     # With cache_features: a folder, relative to the run directory, whose stores runs with the same
     # trunk share (a sweep's); None keeps the features in the run's own features/.
     feature_store: Path = None
+    task: str = "classification"  # or "segmentation": --data holds images/ and masks/
 
     def __post_init__(self):
         if not isinstance(self.device, Device):
@@ -166,6 +168,8 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=()):
     if run_dir.exists() and not force:
         raise CaffegenError("run directory exists; pass --force to replace it", run_dir)
     weights = _existing_file(options.weights, "weights")
+    if options.task == SEGMENTATION:
+        return _prepare_segmentation(options, run_dir, weights, caffe, stages)
     dataset = _dataset(options, warn)
     options, notes = _apply_strategy(options, dataset)
     options = _with_defaults(options)
@@ -178,6 +182,18 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=()):
     job = _prepare_stages(options, stages, dataset, weights, run_dir, caffe)
     job.notes[:0] = notes
     return job
+
+
+def _prepare_segmentation(options, run_dir, weights, caffe, stages):
+    """Write a segmentation run directory (:mod:`caffegen.job.segmentation`)."""
+    if stages or options.strategy:
+        raise CaffegenError("--stages and --strategy do not combine with --task segmentation yet")
+    build = build_segmentation(_with_defaults(options), weights, caffe)
+    manifest = _manifest(_with_defaults(options), weights, weights, build.dataset, build.schedule, None)
+    manifest.update(build.manifest)
+    build.files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
+    _write_run_dir(run_dir, build.files, {}, build.write_data)
+    return PreparedJob(run_dir, manifest, build.notes)
 
 
 def _with_defaults(options):
