@@ -155,7 +155,7 @@ def build_segmentation(options, weights, caffe="caffe"):
     net, notes = loaded.net, []
     if loaded.upgraded_from:
         notes.append(f"upgraded the legacy {loaded.upgraded_from} net to the current layer format")
-    processing = _preprocessing(net, options.data_settings.mean_value)
+    processing = _preprocessing(net, options.data_settings.mean_value, options.net)
     input_shape = [1, 3, *dataset.size]
     settings = options.data_settings
     score = wire_segmentation(net, settings.batch_size, settings.val_batch_size, input_shape, options.net)
@@ -179,13 +179,13 @@ def build_segmentation(options, weights, caffe="caffe"):
     return SegmentationBuild(files, manifest, notes, writer, dataset, schedule)
 
 
-def _preprocessing(net, mean_value):
+def _preprocessing(net, mean_value, path):
     """The preprocessing of the HDF5 images, as the manifest records it: the base net's data layer's mean and scale."""
     layer = next((layer for layer in net.layer if layer.type in DATA_TYPES), None)
     transform = layer.transform_param if layer is not None else None
     if transform is not None and transform.mean_file and not mean_value:
         raise CaffegenError(f"data layer '{layer.name}' subtracts a mean file; --task segmentation stores "
-                            "preprocessed images: pass --mean-value B,G,R")
+                            "preprocessed images: pass --mean-value B,G,R", path)
     return {"layer_type": "HDF5Data", "channel_order": "BGR", "resize": None, "crop_size": None,
             "mean_value": list(mean_value or (transform.mean_value if transform is not None else ())),
             "mean_file": None, "scale": transform.scale if transform is not None else 1.0}
