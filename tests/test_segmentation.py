@@ -124,6 +124,16 @@ def test_predict_writes_palette_masks(tuned, tmp_path):
         assert mask.getpalette()[3:6] == [128, 0, 0]  # VOC's colour of class 1
 
 
+def test_export_checks_the_masks_with_opencv_and_the_bundle_evaluates(tuned, tmp_path):
+    exported = run_caffegen("export", tuned["run"], "-o", tmp_path / "bundle", "--check-opencv")
+    assert exported.returncode == 0, exported.stderr
+    assert "agrees with Caffe" in exported.stdout
+    assert json.loads((tmp_path / "bundle" / "preprocessing.json").read_text())["task"] == "segmentation"
+    done = run_caffegen("evaluate", tmp_path / "bundle", "--data", tuned["data"], "-o", tmp_path / "eval")
+    assert done.returncode == 0, done.stderr
+    assert "mean IoU" in done.stdout
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A few image and mask pairs of 3 classes, and a caffemodel naming none of the net's layers."""
@@ -190,3 +200,26 @@ def test_net_without_a_spatial_loss_is_refused(small, tmp_path):
 def test_cache_features_is_refused_with_its_reason(small, tmp_path):
     assert_one_line_error(prepare_error(small, tmp_path, None, FCN_SEG, "--cache-features"),
                           "--cache-features does not apply", "Crop")
+
+
+def test_fcns_published_net_gets_hdf5_data_a_pixel_loss_and_fcns_solver(small, tmp_path):
+    done = prepare_error(small, tmp_path, None, ZOO / "fcn_voc8s" / "train.prototxt", "--base-lr", "1e-10")
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "run"
+    net = read_net(run / "train_val.prototxt").net
+    data = [layer for layer in net.layer if layer.type == "HDF5Data"]
+    assert [layer.hdf5_data_param.source for layer in data] == ["train_h5.txt", "val_h5.txt"]
+    assert not [layer for layer in net.layer if layer.type == "Python"]
+    loss = next(layer for layer in net.layer if layer.type == "SoftmaxWithLoss")
+    assert (loss.loss_param.ignore_label, loss.loss_param.normalize) == (255, False)
+    accuracy = next(layer for layer in net.layer if layer.type == "Accuracy")
+    assert accuracy.accuracy_param.ignore_label == 255 and list(accuracy.bottom) == list(loss.bottom)
+    scores = [layer for layer in net.layer if layer.name.startswith("score") and layer.type == "Convolution"]
+    assert scores and all(layer.convolution_param.num_output == 3 for layer in scores)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["task"] == "segmentation"
+    assert manifest["preprocessing"]["mean_value"] == pytest.approx([104.00699, 116.66877, 122.67892])
+    solver = (run / "solver.prototxt").read_text()
+    assert 'lr_policy: "fixed"' in solver and "momentum: 0.99" in solver and "base_lr: 1e-10" in solver
+    deploy = read_net(run / "deploy.prototxt").net
+    assert deploy.layer[0].type == "Input" and deploy.layer[-1].type == "Softmax"

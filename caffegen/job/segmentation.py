@@ -29,9 +29,8 @@ from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrid
 from caffegen.net.freeze import freeze
 from caffegen.net.head import retarget_head
 from caffegen.net.inspect import preflight
-from caffegen.net.layers import DATA_TYPES
 from caffegen.net.lr_rules import apply_lr_rules
-from caffegen.net.segmentation import SOURCES, wire_segmentation
+from caffegen.net.segmentation import SOURCES, segmentation_data_layers, stated_mean, wire_segmentation
 from caffegen.net.shapes import check_runs
 from caffegen.net.wiring import deploy_net
 
@@ -181,14 +180,14 @@ def build_segmentation(options, weights, caffe="caffe"):
 
 def _preprocessing(net, mean_value, path):
     """The preprocessing of the HDF5 images, as the manifest records it: the base net's data layer's mean and scale."""
-    layer = next((layer for layer in net.layer if layer.type in DATA_TYPES), None)
-    transform = layer.transform_param if layer is not None else None
-    if transform is not None and transform.mean_file and not mean_value:
+    layers = segmentation_data_layers(net)
+    layer = layers[0] if layers else None
+    if layer is not None and layer.transform_param.mean_file and not mean_value:
         raise CaffegenError(f"data layer '{layer.name}' subtracts a mean file; --task segmentation stores "
                             "preprocessed images: pass --mean-value B,G,R", path)
     return {"layer_type": "HDF5Data", "channel_order": "BGR", "resize": None, "crop_size": None,
-            "mean_value": list(mean_value or (transform.mean_value if transform is not None else ())),
-            "mean_file": None, "scale": transform.scale if transform is not None else 1.0}
+            "mean_value": list(mean_value or (stated_mean(layer) if layer is not None else ())),
+            "mean_file": None, "scale": layer.transform_param.scale if layer is not None else 1.0}
 
 
 def _solver(options, net, dataset):

@@ -1,9 +1,14 @@
 """Wiring an FCN-style net to a segmentation job: HDF5Data layers of images and masks, a pixel loss and accuracy.
 
+The data layers replaced are Caffe's own or, as in FCN's published nets, a Python layer with no
+bottoms and two tops (image and label), whose ``param_str`` may state the mean.
+
 The loss is the net's SoftmaxWithLoss over an N×K×H×W score, set to ignore label 255 and to sum
 over pixels (``normalize: false``), as FCN trains; the TEST net gains a pixel Accuracy with the
 same ignore label when it has none.
 """
+
+import re
 
 from caffegen.defaults import IGNORE_LABEL
 from caffegen.errors import CaffegenError
@@ -12,6 +17,21 @@ from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN, NetView
 from caffegen.net.shapes import infer_shapes
 
 SOURCES = {"train": "train_h5.txt", "val": "val_h5.txt"}
+PYTHON_MEAN = re.compile(r"""['"]mean['"]\s*:\s*[(\[]([^)\]]*)[)\]]""")
+
+
+def segmentation_data_layers(net):
+    """The layers of ``net`` that feed it images and labels: data layers, or FCN's Python data layers."""
+    return [layer for layer in net.layer if layer.type in DATA_TYPES
+            or (layer.type == "Python" and not layer.bottom and len(layer.top) == 2)]
+
+
+def stated_mean(layer):
+    """The per-channel mean ``layer`` subtracts: its transform's mean_value, or the 'mean' of a Python layer's param_str."""
+    if layer.transform_param.mean_value:
+        return list(layer.transform_param.mean_value)
+    found = PYTHON_MEAN.search(layer.python_param.param_str) if layer.type == "Python" else None
+    return [float(value) for value in found.group(1).split(",") if value.strip()] if found else []
 
 
 def wire_segmentation(net, batch_size, val_batch_size, input_shape, path=None):
@@ -26,14 +46,14 @@ def wire_segmentation(net, batch_size, val_batch_size, input_shape, path=None):
 
 def _wire_hdf5_data(net, batch_size, val_batch_size, path):
     """Replace the data layers of ``net`` by one HDF5Data layer per phase, in the first one's place."""
-    layers = [layer for layer in net.layer if layer.type in DATA_TYPES]
+    layers = segmentation_data_layers(net)
     if not layers:
         raise CaffegenError("--task segmentation needs a train_val net with a data layer of images and labels "
                             "(a deploy net gains none for segmentation)", path)
     if any(len(layer.top) != 2 for layer in layers):
         raise CaffegenError(f"data layer '{layers[0].name}' must have two tops (images and masks)", path)
     tops, name = list(layers[0].top), layers[0].name
-    kept = [layer for layer in net.layer if layer.type not in DATA_TYPES]
+    kept = [layer for layer in net.layer if all(layer is not data for data in layers)]
     new = []
     for phase, subset, batch in ((TRAIN, "train", batch_size), (TEST, "val", val_batch_size)):
         layer = type(layers[0])(name=name, type="HDF5Data", top=tops)
