@@ -81,7 +81,7 @@ def scan_segmentation(data_dir, val_fraction=0.2, seed=1, num_classes=None):
     data_dir = Path(data_dir)
     pairs = pair_images(data_dir)
     size = _common_size(pairs, data_dir)
-    found = max(_check_mask(mask, size, num_classes) for _, mask in pairs)
+    found = max(_largest_class(checked_mask(mask, size, num_classes)) for _, mask in pairs)
     count = num_classes or found + 1
     if count < 2:
         raise CaffegenError("the masks hold one class only; a segmentation needs at least two", data_dir / "masks")
@@ -96,8 +96,8 @@ def pair_images(data_dir):
     images_dir, masks_dir = Path(data_dir) / "images", Path(data_dir) / "masks"
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
-            raise CaffegenError("--task segmentation needs --data DIR with images/ and masks/ (label PNGs of "
-                                "the same names); this folder is missing", folder)
+            raise CaffegenError("segmentation data is a folder with images/ and masks/ (label PNGs of the same "
+                                "names); this folder is missing", folder)
     masks = {path.stem: path.resolve() for path in sorted(masks_dir.iterdir()) if path.suffix.lower() == ".png"}
     images = [path.resolve() for path in sorted(images_dir.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
     if len(images) < 2:
@@ -120,18 +120,24 @@ def _common_size(pairs, data_dir):
     return size
 
 
-def _check_mask(path, size, num_classes):
-    """The largest class in the mask at ``path``, after checking its size and values."""
+def checked_mask(path, size, num_classes=None, hint="--num-classes sets the classes"):
+    """The mask at ``path`` as (H, W) classes, refused unless it is ``size`` and its values are classes or 255."""
     mask = read_mask(path)
-    if mask.shape != size:
-        raise CaffegenError(f"the mask is {mask.shape[0]}×{mask.shape[1]} but its image is {size[0]}×{size[1]}", path)
+    if mask.shape != tuple(size):
+        raise CaffegenError(f"the mask is {mask.shape[0]}×{mask.shape[1]} but the images are {size[0]}×{size[1]}",
+                            path)
     values = np.unique(mask[mask != IGNORE_LABEL])
     limit = num_classes if num_classes else IGNORE_LABEL
     bad = values[(values < 0) | (values >= limit)]
     if len(bad):
         raise CaffegenError(f"pixel value {int(bad[0])} is no class: values must be 0…{limit - 1}, or "
-                            f"{IGNORE_LABEL} to ignore (--num-classes sets the classes)", path)
-    return int(values.max()) if len(values) else 0
+                            f"{IGNORE_LABEL} to ignore ({hint})", path)
+    return mask
+
+
+def _largest_class(mask):
+    scored = mask[mask != IGNORE_LABEL]
+    return int(scored.max()) if scored.size else 0
 
 
 @dataclass
@@ -223,10 +229,8 @@ def check_segmentation_options(options):
 
 
 def read_pairs(path):
-    """[(image, mask)] of the validation subset recorded in a run's segmentation.json, or of a data folder."""
+    """[(image, mask)] of the validation subset recorded in the segmentation.json of the run directory ``path``."""
     path = Path(path)
-    if path.is_dir() and (path / "images").exists():
-        return pair_images(path)
     try:
         recorded = json.loads((path / PAIRS).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:

@@ -20,11 +20,10 @@ from sklearn.metrics import (
 
 from caffegen.defaults import IGNORE_LABEL
 from caffegen.errors import CaffegenError
-from caffegen.io.segdata import read_mask
 from caffegen.job.dataset import labelled_images
 from caffegen.job.model import load_model
 from caffegen.job.rundir import EVAL_DIR
-from caffegen.job.segmentation import CLASSIFICATION, SEGMENTATION, read_pairs
+from caffegen.job.segmentation import CLASSIFICATION, SEGMENTATION, checked_mask, pair_images, read_pairs
 from caffegen.run.forward import DEFAULT_BATCH, forward_images
 from caffegen.run.report import write_evaluation
 
@@ -137,7 +136,7 @@ def evaluation_images(model, data=None, list_file=None, skip_bad=False, warn=Non
         return labelled_images(model.classes, data, list_file, model.run and model.run.path, skip_bad, warn)
     if list_file:
         raise CaffegenError("--list names class labels; evaluate a segmentation on --data DIR (images/ and masks/)")
-    return read_pairs(data or model.run.path)
+    return pair_images(data) if data else read_pairs(model.run.path)
 
 
 def evaluate(target, model, images, batch_size=DEFAULT_BATCH, device=None, echo=None):
@@ -166,19 +165,11 @@ def segment(target, model, paths, batch_size=DEFAULT_BATCH, device=None, echo=No
 
 def evaluate_segmentation(target, model, pairs, batch_size=DEFAULT_BATCH, device=None, echo=None):
     """The SegmentationEvaluation of ``model`` on ``pairs`` [(image, mask)], computed by real Caffe."""
-    masks = np.stack([_mask_for(model, mask) for _, mask in pairs])
+    hint = f"the model segments {len(model.classes)} classes"
+    masks = np.stack([checked_mask(mask, model.input_shape[2:], len(model.classes), hint) for _, mask in pairs])
     probabilities = segment(target, model, [image for image, _ in pairs], batch_size, device, echo)
     return SegmentationEvaluation(model.classes, [image for image, _ in pairs], [mask for _, mask in pairs], masks,
                                   probabilities)
-
-
-def _mask_for(model, path):
-    """The mask at ``path``, refused unless it has the model's input size."""
-    mask = read_mask(path)
-    if mask.shape != tuple(model.input_shape[2:]):
-        raise CaffegenError(f"the mask is {mask.shape[0]}×{mask.shape[1]}, but the model segments "
-                            f"{model.input_shape[2]}×{model.input_shape[3]} images", path)
-    return mask
 
 
 def evaluate_to(target, model, images, out_dir, batch_size=DEFAULT_BATCH, device=None, echo=None):
