@@ -8,6 +8,7 @@ from caffegen.cli.options import number_list, report
 from caffegen.defaults import EPOCHS, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
 from caffegen.job.prepare import JobOptions, parse_stages, prepare
+from caffegen.job.segmentation import TASKS
 from caffegen.net.lr_rules import parse_lr_rules
 from caffegen.net.wiring import DataSettings
 from caffegen.run.target import resolve_target
@@ -27,7 +28,7 @@ JOB_OPTIONS = [
     click.option("--weights", required=True, type=click.Path(path_type=str), help="The pretrained .caffemodel."),
     click.option("--data", type=click.Path(path_type=str), help="A folder with one sub-folder of images per class "
                  "(with --task segmentation: images/ and masks/)."),
-    click.option("--task", type=click.Choice(["classification", "segmentation"]), default=default("task"),
+    click.option("--task", type=click.Choice(TASKS), default=default("task"),
                  show_default=True, help="segmentation: an FCN trained on label masks (pixel value = class, 255 = "
                  "ignore)."),
     click.option("--train-list", type=click.Path(path_type=str), help="A Caffe list of training images ('path label')."),

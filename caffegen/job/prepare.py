@@ -23,7 +23,7 @@ from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folde
 from caffegen.job.device import CPU, Device
 from caffegen.job.rundir import ENGINE, MANIFEST, SNAPSHOT_DIR
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
-from caffegen.job.segmentation import SEGMENTATION, build_segmentation
+from caffegen.job.segmentation import CLASSIFICATION, SEGMENTATION, build_segmentation
 from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
 from caffegen.net.advise import advise
 from caffegen.net.freeze import freeze
@@ -83,7 +83,7 @@ class JobOptions:
     # With cache_features: a folder, relative to the run directory, whose stores runs with the same
     # trunk share (a sweep's); None keeps the features in the run's own features/.
     feature_store: Path = None
-    task: str = "classification"  # or "segmentation": --data holds images/ and masks/
+    task: str = CLASSIFICATION  # or SEGMENTATION: --data holds images/ and masks/
 
     def __post_init__(self):
         if not isinstance(self.device, Device):
