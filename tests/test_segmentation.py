@@ -227,3 +227,20 @@ def test_fcns_published_net_gets_hdf5_data_a_pixel_loss_and_fcns_solver(small, t
     assert 'lr_policy: "fixed"' in solver and "momentum: 0.99" in solver and "base_lr: 1e-10" in solver
     deploy = read_net(run / "deploy.prototxt").net
     assert deploy.layer[0].type == "Input" and deploy.layer[-1].type == "Softmax"
+
+
+def test_hdf5_pairs_hold_the_preprocessed_image_and_its_mask(small, tmp_path):
+    import h5py
+
+    done = prepare_error(small, tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "run"
+    pairs = json.loads((run / "segmentation.json").read_text())
+    names = (run / "train_h5.txt").read_text().split()
+    with h5py.File(run / names[0]) as stored:
+        image, mask = pairs["train"][0]
+        rgb = np.asarray(Image.open(image), dtype=np.float32)
+        expected = ((rgb[:, :, ::-1] - 110) * np.float32(0.0125)).transpose(2, 0, 1)
+        np.testing.assert_allclose(stored["data"][0], expected, rtol=1e-6)
+        assert np.array_equal(stored["label"][0, 0], np.asarray(Image.open(mask)))
+        assert stored["data"].shape[0] == len(pairs["train"]) == 5

@@ -38,7 +38,9 @@ SEGMENTATION = "segmentation"
 CLASSIFICATION = "classification"
 TASKS = (CLASSIFICATION, SEGMENTATION)
 PAIRS = "segmentation.json"
-H5_FILES = {"train": "train.h5", "val": "val.h5"}
+SUBSETS = ("train", "val")
+# Caffe's HDF5Data holds one whole file in memory at a time: the pairs are split into files of about this size.
+H5_FILE_BYTES = 256 << 20
 
 
 @dataclass
@@ -60,19 +62,27 @@ class SegmentationData(Labelled):
     def pairs_text(self):
         """segmentation.json: the pairs of each subset, the image size and the ignore label."""
         described = {subset: [[str(image), str(mask)] for image, mask in getattr(self, subset)]
-                     for subset in ("train", "val")}
+                     for subset in SUBSETS}
         described.update(size=list(self.size), ignore_label=IGNORE_LABEL)
         return json.dumps(described, indent=2) + "\n"
 
+    def h5_files(self, subset):
+        """{HDF5 file name: its pairs} of ``subset``, each file under H5_FILE_BYTES (3 image channels and a mask)."""
+        per_file = max(1, H5_FILE_BYTES // (4 * 4 * self.size[0] * self.size[1]))
+        pairs = getattr(self, subset)
+        return {f"{subset}_{start // per_file:03d}.h5": pairs[start:start + per_file]
+                for start in range(0, len(pairs), per_file)}
+
     def source_texts(self):
-        """{HDF5Data source list: its text}: each list names its subset's HDF5 file."""
-        return {SOURCES[subset]: f"{H5_FILES[subset]}\n" for subset in ("train", "val")}
+        """{HDF5Data source list: its text}: each list names its subset's HDF5 files."""
+        return {SOURCES[subset]: "".join(f"{name}\n" for name in self.h5_files(subset)) for subset in SUBSETS}
 
     def writer(self, mean_value, scale):
         """A function that writes the HDF5 files into a run directory being built."""
         def write(folder):
-            for subset, name in H5_FILES.items():
-                write_pairs_h5(Path(folder) / name, getattr(self, subset), mean_value, scale)
+            for subset in SUBSETS:
+                for name, pairs in self.h5_files(subset).items():
+                    write_pairs_h5(Path(folder) / name, pairs, mean_value, scale)
         return write
 
 
