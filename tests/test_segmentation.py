@@ -3,6 +3,7 @@
 import csv
 import json
 
+import h5py
 import numpy as np
 import pytest
 from conftest import ROOT, ZOO, assert_one_line_error, run_caffegen
@@ -230,8 +231,6 @@ def test_fcns_published_net_gets_hdf5_data_a_pixel_loss_and_fcns_solver(small, t
 
 
 def test_hdf5_pairs_hold_the_preprocessed_image_and_its_mask(small, tmp_path):
-    import h5py
-
     done = prepare_error(small, tmp_path)
     assert done.returncode == 0, done.stderr
     run = tmp_path / "run"
