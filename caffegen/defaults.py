@@ -11,3 +11,5 @@ EPOCHS = 10
 # CHUNK_IMAGES images, in mini-batches of CACHE_BATCH images (its peak memory depends on the latter).
 CHUNK_IMAGES = 4096
 CACHE_BATCH = 16
+# The mask value of pixels a segmentation loss and its metrics ignore (PASCAL VOC's borders).
+IGNORE_LABEL = 255

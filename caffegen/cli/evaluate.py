@@ -5,11 +5,10 @@ from pathlib import Path
 import click
 
 from caffegen.errors import CaffegenError
-from caffegen.job.dataset import labelled_images
 from caffegen.job.device import CPU
 from caffegen.job.model import load_model
 from caffegen.job.rundir import EVAL_DIR
-from caffegen.run.evaluate import evaluate_to, metrics_line
+from caffegen.run.evaluate import evaluate_to, evaluation_images, metrics_line
 from caffegen.run.forward import DEFAULT_BATCH
 from caffegen.run.report import REPORT
 from caffegen.run.target import resolve_target
@@ -25,7 +24,8 @@ def device_options(command):
 
 @click.command("evaluate")
 @click.argument("model_path", metavar="RUN", type=click.Path(path_type=str))
-@click.option("--data", type=click.Path(path_type=str), help="Labelled images to evaluate on: one folder per class.")
+@click.option("--data", type=click.Path(path_type=str), help="Labelled images to evaluate on: one folder per class "
+              "(a segmentation: images/ and masks/).")
 @click.option("--list", "list_file", type=click.Path(path_type=str), help="A Caffe list ('path label') to evaluate on.")
 @click.option("--weights", type=click.Path(path_type=str), help="Weights to evaluate (default: the run's trained model).")
 @click.option("--skip-bad", is_flag=True, help="With --data: leave out files that are not readable images.")
@@ -37,7 +37,9 @@ def evaluate_command(model_path, data, list_file, weights, skip_bad, output, for
 
     By default the run's validation images. Writes predictions.csv, metrics.json (top-1, top-5,
     mean class accuracy, per-class precision/recall/F1), confusion.csv/.png, mistakes.png and a
-    self-contained report.html.
+    self-contained report.html. A segmentation is scored over pixels: pixel accuracy, mean and
+    per-class IoU, a confusion matrix of pixels, and contact_sheet.png (image, true and predicted
+    mask) in place of mistakes.png.
     """
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     if data and list_file:
@@ -48,7 +50,7 @@ def evaluate_command(model_path, data, list_file, weights, skip_bad, output, for
     out_dir = Path(output) if output else model.source / EVAL_DIR
     if out_dir.exists() and not force:
         raise CaffegenError("exists; pass --force to replace it, or choose another folder with -o", out_dir)
-    images = labelled_images(model.classes, data, list_file, model.run and model.run.path, skip_bad, echo)
+    images = evaluation_images(model, data, list_file, skip_bad, echo)
     target = resolve_target(caffe_path, gpu)
     device = target.launch_device(model.run.device if model.run else CPU, echo)
     metrics = evaluate_to(target, model, images, out_dir, batch_size, device, echo)

@@ -6,9 +6,9 @@ import click
 
 from caffegen.errors import CaffegenError
 from caffegen.job.bundle import export_bundle
-from caffegen.job.dataset import labelled_images
 from caffegen.job.model import load_model
 from caffegen.job.rundir import EVAL_DIR
+from caffegen.run.evaluate import evaluation_images
 from caffegen.run.opencv import check_opencv
 from caffegen.run.report import METRICS
 from caffegen.run.target import resolve_target
@@ -44,7 +44,7 @@ def export_command(run_dir, output, weights, force, check_opencv_, check_images,
     bundle = export_bundle(model, output, force, metrics)
     echo(f"wrote {bundle}")
     if check_opencv_:
-        images = labelled_images(model.classes, base=model.run.path)[:check_images]
+        images = evaluation_images(model)[:check_images]
         check = check_opencv(resolve_target(caffe_path, "cpu"), load_model(bundle), [path for path, _ in images],
                              echo=echo)
         click.echo(check.line())

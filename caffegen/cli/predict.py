@@ -1,4 +1,4 @@
-"""``caffegen predict``: the top classes of new images, from a run directory or an exported bundle."""
+"""``caffegen predict``: the top classes (or the masks) of new images, from a run directory or an exported bundle."""
 
 import csv
 import json
@@ -8,10 +8,12 @@ from pathlib import Path
 import click
 
 from caffegen.cli.evaluate import device_options
+from caffegen.errors import CaffegenError
 from caffegen.io.tables import text_table
 from caffegen.job.device import CPU
 from caffegen.job.model import load_model
-from caffegen.run.predict import predict
+from caffegen.job.segmentation import SEGMENTATION
+from caffegen.run.predict import predict, predict_masks
 from caffegen.run.target import resolve_target
 
 
@@ -22,16 +24,27 @@ from caffegen.run.target import resolve_target
 @click.option("--weights", type=click.Path(path_type=str), help="Weights to use (default: the model's trained ones).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+@click.option("-o", "--output", type=click.Path(path_type=str),
+              help="A segmentation model's folder of mask PNGs (default: ./masks).")
+@click.option("--force", is_flag=True, help="Replace an existing --output folder.")
 @device_options
-def predict_command(model_path, images, top_k, weights, as_json, as_csv, batch_size, gpu, caffe_path):
+def predict_command(model_path, images, top_k, weights, as_json, as_csv, output, force, batch_size, gpu, caffe_path):
     """Classify IMAGE files (or every image under DIR) with MODEL, a run directory or an exported bundle.
 
     Images are preprocessed as the model was trained; unreadable files are reported and skipped.
+    A segmentation model writes one mask PNG per image (VOC's colours, pixel value = class) to --output.
     """
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     model = load_model(model_path, weights)
     target = resolve_target(caffe_path, gpu)
     device = target.launch_device(model.run.device if model.run else CPU, echo)
+    if model.task == SEGMENTATION:
+        out_dir = Path(output or "masks")
+        if out_dir.exists() and not force:
+            raise CaffegenError("exists; pass --force to replace it, or choose another folder with -o", out_dir)
+        written = predict_masks(target, model, images, out_dir, batch_size, device, echo)
+        click.echo(f"wrote {len(written)} mask(s) to {out_dir}")
+        return
     predictions = predict(target, model, images, min(top_k, len(model.classes)), batch_size, device, echo)
     if as_json:
         click.echo(json.dumps([{"path": str(p.path), "top": [{"class": name, "probability": probability}

@@ -9,6 +9,7 @@ from caffegen.defaults import EPOCHS, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
 from caffegen.io.zoo import fetch_model, load_catalog
 from caffegen.job.prepare import JobOptions, parse_stages, prepare
+from caffegen.job.segmentation import TASKS
 from caffegen.job.zoo import with_zoo_model
 from caffegen.net.lr_rules import parse_lr_rules
 from caffegen.net.wiring import DataSettings
@@ -31,7 +32,11 @@ JOB_OPTIONS = [
                  help="A zoo model (caffegen zoo list) instead of --net and --weights: downloaded if needed, with "
                       "its own preprocessing."),
     *ZOO_SOURCE_OPTIONS,
-    click.option("--data", type=click.Path(path_type=str), help="A folder with one sub-folder of images per class."),
+    click.option("--data", type=click.Path(path_type=str), help="A folder with one sub-folder of images per class "
+                 "(with --task segmentation: images/ and masks/)."),
+    click.option("--task", type=click.Choice(TASKS), default=default("task"),
+                 show_default=True, help="segmentation: an FCN trained on label masks (pixel value = class, 255 = "
+                 "ignore)."),
     click.option("--train-list", type=click.Path(path_type=str), help="A Caffe list of training images ('path label')."),
     click.option("--val-list", type=click.Path(path_type=str), help="A Caffe list of validation images."),
     click.option("--val-fraction", type=float, default=default("val_fraction"), show_default=True,
@@ -42,7 +47,7 @@ JOB_OPTIONS = [
                  help="Push the images through the frozen trunk once and train the head on the stored features."),
     click.option("--keep-data-layers", is_flag=True,
                  help="Keep the base net's own data layers (LMDB, …) instead of ImageData on lists."),
-    click.option("--num-classes", type=click.IntRange(min=2), help="With --keep-data-layers: the classes."),
+    click.option("--num-classes", type=click.IntRange(min=2), help="With --keep-data-layers or --task segmentation: the classes."),
     click.option("--train-images", type=click.IntRange(min=1), help="With --keep-data-layers: training images."),
     click.option("--val-images", type=click.IntRange(min=1), help="With --keep-data-layers: validation images."),
     click.option("--copy-data", is_flag=True, help="Copy the images into the run directory (relative paths: portable)."),

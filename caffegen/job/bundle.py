@@ -59,7 +59,7 @@ def _fill(folder, model, metrics):
     if model.mean_file:
         shutil.copyfile(model.mean_file, folder / MEAN_FILE)
         preprocessing["mean_file"] = MEAN_FILE
-    described = {"preprocessing": preprocessing, "input_shape": list(model.input_shape)}
+    described = {"preprocessing": preprocessing, "input_shape": list(model.input_shape), "task": model.task}
     (folder / PREPROCESSING).write_text(json.dumps(described, indent=2) + "\n", encoding="utf-8")
     info = {"caffegen": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": str(model.source), "classes": len(model.classes),

@@ -17,6 +17,7 @@ from pathlib import Path
 from caffegen.errors import CaffegenError
 from caffegen.io.prototxt import read_net
 from caffegen.job.rundir import MANIFEST, RunDir
+from caffegen.job.segmentation import CLASSIFICATION
 from caffegen.net.netview import TEST, NetView
 
 DEPLOY = "deploy.prototxt"
@@ -36,6 +37,7 @@ class TrainedModel:
     input_shape: tuple  # (N, C, H, W) of the deploy net
     source: Path
     run: RunDir = None
+    task: str = CLASSIFICATION  # or SEGMENTATION: the output is an N×K×H×W map of per-pixel probabilities
 
     @functools.cached_property
     def deploy_net(self):
@@ -87,13 +89,15 @@ def _from_run(run, weights):
     if preprocessing.get("mean_file"):
         preprocessing["mean_file"] = str(model_run / preprocessing["mean_file"])
     return TrainedModel(model_run / DEPLOY, _existing(weights) if weights else run.trained_weights(),
-                        list(run.manifest["classes"]), preprocessing, model_run.input_shape, run.path, model_run)
+                        list(run.manifest["classes"]), preprocessing, model_run.input_shape, run.path, model_run,
+                        model_run.manifest.get("task", CLASSIFICATION))
 
 
 def _from_bundle(path, weights):
     try:
         recorded = json.loads((path / PREPROCESSING).read_text(encoding="utf-8"))
         preprocessing, input_shape = dict(recorded["preprocessing"]), tuple(recorded["input_shape"])
+        task = recorded.get("task", CLASSIFICATION)
     except (ValueError, KeyError, TypeError) as error:
         raise CaffegenError(f"unreadable bundle description ({error}); export the model again",
                             path / PREPROCESSING) from None
@@ -101,7 +105,7 @@ def _from_bundle(path, weights):
         preprocessing["mean_file"] = str(_existing(path / preprocessing["mean_file"]))
     labels = _existing(path / LABELS).read_text(encoding="utf-8").splitlines()
     return TrainedModel(_existing(path / DEPLOY), _existing(weights or path / BUNDLE_WEIGHTS), labels,
-                        preprocessing, input_shape, path.resolve())
+                        preprocessing, input_shape, path.resolve(), task=task)
 
 
 def _existing(path):

@@ -25,6 +25,7 @@ from caffegen.job.device import CPU, Device
 from caffegen.job.memorycheck import extraction_check, training_check
 from caffegen.job.rundir import ENGINE, MANIFEST, SNAPSHOT_DIR
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
+from caffegen.job.segmentation import CLASSIFICATION, SEGMENTATION, build_segmentation
 from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
 from caffegen.job.zoo import preprocessing_warnings
 from caffegen.net.advise import advise
@@ -87,6 +88,7 @@ class JobOptions:
     feature_store: Path = None
     # The zoo model (a ZooModel) that net, weights and preprocessing come from (job.zoo.with_zoo_model), or None.
     zoo_model: object = None
+    task: str = CLASSIFICATION  # or SEGMENTATION: --data holds images/ and masks/
 
     def __post_init__(self):
         if not isinstance(self.device, Device):
@@ -172,6 +174,8 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), 
     if run_dir.exists() and not force:
         raise CaffegenError("run directory exists; pass --force to replace it", run_dir)
     weights = _existing_file(options.weights, "weights")
+    if options.task == SEGMENTATION:
+        return _prepare_segmentation(options, run_dir, weights, caffe, stages)
     dataset = _dataset(options, warn)
     options, notes = _apply_strategy(options, dataset)
     options = _with_defaults(options)
@@ -188,6 +192,18 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), 
     job = _prepare_stages(options, stages, dataset, weights, run_dir, caffe, memory, say)
     job.notes[:0] = notes
     return job
+
+
+def _prepare_segmentation(options, run_dir, weights, caffe, stages):
+    """Write a segmentation run directory (:mod:`caffegen.job.segmentation`)."""
+    if stages or options.strategy:
+        raise CaffegenError("--stages and --strategy do not combine with --task segmentation yet")
+    build = build_segmentation(_with_defaults(options), weights, caffe)
+    manifest = _manifest(_with_defaults(options), weights, weights, build.dataset, build.schedule, None)
+    manifest.update(build.manifest)
+    build.files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
+    _write_run_dir(run_dir, build.files, {}, build.write_data)
+    return PreparedJob(run_dir, manifest, build.notes)
 
 
 def _with_defaults(options):

@@ -1,7 +1,9 @@
-"""Evaluating a trained classifier with real Caffe: predictions over labelled images and their metrics.
+"""Evaluating a trained classifier or segmentation net with real Caffe: predictions over labelled images and metrics.
 
 Caffe computes the probabilities (:mod:`caffegen.run.forward`); scikit-learn the metrics. The
 mean class accuracy is the mean of the per-class recalls, so a large class cannot hide a bad one.
+A segmentation is scored over pixels (those labelled 255 left out): pixel accuracy, and the
+intersection over union of each class, whose mean over the classes present is the mean IoU.
 """
 
 import warnings
@@ -16,10 +18,12 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
+from caffegen.defaults import IGNORE_LABEL
 from caffegen.errors import CaffegenError
 from caffegen.job.dataset import labelled_images
 from caffegen.job.model import load_model
 from caffegen.job.rundir import EVAL_DIR
+from caffegen.job.segmentation import CLASSIFICATION, SEGMENTATION, checked_mask, pair_images, read_pairs
 from caffegen.run.forward import DEFAULT_BATCH, forward_images
 from caffegen.run.report import write_evaluation
 
@@ -34,6 +38,7 @@ class Evaluation:
     paths: list
     labels: np.ndarray  # (N,) true labels
     probabilities: np.ndarray  # (N, K)
+    task = CLASSIFICATION
 
     @property
     def predicted(self):
@@ -59,7 +64,7 @@ class Evaluation:
         with warnings.catch_warnings():  # classes absent from the images are expected, not worth a warning
             warnings.simplefilter("ignore", UserWarning)
             mean_class_accuracy = float(balanced_accuracy_score(self.labels, self.predicted))
-        metrics = {"images": len(self.paths), "top1": float(accuracy_score(self.labels, self.predicted)),
+        metrics = {"task": self.task, "images": len(self.paths), "top1": float(accuracy_score(self.labels, self.predicted)),
                    "mean_class_accuracy": mean_class_accuracy}
         if len(self.classes) > TOP_K:  # with K ≤ 5 classes every label is in the top 5
             metrics["top5"] = float(top_k_accuracy_score(self.labels, self.probabilities, k=TOP_K, labels=labels))
@@ -74,8 +79,70 @@ class Evaluation:
         return wrong[np.argsort(-self.confidence[wrong], kind="stable")][:count]
 
 
+@dataclass
+class SegmentationEvaluation:
+    """Images, their true masks, the model's per-pixel probabilities, and what follows from those, over pixels."""
+
+    classes: list
+    paths: list
+    mask_paths: list
+    masks: np.ndarray  # (N, H, W) true classes, IGNORE_LABEL where ignored
+    probabilities: np.ndarray  # (N, K, H, W)
+    task = SEGMENTATION
+
+    @property
+    def predicted(self):
+        """(N, H, W) most probable class of each pixel."""
+        return self.probabilities.argmax(axis=1)
+
+    def confusion(self, index=None):
+        """(K, K) pixel counts, of all images or image ``index``: rows the true class, columns the predicted one."""
+        masks, predicted = (self.masks, self.predicted) if index is None else (self.masks[index], self.predicted[index])
+        scored = masks != IGNORE_LABEL
+        return confusion_matrix(masks[scored], predicted[scored], labels=range(len(self.classes)))
+
+    def metrics(self):
+        """Pixel accuracy, mean IoU over the classes present, and per-class IoU and pixel counts."""
+        counts = self.confusion()
+        ious = intersection_over_union(counts)
+        return {"task": self.task, "images": len(self.paths), "pixels": int(counts.sum()),
+                "pixel_accuracy": float(np.trace(counts) / max(counts.sum(), 1)),
+                "mean_iou": float(np.nanmean(ious)) if not np.isnan(ious).all() else 0.0,
+                "per_class": [{"class": name, "iou": None if np.isnan(iou) else float(iou),
+                               "support": int(true), "predicted": int(predicted)}
+                              for name, iou, true, predicted in zip(self.classes, ious, counts.sum(axis=1),
+                                                                    counts.sum(axis=0))]}
+
+    def image_scores(self):
+        """(N,) mean IoU of each image over the classes present in it or its prediction."""
+        return np.array([np.nan_to_num(np.nanmean(intersection_over_union(self.confusion(index))), nan=1.0)
+                         for index in range(len(self.paths))])
+
+    def worst(self, count):
+        """Indices of the ``count`` images of lowest mean IoU, worst first."""
+        return np.argsort(self.image_scores(), kind="stable")[:count]
+
+
+def intersection_over_union(counts):
+    """(K,) IoU of each class from a (K, K) confusion matrix; NaN for a class neither true nor predicted."""
+    union = counts.sum(axis=0) + counts.sum(axis=1) - np.diag(counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, np.diag(counts) / union, np.nan)
+
+
+def evaluation_images(model, data=None, list_file=None, skip_bad=False, warn=None):
+    """What to evaluate ``model`` on: [(image, label)], or [(image, mask)] for a segmentation; the run's val set by default."""
+    if model.task != SEGMENTATION:
+        return labelled_images(model.classes, data, list_file, model.run and model.run.path, skip_bad, warn)
+    if list_file:
+        raise CaffegenError("--list names class labels; evaluate a segmentation on --data DIR (images/ and masks/)")
+    return pair_images(data) if data else read_pairs(model.run.path)
+
+
 def evaluate(target, model, images, batch_size=DEFAULT_BATCH, device=None, echo=None):
     """The Evaluation of ``model`` (a TrainedModel) on ``images``, [(path, label)], computed by real Caffe."""
+    if model.task == SEGMENTATION:
+        return evaluate_segmentation(target, model, images, batch_size, device, echo)
     blob = model.output_blob
     paths = [path for path, _ in images]
     probabilities = forward_images(target, model, paths, [blob], batch_size, device, echo)[blob]
@@ -83,6 +150,26 @@ def evaluate(target, model, images, batch_size=DEFAULT_BATCH, device=None, echo=
         raise CaffegenError(f"the model outputs {probabilities.shape[1]} values per image but labels.txt names "
                             f"{len(model.classes)} classes", model.deploy)
     return Evaluation(model.classes, paths, np.array([label for _, label in images]), probabilities)
+
+
+def segment(target, model, paths, batch_size=DEFAULT_BATCH, device=None, echo=None):
+    """(N, K, H, W) per-pixel probabilities of the segmentation ``model`` over the image files ``paths``."""
+    blob = model.output_blob
+    flat = forward_images(target, model, paths, [blob], batch_size, device, echo)[blob]
+    height, width = model.input_shape[2:]
+    if flat.shape[1] != len(model.classes) * height * width:
+        raise CaffegenError(f"the model outputs {flat.shape[1]} values per image, not {len(model.classes)} classes × "
+                            f"{height}×{width} pixels", model.deploy)
+    return flat.reshape(len(paths), len(model.classes), height, width)
+
+
+def evaluate_segmentation(target, model, pairs, batch_size=DEFAULT_BATCH, device=None, echo=None):
+    """The SegmentationEvaluation of ``model`` on ``pairs`` [(image, mask)], computed by real Caffe."""
+    hint = f"the model segments {len(model.classes)} classes"
+    masks = np.stack([checked_mask(mask, model.input_shape[2:], len(model.classes), hint) for _, mask in pairs])
+    probabilities = segment(target, model, [image for image, _ in pairs], batch_size, device, echo)
+    return SegmentationEvaluation(model.classes, [image for image, _ in pairs], [mask for _, mask in pairs], masks,
+                                  probabilities)
 
 
 def evaluate_to(target, model, images, out_dir, batch_size=DEFAULT_BATCH, device=None, echo=None):
@@ -95,13 +182,16 @@ def evaluate_to(target, model, images, out_dir, batch_size=DEFAULT_BATCH, device
 def evaluate_validation(target, run, device=None, echo=None):
     """Evaluate a trained run (a path or RunDir) on its validation images into its eval/ (replaced); return the metrics."""
     model = load_model(run)
-    images = labelled_images(model.classes, base=model.run.path)
+    images = evaluation_images(model)
     device = device or target.launch_device(model.run.device, echo or (lambda line: None))
     return evaluate_to(target, model, images, model.source / EVAL_DIR, device=device, echo=echo)
 
 
 def metrics_line(metrics):
     """The headline figures of an evaluation, in one line."""
+    if metrics.get("task") == SEGMENTATION:
+        return (f"pixel accuracy {metrics['pixel_accuracy']:.4f}, mean IoU {metrics['mean_iou']:.4f} "
+                f"on {metrics['images']} images")
     top5 = f", top-5 {metrics['top5']:.4f}" if "top5" in metrics else ""
     return (f"top-1 {metrics['top1']:.4f}{top5}, mean class accuracy {metrics['mean_class_accuracy']:.4f} "
             f"on {metrics['images']} images")

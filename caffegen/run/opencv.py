@@ -80,4 +80,4 @@ def check_opencv(target, model, paths, device=None, echo=None):
     blobs = forward_images(target, model, paths, [input_blob, output], device=device, echo=echo)
     inputs = blobs[input_blob].reshape(len(paths), *model.input_shape[1:])
     found = opencv_forward(model.deploy, model.weights, input_blob, inputs, output)
-    return EngineCheck(len(paths), float(np.abs(found - blobs[output]).max()))
+    return EngineCheck(len(paths), float(np.abs(found.reshape(blobs[output].shape) - blobs[output]).max()))

@@ -1,10 +1,13 @@
-"""Classifying new images with a trained model and real Caffe, in batches, skipping what is no image."""
+"""Classifying or segmenting new images with a trained model and real Caffe, in batches, skipping what is no image."""
 
 from dataclasses import dataclass
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
+from caffegen.io.files import built_beside
+from caffegen.io.segdata import write_mask_png
 from caffegen.job.dataset import image_problem
+from caffegen.run.evaluate import segment
 from caffegen.run.forward import DEFAULT_BATCH, forward_images
 
 
@@ -36,15 +39,39 @@ def image_files(arguments):
     return found, skipped
 
 
-def predict(target, model, arguments, top_k=5, batch_size=DEFAULT_BATCH, device=None, echo=None):
-    """The Predictions of ``model`` (a TrainedModel) for the images named by ``arguments``."""
-    echo = echo or (lambda line: None)
+def _readable_images(arguments, echo):
+    """The image files named by ``arguments``, with the skipped ones told to ``echo``; none at all is an error."""
     paths, skipped = image_files(arguments)
     if not paths:
         reasons = "; ".join(f"{path}: {why}" for path, why in skipped) or "the folders hold no image files"
-        raise CaffegenError(f"no readable images to classify ({reasons})")
+        raise CaffegenError(f"no readable images to predict on ({reasons})")
     for path, why in skipped:
         echo(f"skipped {path}: {why}")
+    return paths
+
+
+def predict_masks(target, model, arguments, out_dir, batch_size=DEFAULT_BATCH, device=None, echo=None):
+    """Write the segmentation ``model``'s mask of each image named by ``arguments`` into ``out_dir``; return the files.
+
+    Each mask is a palette PNG named after its image, coloured with PASCAL VOC's colour map (its
+    pixel values are the classes). The folder is built beside its place, so it is never half-written.
+    """
+    paths = _readable_images(arguments, echo or (lambda line: None))
+    stems = [path.stem for path in paths]
+    repeated = next((stem for stem in stems if stems.count(stem) > 1), None)
+    if repeated:
+        raise CaffegenError(f"two images are named '{repeated}': their masks would share {repeated}.png; "
+                            "predict on them separately")
+    predicted = segment(target, model, paths, batch_size, device, echo).argmax(axis=1)
+    with built_beside(Path(out_dir)) as staging:
+        for stem, mask in zip(stems, predicted):
+            write_mask_png(staging / f"{stem}.png", mask)
+    return [Path(out_dir) / f"{stem}.png" for stem in stems]
+
+
+def predict(target, model, arguments, top_k=5, batch_size=DEFAULT_BATCH, device=None, echo=None):
+    """The Predictions of ``model`` (a TrainedModel) for the images named by ``arguments``."""
+    paths = _readable_images(arguments, echo or (lambda line: None))
     blob = model.output_blob
     probabilities = forward_images(target, model, paths, [blob], batch_size, device, echo)[blob]
     ranked = (-probabilities).argsort(axis=1, kind="stable")[:, :top_k]

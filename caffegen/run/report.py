@@ -2,7 +2,9 @@
 
 ``predictions.csv``, ``metrics.json``, ``confusion.csv`` and ``confusion.png``, ``mistakes.png`` (a
 contact sheet of the most confident wrong predictions) and ``report.html``, which embeds the
-plots, so the page can be mailed or archived on its own. The folder is built beside its place
+plots, so the page can be mailed or archived on its own. A segmentation's predictions.csv scores
+each image, its confusion matrix counts pixels, and ``contact_sheet.png`` (image, true mask,
+predicted mask of the worst images) takes the place of mistakes.png. The folder is built beside its place
 and renamed into it, so it is never seen half-written.
 """
 
@@ -12,22 +14,32 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
+
+from caffegen.defaults import IGNORE_LABEL
 from caffegen.io.files import built_beside
+from caffegen.io.segdata import voc_palette
 from caffegen.io.templates import render_template
+from caffegen.job.segmentation import SEGMENTATION
 
 MISTAKES_SHOWN = 16
-PREDICTIONS, METRICS, CONFUSION_CSV, CONFUSION_PNG, MISTAKES_PNG, REPORT = (
-    "predictions.csv", "metrics.json", "confusion.csv", "confusion.png", "mistakes.png", "report.html")
+SHEET_SHOWN = 8
+PREDICTIONS, METRICS, CONFUSION_CSV, CONFUSION_PNG, MISTAKES_PNG, SHEET_PNG, REPORT = (
+    "predictions.csv", "metrics.json", "confusion.csv", "confusion.png", "mistakes.png", "contact_sheet.png",
+    "report.html")
 
 
 def write_evaluation(evaluation, out_dir, model, curves=None):
     """Write the evaluation's files into the folder ``out_dir``; return its metrics."""
     metrics = evaluation.metrics()
     with built_beside(out_dir) as staging:
-        _write_predictions(evaluation, staging / PREDICTIONS)
+        segmentation = evaluation.task == SEGMENTATION
+        (_write_image_scores if segmentation else _write_predictions)(evaluation, staging / PREDICTIONS)
         (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         _write_confusion_csv(evaluation, staging / CONFUSION_CSV)
-        plots = {CONFUSION_PNG: confusion_png(evaluation), MISTAKES_PNG: mistakes_png(evaluation)}
+        plots = {CONFUSION_PNG: confusion_png(evaluation)}
+        plots.update({SHEET_PNG: contact_sheet_png(evaluation)} if segmentation else
+                     {MISTAKES_PNG: mistakes_png(evaluation)})
         for name, data in plots.items():
             (staging / name).write_bytes(data)
         if curves is not None and Path(curves).is_file():
@@ -46,6 +58,17 @@ def _write_predictions(evaluation, path):
         for row, (path_, label) in enumerate(zip(evaluation.paths, evaluation.labels)):
             top = [cell for j in ranked[row] for cell in (names[j], f"{evaluation.probabilities[row, j]:.6g}")]
             writer.writerow([path_, names[label], names[ranked[row, 0]], int(ranked[row, 0] == label)] + top)
+
+
+def _write_image_scores(evaluation, path):
+    """A segmentation's predictions.csv: each image and mask with its pixel accuracy and mean IoU."""
+    scores = evaluation.image_scores()
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["path", "mask", "pixel_accuracy", "mean_iou"])
+        for index, (image, mask) in enumerate(zip(evaluation.paths, evaluation.mask_paths)):
+            counts = evaluation.confusion(index)
+            writer.writerow([image, mask, f"{np.trace(counts) / max(counts.sum(), 1):.6g}", f"{scores[index]:.6g}"])
 
 
 def _write_confusion_csv(evaluation, path):
@@ -90,7 +113,8 @@ def confusion_png(evaluation):
                       color="white" if shares[row, column] > 0.5 else "black", fontsize=8)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    axis.set_title(f"Confusion matrix ({len(evaluation.paths)} images)")
+    pixels = f", {int(counts.sum())} pixels" if evaluation.task == SEGMENTATION else ""
+    axis.set_title(f"Confusion matrix ({len(evaluation.paths)} images{pixels})")
     return _png(figure)
 
 
@@ -114,6 +138,34 @@ def mistakes_png(evaluation):
         axis.set_title(f"true {names[evaluation.labels[index]]}\npredicted {names[evaluation.predicted[index]]} "
                        f"({evaluation.confidence[index]:.2f})", fontsize=9)
     figure.suptitle("Most confident mistakes")
+    return _png(figure)
+
+
+def coloured(mask):
+    """(H, W, 3) uint8 colours of the class indices ``mask`` in VOC's colour map (ignored pixels white)."""
+    palette = np.asarray(voc_palette(), dtype=np.uint8)
+    palette[IGNORE_LABEL] = 255
+    return palette[np.asarray(mask).clip(0, 255)]
+
+
+def contact_sheet_png(evaluation):
+    """A contact sheet of the images of lowest mean IoU: each image, its true mask and the predicted mask."""
+    from PIL import Image
+
+    shown, scores = evaluation.worst(SHEET_SHOWN), evaluation.image_scores()
+    figure = _figure(7.5, 2.6 * max(len(shown), 1))
+    axes = figure.subplots(max(len(shown), 1), 3, squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for row, index in zip(axes, shown):
+        with Image.open(evaluation.paths[index]) as image:
+            row[0].imshow(image.convert("RGB"))
+        row[1].imshow(coloured(evaluation.masks[index]), interpolation="nearest")
+        row[2].imshow(coloured(evaluation.predicted[index]), interpolation="nearest")
+        row[0].set_title(Path(evaluation.paths[index]).name, fontsize=9)
+        row[1].set_title("true mask", fontsize=9)
+        row[2].set_title(f"predicted (IoU {scores[index]:.2f})", fontsize=9)
+    figure.suptitle("Images of lowest mean IoU")
     return _png(figure)
 
 
