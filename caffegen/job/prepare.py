@@ -21,7 +21,7 @@ from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.job.cacheplan import check_cacheable, plan_cache
 from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
 from caffegen.job.device import CPU, Device
-from caffegen.job.rundir import ENGINE, MANIFEST, SNAPSHOT_DIR
+from caffegen.job.rundir import AUTO, ENGINES, MANIFEST, SNAPSHOT_DIR
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
 from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
 from caffegen.net.advise import advise
@@ -82,6 +82,8 @@ class JobOptions:
     # With cache_features: a folder, relative to the run directory, whose stores runs with the same
     # trunk share (a sweep's); None keeps the features in the run's own features/.
     feature_store: Path = None
+    # With cache_features: what computes the trunk features (caffe, opencv, or auto: OpenCV where it can).
+    engine: str = AUTO
 
     def __post_init__(self):
         if not isinstance(self.device, Device):
@@ -284,13 +286,20 @@ def _build(options, dataset, weights, weights_ref, caffe):
     manifest["preprocessing"] = preprocessing(net)
     if options.cache_features:
         manifest["cache_features"] = True
-        manifest["engine"] = ENGINE
+        manifest["engine"] = _engine(options.engine)
         if options.feature_store:
             manifest["feature_store"] = str(options.feature_store)
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     if mean_source:
         copies[mean_source] = MEAN_FILE
     return _Build(files, copies, manifest, notes)
+
+
+def _engine(name):
+    """``name`` when it is an engine caffegen knows, else a one-line error."""
+    if name not in ENGINES:
+        raise CaffegenError(f"--engine takes {', '.join(ENGINES)}, got '{name}'")
+    return name
 
 
 def _existing_file(path, what):

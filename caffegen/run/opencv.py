@@ -7,10 +7,12 @@ implementations of the preprocessing.
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from caffegen.errors import CaffegenError
+from caffegen.io.caffemodel import read_mean_file
 from caffegen.run.forward import DEFAULT_BATCH, forward_images
 
 # Probabilities are in [0, 1]. float32 carries about 7 digits; two engines summing the same
@@ -33,21 +35,30 @@ def opencv_dnn():
     return cv2
 
 
-def opencv_forward(deploy, weights, input_blob, inputs, output, batch_size=DEFAULT_BATCH):
-    """The blob ``output`` (N, values) OpenCV DNN computes from ``inputs`` (N, C, H, W) fed to ``input_blob``."""
+def opencv_net(deploy, weights):
+    """OpenCV DNN's net of ``deploy`` with ``weights``, refusing one it cannot read in one line."""
     cv2 = opencv_dnn()
     try:
-        net = cv2.dnn.readNetFromCaffe(str(deploy), str(weights))
+        return cv2.dnn.readNetFromCaffe(str(deploy), str(weights))
     except cv2.error as error:
         raise CaffegenError(f"OpenCV cannot read the model: {_first_line(error)}", deploy) from None
-    results = []
-    for start in range(0, len(inputs), batch_size):
-        net.setInput(np.ascontiguousarray(inputs[start:start + batch_size]), input_blob)
-        try:
-            results.append(net.forward(output).reshape(min(batch_size, len(inputs) - start), -1))
-        except cv2.error as error:
-            raise CaffegenError(f"OpenCV cannot run the model: {_first_line(error)}", deploy) from None
-    return np.concatenate(results)
+
+
+def opencv_batch(net, input_blob, inputs, output, deploy=None):
+    """The output ``output`` (N, values) of OpenCV net ``net`` for one mini-batch ``inputs`` (N, C, H, W)."""
+    cv2 = opencv_dnn()
+    net.setInput(np.ascontiguousarray(inputs, dtype=np.float32), input_blob)
+    try:
+        return net.forward(output).reshape(len(inputs), -1)
+    except cv2.error as error:
+        raise CaffegenError(f"OpenCV cannot run the model: {_first_line(error)}", deploy) from None
+
+
+def opencv_forward(deploy, weights, input_blob, inputs, output, batch_size=DEFAULT_BATCH):
+    """The blob ``output`` (N, values) OpenCV DNN computes from ``inputs`` (N, C, H, W) fed to ``input_blob``."""
+    net = opencv_net(deploy, weights)
+    return np.concatenate([opencv_batch(net, input_blob, inputs[start:start + batch_size], output, deploy)
+                           for start in range(0, len(inputs), batch_size)])
 
 
 def _first_line(error):
@@ -81,3 +92,81 @@ def check_opencv(target, model, paths, device=None, echo=None):
     inputs = blobs[input_blob].reshape(len(paths), *model.input_shape[1:])
     found = opencv_forward(model.deploy, model.weights, input_blob, inputs, output)
     return EngineCheck(len(paths), float(np.abs(found - blobs[output]).max()))
+
+
+# --- trunk features ----------------------------------------------------------------------------
+
+# Features are compared relative to their scale: max |Δ| / max |Caffe's feature| over a mini-batch.
+# Two float32 engines summing the same products in other orders differ by about 1e-7 of the
+# largest feature per layer, and errors add up with depth: the zoo's trunks (ResNet-50's 53
+# BatchNorm layers the deepest) differ by at most about 1e-5 with the same input blob. A real
+# disagreement (a pooling size rounded the other way, a pixel decoded or resized differently)
+# moves features by 1e-3 of their scale or more. 1e-4 lies between the two.
+FEATURE_TOLERANCE = 1e-4
+
+
+def caffe_input(layer, paths, folder):
+    """(N, C, H, W) float32 of the image files ``paths`` as Caffe 1.0's ImageData ``layer`` feeds them in TEST.
+
+    As Caffe does: ``cv2.imread`` in colour or grey, ``cv2.resize`` (INTER_LINEAR) to
+    new_height×new_width when both are set, a centre crop of crop_size (offsets rounded down),
+    minus the mean file (at the crop's place; relative to ``folder``) or the mean values, times
+    scale; channels first, in the BGR order imread gives.
+    """
+    cv2 = opencv_dnn()
+    params, transform = layer.image_data_param, layer.transform_param
+    mean = read_mean_file(Path(folder) / transform.mean_file) if transform.mean_file else None
+    batch = []
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR if params.is_color else cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise CaffegenError("OpenCV cannot read this image", path)
+        if params.new_height > 0 and params.new_width > 0:
+            image = cv2.resize(image, (params.new_width, params.new_height))
+        pixels = image.reshape(image.shape[0], image.shape[1], -1).transpose(2, 0, 1).astype(np.float32)
+        batch.append(_transformed(pixels, transform, mean, path))
+    return np.stack(batch)
+
+
+def _transformed(pixels, transform, mean, path):
+    """``pixels`` (C, H, W) cropped at the centre, the mean subtracted and scaled, as Caffe's DataTransformer."""
+    height, width = pixels.shape[1:]
+    crop = transform.crop_size
+    top, left = ((height - crop) // 2, (width - crop) // 2) if crop else (0, 0)
+    rows, cols = (slice(top, top + crop), slice(left, left + crop)) if crop else (slice(None), slice(None))
+    if mean is not None:
+        if mean.shape != pixels.shape:
+            raise CaffegenError(f"the mean file's image is {mean.shape}, the image {pixels.shape} (channels, "
+                                "height, width): Caffe needs them equal", path)
+        pixels = pixels - mean
+    elif transform.mean_value:
+        values = list(transform.mean_value)
+        pixels = pixels - np.asarray(values * len(pixels) if len(values) == 1 else values,
+                                     np.float32)[:len(pixels), None, None]
+    return np.ascontiguousarray(pixels[:, rows, cols] * np.float32(transform.scale))
+
+
+@dataclass(frozen=True)
+class FeatureCheck:
+    """How far OpenCV's trunk features are from Caffe's on one mini-batch, relative to their scale."""
+
+    images: int
+    max_difference: float  # max |Δ| / max |Caffe's feature|
+    tolerance: float = FEATURE_TOLERANCE
+
+    @property
+    def passed(self):
+        return self.max_difference <= self.tolerance
+
+    def line(self):
+        verdict = "agrees with" if self.passed else "DIFFERS from"
+        return (f"OpenCV DNN {opencv_dnn().__version__} {verdict} Caffe on the first {self.images} images: "
+                f"max |Δ feature| {self.max_difference:.2e} of the features' scale "
+                f"(tolerance {self.tolerance:.0e})")
+
+
+def compare_features(caffe, found):
+    """The FeatureCheck of OpenCV's features ``found`` against Caffe's ``caffe`` (both (N, values))."""
+    scale = float(np.abs(caffe).max())
+    difference = float(np.abs(found - caffe).max())
+    return FeatureCheck(len(caffe), difference / scale if scale else difference)
