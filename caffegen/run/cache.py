@@ -53,7 +53,7 @@ from caffegen.io.schema import BVLC
 from caffegen.job.cacheplan import LISTS, plan_cache, stored, unique
 from caffegen.job.rundir import CAFFE, OPENCV, RESULT
 from caffegen.net.layers import DATA_TYPES
-from caffegen.net.netview import PHASE_NUMBERS, TRAIN
+from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN
 from caffegen.net.shapes import product
 from caffegen.run.forward import run_extract_features
 from caffegen.run.opencv import caffe_input, compare_features, opencv_batch, opencv_dnn, opencv_net
@@ -363,7 +363,7 @@ def _run_chunk(target, plan, chunk, net, store, device, batch_size):
             shutil.rmtree(database, ignore_errors=True)
 
 
-def _caffe_databases(target, chunk, net, blobs, store, device, batch_size):
+def _caffe_databases(target, chunk, net, blobs, store, device, batch_size, weights=STORE_WEIGHTS):
     """{blob: LMDB} of ``blobs`` that ``extract_features`` computes over ``chunk`` with ``net``.
 
     Caffe's log is appended to the store's extract.log.
@@ -374,7 +374,7 @@ def _caffe_databases(target, chunk, net, blobs, store, device, batch_size):
     batch = min(batch_size, len(chunk.lines))
     getattr(data, "image_data_param" if data.type == "ImageData" else "hdf5_data_param").batch_size = batch
     try:
-        return run_extract_features(target, running, STORE_WEIGHTS, blobs, len(chunk.lines), batch, store, device,
+        return run_extract_features(target, running, weights, blobs, len(chunk.lines), batch, store, device,
                                     name=chunk.name)
     except CaffegenError as error:
         raise CaffegenError(f"computing the features of {chunk.name} failed: {error.message}", store / STORE_LOG) \
@@ -394,8 +394,12 @@ def _caffe_databases(target, chunk, net, blobs, store, device, batch_size):
 # after it agreed with Caffe on the first mini-batch of every extraction.
 
 OPENCV_NET = "opencv_trunk.prototxt"
-# Layer types whose OpenCV DNN output is known to differ from Caffe 1.0's.
-OPENCV_DIFFERS = set()
+# Layer types whose OpenCV DNN output is known to differ from Caffe 1.0's: {type: why, for a layer, or None}.
+# OpenCV's LRN reads no k and always adds 1 (features 30% off with k: 2); with k: 1 they agree.
+OPENCV_DIFFERS = {
+    "LRN": lambda layer: f"OpenCV DNN ignores k: {layer.lrn_param.k:g} of LRN '{layer.name}' (it adds 1)"
+    if layer.lrn_param.k != 1 else None,
+}
 
 
 @dataclass
@@ -419,10 +423,9 @@ def _checked_engine(target, plan, store, nets, todo, device, batch_size, echo, d
     if derived:
         echo("computing the features with Caffe: they start from a shallower trunk's stored features")
         return None
-    net = nets[todo[0].name]
     try:
-        trunk = _opencv_trunk(plan, store.path, net)
-        check = _first_batch_check(target, plan, todo[0], net, store.path, trunk, device, batch_size)
+        check, trunk = engine_check(target, nets[todo[0].name], STORE_WEIGHTS, todo[0].lines[:batch_size],
+                                    plan.boundary, plan.input_shape, store.path, device)
     except CaffegenError as error:
         if plan.engine == OPENCV:
             raise
@@ -435,39 +438,46 @@ def _checked_engine(target, plan, store, nets, todo, device, batch_size, echo, d
     return trunk
 
 
-def _opencv_trunk(plan, folder, net):
+def engine_check(target, net, weights, lines, boundary, input_shape, folder, device=None):
+    """(FeatureCheck, OpenCVTrunk): OpenCV DNN against real Caffe on the images of ``lines`` for trunk ``net``.
+
+    ``net`` starts with its ImageData layer and computes blob ``boundary`` from images of
+    ``input_shape``; ``weights`` and the files written are in ``folder``. Refuses in one line what
+    OpenCV cannot compute as Caffe does.
+    """
+    folder = Path(folder)
+    trunk = opencv_trunk(net, boundary, input_shape, folder / weights, folder)
+    first = Chunk(TEST, "opencv_check", list(lines))
+    write_atomic(folder / first.path(".txt"), "".join(line.text() for line in first.lines))
+    checking = type(net)()
+    checking.CopyFrom(net)
+    checking.layer[0].image_data_param.source = first.path(".txt")
+    databases = _caffe_databases(target, first, checking, [boundary], folder, device, len(first.lines), weights)
+    try:
+        caffe = read_feature_db(databases[boundary], len(first.lines))
+    finally:
+        shutil.rmtree(databases[boundary], ignore_errors=True)
+        (folder / first.path(".txt")).unlink()
+    return compare_features(caffe, _opencv_rows(trunk, net.layer[0], first.lines, folder)), trunk
+
+
+def opencv_trunk(net, boundary, input_shape, weights, folder):
     """The OpenCVTrunk of trunk ``net`` (ImageData first), refusing in one line what OpenCV cannot compute as Caffe."""
     opencv_dnn()
     data = net.layer[0]
     if data.transform_param.mirror:
         raise CaffegenError(f"mirror: true in '{data.name}' flips images at random with Caffe's own generator")
-    differing = [f"{layer.type} '{layer.name}'" for layer in net.layer if layer.type in OPENCV_DIFFERS]
+    differing = [why for layer in net.layer if layer.type in OPENCV_DIFFERS
+                 for why in [OPENCV_DIFFERS[layer.type](layer)] if why]
     if differing:
-        raise CaffegenError(f"OpenCV DNN computes {differing[0]} differently from Caffe 1.0")
+        raise CaffegenError(f"{differing[0]}, so its features would differ from Caffe's")
     deploy = BVLC.NetParameter(name=net.name)
     deploy.layer.add(name=data.name, type="Input", top=[data.top[0]]).input_param.shape.add().dim.extend(
-        (1,) + plan.input_shape[1:])
+        (1,) + tuple(input_shape[1:]))
     deploy.layer.extend(net.layer[1:])
     write_atomic(folder / OPENCV_NET, to_text(deploy))
-    output = [layer.name for layer in net.layer if plan.boundary in layer.top][-1]
-    return OpenCVTrunk(opencv_net(folder / OPENCV_NET, folder / STORE_WEIGHTS), folder / OPENCV_NET, data.top[0],
-                       output)
-
-
-def _first_batch_check(target, plan, chunk, net, store, trunk, device, batch_size):
-    """The FeatureCheck of OpenCV against real Caffe on the first mini-batch of ``chunk``."""
-    first = Chunk(chunk.phase, f"{chunk.name}.check", chunk.lines[:batch_size])
-    write_atomic(store / first.path(".txt"), "".join(line.text() for line in first.lines))
-    checking = type(net)()
-    checking.CopyFrom(net)
-    checking.layer[0].image_data_param.source = first.path(".txt")
-    databases = _caffe_databases(target, first, checking, [plan.boundary], store, device, batch_size)
-    try:
-        caffe = read_feature_db(databases[plan.boundary], len(first.lines))
-    finally:
-        shutil.rmtree(databases[plan.boundary], ignore_errors=True)
-        (store / first.path(".txt")).unlink()
-    return compare_features(caffe, _opencv_rows(trunk, net.layer[0], first.lines, store))
+    output = [layer.name for layer in net.layer if boundary in layer.top][-1]
+    return OpenCVTrunk(opencv_net(folder / OPENCV_NET, weights), folder / OPENCV_NET, data.top[0], output)
 
 
 def _opencv_rows(trunk, data, lines, store):
