@@ -6,7 +6,7 @@ Carrying out a :class:`~caffegen.job.cacheplan.CachePlan`:
    into float32 HDF5 files in a feature store, one process per chunk of up to 4,096 images, each
    running mini-batches (:data:`CACHE_BATCH` images, or ``--cache-batch``): the trunk's weights
    are loaded once per chunk and peak memory depends on the net and the mini-batch, never on the
-   number of images;
+   number of images; or with OpenCV DNN (``--engine``), once its first mini-batch agreed with Caffe's;
 2. it trains a head net (``HDF5Data`` on those files, then the trainable layers, loss and accuracy)
    with ``caffe train`` and the run's own schedule;
 3. it writes ``final.caffemodel``: the trunk's blobs from the base weights and the head's from
