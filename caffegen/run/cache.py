@@ -389,9 +389,10 @@ def _caffe_databases(target, chunk, net, blobs, store, device, batch_size, weigh
 
 # --- OpenCV DNN as the engine ------------------------------------------------------------------
 #
-# OpenCV's DNN module runs the same trunk net and weights about 3× faster than Caffe on the CPU.
-# caffegen feeds it the images preprocessed as Caffe's ImageData layer does, and trusts it only
-# after it agreed with Caffe on the first mini-batch of every extraction.
+# OpenCV's DNN module runs the same trunk net and weights, without a Caffe process per chunk or
+# the LMDBs in between; bench/cache_scale.py measures which engine is faster on a machine. caffegen
+# feeds it the images preprocessed as Caffe's ImageData layer does, and trusts it only after it
+# agreed with Caffe on the first mini-batch of every extraction.
 
 OPENCV_NET = "opencv_trunk.prototxt"
 # Layer types whose OpenCV DNN output is known to differ from Caffe 1.0's: {type: why, for a layer, or None}.
