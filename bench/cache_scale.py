@@ -3,9 +3,10 @@
 Caffe-initialised weights (zero iterations of ``caffe train``) are fine for speed and memory.
 The bench draws JPEGs of five classes at 256×256, prepares cached jobs frozen through pool5
 (the deploy net gains data layers, mean 104/117/123, images resized to 224×224), and runs the
-extraction on SMALL and on LARGE training images, each in a fresh process, so that each peak
-RSS is its own. Beside them, in the same run, ``caffe time -phase TEST`` measures Caffe's own
-forward speed at a few batch sizes.
+extraction on SMALL and on LARGE training images with each engine (Caffe's ``extract_features``,
+OpenCV DNN with its first mini-batch checked against Caffe), each in a fresh process, so that
+each peak RSS is its own. Beside them, in the same run, ``caffe time -phase TEST`` measures
+Caffe's own forward speed at a few batch sizes.
 
 Usage: python bench/cache_scale.py [--dir FOLDER] [--small 500] [--large 2000]
 """
@@ -38,6 +39,7 @@ from caffegen.run.target import Target  # noqa: E402
 RESNET = ROOT.parent / "shared" / "fixtures" / "zoo" / "resnet" / "ResNet-50-deploy.prototxt"
 SIDE, INPUT, CLASSES, VAL = 256, 224, 5, 0.05
 TIME_BATCHES = (1, 8, 16)
+ENGINES = ("caffe", "opencv")
 
 
 def write_images(folder, count, seed=5):
@@ -77,22 +79,27 @@ def caffe_time(caffe, folder, batch):
     return batch / forward * 1000
 
 
-def extract_once(caffe, weights, images, run_dir):
-    """In this process: prepare the cached job and extract its features; print JSON of the figures."""
+def extract_once(caffe, weights, images, run_dir, engine):
+    """In this process: prepare the cached job and extract its features with ``engine``; print JSON of the figures.
+
+    The peak RSS is the larger of Caffe's processes' and this one's (OpenCV DNN runs in it).
+    """
     settings = DataSettings(resize=(INPUT, INPUT), mean_value=(104.0, 117.0, 123.0))
     prepare(JobOptions(net=RESNET, weights=weights, data=images, val_fraction=VAL, freeze_upto="pool5",
-                       cache_features=True, data_settings=settings), run_dir)
+                       cache_features=True, data_settings=settings, engine=engine), run_dir)
     plan = plan_cache(run_dir)
     started = time.monotonic()
-    cache.extract(plan, Target(Path(caffe)), show_progress=False)
+    store, _ = cache.extract(plan, Target(Path(caffe)), echo=lambda line: print(line, file=sys.stderr),
+                             show_progress=False)
     seconds = time.monotonic() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    print(json.dumps({"images": sum(plan.images.values()), "seconds": seconds, "peak_rss": peak}))
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_CHILDREN, resource.RUSAGE_SELF)) * 1024
+    print(json.dumps({"images": sum(plan.images.values()), "seconds": seconds, "peak_rss": peak,
+                      "engine": store.engine}))
 
 
-def measured_extraction(caffe, weights, images, run_dir):
+def measured_extraction(caffe, weights, images, run_dir, engine):
     done = subprocess.run([sys.executable, __file__, "--extract-only", str(caffe), str(weights), str(images),
-                           str(run_dir)], capture_output=True, text=True)
+                           str(run_dir), engine], capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -103,7 +110,7 @@ def main():
     parser.add_argument("--dir", type=Path)
     parser.add_argument("--small", type=int, default=500)
     parser.add_argument("--large", type=int, default=2000)
-    parser.add_argument("--extract-only", nargs=4, metavar=("CAFFE", "WEIGHTS", "IMAGES", "RUN"))
+    parser.add_argument("--extract-only", nargs=5, metavar=("CAFFE", "WEIGHTS", "IMAGES", "RUN", "ENGINE"))
     args = parser.parse_args()
     if args.extract_only:
         return extract_once(*args.extract_only)
@@ -114,18 +121,21 @@ def main():
     for count in (args.small, args.large):
         images = work / f"images_{count}"
         write_images(images, round(count / (1 - VAL)))
-        results[count] = measured_extraction(caffe, weights, images, work / f"run_{count}")
-        figures = results[count]
-        print(f"{figures['images']} images: {figures['images'] / figures['seconds']:.1f} img/s, "
-              f"peak RSS {figures['peak_rss'] / 1e9:.2f} GB")
+        for engine in ENGINES:
+            results[count, engine] = figures = measured_extraction(caffe, weights, images, work / f"run_{count}_{engine}",
+                                                                   engine)
+            print(f"{figures['images']} images with {figures['engine']}: "
+                  f"{figures['images'] / figures['seconds']:.1f} img/s, peak RSS {figures['peak_rss'] / 1e9:.2f} GB")
     timed = {batch: caffe_time(caffe, work, batch) for batch in TIME_BATCHES}
     print("caffe time -phase TEST: " + ", ".join(f"batch {b}: {rate:.1f} img/s" for b, rate in timed.items()))
-    large, small = results[args.large], results[args.small]
-    rate = large["images"] / large["seconds"]
-    print(f"extraction: {rate:.1f} img/s (caffe engine {rate / max(timed.values()):.2f}× caffe time), "
-          f"peak RSS {small['peak_rss'] / 1e9:.2f} GB at {args.small} and {large['peak_rss'] / 1e9:.2f} GB at "
-          f"{args.large} images (mini-batches of {cache.CACHE_BATCH})")
-
+    rates = {engine: results[args.large, engine]["images"] / results[args.large, engine]["seconds"]
+             for engine in ENGINES}
+    for engine in ENGINES:
+        small, large = results[args.small, engine], results[args.large, engine]
+        print(f"extraction with {engine}: {rates[engine]:.1f} img/s ({rates[engine] / max(timed.values()):.2f}× "
+              f"caffe time), peak RSS {small['peak_rss'] / 1e9:.2f} GB at {args.small} and "
+              f"{large['peak_rss'] / 1e9:.2f} GB at {args.large} images (mini-batches of {cache.CACHE_BATCH})")
+    print(f"opencv {rates['opencv'] / rates['caffe']:.2f}× caffe ({args.large} images, ResNet-50 at {INPUT}×{INPUT})")
 
 if __name__ == "__main__":
     main()

@@ -99,7 +99,7 @@ def test_the_manifest_records_what_launch_needs(images, tmp_path):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest == job.manifest
     assert manifest["input"] == {"shape": [1, 1, 28, 28]}
-    assert manifest["device"] == "0,1" and manifest["engine"] == "caffe" and manifest["base_lr"] == 0.001
+    assert manifest["device"] == "0,1" and manifest["engine"] == "auto" and manifest["base_lr"] == 0.001
     assert manifest["preprocessing"] == {"layer_type": "ImageData", "channel_order": "gray", "resize": None,
                                          "crop_size": None, "mean_value": [], "mean_file": None,
                                          "scale": 0.00390625}

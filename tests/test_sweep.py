@@ -230,8 +230,9 @@ def cache_record(run_dir):
 
 def test_cached_runs_with_one_trunk_compute_its_features_once(caffe, images, tmp_path):
     out = tmp_path / "sweep"
+    # With Caffe as the engine, extract.log shows each extraction that ran.
     done = sweep(images, out, "--freeze-upto", "conv1,conv2", "--lr", "0.02,0.01,0.005", "--cache-features",
-                 epochs=1)
+                 "--engine", "caffe", epochs=1)
     assert done.returncode == 0, done.stderr
     assert len(stores(out)) == 2
     runs = [row["run"] for row in table(out)]
@@ -315,7 +316,9 @@ def features(store):
 
 def test_a_deeper_trunk_is_computed_from_the_shallower_features(caffe, images, tmp_path):
     out = tmp_path / "sweep"
-    done = sweep(images, out, "--freeze-upto", "conv2,fc1", "--lr", "0.01", "--cache-features", epochs=1)
+    # One engine throughout, so that derived and direct features sum in the same order.
+    done = sweep(images, out, "--freeze-upto", "conv2,fc1", "--lr", "0.01", "--cache-features", "--engine", "caffe",
+                 epochs=1)
     assert done.returncode == 0, done.stderr
     shallow, deep = (Path(cache_record(out / run)["store"]) for run in ("upto-conv2_lr-0.01", "upto-fc1_lr-0.01"))
     assert f"deriving 'fc1' from the cached 'pool2' of {shallow}: " in done.stderr
@@ -324,7 +327,7 @@ def test_a_deeper_trunk_is_computed_from_the_shallower_features(caffe, images, t
     # The same features as the trunk computes from the images: a run of its own, nothing shared.
     alone = tmp_path / "alone"
     assert run_caffegen("prepare", *BASE_MODEL, "--data", images, "--freeze-upto", "fc1", "--epochs", "1",
-                        "--cache-features", "-o", alone).returncode == 0
+                        "--cache-features", "--engine", "caffe", "-o", alone).returncode == 0
     assert run_caffegen("launch", alone).returncode == 0
     derived, direct = features(deep), features(alone / "features")
     assert len(derived) == len(direct) >= 2

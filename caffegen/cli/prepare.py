@@ -9,10 +9,12 @@ from caffegen.defaults import EPOCHS, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
 from caffegen.io.zoo import fetch_model, load_catalog
 from caffegen.job.prepare import JobOptions, parse_stages, prepare
+from caffegen.job.rundir import ENGINES, OPENCV
 from caffegen.job.segmentation import TASKS
 from caffegen.job.zoo import with_zoo_model
 from caffegen.net.lr_rules import parse_lr_rules
 from caffegen.net.wiring import DataSettings
+from caffegen.run.opencv import opencv_dnn
 from caffegen.run.target import memory_budget, resolve_target
 
 # Click options that JobOptions receives in another form (the data settings and the device are no click options).
@@ -45,6 +47,10 @@ JOB_OPTIONS = [
     click.option("--skip-bad", is_flag=True, help="Leave out unreadable or non-image files instead of stopping."),
     click.option("--cache-features", is_flag=True,
                  help="Push the images through the frozen trunk once and train the head on the stored features."),
+    click.option("--engine", type=click.Choice(ENGINES), default=default("engine"), show_default=True,
+                 help="With --cache-features: what computes the trunk features; auto uses OpenCV DNN where it is "
+                      "installed and reads the trunk, else Caffe. OpenCV is checked against Caffe on the first "
+                      "mini-batch every time."),
     click.option("--keep-data-layers", is_flag=True,
                  help="Keep the base net's own data layers (LMDB, …) instead of ImageData on lists."),
     click.option("--num-classes", type=click.IntRange(min=2), help="With --keep-data-layers or --task segmentation: the classes."),
@@ -100,6 +106,8 @@ def job_from_options(params, target, echo):
     if params["freeze_upto"] and params["freeze_from"]:
         raise CaffegenError("give --freeze-upto or --freeze-from, not both")
     fetched = _zoo_model(params)
+    if params["cache_features"] and params["engine"] == OPENCV:
+        opencv_dnn()
     resize = params["resize"]
     settings = DataSettings(params["batch_size"], params["val_batch_size"], (resize * 2)[:2] if resize else None,
                             params["mean_value"] or (), params["scale"])

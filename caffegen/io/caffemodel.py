@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from caffegen.errors import CaffegenError
 from caffegen.io.schema import BVLC
@@ -92,6 +93,20 @@ def read_caffemodel(path):
             return _read_net(wire)
         except _WireError as error:
             raise wire.user_error(error) from None
+
+
+def read_mean_file(path):
+    """The mean image of a .binaryproto (a ``BlobProto``) as float32 (channels, height, width)."""
+    path = Path(path)
+    try:
+        blob = BVLC.BlobProto.FromString(path.read_bytes())
+    except (OSError, DecodeError) as error:
+        raise CaffegenError(f"not a readable mean file ({error.__class__.__name__})", path) from None
+    dims = list(blob.shape.dim) or [blob.num, blob.channels, blob.height, blob.width]
+    values = np.asarray(blob.data, dtype=np.float32)
+    if len(dims) < 3 or _product(dims[-3:]) != values.size:
+        raise CaffegenError(f"the mean file holds {values.size} values, not an image of shape {dims}", path)
+    return values.reshape(dims[-3:])
 
 
 def upgrade_caffemodel(source, target):

@@ -51,27 +51,29 @@ def _chunk_rows(count, most=CHUNK_ROWS):
     return math.ceil(count / math.ceil(count / most))
 
 
-def write_features_h5(path, databases, count, shapes):
-    """Write the HDF5 file ``path`` atomically: dataset name → the first ``count`` records of ``databases[name]``.
+def write_features_h5(path, sources, count, shapes):
+    """Write the HDF5 file ``path`` atomically: dataset name → the first ``count`` rows of ``sources[name]``.
 
-    ``shapes`` gives each dataset's shape per image; datasets are float32 and chunked, and the
-    records are copied a slice at a time.
+    A source is an iterable of float32 arrays of rows (``feature_slices`` of a Caffe LMDB, or
+    mini-batches computed on the way); ``shapes`` gives each dataset's shape per image. Datasets
+    are float32 and chunked, and the rows are copied a slice at a time.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as out:
-            for name, database in databases.items():
+            for name, source in sources.items():
                 shape = tuple(shapes[name])
                 dataset = out.create_dataset(name, (count, *shape), dtype="float32",
                                              chunks=(_chunk_rows(count), *shape) if count else None)
                 written = 0
-                for part in feature_slices(database, count):
+                for part in source:
+                    part = part[:count - written]
                     dataset[written:written + len(part)] = part.reshape(len(part), *shape)
                     written += len(part)
                 if written < count:
-                    raise CaffegenError(f"Caffe wrote {written} feature records, {count} were expected", database)
+                    raise CaffegenError(f"{written} rows of '{name}' were computed, {count} were expected", path)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -62,6 +62,7 @@ class CachePlan:
     multiply_adds: dict  # {layer name: forward multiply-adds per image, None when unknown}
     warnings: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    input_shape: tuple = None  # of the deploy net, (N, C, H, W)
 
     @property
     def trunk_names(self):
@@ -204,7 +205,8 @@ def plan_cache(run):
     data = {phase: data_layer(view, path) for phase, view in views.items()}
     images = {LISTS[phase]: _count_lines(run_dir / f"{LISTS[phase]}.txt") for phase in (TRAIN, TEST)}
     plan = CachePlan(run_dir, run.weights(), run.engine, run.feature_store, net, views, data, extracted, unique(head),
-                     boundary, label, shape, images, param_shapes, multiply_adds, warnings)
+                     boundary, label, shape, images, param_shapes, multiply_adds, warnings,
+                     input_shape=tuple(run.input_shape))
     if moved:
         names = ", ".join(sorted(moved, key=views[TRAIN].index))
         plan.notes.append(f"{names} after the last frozen layer run in the head, drawing fresh random masks on the "

@@ -23,7 +23,7 @@ from caffegen.job.cacheplan import check_cacheable, plan_cache
 from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
 from caffegen.job.device import CPU, Device
 from caffegen.job.memorycheck import extraction_check, training_check
-from caffegen.job.rundir import ENGINE, MANIFEST, SNAPSHOT_DIR
+from caffegen.job.rundir import AUTO, ENGINES, MANIFEST, SNAPSHOT_DIR
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
 from caffegen.job.segmentation import CLASSIFICATION, SEGMENTATION, build_segmentation
 from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
@@ -89,6 +89,8 @@ class JobOptions:
     # The zoo model (a ZooModel) that net, weights and preprocessing come from (job.zoo.with_zoo_model), or None.
     zoo_model: object = None
     task: str = CLASSIFICATION  # or SEGMENTATION: --data holds images/ and masks/
+    # With cache_features: what computes the trunk features (caffe, opencv, or auto: OpenCV where it can).
+    engine: str = AUTO
 
     def __post_init__(self):
         if not isinstance(self.device, Device):
@@ -347,13 +349,20 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None):
         manifest["preprocessing"]["mean_file_shape"] = list(mean.shape)
     if options.cache_features:
         manifest["cache_features"] = True
-        manifest["engine"] = ENGINE
+        manifest["engine"] = _engine(options.engine)
         if options.feature_store:
             manifest["feature_store"] = str(options.feature_store)
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     if mean:
         copies[mean.path] = MEAN_FILE
     return _Build(files, copies, manifest, notes)
+
+
+def _engine(name):
+    """``name`` when it is an engine caffegen knows, else a one-line error."""
+    if name not in ENGINES:
+        raise CaffegenError(f"--engine takes {', '.join(ENGINES)}, got '{name}'")
+    return name
 
 
 def _existing_file(path, what):

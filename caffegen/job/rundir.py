@@ -17,8 +17,10 @@ SNAPSHOT_NAME = re.compile(r"_iter_(\d+)\.solverstate$")
 LISTS = ("train.txt", "val.txt")
 RESULT = "result.json"
 EVAL_DIR = "eval"  # where caffegen evaluate writes by default
-# What computes the trunk features of a cached run.
-ENGINE = "caffe"
+# What computes the trunk features of a cached run: Caffe, OpenCV DNN, or OpenCV where it can (else Caffe).
+CAFFE, OPENCV, AUTO = "caffe", "opencv", "auto"
+ENGINES = (AUTO, CAFFE, OPENCV)
+ENGINE = CAFFE  # of a run whose manifest names none
 
 
 class RunDir:
@@ -66,6 +68,11 @@ class RunDir:
     def engine(self):
         """What computes a cached run's trunk features."""
         return self.manifest.get("engine", ENGINE)
+
+    def record(self, **fields):
+        """Add ``fields`` to the manifest, on disk too."""
+        self.manifest.update(fields)
+        write_atomic(self.path / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
 
     @property
     def input_shape(self):

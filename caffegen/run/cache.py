@@ -6,7 +6,7 @@ Carrying out a :class:`~caffegen.job.cacheplan.CachePlan`:
    into float32 HDF5 files in a feature store, one process per chunk of up to 4,096 images, each
    running mini-batches (:data:`CACHE_BATCH` images, or ``--cache-batch``): the trunk's weights
    are loaded once per chunk and peak memory depends on the net and the mini-batch, never on the
-   number of images;
+   number of images; or with OpenCV DNN (``--engine``), once its first mini-batch agreed with Caffe's;
 2. it trains a head net (``HDF5Data`` on those files, then the trainable layers, loss and accuracy)
    with ``caffe train`` and the run's own schedule;
 3. it writes ``final.caffemodel``: the trunk's blobs from the base weights and the head's from
@@ -40,22 +40,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from caffegen.defaults import CACHE_BATCH, CHUNK_IMAGES
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
-from caffegen.io.featuredb import write_features_h5
+from caffegen.io.featuredb import feature_slices, read_feature_db, write_features_h5
 from caffegen.io.files import file_sha256, write_atomic
 from caffegen.io.lists import ListLine, read_list
 from caffegen.io.prototxt import read_solver, to_text
 from caffegen.io.schema import BVLC
 from caffegen.job.cacheplan import LISTS, plan_cache, stored, unique
-from caffegen.job.rundir import RESULT
+from caffegen.job.rundir import CAFFE, OPENCV, RESULT
 from caffegen.net.layers import DATA_TYPES
-from caffegen.net.netview import PHASE_NUMBERS, TRAIN
+from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN
 from caffegen.net.shapes import product
 from caffegen.run.forward import run_extract_features
+from caffegen.run.opencv import caffe_input, compare_features, opencv_batch, opencv_dnn, opencv_net
 from caffegen.run.runner import INTERRUPTED, result_summary, run_caffe_train
 
 FEATURES = "features"
@@ -96,6 +98,7 @@ class FeatureStore:
     nets: dict  # {chunk name: the trunk net that computes it from the images}
     files: dict  # {name in the store: text}: the chunks' lists and trunk nets
     inputs: dict  # digests of what feeds the trunk: lists, image versions (and mean file), weights; the engine
+    engine: str = None  # what computed the features, once they are: caffe or opencv
 
     @functools.cached_property
     def layer_digests(self):
@@ -183,7 +186,8 @@ def extract(plan, target, device=None, echo=None, show_progress=None, seed=1, ba
     store.path.mkdir(parents=True, exist_ok=True)
     with _locked(store.path / STORE_LOCK, echo):
         if store.complete():
-            echo(f"reusing the cached features in {store.path}")
+            store.engine = json.loads((store.path / STORE_RECORD).read_text(encoding="utf-8")).get("computed_by", CAFFE)
+            echo(f"reusing the cached features in {store.path} (computed with {store.engine})")
             return store, True
         (store.path / STORE_RECORD).unlink(missing_ok=True)
         source = derivation(plan, store, echo)
@@ -199,12 +203,18 @@ def extract(plan, target, device=None, echo=None, show_progress=None, seed=1, ba
         done = [chunk for chunk in store.work if (store.path / chunk.path(".h5")).is_file()]
         if done:
             echo(f"resuming: {len(done)} of {len(store.work)} chunks of features are already computed")
+        todo = [chunk for chunk in store.work if chunk not in done]
+        engine = _checked_engine(target, plan, store, nets, todo, device, batch_size, echo, derived=source is not None)
         with tqdm(total=sum(plan.images.values()), unit="img", desc="trunk features",
                   disable=None if show_progress is None else not show_progress, dynamic_ncols=True) as bar:
             bar.update(sum(len(chunk.lines) for chunk in done))
-            for chunk in (chunk for chunk in store.work if chunk not in done):
-                _run_chunk(target, plan, chunk, nets[chunk.name], store.path, device, batch_size)
+            for chunk in todo:
+                if engine is None:
+                    _run_chunk(target, plan, chunk, nets[chunk.name], store.path, device, batch_size)
+                else:
+                    _run_chunk_opencv(plan, chunk, nets[chunk.name], store.path, engine, batch_size)
                 bar.update(len(chunk.lines))
+        store.engine = CAFFE if engine is None else OPENCV
         write_atomic(store.path / STORE_RECORD, json.dumps(_record(plan, store)) + "\n")
     return store, False
 
@@ -212,7 +222,7 @@ def extract(plan, target, device=None, echo=None, show_progress=None, seed=1, ba
 def _record(plan, store):
     """What a finished store holds: its key, and what a deeper trunk needs to start from its features."""
     return {"key": store.key, "boundary": plan.boundary, "label": plan.label, "feature_shape": plan.feature_shape,
-            "bytes": plan.bytes, **store.inputs, "chunks": store.layer_digests}
+            "bytes": plan.bytes, **store.inputs, "computed_by": store.engine, "chunks": store.layer_digests}
 
 
 # --- deeper trunks from shallower features -----------------------------------------------------
@@ -339,18 +349,32 @@ def _locked(path, echo):
 
 
 def _run_chunk(target, plan, chunk, net, store, device, batch_size):
-    """Compute one chunk's features and labels with ``extract_features`` into its HDF5 file; drop the LMDBs after.
+    """Compute one chunk's features and labels with ``extract_features`` into its HDF5 file; drop the LMDBs after."""
+    count = len(chunk.lines)
+    databases = _caffe_databases(target, chunk, net, [plan.boundary, plan.label], store, device, batch_size)
+    try:
+        write_features_h5(store / chunk.path(".h5"),
+                          {FEATURE_DATASET: feature_slices(databases[plan.boundary], count),
+                           LABEL_DATASET: feature_slices(databases[plan.label], count)},
+                          count, {FEATURE_DATASET: plan.feature_shape, LABEL_DATASET: ()})
+    finally:
+        for database in databases.values():
+            shutil.rmtree(database, ignore_errors=True)
+
+
+def _caffe_databases(target, chunk, net, blobs, store, device, batch_size, weights=STORE_WEIGHTS):
+    """{blob: LMDB} of ``blobs`` that ``extract_features`` computes over ``chunk`` with ``net``.
 
     Caffe's log is appended to the store's extract.log.
     """
-    count, batch = len(chunk.lines), min(batch_size, len(chunk.lines))
     running = type(net)()
     running.CopyFrom(net)
     data = running.layer[0]
+    batch = min(batch_size, len(chunk.lines))
     getattr(data, "image_data_param" if data.type == "ImageData" else "hdf5_data_param").batch_size = batch
     try:
-        databases = run_extract_features(target, running, STORE_WEIGHTS, [plan.boundary, plan.label], count, batch,
-                                         store, device, name=chunk.name)
+        return run_extract_features(target, running, weights, blobs, len(chunk.lines), batch, store, device,
+                                    name=chunk.name)
     except CaffegenError as error:
         raise CaffegenError(f"computing the features of {chunk.name} failed: {error.message}", store / STORE_LOG) \
             from None
@@ -360,13 +384,120 @@ def _run_chunk(target, plan, chunk, net, store, device, batch_size):
             with (store / STORE_LOG).open("a", encoding="utf-8") as out:
                 out.write(log.read_text(encoding="utf-8"))
             log.unlink()
+
+
+# --- OpenCV DNN as the engine ------------------------------------------------------------------
+#
+# OpenCV's DNN module runs the same trunk net and weights, without a Caffe process per chunk or
+# the LMDBs in between; bench/cache_scale.py measures which engine is faster on a machine. caffegen
+# feeds it the images preprocessed as Caffe's ImageData layer does, and trusts it only after it
+# agreed with Caffe on the first mini-batch of every extraction.
+
+OPENCV_NET = "opencv_trunk.prototxt"
+# Layer types whose OpenCV DNN output is known to differ from Caffe 1.0's: {type: why, for a layer, or None}.
+# OpenCV's LRN reads no k and always adds 1 (features 30% off with k: 2); with k: 1 they agree.
+OPENCV_DIFFERS = {
+    "LRN": lambda layer: f"OpenCV DNN ignores k: {layer.lrn_param.k:g} of LRN '{layer.name}' (it adds 1)"
+    if layer.lrn_param.k != 1 else None,
+}
+
+
+@dataclass
+class OpenCVTrunk:
+    """The trunk as OpenCV DNN runs it: its net, the deploy file, the input blob, the layer giving the features."""
+
+    net: object
+    deploy: Path
+    input_blob: str
+    output: str
+
+
+def _checked_engine(target, plan, store, nets, todo, device, batch_size, echo, derived):
+    """The OpenCVTrunk to compute the features with, or None for Caffe.
+
+    OpenCV when asked for (with ``auto``: when it is installed and reads the trunk), and only when
+    it agrees with Caffe on the first mini-batch; otherwise Caffe, saying why in one line.
+    """
+    if plan.engine == CAFFE or not todo:
+        return None
+    if derived:
+        echo("computing the features with Caffe: they start from a shallower trunk's stored features")
+        return None
     try:
-        write_features_h5(store / chunk.path(".h5"), {FEATURE_DATASET: databases[plan.boundary],
-                                                      LABEL_DATASET: databases[plan.label]},
-                          count, {FEATURE_DATASET: plan.feature_shape, LABEL_DATASET: ()})
+        check, trunk = engine_check(target, nets[todo[0].name], STORE_WEIGHTS, todo[0].lines[:batch_size],
+                                    plan.boundary, plan.input_shape, store.path, device)
+    except CaffegenError as error:
+        if plan.engine == OPENCV:
+            raise
+        echo(f"computing the features with Caffe: {error.message}")
+        return None
+    if not check.passed:
+        echo(f"{check.line()}: computing all the features with Caffe instead")
+        return None
+    echo(check.line())
+    return trunk
+
+
+def engine_check(target, net, weights, lines, boundary, input_shape, folder, device=None):
+    """(FeatureCheck, OpenCVTrunk): OpenCV DNN against real Caffe on the images of ``lines`` for trunk ``net``.
+
+    ``net`` starts with its ImageData layer and computes blob ``boundary`` from images of
+    ``input_shape``; ``weights`` and the files written are in ``folder``. Refuses in one line what
+    OpenCV cannot compute as Caffe does.
+    """
+    folder = Path(folder)
+    trunk = opencv_trunk(net, boundary, input_shape, folder / weights, folder)
+    first = Chunk(TEST, "opencv_check", list(lines))
+    write_atomic(folder / first.path(".txt"), "".join(line.text() for line in first.lines))
+    checking = type(net)()
+    checking.CopyFrom(net)
+    checking.layer[0].image_data_param.source = first.path(".txt")
+    databases = _caffe_databases(target, first, checking, [boundary], folder, device, len(first.lines), weights)
+    try:
+        caffe = read_feature_db(databases[boundary], len(first.lines))
     finally:
-        for database in databases.values():
-            shutil.rmtree(database, ignore_errors=True)
+        shutil.rmtree(databases[boundary], ignore_errors=True)
+        (folder / first.path(".txt")).unlink()
+    return compare_features(caffe, _opencv_rows(trunk, net.layer[0], first.lines, folder)), trunk
+
+
+def opencv_trunk(net, boundary, input_shape, weights, folder):
+    """The OpenCVTrunk of trunk ``net`` (ImageData first), refusing in one line what OpenCV cannot compute as Caffe."""
+    opencv_dnn()
+    data = net.layer[0]
+    if data.transform_param.mirror:
+        raise CaffegenError(f"mirror: true in '{data.name}' flips images at random with Caffe's own generator")
+    differing = [why for layer in net.layer if layer.type in OPENCV_DIFFERS
+                 for why in [OPENCV_DIFFERS[layer.type](layer)] if why]
+    if differing:
+        raise CaffegenError(f"{differing[0]}, so its features would differ from Caffe's")
+    deploy = BVLC.NetParameter(name=net.name)
+    deploy.layer.add(name=data.name, type="Input", top=[data.top[0]]).input_param.shape.add().dim.extend(
+        (1,) + tuple(input_shape[1:]))
+    deploy.layer.extend(net.layer[1:])
+    write_atomic(folder / OPENCV_NET, to_text(deploy))
+    output = [layer.name for layer in net.layer if boundary in layer.top][-1]
+    return OpenCVTrunk(opencv_net(folder / OPENCV_NET, weights), folder / OPENCV_NET, data.top[0], output)
+
+
+def _opencv_rows(trunk, data, lines, store):
+    """OpenCV's features (N, values) of the images of ``lines``, read as ImageData layer ``data`` reads them."""
+    paths = [data.image_data_param.root_folder + line.path for line in lines]
+    return opencv_batch(trunk.net, trunk.input_blob, caffe_input(data, paths, store), trunk.output, trunk.deploy)
+
+
+def _run_chunk_opencv(plan, chunk, net, store, trunk, batch_size):
+    """Compute one chunk's features with OpenCV DNN, a mini-batch at a time, and its labels into its HDF5 file."""
+    count = len(chunk.lines)
+    features = (_opencv_rows(trunk, net.layer[0], chunk.lines[start:start + batch_size], store)
+                for start in range(0, count, batch_size))
+    labels = [np.array([line.label_number for line in chunk.lines], np.float32)]
+    try:
+        write_features_h5(store / chunk.path(".h5"), {FEATURE_DATASET: features, LABEL_DATASET: labels}, count,
+                          {FEATURE_DATASET: plan.feature_shape, LABEL_DATASET: ()})
+    except CaffegenError as error:
+        raise CaffegenError(f"computing the features of {chunk.name} with OpenCV failed: {error.message}",
+                            error.path) from None
 
 
 # --- weights -----------------------------------------------------------------------------------
@@ -495,6 +626,7 @@ def extract_features(run, target, echo=None, show_progress=None):
     solver = read_solver(run.path / "solver.prototxt")
     started = time.monotonic()
     store, reused = extract(plan, target, device, echo, show_progress, _seed(solver))
+    run.record(features_engine=store.engine)
     return CachedFeatures(plan, store, reused, time.monotonic() - started, solver, device.gpu_flag)
 
 
@@ -513,10 +645,12 @@ def run_cached(run, target, echo=None, show_progress=None):
         result.final_model = merge_model(plan, result.final_model)
     result.seconds = time.monotonic() - started
     timings = {"extract_seconds": round(extracted, 3), "train_seconds": round(trained, 3), "reused": reused,
-               "store": str(store.path), "engine": plan.engine, "boundary": plan.boundary,
+               "store": str(store.path), "engine": store.engine, "engine_asked": plan.engine,
+               "boundary": plan.boundary,
                "feature_shape": list(plan.feature_shape), "bytes": plan.bytes}
     origin = f"reused from {store.path}" if reused else f"computed into {store.path}"
-    result.notes.append(f"trunk features: {timings['extract_seconds']:.1f} s ({origin}); head training: {trained:.1f} s")
+    result.notes.append(f"trunk features: {timings['extract_seconds']:.1f} s with {store.engine} ({origin}); "
+                        f"head training: {trained:.1f} s")
     write_atomic(run.path / RESULT, json.dumps(dict(result_summary(result), cache=timings), indent=2) + "\n")
     return result
 
