@@ -104,11 +104,16 @@ def deterministic_caffenet(path):
 
 def initial_weights(caffe, net, folder):
     """Caffe's own initialisation of ``net``: zero iterations of ``caffe train``, which still snapshots."""
-    folder.mkdir(parents=True, exist_ok=True)
     init = BVLC.NetParameter(name=net.name)
     init.layer.add(name="data", type="Input", top=["data"]).input_param.shape.add(dim=[1, 3, INPUT, INPUT])
     init.layer.extend(layer for layer in net.layer if layer.type not in DATA_TYPES and "label" not in layer.bottom)
-    (folder / "init.prototxt").write_text(to_text(init))
+    return caffe_initialised(caffe, to_text(init), folder)
+
+
+def caffe_initialised(caffe, net_text, folder):
+    """The weights Caffe initialises the deploy net ``net_text`` with, snapshot after zero iterations in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "init.prototxt").write_text(net_text)
     (folder / "solver.prototxt").write_text('net: "init.prototxt"\nbase_lr: 0\nlr_policy: "fixed"\nmax_iter: 0\n'
                                             'snapshot_prefix: "init"\nsolver_mode: CPU\nrandom_seed: 3\n')
     done = subprocess.run([str(caffe), "train", "-solver", "solver.prototxt"], cwd=folder, capture_output=True,

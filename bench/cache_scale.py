@@ -28,6 +28,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cache_features import caffe_initialised  # noqa: E402
+
 from caffegen.io.prototxt import read_net, to_text  # noqa: E402
 from caffegen.job.cacheplan import plan_cache  # noqa: E402
 from caffegen.job.prepare import JobOptions, prepare  # noqa: E402
@@ -51,20 +53,6 @@ def write_images(folder, count, seed=5):
         hue = np.array([40 + 40 * label, 200 - 30 * label, 120], np.float32)
         pixels = np.clip(hue + rng.normal(0, 40, (SIDE, SIDE, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"c{label}" / f"{index:05d}.jpg", quality=85)
-
-
-def initial_weights(caffe, folder):
-    """Caffe's own initialisation of ResNet-50: zero iterations of ``caffe train``, which still snapshots."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "init.prototxt").write_text(RESNET.read_text())
-    (folder / "solver.prototxt").write_text('net: "init.prototxt"\nbase_lr: 0\nlr_policy: "fixed"\nmax_iter: 0\n'
-                                            'snapshot_prefix: "init"\nsolver_mode: CPU\nrandom_seed: 3\n')
-    done = subprocess.run([str(caffe), "train", "-solver", "solver.prototxt"], cwd=folder, capture_output=True,
-                          text=True, env=dict(os.environ, GLOG_logtostderr="1"))
-    weights = folder / "init_iter_0.caffemodel"
-    if done.returncode != 0 or not weights.is_file():
-        sys.exit(f"caffe could not initialise the weights:\n{done.stderr[-2000:]}")
-    return weights
 
 
 def caffe_time(caffe, folder, batch):
@@ -116,7 +104,7 @@ def main():
         return extract_once(*args.extract_only)
     work = args.dir or Path(tempfile.mkdtemp(prefix="caffegen-bench-"))
     caffe = install_caffe(log=print)
-    weights = initial_weights(caffe, work / "init")
+    weights = caffe_initialised(caffe, RESNET.read_text(), work / "init")
     results = {}
     for count in (args.small, args.large):
         images = work / f"images_{count}"

@@ -14,12 +14,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from caffegen.errors import CaffegenError
 from caffegen.io.featuredb import read_feature_db
 from caffegen.io.lists import list_line
 from caffegen.io.prototxt import to_text
+from caffegen.io.segdata import read_image_size
 from caffegen.net.wiring import image_input_net
 from caffegen.run.caffelog import parse_log
 
@@ -88,19 +87,10 @@ def _needed_resize(model, paths, echo):
         return None
     crop = model.preprocessing.get("crop_size")
     height, width = model.input_shape[2:]
-    sizes = {_size(path) for path in paths}
+    sizes = {read_image_size(path) for path in paths}
     unfit = [size for size in sizes if (size[0] < crop or size[1] < crop if crop else size != (height, width))]
     if not unfit:
         return None
     echo(f"{len(unfit)} image size(s) differ from the model's input of {height}×{width} "
          f"(for example {unfit[0][0]}×{unfit[0][1]}): resizing every image to {height}×{width}")
     return height, width
-
-
-def _size(path):
-    """(height, width) of an image file."""
-    try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except (OSError, UnidentifiedImageError) as error:
-        raise CaffegenError(f"not a readable image ({error.__class__.__name__})", path) from None
