@@ -10,6 +10,7 @@ from caffe_runs import started_address_space
 from conftest import DIGITS, ZOO, assert_one_line_error, run_caffegen
 
 from caffegen.cli import main
+from caffegen.defaults import CACHE_BATCH
 from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
 from caffegen.io.prototxt import read_net
 from caffegen.io.schema import BVLC
@@ -126,8 +127,8 @@ class TestPrepare:
         command = ["prepare", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2", "--cache-features"]
         assert main([*command, "-o", str(tmp_path / "run")]) == 0
         note = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("memory: "))
-        chunk = int(re.search(r"feature extraction \(trunk at batch (\d+)\) peaks at about", note)[1])
-        assert 200 < chunk <= 256, "717 training images in chunks of at most 256"
+        batch = int(re.search(r"feature extraction \(trunk at batch (\d+)\) peaks at about", note)[1])
+        assert batch == CACHE_BATCH, "extract_features runs the trunk in mini-batches, whatever the images"
         mem_available(monkeypatch, tmp_path, 1 << 20)
         assert main([*command, "-o", str(tmp_path / "small")]) == 2
         error = capsys.readouterr().err.strip().splitlines()[-1]
