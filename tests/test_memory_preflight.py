@@ -12,7 +12,7 @@ from conftest import DIGITS, ZOO, assert_one_line_error, run_caffegen
 from caffegen.cli import main
 from caffegen.defaults import CACHE_BATCH
 from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
-from caffegen.io.prototxt import read_net
+from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.io.schema import BVLC
 from caffegen.job.device import Device
 from caffegen.job.prepare import JobOptions, prepare
@@ -194,7 +194,10 @@ class TestOutOfMemoryRuns:
                   for layer in model.layers if layer.blobs]
         unused = (BVLC.LayerParameter(name="unused", type="InnerProduct"), [np.zeros((1 << 26) + 1, np.float32)])
         write_caffemodel(run / "base.caffemodel", layers + [unused])
-        limit = started_address_space(caffe, "train", "-solver", "solver.prototxt", "-weights",
+        solver = read_solver(run / "solver.prototxt")
+        solver.max_iter = 1  # one iteration with the small weights: the address space the whole run needs
+        (run / "solver_1.prototxt").write_text(to_text(solver))
+        limit = started_address_space(caffe, "train", "-solver", "solver_1.prototxt", "-weights",
                                       DIGITS / "digits.caffemodel", cwd=run)
         limited = stand_in(tmp_path, "caffe", f'ulimit -v {limit // 1024}\nexec "{caffe}" "$@"\n')
         manifest = (run / "manifest.json").read_text()
