@@ -4,7 +4,8 @@ Carrying out a :class:`~caffegen.job.cacheplan.CachePlan`:
 
 1. :func:`run_cached` runs the trunk over train.txt and val.txt with Caffe's ``extract_features``
    into float32 HDF5 files in a feature store, one process per chunk of up to 4,096 images, each
-   running mini-batches (:data:`CACHE_BATCH` images, or ``--cache-batch``): the trunk's weights
+   running mini-batches (``--cache-batch``, or the most the memory estimate fits, up to
+   :data:`~caffegen.defaults.CACHE_BATCH` images on the CPU): the trunk's weights
    are loaded once per chunk and peak memory depends on the net and the mini-batch, never on the
    number of images; or with OpenCV DNN (``--engine``), once its first mini-batch agreed with Caffe's;
 2. it trains a head net (``HDF5Data`` on those files, then the trainable layers, loss and accuracy)
@@ -52,6 +53,7 @@ from caffegen.io.lists import ListLine, read_list
 from caffegen.io.prototxt import read_solver, to_text
 from caffegen.io.schema import BVLC
 from caffegen.job.cacheplan import LISTS, plan_cache, stored, unique
+from caffegen.job.memorycheck import extraction_batch
 from caffegen.job.rundir import CAFFE, OPENCV, RESULT
 from caffegen.net.layers import DATA_TYPES
 from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN
@@ -59,6 +61,7 @@ from caffegen.net.shapes import product
 from caffegen.run.forward import run_extract_features
 from caffegen.run.opencv import caffe_input, compare_features, opencv_batch, opencv_dnn, opencv_net
 from caffegen.run.runner import INTERRUPTED, result_summary, run_caffe_train
+from caffegen.run.target import memory_budget
 
 FEATURES = "features"
 HEAD_WEIGHTS = f"{FEATURES}/head_init.caffemodel"
@@ -623,9 +626,11 @@ def extract_features(run, target, echo=None, show_progress=None):
     plan = plan_cache(run)
     for line in plan.warnings + plan.notes + [plan.describe()]:
         echo(line)
+    batch = extraction_batch(plan, device, memory_budget(device))
+    echo(batch.line())
     solver = read_solver(run.path / "solver.prototxt")
     started = time.monotonic()
-    store, reused = extract(plan, target, device, echo, show_progress, _seed(solver))
+    store, reused = extract(plan, target, device, echo, show_progress, _seed(solver), batch.size)
     run.record(features_engine=store.engine)
     return CachedFeatures(plan, store, reused, time.monotonic() - started, solver, device.gpu_flag)
 
