@@ -11,7 +11,7 @@ EPOCHS = 10
 # CHUNK_IMAGES images, in mini-batches (its peak memory depends on their size, not on the chunk's):
 # of at most CACHE_BATCH images on the CPU and GPU_CACHE_BATCH on a GPU, fewer where memory is short.
 CHUNK_IMAGES = 4096
-CACHE_BATCH = 16
+CACHE_BATCH = 8
 GPU_CACHE_BATCH = 64
 # The mask value of pixels a segmentation loss and its metrics ignore (PASCAL VOC's borders).
 IGNORE_LABEL = 255

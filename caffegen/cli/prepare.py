@@ -5,7 +5,7 @@ from dataclasses import fields
 import click
 
 from caffegen.cli.options import ZOO_SOURCE_OPTIONS, number_list, report
-from caffegen.defaults import EPOCHS, HEAD_LR_MULT
+from caffegen.defaults import CACHE_BATCH, EPOCHS, GPU_CACHE_BATCH, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
 from caffegen.io.zoo import fetch_model, load_catalog
 from caffegen.job.prepare import JobOptions, parse_stages, prepare
@@ -53,7 +53,8 @@ JOB_OPTIONS = [
                       "mini-batch every time."),
     click.option("--cache-batch", type=click.IntRange(min=1), metavar="N",
                  help="With --cache-features: images per mini-batch of the extraction [default: the most, up to "
-                      "16 on the CPU and 64 on a GPU, that the memory estimate fits in the machine's]."),
+                      f"{CACHE_BATCH} on the CPU and {GPU_CACHE_BATCH} on a GPU, that the memory estimate fits in "
+                      "the machine's]."),
     click.option("--keep-data-layers", is_flag=True,
                  help="Keep the base net's own data layers (LMDB, …) instead of ImageData on lists."),
     click.option("--num-classes", type=click.IntRange(min=2), help="With --keep-data-layers or --task segmentation: the classes."),
