@@ -153,3 +153,14 @@ def test_what_does_not_combine_with_lmdb_is_refused(caffe, image_folder, tmp_pat
                           "--data", image_folder, "--gpu", "cpu", "--caffe", caffe, "-o", tmp_path / "run", *extra)
     assert_one_line_error(result, *words)
     assert not (tmp_path / "run").exists()
+
+
+def test_kept_data_layers_take_the_shape_of_their_first_datum(raw_run, tmp_path):
+    text = (raw_run.run_dir / "train_val.prototxt").read_text()
+    for name in ("train_lmdb", "val_lmdb", "mean.binaryproto"):
+        text = text.replace(f'"{name}"', f'"{raw_run.run_dir / name}"')
+    (tmp_path / "lmdb_net.prototxt").write_text(text)
+    options = JobOptions(net=tmp_path / "lmdb_net.prototxt", weights=DIGITS / "digits.caffemodel", epochs=1,
+                         keep_data_layers=True, num_classes=CLASSES, train_images=24, val_images=6)
+    job = prepare(options, tmp_path / "run")
+    assert job.manifest["input"]["shape"] == [1, 1, RESIZE, RESIZE]

@@ -369,7 +369,8 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, bui
     notes += drop_unscorable_accuracies(net, num_classes)
     if options.lr_rules:
         notes += apply_lr_rules(net, options.lr_rules).summary()
-    channels, height, width = _input_geometry(net, dataset, options.data_settings, built.folder if built else None)
+    channels, height, width = _input_geometry(net, dataset, options.data_settings, built.folder if built else None,
+                                              Path(options.net).parent)
     deploy = deploy_net(net, channels, height, width)
     input_shape = [1, channels, height, width]
     check_runs(net, input_shape, options.net)
@@ -553,19 +554,21 @@ def _set_scale(net, scale):
             layer.transform_param.scale = scale
 
 
-def _input_geometry(net, dataset, settings, databases=None):
+def _input_geometry(net, dataset, settings, databases=None, net_dir=None):
     """(channels, height, width) the deploy net takes: the crop, the resize, or the images' own size.
 
-    Data layers on the LMDBs in ``databases`` (a folder) take the shape of their first Datum, as Caffe does.
+    A Data layer takes the shape of the first Datum of its LMDB, as Caffe does: in ``databases`` (a
+    folder) for those prepare built, which must be readable, else beside the net (``net_dir``).
     """
     layer = data_layers(net)[0]
     crop = layer.transform_param.crop_size
-    if layer.type == "Data" and databases is not None:
-        first = first_input(layer, databases)
-        if first.shape is None:
+    if layer.type == "Data":
+        first = first_input(layer, databases or net_dir)
+        if first.shape is not None:
+            channels, height, width = first.shape
+            return (channels, crop, crop) if crop else (channels, height, width)
+        if databases is not None:
             raise CaffegenError(f"cannot tell the input size: {first.origin}", databases / layer.data_param.source)
-        channels, height, width = first.shape
-        return (channels, crop, crop) if crop else (channels, height, width)
     channels = _channels(layer)
     if crop:
         return channels, crop, crop
