@@ -164,3 +164,11 @@ def test_kept_data_layers_take_the_shape_of_their_first_datum(raw_run, tmp_path)
                          keep_data_layers=True, num_classes=CLASSES, train_images=24, val_images=6)
     job = prepare(options, tmp_path / "run")
     assert job.manifest["input"]["shape"] == [1, 1, RESIZE, RESIZE]
+
+
+def test_a_job_caffe_would_refuse_is_refused_before_any_database_is_built(caffe, image_folder, tmp_path):
+    result = run_caffegen("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
+                          "--data", image_folder, "--lmdb", "--resize", 24, "--gpu", "cpu", "--caffe", caffe,
+                          "-o", tmp_path / "run")
+    assert_one_line_error(result, "shape mismatch")  # the 24×24 images do not fit fc1 of the 28×28 weights
+    assert not list(tmp_path.iterdir())

@@ -354,13 +354,7 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, bui
         wire_image_data(net, options.data_settings, options.net)
         notes += fit_crop(net, bool(options.data_settings.resize), options.cache_features, options.net)
     plan = _lmdb_plan(net, options, dataset) if build_databases else None
-    built = build_databases(plan) if plan else None
-    if built:
-        notes += built.notes
-    mean = _resolve_mean_file(net, replace(options, mean_file=built.mean) if built and built.mean else options,
-                              dataset)
-    if built:
-        read_from_lmdb(net, {TRAIN: TRAIN_DB, TEST: VAL_DB})
+    mean = _resolve_mean_file(net, options, dataset)
     _set_scale(net, options.data_settings.scale)
     num_classes = len(dataset.classes)
     if options.freeze_upto or options.freeze_from:
@@ -369,8 +363,9 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, bui
     notes += drop_unscorable_accuracies(net, num_classes)
     if options.lr_rules:
         notes += apply_lr_rules(net, options.lr_rules).summary()
-    channels, height, width = _input_geometry(net, dataset, options.data_settings, built.folder if built else None,
-                                              Path(options.net).parent)
+    channels, height, width = _input_geometry(net, dataset, options.data_settings, net_dir=Path(options.net).parent)
+    if plan:
+        read_from_lmdb(net, {TRAIN: TRAIN_DB, TEST: VAL_DB})
     deploy = deploy_net(net, channels, height, width)
     input_shape = [1, channels, height, width]
     check_runs(net, input_shape, options.net)
@@ -382,6 +377,11 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, bui
     if memory.budget is not None and not options.cache_features:
         notes += memory.note(training_check(net, solver.type, input_shape, weights if weights_ref == weights else None,
                                             options.device, solver.iter_size, memory.budget, options.net))
+    built = build_databases(plan) if plan else None  # the longest step, once every check has passed
+    if built:
+        notes += built.notes
+        _check_first_datum(net, dataset, options.data_settings, built.folder, (channels, height, width))
+        mean = read_mean_file(built.mean) if built.mean else mean
     copies = dataset.copy_names() if options.copy_data else {}
     if options.copy_data:
         copies[weights] = weights_ref = WEIGHTS_COPY
@@ -434,6 +434,15 @@ def _lmdb_plan(net, options, dataset):
                           options.mean == MEAN_IMAGE)
 
 
+def _check_first_datum(net, dataset, settings, databases, planned):
+    """Refuse databases whose first Datum gives the net another input than ``planned`` (channels, height, width)."""
+    found = _input_geometry(net, dataset, settings, databases)
+    if found != planned:
+        raise CaffegenError(f"the first Datum gives the net {'×'.join(map(str, found))} inputs, the first image "
+                            f"{'×'.join(map(str, planned))}: the images differ in size; pass --resize H,W",
+                            databases / TRAIN_DB)
+
+
 def _lmdb_preprocessing(plan):
     """What the databases did to the images before the Data layers read them, for the manifest's preprocessing."""
     database = plan.train
@@ -484,9 +493,15 @@ def _resolve_mean_file(net, options, dataset):
     """The mean file the data layers use (a MeanFile, read and checked), pointed at its copy in the run directory.
 
     ``--mean-value`` replaces the mean file of every data layer, ``--mean-file`` the mean of every data layer;
-    without either, the base net's mean file is looked for beside the net.
+    without either, the base net's mean file is looked for beside the net. ``--mean image`` points every data
+    layer at the mean image that compute_image_mean writes once train_lmdb is built (None is returned then).
     """
     mean_value = options.data_settings.mean_value
+    if options.mean == MEAN_IMAGE:  # computed from train_lmdb once it is built
+        for layer in data_layers(net):
+            layer.transform_param.ClearField("mean_value")
+            layer.transform_param.mean_file = MEAN_FILE
+        return None
     if mean_value and options.mean_file:
         raise CaffegenError("give --mean-value or --mean-file, not both")
     if mean_value:
