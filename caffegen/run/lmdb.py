@@ -22,6 +22,7 @@ from caffegen.io.datasources import record_count
 from caffegen.io.files import file_sha256, write_atomic
 
 UNREADABLE = re.compile(r"Could not open or find file (.+)$")
+PROCESSED = re.compile(r"Processed (\d+) files")  # convert_imageset logs it every 1,000 images
 MEAN_NAME = "mean.binaryproto"
 
 
@@ -72,7 +73,8 @@ class DatabaseBuilder:
                 command.append("--gray")
             if database.encode_type:
                 command += ["--encoded", f"--encode_type={database.encode_type}"]
-            output = _run(command + ["", str(listed), str(scratch / "db")], "convert_imageset")
+            output = _run(command + ["", str(listed), str(scratch / "db")], "convert_imageset",
+                          self._progress(database))
             unreadable = [match.group(1).strip() for line in output.splitlines()
                           if (match := UNREADABLE.search(line))]
             if unreadable:
@@ -87,6 +89,16 @@ class DatabaseBuilder:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
+    def _progress(self, database):
+        """What hears convert_imageset's lines: it tells the images done, about every tenth of them."""
+        step = max(1000, database.count // 10 // 1000 * 1000)
+
+        def hear(line):
+            done = PROCESSED.search(line)
+            if done and int(done.group(1)) % step == 0:
+                self.echo(f"{database.name}: {done.group(1)} of {database.count} images")
+        return hear
+
     def _mean(self, plan, folder, previous, record):
         """The mean image of the training database: computed by compute_image_mean, or reused with the database."""
         mean = folder / MEAN_NAME
@@ -100,13 +112,19 @@ class DatabaseBuilder:
         return mean
 
 
-def _run(command, tool):
-    """Run a Caffe tool; its output, or a one-line error with the reason it gives."""
-    done = subprocess.run(command, env=dict(os.environ, GLOG_logtostderr="1"), check=False,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    if done.returncode != 0:
-        raise CaffegenError(f"Caffe's {tool} failed (exit code {done.returncode}): {_last_line(done.stdout)}")
-    return done.stdout
+def _run(command, tool, hear=None):
+    """Run a Caffe tool, ``hear`` hearing each line it logs; its output, or a one-line error with its reason."""
+    lines = []
+    with subprocess.Popen(command, env=dict(os.environ, GLOG_logtostderr="1"), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace") as process:
+        for line in process.stdout:
+            lines.append(line)
+            if hear:
+                hear(line)
+    output = "".join(lines)
+    if process.returncode != 0:
+        raise CaffegenError(f"Caffe's {tool} failed (exit code {process.returncode}): {_last_line(output)}")
+    return output
 
 
 def _last_line(output):
