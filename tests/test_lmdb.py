@@ -16,6 +16,7 @@ from caffegen.net.wiring import DataSettings
 from caffegen.run.launch import launch
 from caffegen.run.lmdb import DatabaseBuilder
 from caffegen.run.target import Target
+from caffegen.strategies.sweep import combinations, prepare_sweep
 
 CLASSES, PER_CLASS, SIDE, RESIZE = 3, 10, 32, 28  # the bundled digits model takes gray 28×28 images
 
@@ -172,3 +173,15 @@ def test_a_job_caffe_would_refuse_is_refused_before_any_database_is_built(caffe,
                           "-o", tmp_path / "run")
     assert_one_line_error(result, "shape mismatch")  # the 24×24 images do not fit fc1 of the 28×28 weights
     assert not list(tmp_path.iterdir())
+
+
+def test_the_runs_of_a_sweep_share_one_build_of_the_databases(caffe, image_folder, tmp_path):
+    heard = []
+    runs = prepare_sweep(combinations(job(image_folder, mean="image"), learning_rates=(0.01, 0.001)), tmp_path / "sweep",
+                         databases=DatabaseBuilder(Target(caffe), heard.append))
+    built = [line for line in heard if line.startswith("building")]
+    assert built == ["building train_lmdb with convert_imageset: 24 images",
+                     "building val_lmdb with convert_imageset: 6 images"]
+    first, second = (tmp_path / "sweep" / run.run_dir for run in runs)
+    assert (first / "train_lmdb" / "data.mdb").stat().st_ino == (second / "train_lmdb" / "data.mdb").stat().st_ino
+    assert (first / "mean.binaryproto").read_bytes() == (second / "mean.binaryproto").read_bytes()

@@ -177,14 +177,16 @@ class _Build:
     moves: dict = field(default_factory=dict)  # {built path: name in the run directory}, renamed in
 
 
-def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), budget=None, databases=None):
+def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), budget=None, databases=None,
+            reuse_from=()):
     """Write the run directory for ``options``; refuse an existing one unless ``force``.
 
     With ``stages``, the directory holds one run per stage (stage1/, stage2/, …); each stage
     starts from the final weights of the one before. With ``budget`` (a MemoryBudget), a job whose
     estimated peak memory exceeds it is refused too, unless ``force``. With ``options.lmdb``,
     ``databases`` (a :class:`~caffegen.run.lmdb.DatabaseBuilder`) builds the LMDBs; those of the
-    run directory it replaces are reused when their images are unchanged.
+    run directory it replaces, or of the run directories ``reuse_from``, are reused when their images
+    are unchanged.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not force:
@@ -205,8 +207,8 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), 
         with _scratch_beside(run_dir) if options.lmdb else nullcontext() as scratch:
             build_databases = None
             if options.lmdb:
-                previous = run_dir if run_dir.is_dir() else None
-                build_databases = lambda plan: databases(plan, scratch, previous)  # noqa: E731
+                reusable = ([run_dir] if run_dir.is_dir() else []) + list(reuse_from)
+                build_databases = lambda plan: databases(plan, scratch, reusable)  # noqa: E731
             build = _build(options, dataset, weights, weights, caffe, memory, say, build_databases)
             check = _planned_cache(memory, options.device, build) if options.cache_features else None
             build.notes += _write_run_dir(run_dir, build.files, build.copies, check, build.moves) or []
@@ -243,7 +245,7 @@ def _check_lmdb_options(options, stages, databases):
         (options.task == SEGMENTATION, "--lmdb builds databases of labelled images; --task segmentation reads "
                                        "images and masks with its own data layers: drop --lmdb"),
         (bool(stages), "--lmdb does not combine with --stages yet: prepare the stages without it"),
-        (databases is None, "--lmdb is not available here yet: only caffegen prepare builds the databases"),
+        (databases is None, "--lmdb is not available here: only caffegen prepare and sweep build the databases"),
         (options.mean == MEAN_IMAGE and (options.mean_file or options.data_settings.mean_value),
          "give one of --mean image, --mean-file and --mean-value"),
     ]

@@ -4,8 +4,8 @@ Each database is written into a temporary folder beside its place and renamed in
 every image is in, so it is complete or absent. ``convert_imageset`` skips an image it cannot read
 with an error line and goes on; that line is turned into a one-line error naming the image.
 Caffe 1.0's LMDB writer doubles its map whenever it fills, so a database of any size fits.
-A database whose record (:mod:`caffegen.job.imagedb`) in the previous run directory matches is
-linked from there instead of being built again.
+A database whose record (:mod:`caffegen.job.imagedb`) matches in a run directory given to reuse
+(the one being replaced, a sweep's earlier runs) is hard-linked from there instead of being built again.
 """
 
 import json
@@ -42,19 +42,19 @@ class DatabaseBuilder:
         self.target = target
         self.echo = echo or (lambda line: None)
 
-    def __call__(self, plan, folder, previous=None):
-        """Build ``plan`` (an LmdbPlan) into ``folder``; reuse what ``previous`` (a run directory) holds unchanged."""
-        folder, notes, records = Path(folder), [], {}
+    def __call__(self, plan, folder, reusable=()):
+        """Build ``plan`` (an LmdbPlan) into ``folder``; link what a run directory of ``reusable`` holds unchanged."""
+        folder, notes, sources = Path(folder), [], {}
         for database in plan.databases:
-            records[database.name] = database.recorded(previous) if previous is not None else None
-            if records[database.name] is not None:
-                _link_folder(Path(previous) / database.name, folder / database.name)
-                notes.append(f"{database.name}: its {database.count} images are unchanged since it was built; "
-                             "reused it, convert_imageset not run")
+            sources[database.name] = next((Path(run_dir) for run_dir in reusable if database.recorded(run_dir)), None)
+            if sources[database.name] is not None:
+                _link_folder(sources[database.name] / database.name, folder / database.name)
+                notes.append(f"{database.name}: its {database.count} images are unchanged since it was built in "
+                             f"{sources[database.name]}; reused it, convert_imageset not run")
             else:
                 self.echo(f"building {database.name} with convert_imageset: {database.count} images")
                 self._convert(database, folder)
-        mean = self._mean(plan, folder, previous, records[plan.train.name]) if plan.mean else None
+        mean = self._mean(plan, folder, sources[plan.train.name]) if plan.mean else None
         for database in plan.databases:
             computed = file_sha256(mean) if mean and database is plan.train else None
             write_atomic(folder / database.record_name, json.dumps(database.record(computed), indent=2) + "\n")
@@ -99,12 +99,15 @@ class DatabaseBuilder:
                 self.echo(f"{database.name}: {done.group(1)} of {database.count} images")
         return hear
 
-    def _mean(self, plan, folder, previous, record):
-        """The mean image of the training database: computed by compute_image_mean, or reused with the database."""
+    def _mean(self, plan, folder, source):
+        """The mean image of the training database: computed by compute_image_mean, or reused with the database.
+
+        ``source`` is the run directory the training database was reused from (None: it was built).
+        """
         mean = folder / MEAN_NAME
-        old = Path(previous) / MEAN_NAME if record else None
-        if record and record.get("mean_sha256") and old.is_file() and file_sha256(old) == record["mean_sha256"]:
-            shutil.copyfile(old, mean)
+        recorded = plan.train.recorded(source).get("mean_sha256") if source else None
+        if recorded and (source / MEAN_NAME).is_file() and file_sha256(source / MEAN_NAME) == recorded:
+            shutil.copyfile(source / MEAN_NAME, mean)
             return mean
         self.echo(f"computing the mean image of {plan.train.name} with compute_image_mean")
         _run([str(self.target.tool("compute_image_mean")), "--backend=lmdb", str(folder / plan.train.name),
