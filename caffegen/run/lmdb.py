@@ -50,7 +50,7 @@ class DatabaseBuilder:
             if sources[database.name] is not None:
                 _link_folder(sources[database.name] / database.name, folder / database.name)
                 notes.append(f"{database.name}: its {database.count} images are unchanged since it was built in "
-                             f"{sources[database.name]}; reused it, convert_imageset not run")
+                             f"{sources[database.name].name}/; reused it, convert_imageset not run")
             else:
                 self.echo(f"building {database.name} with convert_imageset: {database.count} images")
                 self._convert(database, folder)
