@@ -1,20 +1,24 @@
 """Cached features in shards with real Caffe: computed in any order, resumed, merged into the unsharded features
-bit for bit."""
+bit for bit, and launched as a real Slurm job array with the head's training after it."""
 
 import json
+import os
 from types import SimpleNamespace
 
 import h5py
 import numpy as np
 import pytest
+from conftest import DIGITS, assert_one_line_error, run_caffegen
 from test_cache import prepare_run
 
 from caffegen.job.cacheplan import plan_cache
 from caffegen.job.rundir import CAFFE, OPENCV
 from caffegen.run import cache
-from caffegen.run.cache import STORE_RECORD
+from caffegen.run.cache import FEATURES, FINAL_MODEL, STORE_RECORD
 from caffegen.run.shards import Part, merge_parts, parse_shard, shard_parts
 from caffegen.run.target import Target
+
+BASE_MODEL = ("--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel")
 
 
 def fake_chunk(name, count):
@@ -155,3 +159,70 @@ def test_opencv_shards_check_their_first_mini_batch_and_say_what_computed_them(c
     assert store.engine == whole.engine == OPENCV
     assert json.loads((store.path / STORE_RECORD).read_text())["computed_by"] == OPENCV
     assert_same_features(store.path, stored_arrays(whole.path))
+
+
+def prepare_cached(images, run_dir, *extra):
+    done = run_caffegen("prepare", *BASE_MODEL, "--data", images, "--freeze-upto", "conv2", "--epochs", 1,
+                        "--cache-features", "--engine", "caffe", "-o", run_dir, *extra)
+    assert done.returncode == 0, done.stderr
+    return run_dir
+
+
+def test_bad_slurm_launches_are_one_line_errors(images, tmp_path):
+    cached = prepare_cached(images, tmp_path / "cached")
+    uncached = tmp_path / "uncached"
+    assert run_caffegen("prepare", *BASE_MODEL, "--data", images, "--freeze-upto", "conv2",
+                        "-o", uncached).returncode == 0
+    (tmp_path / "bin").mkdir()
+    no_sbatch = dict(os.environ, PATH=str(tmp_path / "bin"))
+    cases = [
+        ((uncached, "--slurm"), None, "--slurm takes a run prepared with --cache-features"),
+        ((cached, "--slurm", "--shards", "0"), None, "--shards"),
+        ((cached, "--slurm", "--shards", "x"), None, "--shards"),
+        ((cached, "--shards", "3"), None, "go with --slurm"),
+        ((cached, "--slurm", "--features-only"), None, "without --resume, --features-only or --shard"),
+        ((cached, "--shard", "0/2"), None, "--shard goes with --features-only"),
+        ((cached, "--features-only", "--shard", "2/2"), None, "--shard takes I/N"),
+        ((cached, "--slurm", "--slurm-opt", "partition=x"), None, "an sbatch option such as --partition=gpu"),
+        ((cached, "--slurm"), no_sbatch, "sbatch not found"),
+    ]
+    for args, env, message in cases:
+        assert_one_line_error(run_caffegen("launch", *args, env=env), message)
+
+
+def test_the_scripts_name_each_shard_and_the_head_after_them(images, tmp_path):
+    run = prepare_cached(images, tmp_path / "my run")
+    done = run_caffegen("launch", run, "--slurm", "--no-submit", "--evaluate", "--slurm-opt=--time=10")
+    assert done.returncode == 0, done.stderr
+    features, head = ((run / name).read_text().splitlines() for name in ("slurm_features.sh", "slurm_head.sh"))
+    assert "#SBATCH --array=0-0" in features and "#SBATCH --time=10" in features  # ~1,000 images: one shard
+    assert features[-1].endswith(' --features-only --shard "$SLURM_ARRAY_TASK_ID/1"')
+    assert f'#SBATCH --output="{run}/slurm-features-%A_%a.out"' in features
+    assert not any(line.startswith("#SBATCH --array") for line in head) and head[-1].endswith(" --evaluate")
+    assert "sbatch --dependency=afterok:JOB" in done.stderr
+
+
+def test_slurm_computes_the_shards_in_a_job_array_and_trains_the_head_after_it(slurm, caffe, images, tmp_path):
+    run = prepare_cached(images, tmp_path / "sharded run")
+    done = run_caffegen("launch", run, "--slurm", "--shards", "3", "--slurm-opt=--time=10", env=slurm.env)
+    assert done.returncode == 0, done.stderr
+    head = done.stdout.strip()
+    array = done.stderr.split("submitted the trunk features as job array ")[1].split(" ")[0]
+    assert head.isdigit() and array.isdigit() and f"squeue -j {array},{head}" in done.stderr
+    dependency = slurm.client("scontrol", "show", "job", head).stdout
+    assert "KillOInInvalidDependent=Yes" in dependency
+    assert f"Dependency=afterok:{array}" in dependency.replace("(unfulfilled)", "")
+    slurm.wait_for_job(head, timeout=300)
+    head_log = (run / f"slurm-head-{head}.out").read_text() if (run / f"slurm-head-{head}.out").exists() else ""
+    assert (run / FINAL_MODEL).is_file(), head_log + slurm.logs()
+    logs = [(run / f"slurm-features-{array}_{task}.out").read_text() for task in range(3)]
+    for task, log in enumerate(logs):
+        assert f"shard {task}/3: computed " in log and " with caffe" in log, log
+    assert not (run / f"slurm-features-{array}_3.out").exists()
+    assert "merged the shards' parts of 2 chunks of features" in head_log
+    assert "resuming: 2 of 2 chunks of features are already computed" in head_log
+    assert json.loads((run / "result.json").read_text())["exit_code"] == 0
+
+    whole = prepare_cached(images, tmp_path / "whole run")
+    assert run_caffegen("launch", whole, "--features-only").returncode == 0
+    assert_same_features(run / FEATURES, stored_arrays(whole / FEATURES))
