@@ -3,6 +3,7 @@ bit for bit, and launched as a real Slurm job array with the head's training aft
 
 import json
 import os
+import signal
 from types import SimpleNamespace
 
 import h5py
@@ -44,19 +45,19 @@ def test_shard_numbers_read_as_i_of_n():
     assert [parse_shard(text) for text in ("3/3", "1", "a/2", "-1/2", "1/0")] == [None] * 5
 
 
-def write_part(folder, part, first):
+def write_part(folder, part, engine=CAFFE):
     rows = np.arange(part.start, part.end, dtype=np.float32)
     with h5py.File(folder / f"{part.name}.h5", "w") as out:
-        out["data"] = np.stack([rows * first, rows + 0.5], axis=1)
+        out["data"] = np.stack([rows, rows + 0.5], axis=1)
         out["label"] = rows
-        out.attrs["computed_by"] = CAFFE
+        out.attrs["computed_by"] = engine
 
 
 def test_parts_merge_in_row_order_whatever_shard_count_computed_them(tmp_path):
     chunk = fake_chunk("train_0000", 10)
     # Parts of 3 shards, and two stale ones of 2 shards whose second half never finished.
     for start, end in ((4, 8), (0, 4), (8, 10), (0, 5), (5, 9)):
-        write_part(tmp_path, Part(chunk, start, end), 1.0)
+        write_part(tmp_path, Part(chunk, start, end))
     (tmp_path / "train_0000.rows-0-4.txt").write_text("list\n")
     assert merge_parts(tmp_path, chunk, {"data": (2,), "label": ()})
     with h5py.File(tmp_path / "train_0000.h5", "r") as merged:
@@ -69,9 +70,18 @@ def test_parts_merge_in_row_order_whatever_shard_count_computed_them(tmp_path):
 def test_parts_that_leave_a_gap_are_not_merged(tmp_path):
     chunk = fake_chunk("val_0000", 10)
     for start, end in ((0, 4), (8, 10)):
-        write_part(tmp_path, Part(chunk, start, end), 1.0)
+        write_part(tmp_path, Part(chunk, start, end))
     assert not merge_parts(tmp_path, chunk, {"data": (2,), "label": ()})
     assert not (tmp_path / "val_0000.h5").exists() and len(list(tmp_path.glob("*.h5"))) == 2
+
+
+def test_parts_of_both_engines_say_so(tmp_path):
+    chunk = fake_chunk("val_0000", 6)
+    write_part(tmp_path, Part(chunk, 0, 3), OPENCV)
+    write_part(tmp_path, Part(chunk, 3, 6), CAFFE)  # a shard whose first mini-batch differed fell back to Caffe
+    assert merge_parts(tmp_path, chunk, {"data": (2,), "label": ()})
+    with h5py.File(tmp_path / "val_0000.h5", "r") as merged:
+        assert merged.attrs["computed_by"] == "caffe and opencv"
 
 
 def stored_arrays(store):
@@ -138,7 +148,18 @@ def test_a_chunk_not_covered_by_parts_is_computed_whole(caffe, images, unsharded
     monkeypatch.setattr(cache, "CHUNK_IMAGES", 200)
     run = prepare_run(images, tmp_path / "run")
     plan, target = plan_cache(run), Target(caffe)
-    store, _ = cache.extract_shard(plan, target, 0, 2, seed=1, batch_size=7)  # the second shard never ran
+    folder = cache.feature_store(plan, 1).path
+    folder.mkdir(parents=True)
+    lines = []
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail(f"the shard waited for another shard: {lines}"))
+    signal.alarm(300)
+    try:
+        with cache._locked(folder / cache.STORE_LOCK, lines.append, shared=True):  # as another shard running
+            store, _ = cache.extract_shard(plan, target, 0, 2, echo=lines.append, seed=1, batch_size=7)
+    finally:
+        signal.alarm(0)
+    assert not any(line.startswith("waiting") for line in lines)  # shards do not wait for each other
+    # The second shard never ran.
     lines = []
     cache.extract(plan, target, echo=lines.append, seed=1, batch_size=7)
     assert "merged the shards' parts of 2 chunks of features" in lines
