@@ -52,9 +52,10 @@ def shard_parts(work, shard, shards, batch_size):
     A chunk's last, partial mini-batch stays with the one before it: Caffe then runs it in a full
     mini-batch, as without shards.
     """
-    batches = [(chunk, start, ends[i + 1] if i + 1 < len(ends) else len(chunk.lines))
-               for chunk in work for ends in [_batch_starts(len(chunk.lines), batch_size)]
-               for i, start in enumerate(ends)]
+    batches = []  # (chunk, first row, end)
+    for chunk in work:
+        starts = _batch_starts(len(chunk.lines), batch_size)
+        batches += [(chunk, start, end) for start, end in zip(starts, starts[1:] + [len(chunk.lines)])]
     parts = []
     for chunk, start, end in batches[shard * len(batches) // shards:(shard + 1) * len(batches) // shards]:
         if parts and parts[-1].chunk.name == chunk.name:
