@@ -2,13 +2,16 @@
 
 Caffe-initialised weights (zero iterations of ``caffe train``) are fine for speed and memory.
 The bench draws JPEGs of five classes at 256×256, prepares cached jobs frozen through pool5
-(the deploy net gains data layers, mean 104/117/123, images resized to 224×224), and runs the
-extraction on SMALL and on LARGE training images with each engine (Caffe's ``extract_features``,
-OpenCV DNN with its first mini-batch checked against Caffe), each in a fresh process, so that
-each peak RSS is its own. Beside them, in the same run, ``caffe time -phase TEST`` measures
-Caffe's own forward speed at a few batch sizes.
+(the deploy net gains data layers, mean 104/117/123, images resized to 224×224, a new 5-class
+classifier, the default schedule), and runs each on SMALL and on LARGE training images with
+``--engine caffe`` (Caffe's ``extract_features``) and with the default ``auto`` (OpenCV DNN where
+it agrees with Caffe on the first mini-batch), each in a fresh process, so that each peak RSS is
+its own. Beside them, in the same run, ``caffe time -phase TEST`` measures Caffe's own forward
+speed at a few batch sizes, and a few iterations of the uncached job, scaled to its schedule, give
+the time the cache saves.
 
 Usage: python bench/cache_scale.py [--dir FOLDER] [--small 500] [--large 2000]
+(run it on an idle machine: every figure is a speed)
 """
 
 import argparse
@@ -30,18 +33,24 @@ sys.path.insert(0, str(ROOT))
 
 from cache_features import caffe_initialised  # noqa: E402
 
-from caffegen.io.prototxt import read_net, to_text  # noqa: E402
+from caffegen.io.prototxt import read_net, read_solver, to_text  # noqa: E402
 from caffegen.job.cacheplan import plan_cache  # noqa: E402
 from caffegen.job.prepare import JobOptions, prepare  # noqa: E402
+from caffegen.job.rundir import RunDir  # noqa: E402
+from caffegen.net.netview import TEST, TRAIN, NetView  # noqa: E402
 from caffegen.net.wiring import DataSettings  # noqa: E402
-from caffegen.run import cache  # noqa: E402
+from caffegen.run.cache import run_cached  # noqa: E402
 from caffegen.run.install import install_caffe  # noqa: E402
 from caffegen.run.target import Target  # noqa: E402
 
 RESNET = ROOT.parent / "shared" / "fixtures" / "zoo" / "resnet" / "ResNet-50-deploy.prototxt"
 SIDE, INPUT, CLASSES, VAL = 256, 224, 5, 0.05
 TIME_BATCHES = (1, 8, 16)
-ENGINES = ("caffe", "opencv")
+# The engine caffegen uses unless told, and the one it checks against.
+DEFAULT = "auto"
+ENGINES = ("caffe", DEFAULT)
+# The uncached job's iteration time: LONG iterations against SHORT ones, so that start-up cancels out.
+SHORT, LONG = 2, 12
 
 
 def write_images(folder, count, seed=5):
@@ -67,30 +76,74 @@ def caffe_time(caffe, folder, batch):
     return batch / forward * 1000
 
 
-def extract_once(caffe, weights, images, run_dir, engine):
-    """In this process: prepare the cached job and extract its features with ``engine``; print JSON of the figures.
+def cached_once(caffe, weights, images, run_dir, engine):
+    """In this process: prepare the cached job and run it with ``engine``; print JSON of the figures.
 
-    The peak RSS is the larger of Caffe's processes' and this one's (OpenCV DNN runs in it).
+    The peak RSS is the largest of Caffe's processes' and this one's (OpenCV DNN runs in it); the
+    head's ``caffe train`` on the features is far smaller than the extraction.
     """
-    settings = DataSettings(resize=(INPUT, INPUT), mean_value=(104.0, 117.0, 123.0))
-    prepare(JobOptions(net=RESNET, weights=weights, data=images, val_fraction=VAL, freeze_upto="pool5",
-                       cache_features=True, data_settings=settings, engine=engine), run_dir)
-    plan = plan_cache(run_dir)
-    started = time.monotonic()
-    store, _ = cache.extract(plan, Target(Path(caffe)), echo=lambda line: print(line, file=sys.stderr),
-                             show_progress=False)
-    seconds = time.monotonic() - started
+    run_dir = Path(run_dir)
+    prepare(job_options(weights, images, cache_features=True, engine=engine), run_dir)
+    run = RunDir(run_dir)
+    lines = []
+    result = run_cached(run, Target(Path(caffe)), echo=lines.append, show_progress=False)
+    if result.exit_code != 0:
+        sys.exit("\n".join(lines[-20:]))
+    cache = json.loads((run_dir / "result.json").read_text())["cache"]
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_CHILDREN, resource.RUSAGE_SELF)) * 1024
-    print(json.dumps({"images": sum(plan.images.values()), "seconds": seconds, "peak_rss": peak,
-                      "engine": store.engine}))
+    batch = next(line for line in lines if line.startswith("feature extraction in mini-batches"))
+    print(json.dumps({"images": sum(plan_cache(run).images.values()), "seconds": cache["extract_seconds"],
+                      "head_seconds": cache["train_seconds"], "peak_rss": peak, "engine": cache["engine"],
+                      "batch": batch}))
 
 
-def measured_extraction(caffe, weights, images, run_dir, engine):
-    done = subprocess.run([sys.executable, __file__, "--extract-only", str(caffe), str(weights), str(images),
+def job_options(weights, images, **options):
+    """The bench's job: ResNet-50 frozen through pool5, a new 5-class classifier, the default schedule."""
+    settings = DataSettings(resize=(INPUT, INPUT), mean_value=(104.0, 117.0, 123.0))
+    return JobOptions(net=RESNET, weights=weights, data=images, val_fraction=VAL, freeze_upto="pool5",
+                      data_settings=settings, **options)
+
+
+def measured_run(caffe, weights, images, run_dir, engine):
+    done = subprocess.run([sys.executable, __file__, "--cached-only", str(caffe), str(weights), str(images),
                            str(run_dir), engine], capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def uncached_seconds(caffe, weights, images, run_dir):
+    """(seconds, words): the uncached job's time to a trained head, from a few timed iterations scaled to its schedule.
+
+    Two short ``caffe train`` runs of the prepared job, SHORT and LONG iterations without tests or
+    snapshots, give the time of one iteration free of start-up; each test pass of the schedule is
+    counted as that time per image, for as many images (a TEST forward costs what a TRAIN one does,
+    since the frozen trunk does no backward pass).
+    """
+    prepare(job_options(weights, images), run_dir)
+    solver = read_solver(run_dir / "solver.prototxt")
+    net = read_net(run_dir / "train_val.prototxt").net
+    batch, val_batch = (NetView(net, phase).layers[0].image_data_param.batch_size for phase in (TRAIN, TEST))
+    timed = {}
+    for iterations in (SHORT, LONG):
+        short = type(solver)()
+        short.CopyFrom(solver)
+        short.max_iter, short.test_interval, short.test_initialization = iterations, iterations + 1, False
+        short.snapshot, short.snapshot_after_train = 0, False
+        (run_dir / f"solver_{iterations}.prototxt").write_text(to_text(short))
+        started = time.monotonic()
+        done = subprocess.run([str(caffe), "train", "-solver", f"solver_{iterations}.prototxt",
+                               "-weights", str(RunDir(run_dir).weights())], cwd=run_dir, capture_output=True,
+                              text=True, env=dict(os.environ, GLOG_logtostderr="1"))
+        if done.returncode != 0:
+            sys.exit(done.stderr[-3000:])
+        timed[iterations] = time.monotonic() - started
+    per_image = (timed[LONG] - timed[SHORT]) / (LONG - SHORT) / batch
+    tests = solver.max_iter // solver.test_interval if solver.test_interval else 0
+    seconds = per_image * (solver.max_iter * batch + tests * sum(solver.test_iter) * val_batch)
+    words = (f"uncached: {per_image * 1000:.0f} ms per image over {LONG - SHORT} timed iterations of batch {batch}, "
+             f"scaled to the schedule's {solver.max_iter} iterations and {tests} test passes: {seconds:.0f} s")
+    return seconds, words
 
 
 def main():
@@ -98,10 +151,10 @@ def main():
     parser.add_argument("--dir", type=Path)
     parser.add_argument("--small", type=int, default=500)
     parser.add_argument("--large", type=int, default=2000)
-    parser.add_argument("--extract-only", nargs=5, metavar=("CAFFE", "WEIGHTS", "IMAGES", "RUN", "ENGINE"))
+    parser.add_argument("--cached-only", nargs=5, metavar=("CAFFE", "WEIGHTS", "IMAGES", "RUN", "ENGINE"))
     args = parser.parse_args()
-    if args.extract_only:
-        return extract_once(*args.extract_only)
+    if args.cached_only:
+        return cached_once(*args.cached_only)
     work = args.dir or Path(tempfile.mkdtemp(prefix="caffegen-bench-"))
     caffe = install_caffe(log=print)
     weights = caffe_initialised(caffe, RESNET.read_text(), work / "init")
@@ -110,20 +163,27 @@ def main():
         images = work / f"images_{count}"
         write_images(images, round(count / (1 - VAL)))
         for engine in ENGINES:
-            results[count, engine] = figures = measured_extraction(caffe, weights, images, work / f"run_{count}_{engine}",
-                                                                   engine)
-            print(f"{figures['images']} images with {figures['engine']}: "
-                  f"{figures['images'] / figures['seconds']:.1f} img/s, peak RSS {figures['peak_rss'] / 1e9:.2f} GB")
+            results[count, engine] = figures = measured_run(caffe, weights, images, work / f"run_{count}_{engine}",
+                                                            engine)
+            print(f"--engine {engine}: {figures['images']} images with {figures['engine']}: "
+                  f"{figures['images'] / figures['seconds']:.1f} img/s, peak RSS {figures['peak_rss'] / 1e9:.2f} GB, "
+                  f"{figures['batch']}; head training {figures['head_seconds']:.1f} s")
     timed = {batch: caffe_time(caffe, work, batch) for batch in TIME_BATCHES}
+    best = max(timed.values())
     print("caffe time -phase TEST: " + ", ".join(f"batch {b}: {rate:.1f} img/s" for b, rate in timed.items()))
-    rates = {engine: results[args.large, engine]["images"] / results[args.large, engine]["seconds"]
-             for engine in ENGINES}
-    for engine in ENGINES:
-        small, large = results[args.small, engine], results[args.large, engine]
-        print(f"extraction with {engine}: {rates[engine]:.1f} img/s ({rates[engine] / max(timed.values()):.2f}× "
-              f"caffe time), peak RSS {small['peak_rss'] / 1e9:.2f} GB at {args.small} and "
-              f"{large['peak_rss'] / 1e9:.2f} GB at {args.large} images (mini-batches of {cache.CACHE_BATCH})")
-    print(f"opencv {rates['opencv'] / rates['caffe']:.2f}× caffe ({args.large} images, ResNet-50 at {INPUT}×{INPUT})")
+    uncached, words = uncached_seconds(caffe, weights, work / f"images_{args.large}", work / "run_uncached")
+    print(words)
+    large = {engine: results[args.large, engine] for engine in ENGINES}
+    rate = {engine: figures["images"] / figures["seconds"] for engine, figures in large.items()}
+    cached = large[DEFAULT]["seconds"] + large[DEFAULT]["head_seconds"]
+    print(f"cached (--engine {DEFAULT}): extraction {large[DEFAULT]['seconds']:.0f} s + head training "
+          f"{large[DEFAULT]['head_seconds']:.0f} s = {cached:.0f} s")
+    peak = {count: max(results[count, engine]["peak_rss"] for engine in ENGINES) / 1e9
+            for count in (args.small, args.large)}
+    print(f"extraction: {rate[DEFAULT]:.1f} img/s (caffe engine {rate['caffe'] / best:.2f}× caffe time, "
+          f"{large[DEFAULT]['engine']} {rate[DEFAULT] / rate['caffe']:.2f}× caffe), peak RSS {peak[args.small]:.2f} GB "
+          f"at {args.small} and {peak[args.large]:.2f} GB at {args.large} images, speedup {uncached / cached:.1f}×")
+
 
 if __name__ == "__main__":
     main()

@@ -8,8 +8,10 @@ HEAD_LR_MULT = 10.0
 # Passes over the training images.
 EPOCHS = 10
 # Cached features are extracted by one ``extract_features`` process per chunk of at most
-# CHUNK_IMAGES images, in mini-batches of CACHE_BATCH images (its peak memory depends on the latter).
+# CHUNK_IMAGES images, in mini-batches (its peak memory depends on their size, not on the chunk's):
+# of at most CACHE_BATCH images on the CPU and GPU_CACHE_BATCH on a GPU, fewer where memory is short.
 CHUNK_IMAGES = 4096
-CACHE_BATCH = 16
+CACHE_BATCH = 8
+GPU_CACHE_BATCH = 64
 # The mask value of pixels a segmentation loss and its metrics ignore (PASCAL VOC's borders).
 IGNORE_LABEL = 255

@@ -10,6 +10,7 @@ import pytest
 from caffe_runs import run_caffe
 from conftest import DIGITS, assert_one_line_error
 
+from caffegen.defaults import CACHE_BATCH
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
 from caffegen.io.prototxt import read_net, to_text
@@ -219,6 +220,8 @@ class TestCachedRun:
         run, _, lines = cached
         plan = plan_cache(run)
         assert plan.describe() in lines and f"{plan.bytes / 1e6:.1f} MB" in plan.describe()
+        assert f"feature extraction in mini-batches of {CACHE_BATCH} images (the default, within memory)" in lines
+        assert f"output data size: {CACHE_BATCH}," in (run / FEATURES / "extract.log").read_text()
         files = sorted((run / FEATURES).glob("*.h5"))
         assert [path.name for path in files] == ["train_0000.h5", "val_0000.h5"]  # up to 4,096 images a chunk
         stored = sum(path.stat().st_size for path in files)
@@ -336,12 +339,17 @@ def test_a_missing_image_is_reported(caffe, images, tmp_path):
 def test_prepare_and_launch_with_cache_features(cli, caffe, images, tmp_path):
     run = tmp_path / "run"
     prepared = cli("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
-                   "--data", images, "--freeze-upto", "conv2", "--epochs", 2, "--cache-features", "-o", run)
+                   "--data", images, "--freeze-upto", "conv2", "--epochs", 2, "--cache-features", "--cache-batch", 3,
+                   "-o", run)
     assert prepared.returncode == 0, prepared.stderr
     assert "caching 'pool2'" in prepared.stderr
-    assert json.loads((run / "manifest.json").read_text())["cache_features"] is True
+    assert "feature extraction in mini-batches of 3 images (--cache-batch)" in prepared.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["cache_features"] is True and manifest["cache_batch"] == 3
     launched = cli("launch", run)
     assert launched.returncode == 0, launched.stderr
+    assert "feature extraction in mini-batches of 3 images (--cache-batch)" in launched.stderr
+    assert "output data size: 3," in (run / FEATURES / "extract.log").read_text()
     result = json.loads((run / "result.json").read_text())
     assert result["cache"]["boundary"] == "pool2" and result["last_accuracy"] > 0.5
     assert f"final model: {run / FINAL_MODEL}" in launched.stderr
@@ -392,7 +400,6 @@ def test_many_chunks_keep_list_order_and_an_interrupted_extraction_resumes(caffe
     from caffegen.run import cache
     one_chunk, _, _ = cached
     monkeypatch.setattr(cache, "CHUNK_IMAGES", 200)
-    monkeypatch.setattr(cache, "CACHE_BATCH", 7)
     run = prepare_run(images, tmp_path / "run")
     store, reused = cache.extract(plan_cache(run), Target(caffe), seed=1, batch_size=7)
     assert not reused and [chunk.name for chunk in store.work] == [f"train_{i:04d}" for i in range(4)] + [

@@ -14,9 +14,11 @@ from caffegen.defaults import CACHE_BATCH
 from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
 from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.io.schema import BVLC
-from caffegen.job.device import Device
+from caffegen.job.cacheplan import plan_cache
+from caffegen.job.device import CPU, Device
+from caffegen.job.memorycheck import extraction_batch, extraction_check
 from caffegen.job.prepare import JobOptions, prepare
-from caffegen.net.memory import training_memory, weights_copy
+from caffegen.net.memory import MemoryBudget, training_memory, weights_copy
 from caffegen.net.netview import TRAIN
 from caffegen.run import target as target_module
 from caffegen.run.launch import launch
@@ -135,6 +137,31 @@ class TestPrepare:
         assert error.startswith("caffegen: error: ") and "feature extraction" in error
         assert "not even one image at a time fits: train without --cache-features" in error
         assert not (tmp_path / "small").exists()
+
+    def test_the_extraction_batch_is_the_most_that_fits(self, images, tmp_path, monkeypatch, capsys):
+        command = ["prepare", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2", "--cache-features"]
+        assert main([*command, "-o", str(tmp_path / "run")]) == 0
+        assert f"feature extraction in mini-batches of {CACHE_BATCH} images (the default, within memory)" in \
+            capsys.readouterr().err
+        plan = plan_cache(tmp_path / "run")
+        peak = {size: extraction_check(plan, CPU, MemoryBudget(None, "unknown"), size).estimate.peak
+                for size in (5, 6)}
+        assert peak[5] < peak[6]
+        budget = (peak[5] + peak[6]) // 2
+        assert extraction_batch(plan, CPU, MemoryBudget(budget, "test")).size == 5
+        mem_available(monkeypatch, tmp_path, budget)
+        assert main([*command, "-o", str(tmp_path / "short")]) == 0
+        assert "feature extraction in mini-batches of 5 images (the most that fit the" in capsys.readouterr().err
+        assert main([*command, "--cache-batch", "9", "-o", str(tmp_path / "asked")]) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "feature extraction (trunk at batch 9) peaks at about" in error and "pass --cache-batch 5," in error
+        assert not (tmp_path / "asked").exists()
+
+    def test_cache_batch_needs_cache_features(self, images, tmp_path):
+        refused = run_caffegen("prepare", *BASE_MODEL, "--data", images, "--cache-batch", "4", "-o", tmp_path / "run")
+        assert_one_line_error(refused, "--cache-batch sets the mini-batch of the feature extraction: give it with "
+                                       "--cache-features")
+        assert not (tmp_path / "run").exists()
 
     def test_sweep_refuses_a_run_that_cannot_fit(self, images, tmp_path, monkeypatch, capsys, peaks):
         mem_available(monkeypatch, tmp_path, (peaks[8] + peaks[32]) // 2)

@@ -5,7 +5,7 @@ from dataclasses import fields
 import click
 
 from caffegen.cli.options import ZOO_SOURCE_OPTIONS, number_list, report
-from caffegen.defaults import EPOCHS, HEAD_LR_MULT
+from caffegen.defaults import CACHE_BATCH, EPOCHS, GPU_CACHE_BATCH, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
 from caffegen.io.zoo import fetch_model, load_catalog
 from caffegen.job.prepare import JobOptions, parse_stages, prepare
@@ -51,6 +51,10 @@ JOB_OPTIONS = [
                  help="With --cache-features: what computes the trunk features; auto uses OpenCV DNN where it is "
                       "installed and reads the trunk, else Caffe. OpenCV is checked against Caffe on the first "
                       "mini-batch every time."),
+    click.option("--cache-batch", type=click.IntRange(min=1), metavar="N",
+                 help="With --cache-features: images per mini-batch of the extraction [default: the most, up to "
+                      f"{CACHE_BATCH} on the CPU and {GPU_CACHE_BATCH} on a GPU, that the memory estimate fits in "
+                      "the machine's]."),
     click.option("--keep-data-layers", is_flag=True,
                  help="Keep the base net's own data layers (LMDB, …) instead of ImageData on lists."),
     click.option("--num-classes", type=click.IntRange(min=2), help="With --keep-data-layers or --task segmentation: the classes."),
@@ -106,6 +110,8 @@ def job_from_options(params, target, echo):
     if params["freeze_upto"] and params["freeze_from"]:
         raise CaffegenError("give --freeze-upto or --freeze-from, not both")
     fetched = _zoo_model(params)
+    if params["cache_batch"] and not params["cache_features"]:
+        raise CaffegenError("--cache-batch sets the mini-batch of the feature extraction: give it with --cache-features")
     if params["cache_features"] and params["engine"] == OPENCV:
         opencv_dnn()
     resize = params["resize"]

@@ -63,6 +63,7 @@ class CachePlan:
     warnings: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     input_shape: tuple = None  # of the deploy net, (N, C, H, W)
+    cache_batch: int = None  # the extraction's mini-batch from --cache-batch; None: chosen from the memory estimate
 
     @property
     def trunk_names(self):
@@ -206,7 +207,7 @@ def plan_cache(run):
     images = {LISTS[phase]: _count_lines(run_dir / f"{LISTS[phase]}.txt") for phase in (TRAIN, TEST)}
     plan = CachePlan(run_dir, run.weights(), run.engine, run.feature_store, net, views, data, extracted, unique(head),
                      boundary, label, shape, images, param_shapes, multiply_adds, warnings,
-                     input_shape=tuple(run.input_shape))
+                     input_shape=tuple(run.input_shape), cache_batch=run.cache_batch)
     if moved:
         names = ", ".join(sorted(moved, key=views[TRAIN].index))
         plan.notes.append(f"{names} after the last frozen layer run in the head, drawing fresh random masks on the "

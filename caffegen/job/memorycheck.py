@@ -1,17 +1,19 @@
 """A job's memory against the machine's, before Caffe runs: the estimate, the budget, and a batch that fits.
 
-``caffe train`` holds the TRAIN and the TEST net at once; a cached run's heaviest process is the
-feature extraction, one ``caffe test`` per chunk of images. When the estimate exceeds the budget,
-the fix is a smaller batch with a larger ``iter_size``, which keeps the effective batch (and so
-the learning) the same, and a smaller validation batch where even one image does not fit beside it.
+``caffe train`` holds the TRAIN and the TEST net at once; a cached run's heaviest process may be the
+feature extraction, one ``extract_features`` per chunk of images, whose mini-batch is chosen here:
+the most images that fit. When training's estimate exceeds the budget, the fix is a smaller batch
+with a larger ``iter_size``, which keeps the effective batch (and so the learning) the same, and a
+smaller validation batch where even one image does not fit beside it.
 """
 
 from dataclasses import dataclass
 
-from caffegen.defaults import CACHE_BATCH
+from caffegen.defaults import CACHE_BATCH, GPU_CACHE_BATCH
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.prototxt import read_net, read_solver
+from caffegen.job.cacheplan import LISTS
 from caffegen.net.memory import (
     MemoryBudget,
     extraction_memory,
@@ -107,25 +109,61 @@ def _training_fix(estimate, batches, iter_size, workers, budget):
             f"{accumulated * workers} (about {format_bytes(smaller)})")
 
 
-def extraction_check(plan, input_shape, device, budget):
-    """The MemoryCheck of the heaviest ``extract_features`` process that extracts ``plan``'s features (a CachePlan)."""
+@dataclass(frozen=True)
+class ExtractionBatch:
+    """The mini-batch of a feature extraction and why it is that size, in words."""
+
+    size: int
+    why: str
+
+    def line(self):
+        return f"feature extraction in mini-batches of {self.size} images ({self.why})"
+
+
+def extraction_batch(plan, device, budget):
+    """The ExtractionBatch of ``plan`` (a CachePlan): its ``--cache-batch`` when given, else the largest
+    batch up to :data:`CACHE_BATCH` (on a GPU :data:`GPU_CACHE_BATCH`) whose estimate fits ``budget``.
+
+    Past those sizes an extraction runs no faster: Caffe's CPU convolutions loop over the images of a
+    batch, so a larger one only grows the blobs, and a GPU is already busy at the larger one.
+    """
+    if plan.cache_batch is not None:
+        return ExtractionBatch(plan.cache_batch, "--cache-batch")
+    most = CACHE_BATCH if device.is_cpu else GPU_CACHE_BATCH
+    if budget.bytes is None:
+        return ExtractionBatch(most, f"the default; unverified against memory: {budget.source}")
+    fits = [largest_batch(lambda size, estimate=estimate: estimate(size).peak, budget.bytes, most)
+            for estimate in _extraction_estimates(plan, device).values()]
+    if None in fits:
+        return ExtractionBatch(1, f"not even one image fits the {format_bytes(budget.bytes)} of {budget.source}")
+    size = min(fits)
+    if size == most:
+        return ExtractionBatch(size, "the default, within memory")
+    return ExtractionBatch(size, f"the most that fit the {format_bytes(budget.bytes)} of {budget.source}")
+
+
+def extraction_check(plan, device, budget, batch):
+    """The MemoryCheck of the heaviest ``extract_features`` process that extracts ``plan``'s features (a CachePlan)
+    in mini-batches of ``batch`` images."""
     checks = []
-    for phase, subset in ((TRAIN, "train"), (TEST, "val")):
-        layers = [plan.views[phase].layer(name) for name in plan.extracted[phase]]
-        count = plan.images[subset]
-        batch = min(count, CACHE_BATCH)
-
-        def estimate(size, layers=layers):
-            return extraction_memory(layers, (plan.boundary, plan.label), size, input_shape, not device.is_cpu)
-
-        memory = estimate(batch)
+    for phase, estimate in _extraction_estimates(plan, device).items():
+        memory = estimate(max(1, min(plan.images[LISTS[phase]], batch)))
         check = MemoryCheck(memory, budget)
         if check.over:
-            most = largest_batch(lambda size: estimate(size).peak, budget.bytes, batch)
-            fits = f"the trunk fits {most} images at a time" if most else "not even one image at a time fits"
-            check = MemoryCheck(memory, budget, f"{fits}: train without --cache-features, or free memory")
+            most = largest_batch(lambda size, estimate=estimate: estimate(size).peak, budget.bytes, batch)
+            fits = f"pass --cache-batch {most}, " if most else "not even one image at a time fits: "
+            check = MemoryCheck(memory, budget, f"{fits}train without --cache-features, or free memory")
         checks.append(check)
     return max(checks, key=lambda check: check.estimate.peak)
+
+
+def _extraction_estimates(plan, device):
+    """{phase: a function of the batch size giving the ProcessMemory of the extraction of that phase's trunk}."""
+    def estimate(phase):
+        layers = [plan.views[phase].layer(name) for name in plan.extracted[phase]]
+        return lambda size: extraction_memory(layers, (plan.boundary, plan.label), size, plan.input_shape,
+                                              not device.is_cpu)
+    return {phase: estimate(phase) for phase in LISTS}
 
 
 def run_check(run, budget, device):

@@ -22,7 +22,7 @@ from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.job.cacheplan import check_cacheable, plan_cache
 from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
 from caffegen.job.device import CPU, Device
-from caffegen.job.memorycheck import extraction_check, training_check
+from caffegen.job.memorycheck import extraction_batch, extraction_check, training_check
 from caffegen.job.rundir import AUTO, ENGINES, MANIFEST, SNAPSHOT_DIR
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
 from caffegen.job.segmentation import CLASSIFICATION, SEGMENTATION, build_segmentation
@@ -91,6 +91,8 @@ class JobOptions:
     task: str = CLASSIFICATION  # or SEGMENTATION: --data holds images/ and masks/
     # With cache_features: what computes the trunk features (caffe, opencv, or auto: OpenCV where it can).
     engine: str = AUTO
+    # With cache_features: images per mini-batch of the extraction; None: the most that fit (memorycheck).
+    cache_batch: int = None
 
     def __post_init__(self):
         if not isinstance(self.device, Device):
@@ -253,7 +255,8 @@ def _planned_cache(memory, device, build):
         plan = plan_cache(staging)
         notes = [plan.describe()]
         if memory.budget is not None:
-            notes += memory.note(extraction_check(plan, build.manifest["input"]["shape"], device, memory.budget))
+            batch = extraction_batch(plan, device, memory.budget)
+            notes += [batch.line()] + memory.note(extraction_check(plan, device, memory.budget, batch.size))
         return notes
     return check
 
@@ -350,6 +353,8 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None):
     if options.cache_features:
         manifest["cache_features"] = True
         manifest["engine"] = _engine(options.engine)
+        if options.cache_batch is not None:
+            manifest["cache_batch"] = options.cache_batch
         if options.feature_store:
             manifest["feature_store"] = str(options.feature_store)
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"

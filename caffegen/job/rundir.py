@@ -69,6 +69,11 @@ class RunDir:
         """What computes a cached run's trunk features."""
         return self.manifest.get("engine", ENGINE)
 
+    @property
+    def cache_batch(self):
+        """The extraction's mini-batch that ``--cache-batch`` asked for, or None: chosen when it runs."""
+        return self.manifest.get("cache_batch")
+
     def record(self, **fields):
         """Add ``fields`` to the manifest, on disk too."""
         self.manifest.update(fields)

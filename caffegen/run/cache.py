@@ -4,7 +4,8 @@ Carrying out a :class:`~caffegen.job.cacheplan.CachePlan`:
 
 1. :func:`run_cached` runs the trunk over train.txt and val.txt with Caffe's ``extract_features``
    into float32 HDF5 files in a feature store, one process per chunk of up to 4,096 images, each
-   running mini-batches (:data:`CACHE_BATCH` images, or ``--cache-batch``): the trunk's weights
+   running mini-batches (``--cache-batch``, or the most the memory estimate fits, up to
+   :data:`~caffegen.defaults.CACHE_BATCH` images on the CPU): the trunk's weights
    are loaded once per chunk and peak memory depends on the net and the mini-batch, never on the
    number of images; or with OpenCV DNN (``--engine``), once its first mini-batch agreed with Caffe's;
 2. it trains a head net (``HDF5Data`` on those files, then the trainable layers, loss and accuracy)
@@ -54,6 +55,7 @@ from caffegen.io.lists import ListLine, read_list
 from caffegen.io.prototxt import read_solver, to_text
 from caffegen.io.schema import BVLC
 from caffegen.job.cacheplan import LISTS, plan_cache, stored, unique
+from caffegen.job.memorycheck import extraction_batch
 from caffegen.job.rundir import CAFFE, OPENCV, RESULT
 from caffegen.net.layers import DATA_TYPES
 from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN
@@ -62,6 +64,7 @@ from caffegen.run.forward import run_extract_features
 from caffegen.run.opencv import caffe_input, compare_features, opencv_batch, opencv_dnn, opencv_net
 from caffegen.run.runner import INTERRUPTED, result_summary, run_caffe_train
 from caffegen.run.shards import COMPUTED_BY, merge_parts, remove_parts, shard_parts
+from caffegen.run.target import memory_budget
 
 FEATURES = "features"
 HEAD_WEIGHTS = f"{FEATURES}/head_init.caffemodel"
@@ -698,9 +701,9 @@ def store_of(run):
 def extract_features(run, target, echo=None, show_progress=None):
     """Compute the trunk features of :class:`RunDir` ``run`` into its store, or reuse them; train nothing."""
     echo = echo or (lambda line: None)
-    device, plan, solver = _planned(run, target, echo)
+    device, plan, solver, batch = _planned(run, target, echo)
     started = time.monotonic()
-    store, reused = extract(plan, target, device, echo, show_progress, _seed(solver))
+    store, reused = extract(plan, target, device, echo, show_progress, _seed(solver), batch)
     run.record(features_engine=store.engine)
     return CachedFeatures(plan, store, reused, time.monotonic() - started, solver, device.gpu_flag)
 
@@ -709,20 +712,23 @@ def extract_features_shard(run, target, shard, shards, echo=None, show_progress=
     """Compute shard ``shard`` of ``shards`` of :class:`RunDir` ``run``'s trunk features, as one task of a job array;
     return (the FeatureStore, the images computed, the seconds taken)."""
     echo = echo or (lambda line: None)
-    device, plan, solver = _planned(run, target, echo)
+    device, plan, solver, batch = _planned(run, target, echo)
     started = time.monotonic()
-    store, images = extract_shard(plan, target, shard, shards, device, echo, show_progress, _seed(solver))
+    store, images = extract_shard(plan, target, shard, shards, device, echo, show_progress, _seed(solver), batch)
     return store, images, time.monotonic() - started
 
 
 def _planned(run, target, echo):
-    """(the device, the CachePlan, the solver) of a cached run, its labels checked and its plan told."""
+    """(the device, the CachePlan, the solver, the mini-batch) of a cached run, its labels checked and its plan
+    and mini-batch told."""
     device = target.launch_device(run.device, echo)
     run.check_labels()
     plan = plan_cache(run)
     for line in plan.warnings + plan.notes + [plan.describe()]:
         echo(line)
-    return device, plan, read_solver(run.path / "solver.prototxt")
+    batch = extraction_batch(plan, device, memory_budget(device))
+    echo(batch.line())
+    return device, plan, read_solver(run.path / "solver.prototxt"), batch.size
 
 
 def run_cached(run, target, echo=None, show_progress=None):
