@@ -18,7 +18,7 @@ from caffegen.job.cacheplan import plan_cache
 from caffegen.job.device import CPU, Device
 from caffegen.job.memorycheck import extraction_batch, extraction_check
 from caffegen.job.prepare import JobOptions, prepare
-from caffegen.net.memory import MemoryBudget, training_memory, weights_copy
+from caffegen.net.memory import MemoryBudget, format_bytes, training_memory, weights_copy
 from caffegen.net.netview import TRAIN
 from caffegen.run import target as target_module
 from caffegen.run.launch import launch
@@ -188,6 +188,20 @@ class TestInspect:
         memory = json.loads(done.stdout)["memory"]
         expected = training_memory(read_net(self.CAFFENET).net, input_shape=(1, 3, 227, 227))
         assert memory[0]["peak"] == expected.peak and memory[0]["parts"] == expected.parts
+
+    def test_a_cached_run_shows_its_extraction(self, images, tmp_path):
+        run = tmp_path / "run"
+        assert main(["prepare", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2", "--cache-features",
+                     "--cache-batch", "3", "-o", str(run)]) == 0
+        done = run_caffegen("inspect", run / "train_val.prototxt")
+        assert done.returncode == 0, done.stderr
+        expected = extraction_check(plan_cache(run), CPU, MemoryBudget(None, "unknown"), 3).estimate
+        assert expected.what == "feature extraction (trunk at batch 3)" and expected.what in done.stdout
+        peak_row = next(line for line in done.stdout.splitlines() if line.startswith("peak "))
+        assert peak_row.endswith(format_bytes(expected.peak))
+        assert "feature extraction in mini-batches of 3 images (--cache-batch)" in done.stdout
+        shown = json.loads(run_caffegen("inspect", run / "train_val.prototxt", "--json").stdout)["memory"]
+        assert shown[-1]["what"] == expected.what and shown[-1]["peak"] == expected.peak
 
     def test_unknown_sizes_are_unverified(self):
         done = run_caffegen("inspect", self.CAFFENET)

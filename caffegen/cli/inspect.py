@@ -7,10 +7,12 @@ import click
 
 from caffegen.cli.options import STDIN, load_net, net_argument, number_list, proto_option
 from caffegen.io.tables import text_table
+from caffegen.job.memorycheck import cached_extraction
 from caffegen.net.inspect import LOADED, MISMATCH, NEW, UNVERIFIED, input_from_data, inspect_net
 from caffegen.net.memory import PART_WORDS, format_bytes, inspected_memory, weights_copy
 from caffegen.net.netview import TEST, TRAIN
 from caffegen.net.shapes import IMAGE_SIZE_HINT, format_shape
+from caffegen.run.target import available_ram
 
 
 @click.command("inspect")
@@ -33,7 +35,8 @@ def inspect_command(ctx, net_path, weights_path, phase, input_shape, as_json, pr
     unknown), new (not in the weights: its fillers initialise it), mismatch (same name, another shape:
     Caffe would abort), none (nothing to learn); and the weights' layers the net ignores.
     Then the estimated peak memory of `caffe train` (TRAIN and TEST nets, SGD) and of `caffe test`
-    (TEST net) on the CPU, by part.
+    (TEST net) on the CPU, by part; for the train_val.prototxt of a run prepared with --cache-features,
+    also of its feature extraction, at the mini-batch it would run with on this machine.
     Exit 1 when Caffe would reject the net or abort loading the weights, 0 otherwise.
     """
     loaded = load_net(net_path, proto_path)
@@ -43,6 +46,9 @@ def inspect_command(ctx, net_path, weights_path, phase, input_shape, as_json, pr
     inspection = inspect_net(loaded.net, phase, input_shape, weights_path, path=net_path)
     memory = inspected_memory(loaded.net, input_shape, weights_copy(inspection.model) if inspection.model else None,
                               net_path)
+    extraction = cached_extraction(net_path, available_ram()) if net_path != STDIN else None
+    if extraction:
+        memory.append(extraction[0])
     if as_json:
         click.echo(json.dumps(dict(inspection.to_json(), input_note=note,
                                    memory=[process.to_json() for process in memory]), indent=2))
@@ -51,6 +57,8 @@ def inspect_command(ctx, net_path, weights_path, phase, input_shape, as_json, pr
             click.echo(f"note: {note}")
         for line in [*render(inspection, net_path), *render_memory(memory)]:
             click.echo(line)
+        if extraction:
+            click.echo(extraction[1].line())
     ctx.exit(1 if inspection.caffe_would_abort else 0)
 
 

@@ -8,12 +8,14 @@ from caffegen.cli.options import ZOO_SOURCE_OPTIONS, number_list, report
 from caffegen.defaults import CACHE_BATCH, EPOCHS, GPU_CACHE_BATCH, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
 from caffegen.io.zoo import fetch_model, load_catalog
+from caffegen.job.imagedb import ENCODE_TYPES, MEAN_IMAGE
 from caffegen.job.prepare import JobOptions, parse_stages, prepare
 from caffegen.job.rundir import ENGINES, OPENCV
 from caffegen.job.segmentation import TASKS
 from caffegen.job.zoo import with_zoo_model
 from caffegen.net.lr_rules import parse_lr_rules
 from caffegen.net.wiring import DataSettings
+from caffegen.run.lmdb import DatabaseBuilder
 from caffegen.run.opencv import opencv_dnn
 from caffegen.run.target import memory_budget, resolve_target
 
@@ -55,6 +57,16 @@ JOB_OPTIONS = [
                  help="With --cache-features: images per mini-batch of the extraction [default: the most, up to "
                       f"{CACHE_BATCH} on the CPU and {GPU_CACHE_BATCH} on a GPU, that the memory estimate fits in "
                       "the machine's]."),
+    click.option("--lmdb", is_flag=True,
+                 help="Build train_lmdb/ and val_lmdb/ with Caffe's convert_imageset (resized, shuffled) and train "
+                      "from Data layers on them: no image decoding at every epoch. Rebuilt only when the images "
+                      "change."),
+    click.option("--encoded", is_flag=True, help="With --lmdb: store the images encoded (--encode-type), not as "
+                 "raw pixels: a smaller database, decoded at every epoch."),
+    click.option("--encode-type", type=click.Choice(ENCODE_TYPES), default=default("encode_type"),
+                 show_default=True, help="With --encoded: the image format stored."),
+    click.option("--mean", type=click.Choice([MEAN_IMAGE]),
+                 help="image: subtract the mean image of train_lmdb, computed by compute_image_mean (needs --lmdb)."),
     click.option("--keep-data-layers", is_flag=True,
                  help="Keep the base net's own data layers (LMDB, …) instead of ImageData on lists."),
     click.option("--num-classes", type=click.IntRange(min=2), help="With --keep-data-layers or --task segmentation: the classes."),
@@ -156,8 +168,10 @@ def prepare_command(stages, output, force, **params):
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     target = resolve_target(params["caffe_path"], params["gpu"], required=False)
     options = job_from_options(params, target, echo)
+    databases = DatabaseBuilder(target.required(), echo) if options.lmdb else None
     job = prepare(options, output, force=force, caffe=target.caffe or "caffe", warn=echo,
-                  stages=parse_stages(stages) if stages else (), budget=memory_budget(options.device))
+                  stages=parse_stages(stages) if stages else (), budget=memory_budget(options.device),
+                  databases=databases)
     report(job.notes)
     images = job.manifest["images"]
     echo(f"prepared {job.run_dir}: {len(job.manifest['classes'])} classes, {images['train']} training and "

@@ -9,6 +9,7 @@ from caffegen.cli.options import number_list
 from caffegen.cli.prepare import job_from_options, job_options
 from caffegen.errors import CaffegenError
 from caffegen.job.device import Device
+from caffegen.run.lmdb import DatabaseBuilder
 from caffegen.run.target import memory_budget, resolve_target
 from caffegen.strategies.slurm import check_slurm, submit
 from caffegen.strategies.sweep import (
@@ -94,7 +95,8 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
                            _names(params["freeze_from"], "--freeze-from"), learning_rates)
     # Each run trains alone on its device here; Slurm's nodes are not this machine.
     budget = None if slurm else memory_budget(Device.parse(gpus) if gpus else options.device)
-    runs = prepare_sweep(planned, output, force, target.caffe or "caffe", echo, budget=budget)
+    databases = DatabaseBuilder(target.required(), echo) if options.lmdb else None
+    runs = prepare_sweep(planned, output, force, target.caffe or "caffe", echo, budget=budget, databases=databases)
     if slurm:
         _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, echo)
         return

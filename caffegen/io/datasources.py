@@ -67,18 +67,29 @@ def _datum(layer, net_dir):
     found = _found(param.source, net_dir)
     if found is None:
         return FirstInput(None, f"the LMDB {param.source} is not here")
-    with lmdb.open(str(found), readonly=True, lock=False, readahead=False, subdir=found.is_dir()) as env:
-        with env.begin() as transaction:
-            record = next(iter(transaction.cursor()), None)
-    if record is None:
+    datum = first_datum(found)
+    if datum is None:
         return FirstInput(None, f"the LMDB {found} is empty")
-    datum = BVLC.Datum.FromString(record[1])
     where = f"the first Datum of {found}"
     if not datum.encoded:
         return FirstInput((datum.channels, datum.height, datum.width), where)
     transform = layer.transform_param
     gray = True if transform.force_gray else False if transform.force_color else None
     return FirstInput(_image_shape(io.BytesIO(datum.data), gray), f"{where} (an encoded image)")
+
+
+def first_datum(path):
+    """The first ``Datum`` of the LMDB ``path`` (a folder or a file), or None when it is empty."""
+    with lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=Path(path).is_dir()) as env:
+        with env.begin() as transaction:
+            record = next(iter(transaction.cursor()), None)
+    return None if record is None else BVLC.Datum.FromString(record[1])
+
+
+def record_count(path):
+    """How many records the LMDB folder ``path`` holds."""
+    with lmdb.open(str(path), readonly=True, lock=False, readahead=False) as env:
+        return env.stat()["entries"]
 
 
 def _image(layer, net_dir):

@@ -8,12 +8,14 @@ smaller validation batch where even one image does not fit beside it.
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from caffegen.defaults import CACHE_BATCH, GPU_CACHE_BATCH
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.prototxt import read_net, read_solver
-from caffegen.job.cacheplan import LISTS
+from caffegen.job.cacheplan import LISTS, plan_cache
+from caffegen.job.rundir import MANIFEST, RunDir
 from caffegen.net.memory import (
     MemoryBudget,
     extraction_memory,
@@ -164,6 +166,20 @@ def _extraction_estimates(plan, device):
         return lambda size: extraction_memory(layers, (plan.boundary, plan.label), size, plan.input_shape,
                                               not device.is_cpu)
     return {phase: estimate(phase) for phase in LISTS}
+
+
+def cached_extraction(net_path, budget):
+    """(ProcessMemory, ExtractionBatch) of the feature extraction when ``net_path`` is a prepared cached run's
+    train_val.prototxt, at the mini-batch it would run with under ``budget``; None for any other net."""
+    run_dir = Path(net_path).parent
+    if Path(net_path).name != "train_val.prototxt" or not (run_dir / MANIFEST).is_file():
+        return None
+    run = RunDir(run_dir)
+    if not run.caches_features:
+        return None
+    plan = plan_cache(run)
+    batch = extraction_batch(plan, run.device, budget)
+    return extraction_check(plan, run.device, budget, batch.size).estimate, batch
 
 
 def run_check(run, budget, device):

@@ -6,7 +6,10 @@ It is built beside its final place and renamed into it, so it is either complete
 """
 
 import json
+import os
 import shutil
+import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,12 +19,14 @@ from PIL import Image
 from caffegen import __version__
 from caffegen.defaults import EPOCHS, FINE_TUNE_LR, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
+from caffegen.io.datasources import first_input
 from caffegen.io.files import built_beside, file_sha256
 from caffegen.io.meanfile import read_mean_file
 from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.job.cacheplan import check_cacheable, plan_cache
 from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
 from caffegen.job.device import CPU, Device
+from caffegen.job.imagedb import MEAN_IMAGE, TRAIN_DB, VAL_DB, plan_databases
 from caffegen.job.memorycheck import extraction_batch, extraction_check, training_check
 from caffegen.job.rundir import AUTO, ENGINES, MANIFEST, SNAPSHOT_DIR
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
@@ -42,6 +47,7 @@ from caffegen.net.wiring import (
     fit_crop,
     phase_batch_sizes,
     preprocessing,
+    read_from_lmdb,
     wire_image_data,
 )
 
@@ -93,6 +99,11 @@ class JobOptions:
     engine: str = AUTO
     # With cache_features: images per mini-batch of the extraction; None: the most that fit (memorycheck).
     cache_batch: int = None
+    # Train from LMDBs built by convert_imageset (train_lmdb/, val_lmdb/) instead of ImageData on the lists.
+    lmdb: bool = False
+    encoded: bool = False  # with lmdb: store the images encoded (encode_type) instead of raw pixels
+    encode_type: str = "png"
+    mean: str = None  # MEAN_IMAGE: subtract the mean image of train_lmdb, computed by compute_image_mean
 
     def __post_init__(self):
         if not isinstance(self.device, Device):
@@ -165,18 +176,24 @@ class _Build:
     copies: dict
     manifest: dict
     notes: list
+    moves: dict = field(default_factory=dict)  # {built path: name in the run directory}, renamed in
 
 
-def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), budget=None):
+def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), budget=None, databases=None,
+            reuse_from=()):
     """Write the run directory for ``options``; refuse an existing one unless ``force``.
 
     With ``stages``, the directory holds one run per stage (stage1/, stage2/, …); each stage
     starts from the final weights of the one before. With ``budget`` (a MemoryBudget), a job whose
-    estimated peak memory exceeds it is refused too, unless ``force``.
+    estimated peak memory exceeds it is refused too, unless ``force``. With ``options.lmdb``,
+    ``databases`` (a :class:`~caffegen.run.lmdb.DatabaseBuilder`) builds the LMDBs; those of the
+    run directory it replaces, or of the run directories ``reuse_from``, are reused when their images
+    are unchanged.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not force:
         raise CaffegenError("run directory exists; pass --force to replace it", run_dir)
+    _check_lmdb_options(options, stages, databases)
     weights = _existing_file(options.weights, "weights")
     if options.task == SEGMENTATION:
         return _prepare_segmentation(options, run_dir, weights, caffe, stages)
@@ -189,9 +206,14 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), 
     say = warn or notes.append
     memory = _MemoryLimit(budget, force, options.net)
     if not stages:
-        build = _build(options, dataset, weights, weights, caffe, memory, say)
-        check = _planned_cache(memory, options.device, build) if options.cache_features else None
-        build.notes += _write_run_dir(run_dir, build.files, build.copies, check) or []
+        with _scratch_beside(run_dir) if options.lmdb else nullcontext() as scratch:
+            build_databases = None
+            if options.lmdb:
+                reusable = ([run_dir] if run_dir.is_dir() else []) + list(reuse_from)
+                build_databases = lambda plan: databases(plan, scratch, reusable)  # noqa: E731
+            build = _build(options, dataset, weights, weights, caffe, memory, say, build_databases)
+            check = _planned_cache(memory, options.device, build) if options.cache_features else None
+            build.notes += _write_run_dir(run_dir, build.files, build.copies, check, build.moves) or []
         return PreparedJob(run_dir, build.manifest, notes + build.notes)
     job = _prepare_stages(options, stages, dataset, weights, run_dir, caffe, memory, say)
     job.notes[:0] = notes
@@ -208,6 +230,36 @@ def _prepare_segmentation(options, run_dir, weights, caffe, stages):
     build.files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     _write_run_dir(run_dir, build.files, {}, build.write_data)
     return PreparedJob(run_dir, manifest, build.notes)
+
+
+def _check_lmdb_options(options, stages, databases):
+    """Refuse what does not combine with --lmdb, and its options without it."""
+    if not options.lmdb:
+        if options.encoded or options.mean == MEAN_IMAGE:
+            raise CaffegenError(f"{'--encoded' if options.encoded else '--mean image'} needs --lmdb: it is about "
+                                "the LMDBs that convert_imageset builds")
+        return
+    refusals = [
+        (options.cache_features, "--lmdb speeds up reading the images at every epoch; --cache-features reads each "
+                                 "image once, so it gains nothing from a database: drop one of them"),
+        (options.keep_data_layers, "--keep-data-layers keeps the base net's data layers, --lmdb builds new ones: "
+                                   "drop one of them"),
+        (options.task == SEGMENTATION, "--lmdb builds databases of labelled images; --task segmentation reads "
+                                       "images and masks with its own data layers: drop --lmdb"),
+        (bool(stages), "--lmdb does not combine with --stages yet: prepare the stages without it"),
+        (databases is None, "--lmdb is not available here: only caffegen prepare and sweep build the databases"),
+        (options.mean == MEAN_IMAGE and (options.mean_file or options.data_settings.mean_value),
+         "give one of --mean image, --mean-file and --mean-value"),
+    ]
+    for refused, message in refusals:
+        if refused:
+            raise CaffegenError(message)
+
+
+def _scratch_beside(run_dir):
+    """A temporary folder beside ``run_dir`` (so that what is built there can be renamed into it), removed after."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=f".{run_dir.name}.lmdb.", dir=run_dir.parent)
 
 
 def _with_defaults(options):
@@ -289,12 +341,12 @@ def _prepare_stages(options, stages, dataset, weights, run_dir, caffe, memory, w
     return PreparedJob(run_dir, manifest, notes)
 
 
-def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None):
+def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, build_databases=None):
     """Nets, solver, lists, scripts and manifest of one run, from the base net and ``options``.
 
     Its memory is checked against ``memory`` (a _MemoryLimit) unless it caches features (the
     extraction is checked then); ``warn``, if given, hears what the base net leaves unsaid about
-    its preprocessing.
+    its preprocessing. ``build_databases``, given with --lmdb, builds an LmdbPlan's databases.
     """
     notes = []
     loaded = read_net(options.net)
@@ -306,6 +358,7 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None):
     if not options.keep_data_layers:
         wire_image_data(net, options.data_settings, options.net)
         notes += fit_crop(net, bool(options.data_settings.resize), options.cache_features, options.net)
+    plan = _lmdb_plan(net, options, dataset) if build_databases else None
     mean = _resolve_mean_file(net, options, dataset)
     _set_scale(net, options.data_settings.scale)
     num_classes = len(dataset.classes)
@@ -315,7 +368,9 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None):
     notes += drop_unscorable_accuracies(net, num_classes)
     if options.lr_rules:
         notes += apply_lr_rules(net, options.lr_rules).summary()
-    channels, height, width = _input_geometry(net, dataset, options.data_settings)
+    channels, height, width = _input_geometry(net, dataset, options.data_settings, net_dir=Path(options.net).parent)
+    if plan:
+        read_from_lmdb(net, {TRAIN: TRAIN_DB, TEST: VAL_DB})
     deploy = deploy_net(net, channels, height, width)
     input_shape = [1, channels, height, width]
     check_runs(net, input_shape, options.net)
@@ -327,6 +382,11 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None):
     if memory.budget is not None and not options.cache_features:
         notes += memory.note(training_check(net, solver.type, input_shape, weights if weights_ref == weights else None,
                                             options.device, solver.iter_size, memory.budget, options.net))
+    built = build_databases(plan) if plan else None  # the longest step, once every check has passed
+    if built:
+        notes += built.notes
+        _check_first_datum(net, dataset, options.data_settings, built.folder, (channels, height, width))
+        mean = read_mean_file(built.mean) if built.mean else mean
     copies = dataset.copy_names() if options.copy_data else {}
     if options.copy_data:
         copies[weights] = weights_ref = WEIGHTS_COPY
@@ -344,12 +404,21 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None):
     if isinstance(dataset, Dataset):
         files["train.txt"] = dataset.list_text("train", copies)
         files["val.txt"] = dataset.list_text("val", copies)
-    manifest = _manifest(options, weights, weights_ref, dataset, schedule, mean.path if mean else None)
+    computed_mean = bool(built and built.mean)
+    manifest = _manifest(options, weights, weights_ref, dataset, schedule,
+                         mean.path if mean and not computed_mean else None)
     manifest["base_lr"] = base_lr
     manifest["input"] = {"shape": input_shape}
     manifest["preprocessing"] = preprocessing(net)
     if mean:
         manifest["preprocessing"]["mean_file_shape"] = list(mean.shape)
+    moves = {}
+    if built:
+        manifest["preprocessing"].update(_lmdb_preprocessing(plan))
+        manifest["lmdb"] = {"train": TRAIN_DB, "val": VAL_DB, "encoded": plan.train.encode_type,
+                            "mean": "the mean image of train_lmdb (compute_image_mean)" if computed_mean else None}
+        moves = {built.folder / name: name for database in plan.databases
+                 for name in (database.name, database.record_name)}
     if options.cache_features:
         manifest["cache_features"] = True
         manifest["engine"] = _engine(options.engine)
@@ -360,7 +429,34 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None):
     files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     if mean:
         copies[mean.path] = MEAN_FILE
-    return _Build(files, copies, manifest, notes)
+    return _Build(files, copies, manifest, notes, moves)
+
+
+def _lmdb_plan(net, options, dataset):
+    """The databases to build for ``net``'s ImageData layers: their images resized and coloured as those read them."""
+    layer = data_layers(net)[0]
+    params = layer.image_data_param
+    resize = (params.new_height, params.new_width) if params.new_height and params.new_width else None
+    return plan_databases(dataset, resize, _channels(layer) == 1, options.encode_type if options.encoded else None,
+                          options.mean == MEAN_IMAGE)
+
+
+def _check_first_datum(net, dataset, settings, databases, planned):
+    """Refuse databases whose first Datum gives the net another input than ``planned`` (channels, height, width)."""
+    found = _input_geometry(net, dataset, settings, databases)
+    if found != planned:
+        raise CaffegenError(f"the first Datum gives the net {'×'.join(map(str, found))} inputs, the first image "
+                            f"{'×'.join(map(str, planned))}: the images differ in size; pass --resize H,W",
+                            databases / TRAIN_DB)
+
+
+def _lmdb_preprocessing(plan):
+    """What the databases did to the images before the Data layers read them, for the manifest's preprocessing."""
+    database = plan.train
+    changed = {"resize": list(database.resize) if database.resize else None}
+    if database.gray:
+        changed["channel_order"] = "gray"
+    return changed
 
 
 def _engine(name):
@@ -404,9 +500,15 @@ def _resolve_mean_file(net, options, dataset):
     """The mean file the data layers use (a MeanFile, read and checked), pointed at its copy in the run directory.
 
     ``--mean-value`` replaces the mean file of every data layer, ``--mean-file`` the mean of every data layer;
-    without either, the base net's mean file is looked for beside the net.
+    without either, the base net's mean file is looked for beside the net. ``--mean image`` points every data
+    layer at the mean image that compute_image_mean writes once train_lmdb is built (None is returned then).
     """
     mean_value = options.data_settings.mean_value
+    if options.mean == MEAN_IMAGE:  # computed from train_lmdb once it is built
+        for layer in data_layers(net):
+            layer.transform_param.ClearField("mean_value")
+            layer.transform_param.mean_file = MEAN_FILE
+        return None
     if mean_value and options.mean_file:
         raise CaffegenError("give --mean-value or --mean-file, not both")
     if mean_value:
@@ -474,11 +576,22 @@ def _set_scale(net, scale):
             layer.transform_param.scale = scale
 
 
-def _input_geometry(net, dataset, settings):
-    """(channels, height, width) the deploy net takes: the crop, the resize, or the images' own size."""
+def _input_geometry(net, dataset, settings, databases=None, net_dir=None):
+    """(channels, height, width) the deploy net takes: the crop, the resize, or the images' own size.
+
+    A Data layer takes the shape of the first Datum of its LMDB, as Caffe does: in ``databases`` (a
+    folder) for those prepare built, which must be readable, else beside the net (``net_dir``).
+    """
     layer = data_layers(net)[0]
-    channels = _channels(layer)
     crop = layer.transform_param.crop_size
+    if layer.type == "Data":
+        first = first_input(layer, databases or net_dir)
+        if first.shape is not None:
+            channels, height, width = first.shape
+            return (channels, crop, crop) if crop else (channels, height, width)
+        if databases is not None:
+            raise CaffegenError(f"cannot tell the input size: {first.origin}", databases / layer.data_param.source)
+    channels = _channels(layer)
     if crop:
         return channels, crop, crop
     if layer.image_data_param.new_height:
@@ -554,8 +667,8 @@ def _describe(path):
     return {"path": str(path), "bytes": stat.st_size, "sha256": file_sha256(path)}
 
 
-def _write_run_dir(run_dir, files, copies, check=None):
-    """Build the directory beside ``run_dir`` (texts, then copies of files) and rename it into place.
+def _write_run_dir(run_dir, files, copies, check=None, moves=None):
+    """Build the directory beside ``run_dir`` (texts, copies of files, ``moves`` renamed in) and rename it into place.
 
     ``check``, if given, is called with the built directory before it takes its place, so that what it
     refuses is never written; its answer is returned.
@@ -572,5 +685,7 @@ def _write_run_dir(run_dir, files, copies, check=None):
         for source, name in copies.items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, staging / name)
+        for source, name in (moves or {}).items():
+            os.rename(source, staging / name)
         return check(staging) if check else None
 

@@ -48,6 +48,21 @@ def wire_image_data(net, settings, path=None):
     return batches
 
 
+def read_from_lmdb(net, sources):
+    """Turn the ImageData layers that wire_image_data made into Data layers reading the LMDB ``sources[phase]``.
+
+    The images are in the databases as the ImageData layers would have read them (resized, gray or
+    colour), so only the batch size and the transformations carry over.
+    """
+    for phase, source in sources.items():
+        layer = _phase_data_layer(net, phase, None)
+        batch_size = layer.image_data_param.batch_size
+        layer.ClearField("image_data_param")
+        layer.type = "Data"
+        params = layer.data_param
+        params.source, params.batch_size, params.backend = source, batch_size, params.LMDB
+
+
 def phase_batch_sizes(net, settings, path=None):
     """{phase: batch size} of the data layers of ``net`` (``settings`` override the net's own)."""
     return {phase: _batch_size(_phase_data_layer(net, phase, path), phase, settings) for phase in (TRAIN, TEST)}

@@ -89,13 +89,16 @@ def _run_name(upto, start, lr):
     return UNSAFE_NAME.sub("-", "_".join(part for part in parts if part)) or "run"
 
 
-def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share_features=True, budget=None):
+def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share_features=True, budget=None,
+                  databases=None):
     """Prepare every run of ``planned`` (from :func:`combinations`) and ``sweep.json`` in ``out_dir``.
 
     Runs with cached features share their feature stores (``features/`` of the sweep) unless
     ``share_features`` is false: runs with identical trunks then compute their features once.
     The directory is built beside its place and renamed into it, so a bad layer name leaves nothing,
     and neither does a run whose estimated memory exceeds ``budget`` (a MemoryBudget) without ``force``.
+    With --lmdb, ``databases`` (a DatabaseBuilder) builds the first run's LMDBs, and the other runs hard-link
+    them (as they do those of the sweep directory replaced, while the images are unchanged).
     """
     echo = echo or (lambda line: None)
     out_dir = Path(out_dir)
@@ -104,14 +107,18 @@ def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share
                             out_dir)
     with built_beside(out_dir) as staging:
         shared = Path("..") / SHARED_FEATURES if share_features else None
-        runs = [_prepare_run(run, replace(options, feature_store=shared if options.cache_features else None),
-                             staging, caffe, echo, budget, force) for run, options in planned]
+        runs, reusable = [], [out_dir / run.run_dir for run, _ in planned]
+        for run, options in planned:
+            runs.append(_prepare_run(run, replace(options, feature_store=shared if options.cache_features else None),
+                                     staging, caffe, echo, budget, force, databases, reusable))
+            reusable.insert(0, staging / run.run_dir)
         _write_sweep_file(staging, runs)
     return runs
 
 
-def _prepare_run(run, options, staging, caffe, echo, budget, force):
-    job = prepare(options, staging / run.run_dir, force, caffe, echo, budget=budget)
+def _prepare_run(run, options, staging, caffe, echo, budget, force, databases, reusable):
+    job = prepare(options, staging / run.run_dir, force, caffe, echo, budget=budget, databases=databases,
+                  reuse_from=reusable)
     lr = job.manifest["base_lr"]
     echo(f"prepared {run.run_dir}: freeze {run.freeze}, base_lr {lr:g}, "
          f"{job.manifest['schedule']['max_iter']} iterations")
