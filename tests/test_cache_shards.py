@@ -12,6 +12,7 @@ import pytest
 from conftest import DIGITS, assert_one_line_error, run_caffegen
 from test_cache import prepare_run
 
+from caffegen.defaults import CACHE_BATCH
 from caffegen.job.cacheplan import plan_cache
 from caffegen.job.rundir import CAFFE, OPENCV
 from caffegen.run import cache
@@ -221,6 +222,8 @@ def test_the_scripts_name_each_shard_and_the_head_after_them(images, tmp_path):
     assert f'#SBATCH --output="{run}/slurm-features-%A_%a.out"' in features
     assert not any(line.startswith("#SBATCH --array") for line in head) and head[-1].endswith(" --evaluate")
     assert "sbatch --dependency=afterok:JOB" in done.stderr
+    assert f"every shard runs feature extraction in mini-batches of {CACHE_BATCH} images" in done.stderr
+    assert json.loads((run / "manifest.json").read_text())["cache_batch"] == CACHE_BATCH
 
 
 def test_slurm_computes_the_shards_in_a_job_array_and_trains_the_head_after_it(slurm, caffe, images, tmp_path):

@@ -5,14 +5,14 @@ from pathlib import Path
 import click
 
 from caffegen.errors import CaffegenError
-from caffegen.job.rundir import RunDir
+from caffegen.job.rundir import MANIFEST, RunDir
 from caffegen.run.cache import extract_features, extract_features_shard
 from caffegen.run.evaluate import evaluate_validation, metrics_line
 from caffegen.run.launch import launch
 from caffegen.run.runner import summary_lines
 from caffegen.run.shards import parse_shard
 from caffegen.run.target import resolve_target
-from caffegen.strategies.cluster import default_shards, submit_cluster, write_cluster_scripts
+from caffegen.strategies.cluster import default_shards, pin_cache_batch, submit_cluster, write_cluster_scripts
 
 
 @click.command("launch")
@@ -94,11 +94,14 @@ def cached_run(run_dir, resume, option="--features-only"):
 def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, no_submit, echo):
     shards = shards or default_shards(run)
     features, head = write_cluster_scripts(run, shards, slurm_opts, caffe_path, gpu, evaluate_after)
+    batch = f"every shard runs {pin_cache_batch(run).line()}, recorded in {run.path / MANIFEST}"
     if no_submit:
+        echo(batch)
         echo(f"wrote {features} ({shards} shards) and {head}; submit them with: sbatch {features}, "
              f"then: sbatch --dependency=afterok:JOB {head} (JOB: the first job's id)")
         return
     array, job = submit_cluster(features, head)
+    echo(batch)
     click.echo(job)
     echo(f"submitted the trunk features as job array {array} ({shards} shards); "
          f"logs: {Path(run.path) / f'slurm-features-{array}_*.out'}")

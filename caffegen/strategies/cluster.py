@@ -15,7 +15,9 @@ from pathlib import Path
 from caffegen.io.files import write_atomic
 from caffegen.io.lists import read_list
 from caffegen.io.templates import render_template
-from caffegen.job.cacheplan import LISTS
+from caffegen.job.cacheplan import LISTS, plan_cache
+from caffegen.job.memorycheck import extraction_batch
+from caffegen.run.target import memory_budget
 from caffegen.strategies.slurm import check_sbatch, check_slurm, submit
 from caffegen.strategies.sweep import UNSAFE_NAME
 
@@ -30,6 +32,15 @@ def default_shards(run):
     """How many shards a run's images make without --shards: one per SHARD_IMAGES, at most MOST_SHARDS."""
     images = sum(len(read_list(run.path / f"{subset}.txt")) for subset in LISTS.values())
     return max(1, min(MOST_SHARDS, math.ceil(images / SHARD_IMAGES)))
+
+
+def pin_cache_batch(run):
+    """Record in ``run``'s manifest the mini-batch every shard runs, so that all of them split the chunks alike:
+    its ``--cache-batch``, else the most that fit on this machine; return the ExtractionBatch."""
+    batch = extraction_batch(plan_cache(run), run.device, memory_budget(run.device))
+    if run.cache_batch is None:
+        run.record(cache_batch=batch.size)
+    return batch
 
 
 def write_cluster_scripts(run, shards, sbatch_options=(), caffe=None, gpu=None, evaluate=False):
