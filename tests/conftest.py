@@ -1,4 +1,4 @@
-"""Shared fixtures: the zoo of published nets, the real Caffe binary, and the real command line."""
+"""Shared fixtures: the zoo of published nets, the real Caffe binary, the real command line, a real Slurm."""
 
 import os
 import subprocess
@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from slurm_cluster import APT_PACKAGES, SlurmCluster, missing_programs
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT.parent / "shared" / "fixtures" / "zoo"
@@ -83,3 +84,20 @@ def assert_one_line_error(result, *words):
 @pytest.fixture
 def cli():
     return run_caffegen
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real Slurm (munged, slurmctld, slurmd) on localhost for this session; required in CI."""
+    missing = missing_programs()
+    if missing:
+        reason = f"Slurm is not installed (no {', '.join(missing)}); apt-get install {' '.join(APT_PACKAGES)}"
+        if os.environ.get("CI"):
+            pytest.fail(f"a real Slurm is required in CI: {reason}")
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

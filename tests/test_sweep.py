@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from conftest import DIGITS, ROOT, assert_one_line_error, run_caffegen
-from slurm_cluster import APT_PACKAGES, SlurmCluster, missing_programs
 
 from caffegen.job.prepare import JobOptions
 from caffegen.job.rundir import RunDir
@@ -20,23 +18,6 @@ from caffegen.strategies.sweep import collect, combinations, prepare_sweep, run_
 
 BASE_MODEL = ("--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel")
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    """A real Slurm (munged, slurmctld, slurmd) on localhost for this session; required in CI."""
-    missing = missing_programs()
-    if missing:
-        reason = f"Slurm is not installed (no {', '.join(missing)}); apt-get install {' '.join(APT_PACKAGES)}"
-        if os.environ.get("CI"):
-            pytest.fail(f"a real Slurm is required in CI: {reason}")
-        pytest.skip(reason)
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def sweep(images, out, *extra, epochs=2, env=None):

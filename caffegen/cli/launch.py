@@ -1,14 +1,18 @@
-"""``caffegen launch``: run a prepared fine-tuning job with real Caffe and watch it."""
+"""``caffegen launch``: run a prepared fine-tuning job with real Caffe and watch it, here or on Slurm."""
+
+from pathlib import Path
 
 import click
 
 from caffegen.errors import CaffegenError
-from caffegen.job.rundir import RunDir
-from caffegen.run.cache import extract_features
+from caffegen.job.rundir import MANIFEST, RunDir
+from caffegen.run.cache import extract_features, extract_features_shard
 from caffegen.run.evaluate import evaluate_validation, metrics_line
 from caffegen.run.launch import launch
 from caffegen.run.runner import summary_lines
+from caffegen.run.shards import parse_shard
 from caffegen.run.target import resolve_target
+from caffegen.strategies.cluster import default_shards, pin_cache_batch, submit_cluster, write_cluster_scripts
 
 
 @click.command("launch")
@@ -18,19 +22,42 @@ from caffegen.run.target import resolve_target
 @click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary.")
 @click.option("--features-only", is_flag=True,
               help="With a run prepared with --cache-features: compute (or reuse) its trunk features, train nothing.")
+@click.option("--shard", metavar="I/N",
+              help="With --features-only: compute shard I of N (from 0) of the features, as a task of --slurm's array.")
 @click.option("--evaluate", "evaluate_after", is_flag=True,
               help="When training ends well, evaluate the model on the validation images (RUN_DIR/eval).")
+@click.option("--slurm", is_flag=True,
+              help="With a run prepared with --cache-features: compute its features in a Slurm job array, one task "
+                   "per shard, then train the head in a job after it.")
+@click.option("--shards", type=click.IntRange(min=1), metavar="N",
+              help="With --slurm: the number of shards (default: one per 1,000 images, at most 64).")
+@click.option("--slurm-opt", "slurm_opts", multiple=True, metavar="OPTION",
+              help="With --slurm: an sbatch option for both jobs, such as --partition=cpu. Repeatable.")
+@click.option("--no-submit", is_flag=True, help="With --slurm: write the scripts without submitting them.")
 @click.pass_context
-def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, evaluate_after):
+def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, evaluate_after, slurm, shards,
+                   slurm_opts, no_submit):
     """Run `caffe train` for RUN_DIR with a live progress bar, curves and plain-language diagnosis.
 
     Caffe's log goes to RUN_DIR/train.log, the curves to curves.csv and curves.png. Ctrl-C makes
     Caffe snapshot and stop; continue with --resume. The exit code is Caffe's, 3 when caffegen
-    stopped a failing run, 130 after Ctrl-C.
+    stopped a failing run, 130 after Ctrl-C. With --slurm, a cached run's trunk features are
+    computed in shards on the cluster (slurm_features.sh), then slurm_head.sh trains the head.
     """
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit)
+    if slurm:
+        _launch_on_slurm(cached_run(run_dir, resume, "--slurm"), shards, slurm_opts, caffe_path, gpu, evaluate_after,
+                         no_submit, echo)
+        return
     if features_only:
-        features = extract_features(cached_run(run_dir, resume), resolve_target(caffe_path, gpu), echo)
+        run, target = cached_run(run_dir, resume, "--features-only"), resolve_target(caffe_path, gpu)
+        if shard:
+            number, count = parse_shard(shard)
+            store, images, seconds = extract_features_shard(run, target, number, count, echo)
+            echo(f"trunk features, shard {shard}: {seconds:.1f} s ({images} images computed) in {store.path}")
+            return
+        features = extract_features(run, target, echo)
         echo(f"trunk features: {features.seconds:.1f} s ({'reused' if features.reused else 'computed'}) "
              f"in {features.store.path}")
         return
@@ -43,9 +70,41 @@ def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, evaluat
     ctx.exit(result.exit_code)
 
 
-def cached_run(run_dir, resume):
-    """The run directory whose features --features-only computes: one prepared with --cache-features."""
+def _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit):
+    """Refuse options that cannot go together, before anything runs."""
+    if (shards or slurm_opts or no_submit) and not slurm:
+        raise CaffegenError("--shards, --slurm-opt and --no-submit go with --slurm")
+    if slurm and (resume or features_only or shard):
+        raise CaffegenError("--slurm launches the whole cached run on the cluster: give it without --resume, "
+                            "--features-only or --shard")
+    if shard and not features_only:
+        raise CaffegenError("--shard goes with --features-only: it computes one shard of the features")
+    if shard and parse_shard(shard) is None:
+        raise CaffegenError(f"--shard takes I/N, shard I of N counting from 0 (such as 0/4), got '{shard}'")
+
+
+def cached_run(run_dir, resume, option="--features-only"):
+    """The run directory that ``option`` takes: one prepared with --cache-features."""
     run = RunDir(run_dir)
     if resume or not run.caches_features:
-        raise CaffegenError("--features-only takes a run prepared with --cache-features, without --resume", run.path)
+        raise CaffegenError(f"{option} takes a run prepared with --cache-features, without --resume", run.path)
     return run
+
+
+def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, no_submit, echo):
+    shards = shards or default_shards(run)
+    features, head = write_cluster_scripts(run, shards, slurm_opts, caffe_path, gpu, evaluate_after)
+    batch = f"every shard runs {pin_cache_batch(run).line()}, recorded in {run.path / MANIFEST}"
+    if no_submit:
+        echo(batch)
+        echo(f"wrote {features} ({shards} shards) and {head}; submit them with: sbatch {features}, "
+             f"then: sbatch --dependency=afterok:JOB {head} (JOB: the first job's id)")
+        return
+    array, job = submit_cluster(features, head)
+    echo(batch)
+    click.echo(job)
+    echo(f"submitted the trunk features as job array {array} ({shards} shards); "
+         f"logs: {Path(run.path) / f'slurm-features-{array}_*.out'}")
+    echo(f"submitted the head's training as job {job}, to start when every shard succeeded; "
+         f"log: {Path(run.path) / f'slurm-head-{job}.out'}")
+    echo(f"follow them with: squeue -j {array},{job}")

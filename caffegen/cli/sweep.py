@@ -11,16 +11,15 @@ from caffegen.errors import CaffegenError
 from caffegen.job.device import Device
 from caffegen.run.lmdb import DatabaseBuilder
 from caffegen.run.target import memory_budget, resolve_target
+from caffegen.strategies.slurm import check_slurm, submit
 from caffegen.strategies.sweep import (
     PLOT,
     TABLE,
-    check_slurm,
     collect,
     combinations,
     prepare_sweep,
     run_here,
     run_on_gpus,
-    submit,
     table_lines,
     write_slurm_scripts,
 )

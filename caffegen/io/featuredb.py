@@ -51,18 +51,20 @@ def _chunk_rows(count, most=CHUNK_ROWS):
     return math.ceil(count / math.ceil(count / most))
 
 
-def write_features_h5(path, sources, count, shapes):
+def write_features_h5(path, sources, count, shapes, attributes=None):
     """Write the HDF5 file ``path`` atomically: dataset name → the first ``count`` rows of ``sources[name]``.
 
-    A source is an iterable of float32 arrays of rows (``feature_slices`` of a Caffe LMDB, or
-    mini-batches computed on the way); ``shapes`` gives each dataset's shape per image. Datasets
-    are float32 and chunked, and the rows are copied a slice at a time.
+    A source is an iterable of float32 arrays of rows (``feature_slices`` of a Caffe LMDB, ``stored_slices``
+    of other HDF5 files, or mini-batches computed on the way); ``shapes`` gives each dataset's shape per
+    image. Datasets are float32 and chunked, and the rows are copied a slice at a time. ``attributes``
+    (name → text) are stored on the file.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as out:
+            out.attrs.update(attributes or {})
             for name, source in sources.items():
                 shape = tuple(shapes[name])
                 dataset = out.create_dataset(name, (count, *shape), dtype="float32",
@@ -78,3 +80,18 @@ def write_features_h5(path, sources, count, shapes):
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def stored_slices(path, name, size=SLICE):
+    """The rows of dataset ``name`` of the HDF5 file ``path``, as float32 arrays of up to ``size`` rows."""
+    with h5py.File(path, "r") as stored:
+        dataset = stored[name]
+        for start in range(0, len(dataset), size):
+            yield dataset[start:start + size]
+
+
+def stored_attribute(path, name):
+    """The text attribute ``name`` of the HDF5 file ``path``, or None."""
+    with h5py.File(path, "r") as stored:
+        value = stored.attrs.get(name)
+    return None if value is None else str(value)

@@ -19,7 +19,9 @@ weights' content, every image file's version and the engine; not the mini-batch,
 no feature. A chunk's HDF5 file appears complete or not at all, so an interrupted extraction
 resumes from the chunks it finished; the store counts as done once its record is written. Runs
 sharing it take turns under a file lock, so the first computes and the others reuse. A deeper
-trunk may start from a shallower trunk's store.
+trunk may start from a shallower trunk's store. On a cluster, the shards of :func:`extract_shard`
+(:mod:`caffegen.run.shards`) compute parts of the chunks at once, under a shared lock, and the
+next extraction merges them into the chunks.
 
 Why ``extract_features`` and not ``caffe test`` with ``HDF5Output``: Caffe 1.0's ``HDF5Output``
 creates its datasets at every forward pass, so a second batch fails with "unable to create
@@ -47,7 +49,7 @@ from tqdm import tqdm
 from caffegen.defaults import CACHE_BATCH, CHUNK_IMAGES
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
-from caffegen.io.featuredb import feature_slices, read_feature_db, write_features_h5
+from caffegen.io.featuredb import feature_slices, read_feature_db, stored_attribute, write_features_h5
 from caffegen.io.files import file_sha256, write_atomic
 from caffegen.io.lists import ListLine, read_list
 from caffegen.io.prototxt import read_solver, to_text
@@ -61,6 +63,7 @@ from caffegen.net.shapes import product
 from caffegen.run.forward import run_extract_features
 from caffegen.run.opencv import caffe_input, compare_features, opencv_batch, opencv_dnn, opencv_net
 from caffegen.run.runner import INTERRUPTED, result_summary, run_caffe_train
+from caffegen.run.shards import COMPUTED_BY, merge_parts, remove_parts, shard_parts
 from caffegen.run.target import memory_budget
 
 FEATURES = "features"
@@ -199,10 +202,11 @@ def extract(plan, target, device=None, echo=None, show_progress=None, seed=1, ba
         files = store.files if source is None else _derived_files(plan, store, source)
         for name, text in files.items():
             write_atomic(store.path / name, text)
-        layers = plan.trunk_names if source is None else source.layers
-        if plan.mean_file is not None:  # the trunk nets name it as the run directory does, and run in the store
-            shutil.copyfile(plan.mean_file, store.path / plan.data_layers[TRAIN].transform_param.mean_file)
-        write_trimmed_weights(plan.weights, store.path / STORE_WEIGHTS, layers, plan.param_shapes)
+        _write_trunk(plan, store, plan.trunk_names if source is None else source.layers)
+        merged = [chunk for chunk in store.work if not (store.path / chunk.path(".h5")).is_file()
+                  and merge_parts(store.path, chunk, _shapes(plan))]
+        if merged:
+            echo(f"merged the shards' parts of {len(merged)} chunks of features")
         done = [chunk for chunk in store.work if (store.path / chunk.path(".h5")).is_file()]
         if done:
             echo(f"resuming: {len(done)} of {len(store.work)} chunks of features are already computed")
@@ -217,9 +221,80 @@ def extract(plan, target, device=None, echo=None, show_progress=None, seed=1, ba
                 else:
                     _run_chunk_opencv(plan, chunk, nets[chunk.name], store.path, engine, batch_size)
                 bar.update(len(chunk.lines))
-        store.engine = CAFFE if engine is None else OPENCV
+        for chunk in store.work:  # parts left of chunks computed whole
+            remove_parts(store.path, chunk)
+        store.engine = _stored_engine(store, CAFFE if engine is None else OPENCV)
         write_atomic(store.path / STORE_RECORD, json.dumps(_record(plan, store)) + "\n")
     return store, False
+
+
+def _write_trunk(plan, store, layers):
+    """Write the trunk's weights (of ``layers``) and the mean file into the store, where its nets read them."""
+    if plan.mean_file is not None:  # the trunk nets name it as the run directory does, and run in the store
+        write_atomic(store.path / plan.data_layers[TRAIN].transform_param.mean_file, plan.mean_file.read_bytes())
+    write_trimmed_weights(plan.weights, store.path / STORE_WEIGHTS, layers, plan.param_shapes)
+
+
+def _shapes(plan):
+    """{dataset: shape of one image's values} of a chunk's HDF5 file."""
+    return {FEATURE_DATASET: plan.feature_shape, LABEL_DATASET: ()}
+
+
+def _stored_engine(store, computing):
+    """What computed the store's chunks, as their files say (``computing`` for files that do not)."""
+    engines = {stored_attribute(store.path / chunk.path(".h5"), COMPUTED_BY) or computing for chunk in store.work}
+    return " and ".join(sorted(engines))
+
+
+def extract_shard(plan, target, shard, shards, device=None, echo=None, show_progress=None, seed=1,
+                  batch_size=CACHE_BATCH):
+    """Compute shard ``shard`` of ``shards`` of the store's features into its parts; return (the FeatureStore,
+    the images computed).
+
+    Shards of one store run at once under a shared lock, so an unsharded extraction waits for them and
+    they for it. A part already computed is kept; shards compute from the images, never from a
+    shallower trunk's store. Each shard checks OpenCV against Caffe on its own first mini-batch.
+    """
+    echo = echo or (lambda line: None)
+    store = feature_store(plan, seed)
+    store.path.mkdir(parents=True, exist_ok=True)
+    with _locked(store.path / STORE_LOCK, echo, shared=True):
+        if store.complete():
+            echo(f"shard {shard}/{shards}: the features in {store.path} are already computed")
+            return store, 0
+        parts = shard_parts(store.work, shard, shards, batch_size)
+        missing = [part for part in parts if not (store.path / part.chunk.path(".h5")).is_file()
+                   and not (store.path / f"{part.name}.h5").is_file()]
+        if len(missing) < len(parts):
+            echo(f"shard {shard}/{shards}: {len(parts) - len(missing)} of its {len(parts)} parts are already computed")
+        if not missing:
+            return store, 0
+        _write_trunk(plan, store, plan.trunk_names)
+        todo = [Chunk(part.chunk.phase, part.name, part.lines) for part in missing]
+        nets = {part.name: _part_net(store.nets[part.chunk.name], part) for part in missing}
+        for part in todo:
+            write_atomic(store.path / part.path(".txt"), "".join(line.text() for line in part.lines))
+        engine = _checked_engine(target, plan, store, nets, todo, device, batch_size, echo, derived=False)
+        images = sum(len(part.lines) for part in todo)
+        with tqdm(total=images, unit="img", desc=f"shard {shard}/{shards}",
+                  disable=None if show_progress is None else not show_progress, dynamic_ncols=True) as bar:
+            for part in todo:
+                if engine is None:
+                    _run_chunk(target, plan, part, nets[part.name], store.path, device, batch_size)
+                else:
+                    _run_chunk_opencv(plan, part, nets[part.name], store.path, engine, batch_size)
+                bar.update(len(part.lines))
+        echo(f"shard {shard}/{shards}: computed {images} images in {len(todo)} part{'s' * (len(todo) > 1)} with "
+             f"{CAFFE if engine is None else OPENCV}")
+    return store, images
+
+
+def _part_net(net, part):
+    """The trunk net of ``part``'s chunk, reading the part's list of images."""
+    running = type(net)()
+    running.CopyFrom(net)
+    running.layer[0].image_data_param.source = f"{part.name}.txt"
+    return running
 
 
 def _record(plan, store):
@@ -332,15 +407,19 @@ def _derived_files(plan, store, source):
 
 
 @contextmanager
-def _locked(path, echo):
-    """Hold an exclusive lock on ``path`` (created if missing) for the block, saying so when it must wait."""
+def _locked(path, echo, shared=False):
+    """Hold a lock on ``path`` (created if missing) for the block, saying so when it must wait.
+
+    Exclusive, or ``shared`` by the shards of one extraction, which write only their own parts.
+    """
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     with open(path, "a") as lock:
         try:
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(lock, mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 echo(f"waiting for another run that is computing the features in {path.parent}")
-                fcntl.flock(lock, fcntl.LOCK_EX)
+                fcntl.flock(lock, mode)
         except OSError as error:
             raise CaffegenError(f"cannot lock the feature store ({error.strerror}): its file system does not "
                                 "support file locks; give the sweep a directory on a local or lock-capable "
@@ -359,7 +438,7 @@ def _run_chunk(target, plan, chunk, net, store, device, batch_size):
         write_features_h5(store / chunk.path(".h5"),
                           {FEATURE_DATASET: feature_slices(databases[plan.boundary], count),
                            LABEL_DATASET: feature_slices(databases[plan.label], count)},
-                          count, {FEATURE_DATASET: plan.feature_shape, LABEL_DATASET: ()})
+                          count, _shapes(plan), {COMPUTED_BY: CAFFE})
     finally:
         for database in databases.values():
             shutil.rmtree(database, ignore_errors=True)
@@ -428,7 +507,8 @@ def _checked_engine(target, plan, store, nets, todo, device, batch_size, echo, d
         return None
     try:
         check, trunk = engine_check(target, nets[todo[0].name], STORE_WEIGHTS, todo[0].lines[:batch_size],
-                                    plan.boundary, plan.input_shape, store.path, device)
+                                    plan.boundary, plan.input_shape, store.path, device,
+                                    name=f"{todo[0].name}.opencv_check")
     except CaffegenError as error:
         if plan.engine == OPENCV:
             raise
@@ -441,16 +521,16 @@ def _checked_engine(target, plan, store, nets, todo, device, batch_size, echo, d
     return trunk
 
 
-def engine_check(target, net, weights, lines, boundary, input_shape, folder, device=None):
+def engine_check(target, net, weights, lines, boundary, input_shape, folder, device=None, name="opencv_check"):
     """(FeatureCheck, OpenCVTrunk): OpenCV DNN against real Caffe on the images of ``lines`` for trunk ``net``.
 
     ``net`` starts with its ImageData layer and computes blob ``boundary`` from images of
-    ``input_shape``; ``weights`` and the files written are in ``folder``. Refuses in one line what
-    OpenCV cannot compute as Caffe does.
+    ``input_shape``; ``weights`` and the files written (named ``name``) are in ``folder``. Refuses in
+    one line what OpenCV cannot compute as Caffe does.
     """
     folder = Path(folder)
     trunk = opencv_trunk(net, boundary, input_shape, folder / weights, folder)
-    first = Chunk(TEST, "opencv_check", list(lines))
+    first = Chunk(TEST, name, list(lines))
     write_atomic(folder / first.path(".txt"), "".join(line.text() for line in first.lines))
     checking = type(net)()
     checking.CopyFrom(net)
@@ -497,7 +577,7 @@ def _run_chunk_opencv(plan, chunk, net, store, trunk, batch_size):
     labels = [np.array([line.label_number for line in chunk.lines], np.float32)]
     try:
         write_features_h5(store / chunk.path(".h5"), {FEATURE_DATASET: features, LABEL_DATASET: labels}, count,
-                          {FEATURE_DATASET: plan.feature_shape, LABEL_DATASET: ()})
+                          _shapes(plan), {COMPUTED_BY: OPENCV})
     except CaffegenError as error:
         raise CaffegenError(f"computing the features of {chunk.name} with OpenCV failed: {error.message}",
                             error.path) from None
@@ -621,6 +701,26 @@ def store_of(run):
 def extract_features(run, target, echo=None, show_progress=None):
     """Compute the trunk features of :class:`RunDir` ``run`` into its store, or reuse them; train nothing."""
     echo = echo or (lambda line: None)
+    device, plan, solver, batch = _planned(run, target, echo)
+    started = time.monotonic()
+    store, reused = extract(plan, target, device, echo, show_progress, _seed(solver), batch)
+    run.record(features_engine=store.engine)
+    return CachedFeatures(plan, store, reused, time.monotonic() - started, solver, device.gpu_flag)
+
+
+def extract_features_shard(run, target, shard, shards, echo=None, show_progress=None):
+    """Compute shard ``shard`` of ``shards`` of :class:`RunDir` ``run``'s trunk features, as one task of a job array;
+    return (the FeatureStore, the images computed, the seconds taken)."""
+    echo = echo or (lambda line: None)
+    device, plan, solver, batch = _planned(run, target, echo)
+    started = time.monotonic()
+    store, images = extract_shard(plan, target, shard, shards, device, echo, show_progress, _seed(solver), batch)
+    return store, images, time.monotonic() - started
+
+
+def _planned(run, target, echo):
+    """(the device, the CachePlan, the solver, the mini-batch) of a cached run, its labels checked and its plan
+    and mini-batch told."""
     device = target.launch_device(run.device, echo)
     run.check_labels()
     plan = plan_cache(run)
@@ -628,11 +728,7 @@ def extract_features(run, target, echo=None, show_progress=None):
         echo(line)
     batch = extraction_batch(plan, device, memory_budget(device))
     echo(batch.line())
-    solver = read_solver(run.path / "solver.prototxt")
-    started = time.monotonic()
-    store, reused = extract(plan, target, device, echo, show_progress, _seed(solver), batch.size)
-    run.record(features_engine=store.engine)
-    return CachedFeatures(plan, store, reused, time.monotonic() - started, solver, device.gpu_flag)
+    return device, plan, read_solver(run.path / "solver.prototxt"), batch.size
 
 
 def run_cached(run, target, echo=None, show_progress=None):

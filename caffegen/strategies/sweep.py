@@ -2,8 +2,9 @@
 
 :func:`prepare_sweep` writes a run directory per combination and ``sweep.json``. The runs are
 launched here one after another (:func:`run_here`), one per GPU at a time (:func:`run_on_gpus`),
-or as Slurm job arrays (:func:`write_slurm_scripts`, :func:`submit`). :func:`collect` reads each
-run's ``result.json`` into ``results.csv`` and ``results.png``, whenever the runs have ended.
+or as Slurm job arrays (:func:`write_slurm_scripts`, submitted by :mod:`caffegen.strategies.slurm`).
+:func:`collect` reads each run's ``result.json`` into ``results.csv`` and ``results.png``, whenever
+the runs have ended.
 """
 
 import csv
@@ -11,7 +12,6 @@ import io
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +32,7 @@ from caffegen.run.launch import launch
 from caffegen.run.report import METRICS
 from caffegen.run.runner import summary_lines
 from caffegen.run.target import resolve_target
+from caffegen.strategies.slurm import check_slurm
 
 SWEEP = "sweep.json"
 TABLE = "results.csv"
@@ -222,17 +223,6 @@ def _record_exit(run_dir, process, errors):
         errors[run_dir.name] = lines[-1] if lines else f"caffegen launch exited with {process.returncode}"
 
 
-def check_slurm(sweep_dir, sbatch_options=()):
-    """Refuse what an sbatch script cannot hold: a quote or newline in the path, a line that is no option."""
-    sweep_dir = Path(sweep_dir).resolve()
-    if any(char in str(sweep_dir) for char in '"\n'):
-        raise CaffegenError("an sbatch script cannot name a path with a double quote or a newline; "
-                            "choose another sweep directory", sweep_dir)
-    for option in sbatch_options:
-        if not option.startswith("-") or "\n" in option:
-            raise CaffegenError(f"--slurm-opt takes an sbatch option such as --partition=gpu, got '{option}'")
-
-
 def feature_groups(sweep_dir, runs):
     """{feature store: [the runs reading it]} for the sweep's cached runs, in the order of ``runs``."""
     groups = {}
@@ -248,7 +238,7 @@ def write_slurm_scripts(sweep_dir, runs, sbatch_options=(), caffe=None):
 
     Task i of ``slurm.sh`` launches run i. When runs cache their features, task j of
     ``slurm_features.sh`` first computes the features of the j-th distinct trunk, once for all
-    the runs that share it; ``slurm.sh`` is then submitted to start after it (:func:`submit`).
+    the runs that share it; ``slurm.sh`` is then submitted to start after it (``slurm.submit``).
     """
     check_slurm(sweep_dir, sbatch_options)
     sweep_dir = Path(sweep_dir).resolve()
@@ -277,21 +267,6 @@ def _write_array(sweep_dir, name, runs, sbatch_options, command, log_name, purpo
     write_atomic(script, text)
     script.chmod(0o755)
     return script
-
-
-def submit(script, after=None):
-    """Submit ``script`` with sbatch (no shell involved), after job ``after`` succeeded if given; return the job id."""
-    sbatch = shutil.which("sbatch")
-    if sbatch is None:
-        raise CaffegenError(f"sbatch not found: run this on a Slurm login node, or submit {script} there "
-                            f"with: sbatch {shlex.quote(str(script))}")
-    # After a failed features job, the runs could never start: Slurm cancels them instead of keeping them pending.
-    dependency = [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"] if after else []
-    done = subprocess.run([sbatch, "--parsable", *dependency, str(script)], capture_output=True, text=True)
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise CaffegenError(f"sbatch refused the job array: {reason}", script)
-    return done.stdout.strip().split(";")[0]
 
 
 def collect(sweep_dir, runs=None, errors=None):
