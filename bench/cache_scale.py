@@ -7,8 +7,9 @@ classifier, the default schedule), and runs each on SMALL and on LARGE training 
 ``--engine caffe`` (Caffe's ``extract_features``) and with the default ``auto`` (OpenCV DNN where
 it agrees with Caffe on the first mini-batch), each in a fresh process, so that each peak RSS is
 its own. Beside them, in the same run, ``caffe time -phase TEST`` measures Caffe's own forward
-speed at a few batch sizes, and a few iterations of the uncached job, scaled to its schedule, give
-the time the cache saves.
+speed at a few batch sizes, beside OpenCV DNN's forward pass alone (on ResNet-50 and on ResNet-50
+at half width, a net of about 1 G multiply-adds per image), and a few iterations of the uncached
+job, scaled to its schedule, give the time the cache saves.
 
 Usage: python bench/cache_scale.py [--dir FOLDER] [--small 500] [--large 2000]
 (run it on an idle machine: every figure is a speed)
@@ -45,7 +46,9 @@ from caffegen.run.target import Target  # noqa: E402
 
 RESNET = ROOT.parent / "shared" / "fixtures" / "zoo" / "resnet" / "ResNet-50-deploy.prototxt"
 SIDE, INPUT, CLASSES, VAL = 256, 224, 5, 0.05
-TIME_BATCHES = (1, 8, 16)
+TIME_BATCHES = (1, 4, 8, 16)
+# Images each forward-speed figure is measured over.
+TIMED_IMAGES = 48
 # The engine caffegen uses unless told, and the one it checks against.
 DEFAULT = "auto"
 ENGINES = ("caffe", DEFAULT)
@@ -64,16 +67,61 @@ def write_images(folder, count, seed=5):
         Image.fromarray(pixels).save(folder / f"c{label}" / f"{index:05d}.jpg", quality=85)
 
 
-def caffe_time(caffe, folder, batch):
-    """Images per second of Caffe's own forward pass of ResNet-50 at ``batch``."""
-    net = read_net(RESNET).net
+def caffe_time(caffe, net, folder, batch):
+    """Images per second of Caffe's own forward pass of ``net`` (a deploy NetParameter) at ``batch``, over about
+    TIMED_IMAGES images."""
+    net = copied(net)
     net.input_dim[0] = batch  # the published net states its input in the legacy input_dim fields
-    path = folder / f"time_{batch}.prototxt"
+    path = folder / f"time_{net.name}_{batch}.prototxt"
     path.write_text(to_text(net))
-    done = subprocess.run([str(caffe), "time", "-model", str(path), "-phase", "TEST", "-iterations", "3"],
+    iterations = str(max(3, TIMED_IMAGES // batch))
+    done = subprocess.run([str(caffe), "time", "-model", str(path), "-phase", "TEST", "-iterations", iterations],
                           capture_output=True, text=True, env=dict(os.environ, GLOG_logtostderr="1"))
     forward = float(re.search(r"Average Forward pass: ([0-9.]+) ms", done.stderr).group(1))
     return batch / forward * 1000
+
+
+def opencv_time(net, weights, folder, batch):
+    """Images per second of OpenCV DNN's forward pass of ``net`` with ``weights`` at ``batch``, after one warm-up."""
+    import cv2
+
+    path = folder / f"opencv_{net.name}.prototxt"
+    path.write_text(to_text(net))
+    dnn = cv2.dnn.readNetFromCaffe(str(path), str(weights))
+    blob = np.random.default_rng(0).uniform(-100, 100, (batch, 3, INPUT, INPUT)).astype(np.float32)
+    dnn.setInput(blob)
+    dnn.forward()
+    rounds = max(1, TIMED_IMAGES // batch)
+    started = time.monotonic()
+    for _ in range(rounds):
+        dnn.setInput(blob)
+        dnn.forward()
+    return rounds * batch / (time.monotonic() - started)
+
+
+def copied(net):
+    copy = type(net)()
+    copy.CopyFrom(net)
+    return copy
+
+
+def half_width(net):
+    """``net`` with half the channels in every convolution: ResNet-50's shape at about a quarter of its work."""
+    half = copied(net)
+    half.name = f"{net.name}-half"
+    for layer in half.layer:
+        if layer.type == "Convolution":
+            layer.convolution_param.num_output //= 2
+    return half
+
+
+def forward_speeds(caffe, net, weights, folder):
+    """(best caffe time img/s, best OpenCV DNN img/s, words) of ``net``'s plain forward pass, side by side."""
+    caffe_rates = {batch: caffe_time(caffe, net, folder, batch) for batch in TIME_BATCHES}
+    opencv_rates = {batch: opencv_time(net, weights, folder, batch) for batch in TIME_BATCHES}
+    words = ", ".join(f"batch {batch}: caffe {caffe_rates[batch]:.1f}, opencv {opencv_rates[batch]:.1f} img/s"
+                      for batch in TIME_BATCHES)
+    return max(caffe_rates.values()), max(opencv_rates.values()), words
 
 
 def cached_once(caffe, weights, images, run_dir, engine):
@@ -168,9 +216,14 @@ def main():
             print(f"--engine {engine}: {figures['images']} images with {figures['engine']}: "
                   f"{figures['images'] / figures['seconds']:.1f} img/s, peak RSS {figures['peak_rss'] / 1e9:.2f} GB, "
                   f"{figures['batch']}; head training {figures['head_seconds']:.1f} s")
-    timed = {batch: caffe_time(caffe, work, batch) for batch in TIME_BATCHES}
-    best = max(timed.values())
-    print("caffe time -phase TEST: " + ", ".join(f"batch {b}: {rate:.1f} img/s" for b, rate in timed.items()))
+    resnet = read_net(RESNET).net
+    best, opencv_best, words = forward_speeds(caffe, resnet, weights, work)
+    print(f"forward pass alone, ResNet-50 ({words}): OpenCV DNN {opencv_best / best:.2f}× caffe time")
+    half = half_width(resnet)
+    half_weights = caffe_initialised(caffe, to_text(half), work / "init_half")
+    half_caffe, half_opencv, words = forward_speeds(caffe, half, half_weights, work)
+    print(f"forward pass alone, ResNet-50 at half width ({words}): OpenCV DNN {half_opencv / half_caffe:.2f}× "
+          "caffe time")
     uncached, words = uncached_seconds(caffe, weights, work / f"images_{args.large}", work / "run_uncached")
     print(words)
     large = {engine: results[args.large, engine] for engine in ENGINES}
