@@ -216,10 +216,7 @@ def extract(plan, target, device=None, echo=None, show_progress=None, seed=1, ba
                   disable=None if show_progress is None else not show_progress, dynamic_ncols=True) as bar:
             bar.update(sum(len(chunk.lines) for chunk in done))
             for chunk in todo:
-                if engine is None:
-                    _run_chunk(target, plan, chunk, nets[chunk.name], store.path, device, batch_size)
-                else:
-                    _run_chunk_opencv(plan, chunk, nets[chunk.name], store.path, engine, batch_size)
+                _compute(target, plan, chunk, nets[chunk.name], store.path, engine, device, batch_size)
                 bar.update(len(chunk.lines))
         for chunk in store.work:  # parts left of chunks computed whole
             remove_parts(store.path, chunk)
@@ -279,14 +276,20 @@ def extract_shard(plan, target, shard, shards, device=None, echo=None, show_prog
         with tqdm(total=images, unit="img", desc=f"shard {shard}/{shards}",
                   disable=None if show_progress is None else not show_progress, dynamic_ncols=True) as bar:
             for part in todo:
-                if engine is None:
-                    _run_chunk(target, plan, part, nets[part.name], store.path, device, batch_size)
-                else:
-                    _run_chunk_opencv(plan, part, nets[part.name], store.path, engine, batch_size)
+                _compute(target, plan, part, nets[part.name], store.path, engine, device, batch_size)
                 bar.update(len(part.lines))
         echo(f"shard {shard}/{shards}: computed {images} images in {len(todo)} part{'s' * (len(todo) > 1)} with "
              f"{CAFFE if engine is None else OPENCV}")
     return store, images
+
+
+def _compute(target, plan, chunk, net, store, engine, device, batch_size):
+    """Compute ``chunk``'s features into its HDF5 file: with Caffe, or with OpenCV when ``engine`` (an OpenCVTrunk)
+    is given."""
+    if engine is None:
+        _run_chunk(target, plan, chunk, net, store, device, batch_size)
+    else:
+        _run_chunk_opencv(plan, chunk, net, store, engine, batch_size)
 
 
 def _part_net(net, part):
