@@ -9,6 +9,7 @@ import sklearn.datasets
 from conftest import DIGITS, ZOO, assert_one_line_error
 from fork_schemas import ceil_mode_proto
 
+from caffegen.defaults import CACHE_BATCH
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import write_caffemodel
 from caffegen.io.lists import ListLine
@@ -187,7 +188,7 @@ def trained(caffe, images, tmp_path_factory):
 
 def test_auto_computes_with_opencv_and_records_it(trained):
     run, lines = trained["auto"]
-    assert any(line.startswith("OpenCV DNN") and "agrees with Caffe on the first 16 images" in line for line in lines)
+    assert any(line.startswith("OpenCV DNN") and f"agrees with Caffe on the first {CACHE_BATCH} images" in line for line in lines)
     manifest = json.loads((run.path / "manifest.json").read_text())
     assert (manifest["engine"], manifest["features_engine"]) == ("auto", "opencv")
     result = json.loads((run.path / "result.json").read_text())["cache"]
@@ -233,7 +234,7 @@ def test_the_first_batch_comparison_falls_back_to_caffe(caffe, images, tmp_path,
         extracted, lines, run = runs[engine]
         assert extracted.store.engine == "caffe"
         assert json.loads((run.path / "manifest.json").read_text())["features_engine"] == "caffe"
-        assert any("DIFFERS from Caffe on the first 16 images" in line and
+        assert any(f"DIFFERS from Caffe on the first {CACHE_BATCH} images" in line and
                    line.endswith("computing all the features with Caffe instead") for line in lines), lines
         np.testing.assert_array_equal(features(run)[0], features(runs["caffe"][2])[0])
 
