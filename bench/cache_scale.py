@@ -7,9 +7,11 @@ classifier, the default schedule), and runs each on SMALL and on LARGE training 
 ``--engine caffe`` (Caffe's ``extract_features``) and with the default ``auto`` (OpenCV DNN where
 it agrees with Caffe on the first mini-batch), each in a fresh process, so that each peak RSS is
 its own. Beside them, in the same run, ``caffe time -phase TEST`` measures Caffe's own forward
-speed at a few batch sizes, beside OpenCV DNN's forward pass alone (on ResNet-50 and on ResNet-50
-at half width, a net of about 1 G multiply-adds per image), and a few iterations of the uncached
-job, scaled to its schedule, give the time the cache saves.
+speed on the same trunk at a few batch sizes, before and after the extractions (the two are
+averaged, so that a machine whose speed drifts does not favour either side), beside OpenCV DNN's
+forward pass alone (on the trunk and on ResNet-50 at half width, a net of about 1 G multiply-adds
+per image), and a few iterations of the uncached job, scaled to its schedule, give the time the
+cache saves.
 
 Usage: python bench/cache_scale.py [--dir FOLDER] [--small 500] [--large 2000]
 (run it on an idle machine: every figure is a speed)
@@ -46,14 +48,15 @@ from caffegen.run.target import Target  # noqa: E402
 
 RESNET = ROOT.parent / "shared" / "fixtures" / "zoo" / "resnet" / "ResNet-50-deploy.prototxt"
 SIDE, INPUT, CLASSES, VAL = 256, 224, 5, 0.05
-TIME_BATCHES = (1, 4, 8, 16)
+BOUNDARY = "pool5"
+TIME_BATCHES = (1, 2, 4, 8)
 # Images each forward-speed figure is measured over.
-TIMED_IMAGES = 48
+TIMED_IMAGES = 160
 # The engine caffegen uses unless told, and the one it checks against.
 DEFAULT = "auto"
 ENGINES = ("caffe", DEFAULT)
 # The uncached job's iteration time: LONG iterations against SHORT ones, so that start-up cancels out.
-SHORT, LONG = 2, 12
+SHORT, LONG = 2, 22
 
 
 def write_images(folder, count, seed=5):
@@ -115,13 +118,31 @@ def half_width(net):
     return half
 
 
-def forward_speeds(caffe, net, weights, folder):
-    """(best caffe time img/s, best OpenCV DNN img/s, words) of ``net``'s plain forward pass, side by side."""
-    caffe_rates = {batch: caffe_time(caffe, net, folder, batch) for batch in TIME_BATCHES}
-    opencv_rates = {batch: opencv_time(net, weights, folder, batch) for batch in TIME_BATCHES}
+def trunk(net):
+    """``net``'s layers up to BOUNDARY: the trunk the cached jobs extract with."""
+    cut = copied(net)
+    cut.name = f"{net.name}-{BOUNDARY}"
+    del cut.layer[[layer.name for layer in net.layer].index(BOUNDARY) + 1:]
+    return cut
+
+
+def forward_rates(caffe, net, weights, folder):
+    """({batch: caffe time img/s}, {batch: OpenCV DNN img/s}) of ``net``'s plain forward pass, side by side."""
+    return ({batch: caffe_time(caffe, net, folder, batch) for batch in TIME_BATCHES},
+            {batch: opencv_time(net, weights, folder, batch) for batch in TIME_BATCHES})
+
+
+def averaged(*rounds):
+    """{batch: mean img/s} of several rounds of {batch: img/s}."""
+    return {batch: sum(rates[batch] for rates in rounds) / len(rounds) for batch in rounds[0]}
+
+
+def speeds_line(name, caffe_rates, opencv_rates):
+    """(best caffe time img/s, a line of both engines' rates by batch and their ratio at their best batches)."""
+    best = max(caffe_rates.values())
     words = ", ".join(f"batch {batch}: caffe {caffe_rates[batch]:.1f}, opencv {opencv_rates[batch]:.1f} img/s"
                       for batch in TIME_BATCHES)
-    return max(caffe_rates.values()), max(opencv_rates.values()), words
+    return best, f"forward pass alone, {name} ({words}): OpenCV DNN {max(opencv_rates.values()) / best:.2f}× caffe time"
 
 
 def cached_once(caffe, weights, images, run_dir, engine):
@@ -148,7 +169,7 @@ def cached_once(caffe, weights, images, run_dir, engine):
 def job_options(weights, images, **options):
     """The bench's job: ResNet-50 frozen through pool5, a new 5-class classifier, the default schedule."""
     settings = DataSettings(resize=(INPUT, INPUT), mean_value=(104.0, 117.0, 123.0))
-    return JobOptions(net=RESNET, weights=weights, data=images, val_fraction=VAL, freeze_upto="pool5",
+    return JobOptions(net=RESNET, weights=weights, data=images, val_fraction=VAL, freeze_upto=BOUNDARY,
                       data_settings=settings, **options)
 
 
@@ -206,6 +227,9 @@ def main():
     work = args.dir or Path(tempfile.mkdtemp(prefix="caffegen-bench-"))
     caffe = install_caffe(log=print)
     weights = caffe_initialised(caffe, RESNET.read_text(), work / "init")
+    resnet = read_net(RESNET).net
+    resnet_trunk = trunk(resnet)
+    before = forward_rates(caffe, resnet_trunk, weights, work)
     results = {}
     for count in (args.small, args.large):
         images = work / f"images_{count}"
@@ -216,14 +240,13 @@ def main():
             print(f"--engine {engine}: {figures['images']} images with {figures['engine']}: "
                   f"{figures['images'] / figures['seconds']:.1f} img/s, peak RSS {figures['peak_rss'] / 1e9:.2f} GB, "
                   f"{figures['batch']}; head training {figures['head_seconds']:.1f} s")
-    resnet = read_net(RESNET).net
-    best, opencv_best, words = forward_speeds(caffe, resnet, weights, work)
-    print(f"forward pass alone, ResNet-50 ({words}): OpenCV DNN {opencv_best / best:.2f}× caffe time")
+    after = forward_rates(caffe, resnet_trunk, weights, work)
+    best, line = speeds_line(f"ResNet-50 through {BOUNDARY}, over {TIMED_IMAGES} images before and after the "
+                             "extractions, averaged", *(averaged(*rounds) for rounds in zip(before, after)))
+    print(line)
     half = half_width(resnet)
     half_weights = caffe_initialised(caffe, to_text(half), work / "init_half")
-    half_caffe, half_opencv, words = forward_speeds(caffe, half, half_weights, work)
-    print(f"forward pass alone, ResNet-50 at half width ({words}): OpenCV DNN {half_opencv / half_caffe:.2f}× "
-          "caffe time")
+    print(speeds_line("ResNet-50 at half width", *forward_rates(caffe, half, half_weights, work))[1])
     uncached, words = uncached_seconds(caffe, weights, work / f"images_{args.large}", work / "run_uncached")
     print(words)
     large = {engine: results[args.large, engine] for engine in ENGINES}

@@ -144,17 +144,18 @@ class TestPrepare:
         assert f"feature extraction in mini-batches of {CACHE_BATCH} images (the default, within memory)" in \
             capsys.readouterr().err
         plan = plan_cache(tmp_path / "run")
+        fewer = CACHE_BATCH - 1
         peak = {size: extraction_check(plan, CPU, MemoryBudget(None, "unknown"), size).estimate.peak
-                for size in (5, 6)}
-        assert peak[5] < peak[6]
-        budget = (peak[5] + peak[6]) // 2
-        assert extraction_batch(plan, CPU, MemoryBudget(budget, "test")).size == 5
+                for size in (fewer, CACHE_BATCH)}
+        assert peak[fewer] < peak[CACHE_BATCH]
+        budget = (peak[fewer] + peak[CACHE_BATCH]) // 2
+        assert extraction_batch(plan, CPU, MemoryBudget(budget, "test")).size == fewer
         mem_available(monkeypatch, tmp_path, budget)
         assert main([*command, "-o", str(tmp_path / "short")]) == 0
-        assert "feature extraction in mini-batches of 5 images (the most that fit the" in capsys.readouterr().err
+        assert f"feature extraction in mini-batches of {fewer} images (the most that fit the" in capsys.readouterr().err
         assert main([*command, "--cache-batch", "9", "-o", str(tmp_path / "asked")]) == 2
         error = capsys.readouterr().err.strip().splitlines()[-1]
-        assert "feature extraction (trunk at batch 9) peaks at about" in error and "pass --cache-batch 5," in error
+        assert "feature extraction (trunk at batch 9) peaks at about" in error and f"pass --cache-batch {fewer}," in error
         assert not (tmp_path / "asked").exists()
 
     def test_cache_batch_needs_cache_features(self, images, tmp_path):
