@@ -62,7 +62,7 @@ def build(target, dataset, folder, encode_type):
     """The training LMDB of ``dataset``, built by convert_imageset into ``folder``; (path, seconds)."""
     folder.mkdir()
     started = time.monotonic()
-    plan = plan_databases(dataset, None, False, encode_type, False)
+    plan = plan_databases(dataset, None, False, encode_type, False, seed=1)
     DatabaseBuilder(target)(plan, folder)
     return folder / plan.train.name, time.monotonic() - started
 

@@ -8,12 +8,12 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import DIGITS, assert_one_line_error, run_caffegen
 from PIL import Image
 
 from caffegen.io.lists import read_list
 from caffegen.io.prototxt import read_net, to_text
 from caffegen.run.evaluate import Evaluation
-from conftest import DIGITS, assert_one_line_error, run_caffegen
 
 
 @pytest.fixture(scope="module")

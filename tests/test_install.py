@@ -293,3 +293,39 @@ def test_unreachable_archive_gives_a_one_line_error(monkeypatch, tmp_path):
     assert message.startswith("cannot download the Debian bullseye package index (http://nonexistent.invalid/debian: ")
     assert "nonexistent.invalid" in message and "\n" not in message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_openblas_gets_its_avx512_kernels_where_the_cpu_has_them(caffe):
+    """OpenBLAS 0.3.13 runs AMD's AVX-512 CPUs on Haswell kernels unless the wrapper names SkylakeX."""
+    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    unset = {name: value for name, value in os.environ.items() if name != "OPENBLAS_CORETYPE"}
+
+    def core(command, **env):
+        done = subprocess.run([*command, "--version"], capture_output=True, text=True,
+                              env=dict(unset, OPENBLAS_VERBOSE="2", **env))
+        return re.search(r"^Core: (\S+)$", done.stderr, flags=re.MULTILINE)[1]
+
+    if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= set(flags):
+        assert core([str(caffe)]) == "SkylakeX"
+    else:
+        assert core([str(caffe)]) == core(install._loader_command(caffe.parent.parent, "caffe"))
+    assert core([str(caffe)], OPENBLAS_CORETYPE="Haswell") == "Haswell", "a core the user names is left alone"
+
+
+def test_reinstalling_rewrites_the_wrappers_an_earlier_caffegen_wrote(caffe, tmp_path):
+    real, prefix = caffe.parent.parent, tmp_path / "prefix"
+    prefix.mkdir()
+    for folder in ("lib", "usr"):
+        (prefix / folder).symlink_to(real / folder)
+    shutil.copy(real / install.MARKER, prefix / install.MARKER)
+    (prefix / "bin").mkdir()
+    old = prefix / "bin" / "caffe"
+    old.write_text("#!/bin/sh\nexec false\n")
+    old.chmod(0o755)
+    lines = []
+    assert install_caffe(prefix, log=lines.append) == old
+    assert lines[-1] == f"rewrote the 1 wrappers in {prefix / 'bin'} that an earlier caffegen wrote"
+    assert subprocess.run([str(old), "--version"], capture_output=True, text=True).stdout == "caffe version 1.0.0\n"
+    lines.clear()
+    install_caffe(prefix, log=lines.append)
+    assert lines == [f"Caffe is already installed in {prefix}"]

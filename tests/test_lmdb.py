@@ -103,6 +103,16 @@ def test_encoded_databases_store_png_that_decodes_to_the_raw_pixels(caffe, image
     assert job.manifest["input"]["shape"] == [1, 1, RESIZE, RESIZE]
 
 
+def test_the_same_images_and_seed_give_the_same_databases(caffe, image_folder, raw_run, tmp_path):
+    again = prepare_lmdb(caffe, image_folder, tmp_path / "again")
+    first, second = (list(datums(run.run_dir / "train_lmdb").items()) for run in (raw_run, again))
+    assert first == second
+    labels = [datum.label for _, datum in first]
+    assert labels != sorted(labels), "a Data layer reads its database in order: the images go in shuffled"
+    other = prepare_lmdb(caffe, image_folder, tmp_path / "other", seed=2)
+    assert list(datums(other.run_dir / "train_lmdb")) != [name for name, _ in first]
+
+
 def test_training_on_the_databases_runs(caffe, image_folder, tmp_path):
     job = prepare_lmdb(caffe, image_folder, tmp_path / "run", mean="image")
     result = launch(job.run_dir, Target(caffe), show_progress=False)

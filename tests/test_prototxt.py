@@ -1,11 +1,14 @@
 """Reading nets: the zoo, legacy V1 upgrades, and every kind of bad input."""
 
+import os
+import stat
+
 import pytest
 from conftest import NOT_BVLC_NETS, ZOO, is_solver, zoo_files, zoo_nets
 from google.protobuf import text_format
 
 from caffegen.errors import CaffegenError
-from caffegen.io.files import write_atomic
+from caffegen.io.files import built_beside, write_atomic
 from caffegen.io.prototxt import read_net, to_text
 from caffegen.io.schema import BVLC
 
@@ -137,3 +140,14 @@ class TestTextForms:
         write_atomic(target, "new text")
         assert target.read_text() == "new text"
         assert [p.name for p in tmp_path.iterdir()] == ["out.prototxt"]
+
+    def test_atomic_writes_get_the_permissions_of_the_umask(self, tmp_path):
+        previous = os.umask(0o027)
+        try:
+            write_atomic(tmp_path / "out.prototxt", "text")
+            with built_beside(tmp_path / "folder") as folder:
+                (folder / "inside").write_text("text")
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE((tmp_path / "out.prototxt").stat().st_mode) == 0o640
+        assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o750

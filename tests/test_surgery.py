@@ -54,9 +54,9 @@ class TestNetView:
         net = text_format.Parse(
             'layer { name: "a" type: "Input" top: "x" include { phase: TRAIN stage: "s" } }'
             'layer { name: "b" type: "Input" top: "x" exclude { phase: TEST } }', BVLC.NetParameter())
-        assert [l.name for l in NetView(net, TRAIN).layers] == ["b"]
-        assert [l.name for l in NetView(net, TRAIN, stages=("s",)).layers] == ["a", "b"]
-        assert [l.name for l in NetView(net, TEST).layers] == []
+        assert [layer.name for layer in NetView(net, TRAIN).layers] == ["b"]
+        assert [layer.name for layer in NetView(net, TRAIN, stages=("s",)).layers] == ["a", "b"]
+        assert [layer.name for layer in NetView(net, TEST).layers] == []
 
     def test_in_place_chain_is_sequential(self):
         view = NetView(small_net())
@@ -235,7 +235,7 @@ class TestZooSurgery:
     def test_freeze_at_several_points_then_head(self, name):
         net = read_net(ZOO / name).net
         view = NetView(net, TRAIN)
-        learnable = [l.name for l in view.layers if learnable_blob_count(l)]
+        learnable = [layer.name for layer in view.layers if learnable_blob_count(layer)]
         if not learnable:
             pytest.skip("no learnable layers")
         for point in {learnable[0], learnable[len(learnable) // 2], learnable[-1]}:

@@ -295,6 +295,16 @@ def features(store):
     return arrays
 
 
+def test_features_derived_from_opencv_features_record_both_engines(caffe, images, tmp_path):
+    out = tmp_path / "sweep"
+    done = sweep(images, out, "--freeze-upto", "conv2,fc1", "--lr", "0.01", "--cache-features", epochs=1)
+    assert done.returncode == 0, done.stderr
+    assert "deriving 'fc1' from the cached 'pool2' of " in done.stderr
+    shallow, deep = (cache_record(out / run) for run in ("upto-conv2_lr-0.01", "upto-fc1_lr-0.01"))
+    assert shallow["engine"] == "opencv"
+    assert deep["engine"] == "caffe and opencv", "Caffe computed fc1 from features that OpenCV computed"
+
+
 def test_a_deeper_trunk_is_computed_from_the_shallower_features(caffe, images, tmp_path):
     out = tmp_path / "sweep"
     # One engine throughout, so that derived and direct features sum in the same order.

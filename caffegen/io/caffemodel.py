@@ -10,7 +10,6 @@ as numpy arrays, on the memory map where the file stores them packed, only when 
 
 import mmap
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from caffegen.errors import CaffegenError
+from caffegen.io.files import temp_file_beside
 from caffegen.io.schema import BVLC
 from caffegen.io.upgrade import V1_TYPE_NAMES, upgrade_v1_layer
 
@@ -465,7 +465,7 @@ class _AtomicBinary:
 
     def __enter__(self):
         try:
-            fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            fd, self.tmp = temp_file_beside(self.path)
         except OSError as error:
             raise CaffegenError(f"cannot write here: {error.strerror}", self.path) from None
         self.out = os.fdopen(fd, "wb")

@@ -7,7 +7,6 @@ data layer wraps around to the start); keys are zero-padded indices, so they sor
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -15,6 +14,7 @@ import lmdb
 import numpy as np
 
 from caffegen.errors import CaffegenError
+from caffegen.io.files import temp_file_beside
 from caffegen.io.schema import BVLC
 
 SLICE = 256  # records converted at a time: memory stays bounded whatever the number of images
@@ -60,7 +60,7 @@ def write_features_h5(path, sources, count, shapes, attributes=None):
     (name → text) are stored on the file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as out:

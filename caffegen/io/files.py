@@ -11,11 +11,25 @@ from pathlib import Path
 from caffegen.errors import CaffegenError
 
 
+def temp_file_beside(path):
+    """(descriptor, name) of a new temporary file beside ``path``, with the permissions ``open`` would give
+    ``path`` (the umask's, not ``mkstemp``'s owner-only ones), to be renamed onto it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path, data):
     """Write ``data`` (text or bytes) to ``path`` through a temporary file beside it, renamed into place."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = temp_file_beside(path)
     except OSError as error:
         raise CaffegenError(f"cannot write here: {error.strerror}", path) from None
     try:
@@ -37,7 +51,7 @@ def built_beside(target):
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield staging
-        os.chmod(staging, 0o755)
+        os.chmod(staging, 0o777 & ~_umask())
         old = target.with_name(f".{target.name}.old")
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)

@@ -3,14 +3,18 @@
 Each database (``train_lmdb/``, ``val_lmdb/``) has a record beside it (``train_lmdb.json``) with the
 digest of what it was built from: its list, each image's size and modification time, and the
 resize, colour and encoding settings. A database whose record matches the plan is reused, not rebuilt.
+A ``Data`` layer reads its database in order, so the images go in shuffled once, by the job's seed:
+the same images and seed give the same database (``convert_imageset --shuffle`` is not seeded).
 """
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
+from caffegen.io.lists import list_line
 
 TRAIN_DB, VAL_DB = "train_lmdb", "val_lmdb"
 ENCODE_TYPES = ("png", "jpg")
@@ -22,7 +26,7 @@ class DatabasePlan:
     """One LMDB to build with convert_imageset: its name in the run directory and what goes in."""
 
     name: str
-    list_text: str  # Caffe's list format, absolute paths
+    list_text: str  # Caffe's list format, absolute paths, in the database's order
     count: int
     resize: tuple  # (height, width), or None: the images' own size
     gray: bool
@@ -61,15 +65,17 @@ class LmdbPlan:
         return self.databases[0]
 
 
-def plan_databases(dataset, resize, gray, encode_type, mean):
-    """The LmdbPlan of ``dataset`` (a Dataset): its images resized to ``resize`` (None: as they are)."""
+def plan_databases(dataset, resize, gray, encode_type, mean, seed):
+    """The LmdbPlan of ``dataset`` (a Dataset): its images resized to ``resize`` (None: as they are), each
+    subset shuffled by ``seed``."""
     if encode_type is not None and encode_type not in ENCODE_TYPES:
         raise CaffegenError(f"--encode-type takes {' or '.join(ENCODE_TYPES)}, got '{encode_type}'")
     resize = tuple(resize) if resize else None
     databases = []
     for name, subset in ((TRAIN_DB, "train"), (VAL_DB, "val")):
-        entries = getattr(dataset, subset)
-        text = dataset.list_text(subset)
+        entries = list(getattr(dataset, subset))
+        random.Random(seed).shuffle(entries)
+        text = "".join(list_line(path, label) for path, label in entries)
         databases.append(DatabasePlan(name, text, len(entries), resize, gray, encode_type,
                                       _digest(text, entries, resize, gray, encode_type)))
     return LmdbPlan(tuple(databases), mean)

@@ -438,7 +438,7 @@ def _lmdb_plan(net, options, dataset):
     params = layer.image_data_param
     resize = (params.new_height, params.new_width) if params.new_height and params.new_width else None
     return plan_databases(dataset, resize, _channels(layer) == 1, options.encode_type if options.encoded else None,
-                          options.mean == MEAN_IMAGE)
+                          options.mean == MEAN_IMAGE, options.seed)
 
 
 def _check_first_datum(net, dataset, settings, databases, planned):

@@ -220,7 +220,7 @@ def extract(plan, target, device=None, echo=None, show_progress=None, seed=1, ba
                 bar.update(len(chunk.lines))
         for chunk in store.work:  # parts left of chunks computed whole
             remove_parts(store.path, chunk)
-        store.engine = _stored_engine(store, CAFFE if engine is None else OPENCV)
+        store.engine = _stored_engine(store, CAFFE if engine is None else OPENCV, source)
         write_atomic(store.path / STORE_RECORD, json.dumps(_record(plan, store)) + "\n")
     return store, False
 
@@ -237,9 +237,12 @@ def _shapes(plan):
     return {FEATURE_DATASET: plan.feature_shape, LABEL_DATASET: ()}
 
 
-def _stored_engine(store, computing):
-    """What computed the store's chunks, as their files say (``computing`` for files that do not)."""
+def _stored_engine(store, computing, source=None):
+    """What computed the store's chunks, as their files say (``computing`` for files that do not), and what
+    computed the shallower features of ``source`` (a Source) that they were derived from."""
     engines = {stored_attribute(store.path / chunk.path(".h5"), COMPUTED_BY) or computing for chunk in store.work}
+    if source is not None:
+        engines.update(source.record.get("computed_by", CAFFE).split(" and "))
     return " and ".join(sorted(engines))
 
 

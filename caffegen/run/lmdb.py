@@ -66,7 +66,7 @@ class DatabaseBuilder:
         try:
             listed = scratch / "list.txt"
             listed.write_text(database.list_text, encoding="utf-8")
-            command = [str(self.target.tool("convert_imageset")), "--backend=lmdb", "--shuffle"]
+            command = [str(self.target.tool("convert_imageset")), "--backend=lmdb"]  # the plan's order is shuffled
             if database.resize:
                 command += [f"--resize_height={database.resize[0]}", f"--resize_width={database.resize[1]}"]
             if database.gray:
