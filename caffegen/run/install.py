@@ -395,11 +395,12 @@ def _write_wrappers(root, prefix, tools):
 
 def _refresh_wrappers(prefix, log):
     """Rewrite the wrappers of the install in ``prefix`` that differ from the ones this caffegen writes."""
-    stale = [wrapper for wrapper in sorted((prefix / "bin").iterdir())
-             if wrapper.read_text() != _wrapper_script(wrapper.name, _loader_command(prefix, wrapper.name))]
+    wanted = {wrapper: _wrapper_script(wrapper.name, _loader_command(prefix, wrapper.name))
+              for wrapper in sorted((prefix / "bin").iterdir())}
+    stale = [wrapper for wrapper, text in wanted.items() if wrapper.read_text() != text]
     try:
         for wrapper in stale:
-            write_atomic(wrapper, _wrapper_script(wrapper.name, _loader_command(prefix, wrapper.name)))
+            write_atomic(wrapper, wanted[wrapper])
             wrapper.chmod(0o755)
     except (CaffegenError, OSError) as error:
         log(f"the wrappers in {prefix / 'bin'} are an earlier caffegen's and stay so ({error}); "
