@@ -4,6 +4,7 @@ import csv
 import json
 import re
 import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -229,7 +230,7 @@ def test_the_bundle_readmes_opencv_code_gives_caffes_probabilities(cli, trained,
     code = re.search(r"```python\n(import cv2.*?)```", (bundle / "README.md").read_text(), re.S).group(1)
     image = evaluated_image(evaluated)
     expected = json.loads(cli("predict", bundle, image, "--json").stdout)[0]["top"][0]["class"]
-    done = subprocess.run(["python", "-c", code.replace("image.jpg", image)], cwd=bundle, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", code.replace("image.jpg", image)], cwd=bundle, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == expected

@@ -128,18 +128,24 @@ def test_libcaffe_is_the_cpu_only_library(caffe):
     assert b"Cannot use GPU in CPU-only Caffe" in data
 
 
-def test_caffe_loads_openblas_and_only_libraries_from_the_prefix(caffe):
+@pytest.mark.parametrize("coretype", [None, "Haswell"], ids=["coretype-unset", "coretype-set"])
+def test_caffe_loads_openblas_and_only_libraries_from_the_prefix(caffe, coretype):
     prefix = caffe.parent.parent
-    result = subprocess.run([str(caffe), "--version"], capture_output=True, text=True,
-                            env=dict(os.environ, LD_DEBUG="libs"))
+    env = {name: value for name, value in os.environ.items() if name != "OPENBLAS_CORETYPE"}
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    result = subprocess.run([str(caffe), "--version"], capture_output=True, text=True, env=dict(env, LD_DEBUG="libs"))
+    assert result.returncode == 0, result.stderr[-2000:]
     programs = re.findall(r"^\s*(\d+):\s+initialize program: (\S+)$", result.stderr, flags=re.MULTILINE)
-    # One process: the shell wrapper, then (after exec, same pid) caffe itself.
-    assert [program for _, program in programs] == ["/bin/sh", str(prefix / "usr/bin/caffe")]
-    assert programs[0][0] == programs[1][0]
-    # The loader initialises caffe's libraries between the two "initialize program" lines.
+    # The wrapper's own process: the shell, then (after exec, same pid) caffe itself. Commands the
+    # shell runs before the exec (reading the CPU's flags) are children with other pids.
+    wrapper_pid = programs[0][0]
+    assert programs[0][1] == "/bin/sh"
+    assert [program for pid, program in programs if pid == wrapper_pid] == ["/bin/sh", str(prefix / "usr/bin/caffe")]
+    # The loader initialises caffe's libraries between the two "initialize program" lines of that pid.
     after_shell = result.stderr.split("initialize program: /bin/sh")[1]
     caffe_startup = after_shell.split(f"initialize program: {prefix}/usr/bin/caffe")[0]
-    libraries = re.findall(r"^\s*\d+:\s+calling init: (\S+)$", caffe_startup, flags=re.MULTILINE)
+    libraries = re.findall(rf"^\s*{wrapper_pid}:\s+calling init: (\S+)$", caffe_startup, flags=re.MULTILINE)
     assert str(prefix / "usr/lib/x86_64-linux-gnu/libcaffe.so.1.0.0") in libraries
     blas = [library for library in libraries if Path(library).name == "libblas.so.3"]
     assert blas == [str(prefix / "usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3")]
