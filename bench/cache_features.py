@@ -28,7 +28,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from zoo_corpus import corpus_folder  # noqa: E402
 
 from caffegen.io.prototxt import read_net, to_text  # noqa: E402
 from caffegen.io.schema import BVLC  # noqa: E402
@@ -43,7 +45,7 @@ from caffegen.run.launch import launch  # noqa: E402
 from caffegen.run.runner import validation_accuracies  # noqa: E402
 from caffegen.run.target import Target  # noqa: E402
 
-CAFFENET = ROOT.parent / "shared" / "fixtures" / "zoo" / "bvlc_reference_caffenet" / "train_val.prototxt"
+CAFFENET = "bvlc_reference_caffenet/train_val.prototxt"
 SIDE, INPUT = 256, 227
 MEAN = (104.0, 117.0, 123.0)
 BATCH = 50
@@ -86,7 +88,7 @@ def draw_shape(draw, shape, colour, rng):
 
 def deterministic_caffenet(path):
     """CaffeNet's train_val without the random crop, mirror and fc6's Dropout; xavier fillers for the weights."""
-    net = read_net(CAFFENET).net
+    net = read_net(corpus_folder() / CAFFENET).net
     kept = [layer for layer in net.layer if layer.name != "drop6"]
     del net.layer[:]
     net.layer.extend(kept)

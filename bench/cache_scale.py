@@ -32,9 +32,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from cache_features import caffe_initialised  # noqa: E402
+from zoo_corpus import corpus_folder  # noqa: E402
 
 from caffegen.io.prototxt import read_net, read_solver, to_text  # noqa: E402
 from caffegen.job.cacheplan import plan_cache  # noqa: E402
@@ -46,7 +47,7 @@ from caffegen.run.cache import run_cached  # noqa: E402
 from caffegen.run.install import install_caffe  # noqa: E402
 from caffegen.run.target import Target  # noqa: E402
 
-RESNET = ROOT.parent / "shared" / "fixtures" / "zoo" / "resnet" / "ResNet-50-deploy.prototxt"
+RESNET = "resnet/ResNet-50-deploy.prototxt"
 SIDE, INPUT, CLASSES, VAL = 256, 224, 5, 0.05
 BOUNDARY = "pool5"
 TIME_BATCHES = (1, 2, 4, 8)
@@ -169,8 +170,8 @@ def cached_once(caffe, weights, images, run_dir, engine):
 def job_options(weights, images, **options):
     """The bench's job: ResNet-50 frozen through pool5, a new 5-class classifier, the default schedule."""
     settings = DataSettings(resize=(INPUT, INPUT), mean_value=(104.0, 117.0, 123.0))
-    return JobOptions(net=RESNET, weights=weights, data=images, val_fraction=VAL, freeze_upto=BOUNDARY,
-                      data_settings=settings, **options)
+    return JobOptions(net=corpus_folder() / RESNET, weights=weights, data=images, val_fraction=VAL,
+                      freeze_upto=BOUNDARY, data_settings=settings, **options)
 
 
 def measured_run(caffe, weights, images, run_dir, engine):
@@ -226,8 +227,8 @@ def main():
         return cached_once(*args.cached_only)
     work = args.dir or Path(tempfile.mkdtemp(prefix="caffegen-bench-"))
     caffe = install_caffe(log=print)
-    weights = caffe_initialised(caffe, RESNET.read_text(), work / "init")
-    resnet = read_net(RESNET).net
+    weights = caffe_initialised(caffe, (corpus_folder() / RESNET).read_text(), work / "init")
+    resnet = read_net(corpus_folder() / RESNET).net
     resnet_trunk = trunk(resnet)
     before = forward_rates(caffe, resnet_trunk, weights, work)
     results = {}

@@ -31,7 +31,9 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from zoo_corpus import corpus_folder  # noqa: E402
 
 from caffegen.io.caffemodel import read_caffemodel, write_caffemodel  # noqa: E402
 from caffegen.io.prototxt import read_net, to_text  # noqa: E402
@@ -51,7 +53,6 @@ from caffegen.net.shapes import infer_shapes  # noqa: E402
 from caffegen.net.wiring import DataSettings, add_training_layers  # noqa: E402
 from caffegen.run.install import install_caffe  # noqa: E402
 
-ZOO = ROOT.parent / "shared" / "fixtures" / "zoo"
 NETS = {
     "caffenet": "bvlc_reference_caffenet/deploy.prototxt",
     "googlenet": "bvlc_googlenet/deploy.prototxt",
@@ -144,7 +145,7 @@ def trunk(net):
 
 def measure_net(caffe, name, batches, commands, folder):
     """The rows of net ``name`` at each batch for each command, run in ``folder``."""
-    base = train_val(ZOO / NETS[name])
+    base = train_val(corpus_folder() / NETS[name])
     folder.mkdir(parents=True, exist_ok=True)
     write_weights(base, TRAIN, folder / "weights.caffemodel")
     copy = weights_copy(read_caffemodel(folder / "weights.caffemodel"))

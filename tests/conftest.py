@@ -1,4 +1,10 @@
-"""Shared fixtures: the zoo of published nets, the real Caffe binary, the real command line, a real Slurm."""
+"""Shared fixtures: the zoo of published nets, the real Caffe binary, the real command line, a real Slurm.
+
+Tests that need an outside program get its marker from the fixture that provides it (``caffe``,
+``slurm``, ``wine``), and tests that read the published nets are marked ``zoo``; so
+``pytest -m "not caffe and not slurm and not wine"`` runs every pure test. Under ``CI`` none of them
+may be skipped for want of what it needs.
+"""
 
 import os
 import subprocess
@@ -6,10 +12,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from served import serving
 from slurm_cluster import APT_PACKAGES, SlurmCluster, missing_programs
+from zoo_corpus import locate_corpus, manifest_remotes
 
 ROOT = Path(__file__).resolve().parents[1]
-ZOO = ROOT.parent / "shared" / "fixtures" / "zoo"
+IN_CI = bool(os.environ.get("CI"))
+CORPUS = locate_corpus()
+ZOO = CORPUS.folder
+# Markers that the fixture of the same name applies to every test using it.
+FIXTURE_MARKERS = ("caffe", "slurm", "wine", "zoo")
 
 # Zoo files that are not BVLC nets, with the words their error must contain.
 NOT_BVLC_NETS = {
@@ -31,7 +43,15 @@ DIGITS = _bundled_models() / "digits"
 
 
 def zoo_files():
-    return sorted(path.relative_to(ZOO).as_posix() for path in ZOO.rglob("*.prototxt"))
+    """Relative paths of the corpus's prototxt files, from its manifest (so collection never needs the corpus)."""
+    return sorted(remote.name for remote in manifest_remotes() if remote.name.endswith(".prototxt"))
+
+
+def zoo_cases(select, arity=1):
+    """The parameters ``select()`` reads from the corpus; where the corpus is absent, one case that skips."""
+    if CORPUS.found:
+        return select()
+    return [pytest.param(*[None] * arity, marks=pytest.mark.skip(reason=CORPUS.skip_reason), id="no-zoo-corpus")]
 
 
 def is_solver(name):
@@ -41,6 +61,14 @@ def is_solver(name):
 def zoo_nets():
     """Relative paths of the zoo files that are BVLC nets."""
     return [name for name in zoo_files() if not is_solver(name) and name not in NOT_BVLC_NETS]
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """The folder of the published nets (see ``zoo_corpus.py``); a test using it skips where it is absent."""
+    if not CORPUS.found:
+        pytest.skip(CORPUS.skip_reason)
+    return CORPUS.folder
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +114,13 @@ def cli():
     return run_caffegen
 
 
+@pytest.fixture
+def server():
+    """A local HTTP server (see ``served.py``)."""
+    with serving() as served:
+        yield served
+
+
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """A real Slurm (munged, slurmctld, slurmd) on localhost for this session; required in CI."""
@@ -101,3 +136,22 @@ def slurm(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+
+
+def pytest_configure(config):
+    if IN_CI and not CORPUS.found:
+        raise pytest.UsageError(f"the zoo corpus is required in CI: {CORPUS.skip_reason}")
+
+
+def pytest_report_header(config):
+    return f"zoo corpus: {CORPUS.how if CORPUS.found else CORPUS.skip_reason}"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_zoo = pytest.mark.skip(reason=CORPUS.skip_reason)
+    for item in items:
+        for name in FIXTURE_MARKERS:
+            if name in item.fixturenames:
+                item.add_marker(name)
+        if not CORPUS.found and item.get_closest_marker("zoo"):
+            item.add_marker(skip_zoo)

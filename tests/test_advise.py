@@ -137,6 +137,7 @@ class TestDatasetSize:
         assert dataset_size(1500, 30)[1] == "1500 training images in 30 classes, fewer than 100 a class"
         assert dataset_size(800)[1] == "800 training images, fewer than 1000"
 
+    @pytest.mark.zoo
     @pytest.mark.parametrize("case", CASES, ids=lambda case: str(case.number))
     def test_each_case_is_chosen(self, case):
         images, similarity = CASE_INPUTS[case.number]
@@ -144,6 +145,7 @@ class TestDatasetSize:
         assert (advice.case, advice.dataset, advice.similarity) == (case.number, case.dataset, case.similarity)
 
 
+@pytest.mark.zoo
 class TestFreezePoints:
     @pytest.mark.parametrize("name, classifier, bottleneck, first, middle", NETS, ids=NET_NAMES)
     def test_points_of_published_nets(self, name, classifier, bottleneck, first, middle):
@@ -202,6 +204,7 @@ def check_earlier_features(name, advice):
     assert readers and not any(layer.type in ("BatchNorm", "Scale") for layer in readers)
 
 
+@pytest.mark.zoo
 class TestStructure:
     @pytest.mark.parametrize("name", NET_NAMES)
     def test_linear_classifier_freezes_everything_below_it(self, name):
@@ -240,6 +243,7 @@ class TestStructure:
             check_earlier_features(name, advice_for(name, 3))
 
 
+@pytest.mark.zoo
 class TestCommand:
     @pytest.mark.parametrize("case", [1, 2, 3, 4])
     @pytest.mark.parametrize("name", NET_NAMES[:4])
@@ -284,6 +288,7 @@ class TestCommand:
         assert manifest["schedule"]["epochs"] == 2
 
 
+@pytest.mark.zoo
 class TestCli:
     NET = ZOO / "bvlc_alexnet/train_val.prototxt"
 
@@ -309,6 +314,7 @@ class TestCli:
         assert result.returncode == 0 and f"fewer than {SMALL_DATASET_IMAGES}" in result.stdout
 
 
+@pytest.mark.zoo
 class TestBadInput:
     def run(self, cli, net=ZOO / NET_NAMES[0], images=100, similarity="high", *extra):
         return cli("advise", "--net", net, "--train-images", images, "--similarity", similarity, *extra)

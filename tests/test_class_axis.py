@@ -46,6 +46,7 @@ def ssd_schema(tmp_path_factory):
     return load_fork_schema(ssd_proto(tmp_path_factory.mktemp("ssd") / "caffe.proto"))
 
 
+@pytest.mark.zoo
 class TestFcnHead:
     def test_every_class_count_layer_of_fcn8s_is_found_through_crops_and_eltwises(self):
         net = read_net(FCN8S).net
@@ -122,6 +123,7 @@ class TestFcnHead:
         assert cli("lint", out).returncode == 0
 
 
+@pytest.mark.zoo
 class TestLintClassAxes:
     def test_a_layer_retargeted_alone_is_named(self):
         net = read_net(FCN8S).net
@@ -158,6 +160,7 @@ def with_inputs(net, side):
     return net
 
 
+@pytest.mark.zoo
 class TestFcnZooInCaffe:
     @pytest.mark.parametrize("name, phase, tasks", [
         ("fcn_voc8s/train.prototxt", TRAIN, {None: 5}), ("fcn_voc8s/val.prototxt", TEST, {None: 5}),
@@ -197,6 +200,7 @@ class TestFcnTraining:
         assert {name for name in ignored if not name.endswith("_split")} == {old for old, _, _ in report.renamed}
 
 
+@pytest.mark.zoo
 class TestSsdHead:
     def test_mobilenet_ssd_confidences_become_priors_times_the_new_classes(self, ssd_schema):
         net = read_net(SSD / "MobileNetSSD_train.prototxt", ssd_schema).net

@@ -19,6 +19,7 @@ def layer(net, name):
 
 
 class TestFreezeHeadLint:
+    @pytest.mark.zoo
     def test_pipeline_through_files(self, cli, tmp_path):
         frozen, tuned = tmp_path / "frozen.prototxt", tmp_path / "ft.prototxt"
         result = cli("freeze", "--upto", "conv5", ALEXNET, "-o", frozen)
@@ -32,6 +33,7 @@ class TestFreezeHeadLint:
         assert layer(net, "fc8_ft").inner_product_param.num_output == 5
         assert cli("lint", tuned).returncode == 0
 
+    @pytest.mark.zoo
     def test_stdout_pipes(self, cli, tmp_path):
         frozen = cli("freeze", "--from", "fc6", ALEXNET)
         assert frozen.returncode == 0
@@ -39,6 +41,7 @@ class TestFreezeHeadLint:
         assert [s.lr_mult for s in layer(net, "conv5").param] == [0, 0]
         assert [s.lr_mult for s in layer(net, "fc6").param] == [1, 2]
 
+    @pytest.mark.zoo
     def test_lint_findings_exit_1(self, cli, tmp_path):
         labels = tmp_path / "labels.txt"
         labels.write_text("a\nb\nc\n")
@@ -48,6 +51,7 @@ class TestFreezeHeadLint:
                                          "have 3 classes; fix: caffegen head --num-output 3 (renames it so Caffe "
                                          "initialises it fresh)")
 
+    @pytest.mark.zoo
     def test_v1_upgrade_is_announced(self, cli):
         result = cli("freeze", "--upto", "conv1", ZOO / "v1_2015_mnist/lenet_train_test.prototxt")
         assert result.returncode == 0
@@ -61,12 +65,14 @@ class TestFreezeHeadLint:
 
 
 class TestBadInput:
+    @pytest.mark.zoo
     def test_unknown_layer_suggests_and_writes_nothing(self, cli, tmp_path):
         out = tmp_path / "out.prototxt"
         result = cli("freeze", "--upto", "conv6", ALEXNET, "-o", out)
         assert_one_line_error(result, "layer 'conv6' not found", "did you mean 'conv5'")
         assert not out.exists()
 
+    @pytest.mark.zoo
     def test_test_only_layer(self, cli):
         assert_one_line_error(cli("freeze", "--upto", "accuracy", ALEXNET), "only in the TEST phase")
 
@@ -78,9 +84,11 @@ class TestBadInput:
         bad.write_text("layer {\n  name: 'a'\n  type:: 3\n}\n")
         assert_one_line_error(cli("lint", bad), f"{bad}:3:")
 
+    @pytest.mark.zoo
     def test_solver_given_as_net(self, cli):
         assert_one_line_error(cli("lint", ZOO / "bvlc_alexnet/solver.prototxt"), "solver definition")
 
+    @pytest.mark.zoo
     def test_input_is_never_overwritten_without_in_place(self, cli, tmp_path):
         net = tmp_path / "net.prototxt"
         net.write_text(ALEXNET.read_text())
@@ -89,5 +97,6 @@ class TestBadInput:
         assert cli("head", net, "--num-output", "3", "--in-place").returncode == 0
         assert layer(read_net(net).net, "fc8_ft").inner_product_param.num_output == 3
 
+    @pytest.mark.zoo
     def test_freeze_needs_exactly_one_point(self, cli):
         assert_one_line_error(cli("freeze", ALEXNET), "--upto")

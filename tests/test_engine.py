@@ -108,6 +108,7 @@ def densenet_for_caffe():
     return parse_net(to_text(net), "DenseNet_121.prototxt").net
 
 
+@pytest.mark.zoo
 def test_zoo_trunks_agree_within_the_tolerance(caffe, tmp_path, capsys):
     rows = []
     for name, (path, boundary, images, scale) in ZOO_TRUNKS.items():
@@ -138,6 +139,7 @@ def test_pooling_sizes_caffe_rounds_up_agree(caffe, tmp_path):
     assert check.passed, check.line()
 
 
+@pytest.mark.zoo
 def test_opencv_reads_densenet_with_its_fork_fields():
     cv2 = pytest.importorskip("cv2")
     names = cv2.dnn.readNetFromCaffe(str(ZOO / "densenet/DenseNet_121.prototxt")).getLayerNames()

@@ -10,6 +10,8 @@ from caffegen.io.schema import load_fork_schema
 from caffegen.net.freeze import freeze
 from caffegen.net.head import retarget_head
 
+pytestmark = pytest.mark.zoo
+
 DENSENET = ZOO / "densenet/DenseNet_121.prototxt"
 
 

@@ -18,6 +18,8 @@ from caffegen.io.prototxt import read_net, to_text
 from caffegen.io.schema import BVLC
 from caffegen.net.layers import DATA_TYPES
 
+pytestmark = pytest.mark.zoo
+
 NETS = {  # name: (base net, freeze point whose trunk can be cached, side of the init net's input)
     "caffenet": (ZOO / "bvlc_reference_caffenet/train_val.prototxt", "conv5", 227),
     "resnet50": (ZOO / "resnet/ResNet-50-deploy.prototxt", "res5c", 224),

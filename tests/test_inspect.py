@@ -173,6 +173,7 @@ def with_legacy_dimensions(model, target):
     return target
 
 
+@pytest.mark.zoo
 class TestPreflightSpeed:
     def test_check_weights_on_a_vgg_sized_model_takes_well_under_a_second(self, tmp_path):
         net = read_net(VGG16).net
@@ -191,6 +192,7 @@ class TestPreflightSpeed:
 
 
 class TestLibrary:
+    @pytest.mark.zoo
     def test_parameters_follow_from_the_shapes(self):
         inspection = inspect_net(read_net(ALEXNET_DEPLOY).net)
         reports = {report.name: report for report in inspection.layers}
@@ -231,6 +233,7 @@ class TestLibrary:
 
 
 class TestCommandLine:
+    @pytest.mark.zoo
     def test_table(self, cli):
         result = cli("inspect", ALEXNET_DEPLOY)
         assert result.returncode == 0, result.stderr
@@ -242,6 +245,7 @@ class TestCommandLine:
         assert "4096×9216, 4096" in fc6 and "trainable" in fc6
         assert "learnable parameters" in result.stdout and "multiply-adds" in result.stdout
 
+    @pytest.mark.zoo
     def test_json_with_input_shape_and_phase(self, cli):
         result = cli("inspect", ALEXNET_TRAIN_VAL, "--json", "--phase", "test", "--input-shape", "1,3,256,256")
         assert result.returncode == 0, result.stderr
@@ -252,6 +256,7 @@ class TestCommandLine:
         assert layers["conv1"]["params"] == [[96, 3, 11, 11], [96]]
         assert layers["conv1"]["weights"] is None and data["ignored"] == []
 
+    @pytest.mark.zoo
     def test_unknown_image_size_is_shown_and_explained(self, cli):
         result = cli("inspect", ALEXNET_TRAIN_VAL)
         assert result.returncode == 0
@@ -284,6 +289,7 @@ class TestCommandLine:
         (["--weights", "{tmp}/missing.caffemodel"], ["missing.caffemodel", "no such file"]),
         (["--weights", str(ALEXNET_DEPLOY)], ["looks like text"]),
     ])
+    @pytest.mark.zoo
     def test_bad_input_is_one_line(self, cli, tmp_path, args, words):
         result = cli("inspect", ALEXNET_DEPLOY, *[arg.format(tmp=tmp_path) for arg in args])
         assert_one_line_error(result, *words)

@@ -114,6 +114,7 @@ class TestData:
 
 
 class TestWiring:
+    @pytest.mark.zoo
     def test_train_val_gets_image_data_with_the_base_transforms(self):
         net = read_net(ZOO / "bvlc_googlenet/train_val.prototxt").net
         assert wire_image_data(net, DataSettings(batch_size=8)) == {"TRAIN": 8, "TEST": 50}
@@ -124,6 +125,7 @@ class TestWiring:
         assert train.image_data_param.shuffle and not test.image_data_param.shuffle
         assert (train.image_data_param.new_height, train.image_data_param.new_width) == (256, 256)
 
+    @pytest.mark.zoo
     def test_deploy_keeps_the_main_classifier_only(self):
         net = read_net(ZOO / "bvlc_googlenet/train_val.prototxt").net
         wire_image_data(net, DataSettings())
@@ -134,6 +136,7 @@ class TestWiring:
         assert not any(name.startswith(("loss1", "loss2")) for name in names)
         assert not any(layer.include or "label" in layer.bottom for layer in deploy.layer)
 
+    @pytest.mark.zoo
     def test_deploy_only_net_gains_data_loss_and_accuracy(self):
         net = read_net(ZOO / "resnet/ResNet-50-deploy.prototxt").net
         wire_image_data(net, DataSettings(mean_value=(104, 117, 123)))
@@ -218,6 +221,7 @@ class TestPrepare:
             prepare(self.options(data, freeze_upto="conv9"), tmp_path / "run")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
 
+    @pytest.mark.zoo
     def test_base_solver_lr_is_divided_by_ten(self, tmp_path):
         data = write_images(tmp_path / "images", {"x": 3, "y": 3})
         prepare(self.options(data, base_solver=ZOO / "bvlc_alexnet/solver.prototxt"), tmp_path / "run")
@@ -235,6 +239,7 @@ def unrelated_weights(tmp_path):
 
 
 class TestKeptDataLayers:
+    @pytest.mark.zoo
     def test_lmdb_data_layers_stay_and_counts_drive_the_solver(self, tmp_path):
         options = JobOptions(net=ZOO / "bvlc_reference_caffenet/train_val.prototxt", weights=unrelated_weights(tmp_path),
                              keep_data_layers=True, num_classes=7, train_images=2560, val_images=500,
@@ -253,6 +258,7 @@ class TestKeptDataLayers:
         deploy = read_net(tmp_path / "run" / "deploy.prototxt").net
         assert list(deploy.layer[0].input_param.shape[0].dim) == [1, 3, 227, 227]
 
+    @pytest.mark.zoo
     def test_counts_are_required(self, tmp_path):
         options = JobOptions(net=ZOO / "bvlc_reference_caffenet/train_val.prototxt", weights=unrelated_weights(tmp_path),
                              keep_data_layers=True, num_classes=7)

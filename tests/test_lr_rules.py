@@ -20,6 +20,7 @@ def test_longest_pattern_wins():
     assert matching_rule("fc8", rules) == ("fc8", 10.0)
 
 
+@pytest.mark.zoo
 def test_rules_set_weights_and_double_bias_and_skip_frozen_and_batchnorm():
     net = read_net(ZOO / "resnet/ResNet-50-deploy.prototxt").net
     freeze(net, upto="res2c")

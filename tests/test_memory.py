@@ -178,6 +178,7 @@ class TestProcesses:
 VALIDATED = {"resnet50": (2, 4), "caffenet": (1, 4), "googlenet": (1, 4), "squeezenet": (1, 4), "mobilenet": (1, 4)}
 
 
+@pytest.mark.zoo
 class TestAgainstCaffe:
     @pytest.fixture(scope="class")
     @classmethod

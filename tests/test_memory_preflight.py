@@ -172,6 +172,7 @@ class TestPrepare:
         assert code == 2 and FIX.search(error) and not out.exists()
 
 
+@pytest.mark.zoo
 class TestInspect:
     CAFFENET = ZOO / "bvlc_reference_caffenet" / "train_val.prototxt"
 

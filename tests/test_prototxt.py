@@ -13,6 +13,7 @@ from caffegen.io.prototxt import read_net, to_text
 from caffegen.io.schema import BVLC
 
 
+@pytest.mark.zoo
 class TestZoo:
     @pytest.mark.parametrize("name", zoo_nets())
     def test_loads_and_round_trips(self, name):
@@ -42,6 +43,7 @@ class TestZoo:
 
 
 class TestV1Upgrade:
+    @pytest.mark.zoo
     def test_types_params_and_rates(self):
         loaded = read_net(ZOO / "v1_2015_bvlc_reference_caffenet/train_val.prototxt")
         assert loaded.upgraded_from == "V1"
@@ -108,6 +110,7 @@ class TestBadInput:
             read_net(path)
         assert str(error.value).startswith(f"{path}:5:1: ")
 
+    @pytest.mark.zoo
     def test_label_map(self):
         with pytest.raises(CaffegenError, match="label map"):
             read_net(ZOO / "ssd_labelmap/labelmap_voc.prototxt")

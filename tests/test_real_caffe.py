@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from caffe_runs import layers_without_backward, read_blobs, run_caffe, train
-from conftest import ZOO, zoo_nets
+from conftest import ZOO, zoo_cases, zoo_nets
 from google.protobuf import text_format
 
 from caffegen.io.prototxt import read_net, to_text
@@ -137,7 +137,8 @@ def trainable_version(net):
     return trial
 
 
-@pytest.mark.parametrize("name", deploy_nets())
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", zoo_cases(deploy_nets))
 def test_real_caffe_loads_transformed_deploy_nets(caffe, tmp_path, name):
     net = read_net(ZOO / name).net
     learnable = [layer.name for layer in NetView(net, TRAIN).layers if learnable_blob_count(layer)]
@@ -154,7 +155,8 @@ def v1_nets():
     return [name for name in zoo_nets() if read_net(ZOO / name).upgraded_from == "V1"]
 
 
-@pytest.mark.parametrize("name", v1_nets())
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", zoo_cases(v1_nets))
 def test_v1_upgrade_matches_caffes_own_upgrade_tool(caffe, tmp_path, name):
     code, log = run_caffe(caffe.with_name("upgrade_net_proto_text"), ZOO / name, tmp_path / "up.prototxt", cwd=tmp_path)
     assert code == 0, log[-2000:]

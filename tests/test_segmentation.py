@@ -196,6 +196,7 @@ def test_evaluate_refuses_masks_of_classes_the_model_lacks(tuned, base, tmp_path
     assert_one_line_error(done, "pixel value 3 is no class", "0…2")
 
 
+@pytest.mark.zoo
 def test_net_without_a_spatial_loss_is_refused(small, tmp_path):
     net = ZOO / "bvlc_reference_caffenet" / "train_val.prototxt"
     done = prepare_error(small, tmp_path, None, net, "--mean-value", "104,117,123")
@@ -207,6 +208,7 @@ def test_cache_features_is_refused_with_its_reason(small, tmp_path):
                           "--cache-features does not apply", "Crop")
 
 
+@pytest.mark.zoo
 def test_fcns_published_net_gets_hdf5_data_a_pixel_loss_and_fcns_solver(small, tmp_path):
     done = prepare_error(small, tmp_path, None, ZOO / "fcn_voc8s" / "train.prototxt", "--base-lr", "1e-10")
     assert done.returncode == 0, done.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from caffe_runs import READY, assert_same_shapes, caffe_top_shapes, constant_fillers, run_caffe
-from conftest import ROOT, ZOO, zoo_nets
+from conftest import ROOT, ZOO, zoo_cases, zoo_nets
 from fork_schemas import ceil_mode_proto, ssd_proto
 from google.protobuf import text_format
 
@@ -159,6 +159,7 @@ def with_inputs_for_file_data(net, phase, shapes):
     return runnable
 
 
+@pytest.mark.zoo
 class TestZooAgainstCaffe:
     def test_the_deploy_nets_cover_the_published_families(self):
         names = set(deploy_nets())
@@ -170,14 +171,14 @@ class TestZooAgainstCaffe:
                          "fcn_voc8s/deploy.prototxt"):
             assert expected in names
 
-    @pytest.mark.parametrize("name", deploy_nets())
+    @pytest.mark.parametrize("name", zoo_cases(deploy_nets))
     def test_deploy_net(self, caffe, tmp_path, name):
         net = batch_of_one(read_net(ZOO / name).net)
         ours = infer_shapes(NetView(net, TEST))
         assert not [result.name for result in ours if result.note], [(r.name, r.note) for r in ours if r.note]
         assert_same_shapes(ours, caffe_top_shapes(caffe, tmp_path, net, TEST))
 
-    @pytest.mark.parametrize("name,phase", file_data_nets())
+    @pytest.mark.parametrize("name,phase", zoo_cases(file_data_nets, arity=2))
     def test_net_reading_files(self, caffe, tmp_path, name, phase):
         net = batch_of_one(read_net(ZOO / name).net)
         ours = infer_shapes(NetView(net, phase), STORED_IMAGES.get(Path(name).parts[0], IMAGENET))
@@ -215,6 +216,7 @@ def as_bvlc_rounding(net):
 class TestParameterShapes:
     """Learnable blob shapes agree with the blobs real Caffe saves in a snapshot of the net."""
 
+    @pytest.mark.zoo
     @pytest.mark.parametrize("path", [None, ZOO / "bvlc_alexnet/deploy.prototxt",
                                       ZOO / "resnet/ResNet-50-deploy.prototxt",
                                       ZOO / "squeezenet_v1.1/deploy.prototxt",
@@ -236,6 +238,7 @@ class TestParameterShapes:
 class TestDataLayers:
     """Data layers as Caffe shapes them from real files: an LMDB made by convert_imageset, image lists."""
 
+    @pytest.mark.zoo
     def test_lmdb_with_crop(self, caffe, tmp_path):
         write_image(tmp_path / "a.ppm", height=260, width=300, channels=3)
         make_lmdb(caffe, tmp_path, ["a.ppm 0"], "db")
@@ -244,6 +247,7 @@ class TestDataLayers:
         assert ours[0].tops["data"] == (1, 3, 227, 227)
         assert_same_shapes(ours, caffe_top_shapes(caffe, tmp_path, net))
 
+    @pytest.mark.zoo
     def test_lmdb_without_crop(self, caffe, tmp_path):
         write_image(tmp_path / "a.pgm", height=20, width=24, channels=1)
         make_lmdb(caffe, tmp_path, ["a.pgm 0"], "db", "--gray")
@@ -252,6 +256,7 @@ class TestDataLayers:
         assert ours[0].tops["data"] == (1, 1, 20, 24)
         assert_same_shapes(ours, caffe_top_shapes(caffe, tmp_path, net))
 
+    @pytest.mark.zoo
     def test_image_list_resized_and_cropped(self, caffe, tmp_path):
         write_image(tmp_path / "a.ppm", height=30, width=40, channels=3)
         (tmp_path / "list.txt").write_text("a.ppm 0\n")
@@ -325,6 +330,7 @@ class TestWithoutCaffe:
         code, log = run_caffe(caffe, "time", "-model", "net.prototxt", "-iterations", "1", cwd=tmp_path)
         assert code != 0 and "Check failed" in log and READY not in log
 
+    @pytest.mark.zoo
     def test_an_unknown_layer_type_leaves_what_follows_unknown_but_what_layers_fix(self):
         net = read_net(ZOO / "bvlc_alexnet/deploy.prototxt").net
         pool2 = next(layer for layer in net.layer if layer.name == "pool2")
@@ -338,6 +344,7 @@ class TestWithoutCaffe:
         assert results["fc6"].params == [(4096, None), (4096,)] and results["fc7"].params == [(4096, 4096), (4096,)]
         assert results["conv2"].tops["conv2"] is not None
 
+    @pytest.mark.zoo
     def test_unknown_image_size_stays_partly_known(self):
         net = batch_of_one(read_net(ZOO / "mnist/lenet_train_test.prototxt").net)
         results = {result.name: result for result in infer_shapes(NetView(net, TRAIN))}
@@ -348,6 +355,7 @@ class TestWithoutCaffe:
         assert results["conv1"].multiply_adds is None
         assert results["loss"].tops["loss"] == ()
 
+    @pytest.mark.zoo
     def test_multiply_adds_and_parameters_match_published_figures(self):
         """MobileNet v1: 569 million mult-adds and 4.2 million parameters (Howard et al. 2017, table 8);
         ResNet-50: 3.8 billion FLOPs, counted as multiply-adds (He et al. 2015, table 1)."""
@@ -372,6 +380,7 @@ def ssd_schema(tmp_path_factory):
     return load_fork_schema(ssd_proto(tmp_path_factory.mktemp("ssd") / "caffe.proto"))
 
 
+@pytest.mark.zoo
 class TestSsdFork:
     """SSD's layers, read with the test copy of SSD's schema. No SSD Caffe can run here, so the checks
     are SSD's own: its published MobileNet-SSD figures and the CHECKs of its layers' Reshape."""

@@ -168,12 +168,14 @@ class TestHead:
         ("resnet/ResNet-50-deploy.prototxt", ["fc1000"]),
         ("bvlc_googlenet/train_val.prototxt", ["loss1/classifier", "loss2/classifier", "loss3/classifier"]),
     ])
+    @pytest.mark.zoo
     def test_zoo_classifiers(self, name, classifiers):
         net = read_net(ZOO / name).net
         assert find_classifiers(net) == classifiers
         report = retarget_head(net, 7)
         assert [new for _, new, _ in report.renamed] == [c + "_ft" for c in classifiers]
 
+    @pytest.mark.zoo
     def test_several_classifiers_refuse_one_name(self):
         net = read_net(ZOO / "bvlc_googlenet/train_val.prototxt").net
         with pytest.raises(CaffegenError, match="3 classifiers"):
@@ -230,6 +232,7 @@ class TestLint:
         assert "only by a later layer" in problems["twin"]
 
 
+@pytest.mark.zoo
 class TestZooSurgery:
     @pytest.mark.parametrize("name", zoo_nets())
     def test_freeze_at_several_points_then_head(self, name):

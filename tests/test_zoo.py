@@ -1,17 +1,14 @@
 """The model zoo: its catalogue, the verified and resumable download, and prepare --model.
 
-Every download comes from a threaded HTTP server on 127.0.0.1 that this file starts; no test reaches
-the internet. It serves zoo prototxts from ../shared/fixtures/zoo and a small caffemodel written here,
-and can ignore Range requests, drop a connection half-way or answer 404.
+Every download comes from the local HTTP server of ``served.py``; no test reaches the internet. It
+serves prototxts of the zoo corpus and a small caffemodel written here, and can ignore Range
+requests, drop a connection half-way or answer 404.
 """
 
 import hashlib
 import json
 import math
 import os
-import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -34,63 +31,6 @@ from caffegen.net.wiring import DataSettings
 LENET = ZOO / "mnist" / "lenet.prototxt"
 BUILT_IN = read_catalog(Path(__file__).resolve().parents[1] / "models" / "zoo.json")
 LICENCES = {"unrestricted", "non-commercial", "BSD-2-Clause", "BSD-3-Clause", "MIT"}
-
-
-class Served:
-    """What the test server serves, how, and the requests it saw."""
-
-    def __init__(self):
-        self.files = {}  # path: bytes
-        self.ignore_range = set()  # paths answered 200 whatever the Range
-        self.drop_once = {}  # path: bytes to send before closing the connection, once
-        self.requests = []  # (path, Range header)
-        self.url = None
-
-    def add(self, path, data):
-        self.files[path] = data
-        return f"{self.url}{path}"
-
-
-@pytest.fixture
-def server():
-    served = Served()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
-            asked = self.headers.get("Range")
-            served.requests.append((self.path, asked))
-            body = served.files.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            start = 0
-            if asked and self.path not in served.ignore_range:
-                start = int(re.match(r"bytes=(\d+)-", asked).group(1))
-                if start >= len(body):
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{len(body)}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-            else:
-                self.send_response(200)
-            self.send_header("Content-Length", str(len(body) - start))
-            self.end_headers()
-            drop = served.drop_once.pop(self.path, None)
-            self.wfile.write(body[start:start + drop] if drop is not None else body[start:])
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    served.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield served
-    httpd.shutdown()
-    httpd.server_close()
 
 
 @pytest.fixture
@@ -117,7 +57,7 @@ def sha1(data):
 
 
 @pytest.fixture
-def team(server, tmp_path):
+def team(server, tmp_path, zoo):
     """A team catalogue of one model, LeNet, served by the test server: {'catalog', 'weights', 'net', …}."""
     net = LENET.read_bytes()
     weights = lenet_weights(tmp_path / "lenet.caffemodel")
@@ -193,6 +133,7 @@ class TestBuiltInCatalogue:
             assert models[name].mean_file.name == "ResNet_mean.binaryproto"
             assert models[name].resize == (224, 224)  # the size of that mean file
 
+    @pytest.mark.zoo
     @pytest.mark.parametrize("model", BUILT_IN, ids=lambda model: model.name)
     def test_each_entry_is_well_formed(self, model):
         assert model.licence in LICENCES
@@ -520,7 +461,8 @@ def prepare_lenet(weights, images, *args):
 
 
 @pytest.fixture
-def weights(tmp_path):
+def weights(tmp_path, zoo):
+    """Weights for the zoo's LeNet (the tests that take them prepare it)."""
     path = tmp_path / "lenet.caffemodel"
     lenet_weights(path)
     return path
@@ -605,6 +547,7 @@ class TestPreprocessing:
         given = prepare_lenet(weights, images, "--mean-value", "33", "-o", tmp_path / "b")
         assert given.returncode == 0 and "deploy-only" not in given.stderr
 
+    @pytest.mark.zoo
     def test_a_zoo_deploy_net_is_named_with_its_own_preprocessing(self, images, tmp_path):
         unrelated = tmp_path / "unrelated.caffemodel"
         write_caffemodel(unrelated, [(BVLC.LayerParameter(name="elsewhere", type="InnerProduct"),

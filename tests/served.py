@@ -1,0 +1,72 @@
+"""A threaded HTTP server on 127.0.0.1 for download tests: no test reaches the internet.
+
+It serves bytes by path, and can ignore Range requests, drop a connection half-way or answer 404.
+"""
+
+import re
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Served:
+    """What the test server serves, how, and the requests it saw."""
+
+    def __init__(self):
+        self.files = {}  # path: bytes
+        self.ignore_range = set()  # paths answered 200 whatever the Range
+        self.drop_once = {}  # path: bytes to send before closing the connection, once
+        self.requests = []  # (path, Range header)
+        self.url = None
+
+    def add(self, path, data):
+        self.files[path] = data
+        return f"{self.url}{path}"
+
+
+def _handler(served):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            asked = self.headers.get("Range")
+            served.requests.append((self.path, asked))
+            body = served.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            start = 0
+            if asked and self.path not in served.ignore_range:
+                start = int(re.match(r"bytes=(\d+)-", asked).group(1))
+                if start >= len(body):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(body) - start))
+            self.end_headers()
+            drop = served.drop_once.pop(self.path, None)
+            self.wfile.write(body[start:start + drop] if drop is not None else body[start:])
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+@contextmanager
+def serving():
+    """A running server and what it serves; stopped on exit."""
+    served = Served()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(served))
+    served.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield served
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
