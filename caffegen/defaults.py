@@ -18,3 +18,5 @@ CACHE_BATCH = 4
 GPU_CACHE_BATCH = 64
 # The mask value of pixels a segmentation loss and its metrics ignore (PASCAL VOC's borders).
 IGNORE_LABEL = 255
+# Images per forward pass of evaluate and predict.
+FORWARD_BATCH = 16

@@ -14,7 +14,7 @@ from test_cache import prepare_run
 
 from caffegen.defaults import CACHE_BATCH
 from caffegen.job.cacheplan import plan_cache
-from caffegen.job.rundir import CAFFE, OPENCV
+from caffegen.job.options import CAFFE, OPENCV
 from caffegen.run import cache
 from caffegen.run.cache import FEATURES, FINAL_MODEL, STORE_RECORD
 from caffegen.run.shards import Part, merge_parts, parse_shard, shard_parts

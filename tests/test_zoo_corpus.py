@@ -10,10 +10,10 @@ import sys
 
 import pytest
 from conftest import ROOT, ZOO
+from zoo_corpus import MANIFEST, VARIABLE, corpus_problem, fetch_corpus, locate_corpus, manifest_remotes
 
 from caffegen.errors import CaffegenError
 from caffegen.io.download import Remote
-from zoo_corpus import MANIFEST, VARIABLE, corpus_problem, fetch_corpus, locate_corpus, manifest_remotes
 
 FILES = {"a/net.prototxt": b'name: "a"\n', "b/solver.prototxt": b"base_lr: 0.01\n"}
 

@@ -1,38 +1,51 @@
 """The ``caffegen`` command line: one module per command, user errors as one line and exit code 2."""
 
+import importlib
 import sys
 
 import click
 
 from caffegen import __version__
-from caffegen.cli.advise import advise_command
-from caffegen.cli.demo import demo_command
-from caffegen.cli.evaluate import evaluate_command
-from caffegen.cli.export import export_command
-from caffegen.cli.freeze import freeze_command
-from caffegen.cli.head import head_command
-from caffegen.cli.inspect import inspect_command
-from caffegen.cli.install import install_caffe_command
-from caffegen.cli.launch import launch_command
-from caffegen.cli.lint import lint_command
-from caffegen.cli.predict import predict_command
-from caffegen.cli.prepare import prepare_command
-from caffegen.cli.sweep import sweep_command
-from caffegen.cli.upgrade import upgrade_command
-from caffegen.cli.zoo import zoo_command
 from caffegen.errors import CaffegenError
 
+# Every command by name: the module and the click command in it, imported only when that command is
+# run or listed, so that a command loads no more than it uses.
+COMMANDS = {
+    "advise": "caffegen.cli.advise:advise_command",
+    "demo": "caffegen.cli.demo:demo_command",
+    "evaluate": "caffegen.cli.evaluate:evaluate_command",
+    "export": "caffegen.cli.export:export_command",
+    "freeze": "caffegen.cli.freeze:freeze_command",
+    "head": "caffegen.cli.head:head_command",
+    "inspect": "caffegen.cli.inspect:inspect_command",
+    "install-caffe": "caffegen.cli.install:install_caffe_command",
+    "launch": "caffegen.cli.launch:launch_command",
+    "lint": "caffegen.cli.lint:lint_command",
+    "predict": "caffegen.cli.predict:predict_command",
+    "prepare": "caffegen.cli.prepare:prepare_command",
+    "sweep": "caffegen.cli.sweep:sweep_command",
+    "upgrade": "caffegen.cli.upgrade:upgrade_command",
+    "zoo": "caffegen.cli.zoo:zoo_command",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported from ``COMMANDS`` when first asked for."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="caffegen")
 def cli():
     """Turn a pretrained BVLC Caffe model into a correct fine-tuning job and run it."""
-
-
-for command in (demo_command, advise_command, zoo_command, prepare_command, launch_command, evaluate_command,
-                predict_command, export_command, sweep_command, freeze_command, head_command, lint_command,
-                inspect_command, upgrade_command, install_caffe_command):
-    cli.add_command(command)
 
 
 def main(argv=None):

@@ -5,11 +5,6 @@ from pathlib import Path
 import click
 
 from caffegen.defaults import EPOCHS
-from caffegen.job.rundir import EVAL_DIR
-from caffegen.run.evaluate import metrics_line
-from caffegen.run.report import REPORT
-from caffegen.run.runner import summary_lines
-from caffegen.strategies.demo import run_demo
 
 
 @click.command("demo")
@@ -25,6 +20,11 @@ def demo_command(ctx, output, force, caffe_path):
     directory (nets, solver, lists, train.log, curves, the final caffemodel, and eval/ with
     metrics and report.html) that `caffegen launch DIR` can run again.
     """
+    from caffegen.job.rundir import EVAL_DIR
+    from caffegen.run.evaluate import metrics_line
+    from caffegen.run.report import REPORT
+    from caffegen.run.runner import summary_lines
+    from caffegen.strategies.demo import run_demo
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     result, metrics = run_demo(output, caffe_path, force, echo)
     for line in summary_lines(result, output):

@@ -4,22 +4,8 @@ from pathlib import Path
 
 import click
 
+from caffegen.cli.options import device_options
 from caffegen.errors import CaffegenError
-from caffegen.job.device import CPU
-from caffegen.job.model import load_model
-from caffegen.job.rundir import EVAL_DIR
-from caffegen.run.evaluate import evaluate_to, evaluation_images, metrics_line
-from caffegen.run.forward import DEFAULT_BATCH
-from caffegen.run.report import REPORT
-from caffegen.run.target import resolve_target
-
-
-def device_options(command):
-    """--gpu and --caffe of the commands that run a trained model."""
-    command = click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary.")(command)
-    command = click.option("--gpu", metavar="ID|cpu", help="0 or cpu (default: as the run was prepared).")(command)
-    return click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH, show_default=True,
-                        help="Images per forward pass.")(command)
 
 
 @click.command("evaluate")
@@ -41,6 +27,12 @@ def evaluate_command(model_path, data, list_file, weights, skip_bad, output, for
     per-class IoU, a confusion matrix of pixels, and contact_sheet.png (image, true and predicted
     mask) in place of mistakes.png.
     """
+    from caffegen.job.device import CPU
+    from caffegen.job.model import load_model
+    from caffegen.job.rundir import EVAL_DIR
+    from caffegen.run.evaluate import evaluate_to, evaluation_images, metrics_line
+    from caffegen.run.report import REPORT
+    from caffegen.run.target import resolve_target
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     if data and list_file:
         raise CaffegenError("give --data or --list, not both")

@@ -5,13 +5,6 @@ import json
 import click
 
 from caffegen.errors import CaffegenError
-from caffegen.job.bundle import export_bundle
-from caffegen.job.model import load_model
-from caffegen.job.rundir import EVAL_DIR
-from caffegen.run.evaluate import evaluation_images
-from caffegen.run.opencv import check_opencv
-from caffegen.run.report import METRICS
-from caffegen.run.target import resolve_target
 
 CHECK_IMAGES = 50
 
@@ -33,6 +26,13 @@ def export_command(run_dir, output, weights, force, check_opencv_, check_images,
     The mean file comes along when the model subtracts one; info.json records where the model
     comes from and, when `caffegen evaluate` has run, its metrics.
     """
+    from caffegen.job.bundle import export_bundle
+    from caffegen.job.model import load_model
+    from caffegen.job.rundir import EVAL_DIR
+    from caffegen.run.evaluate import evaluation_images
+    from caffegen.run.opencv import check_opencv
+    from caffegen.run.report import METRICS
+    from caffegen.run.target import resolve_target
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     model = load_model(run_dir, weights)
     if model.run is None:

@@ -4,7 +4,6 @@ import click
 
 from caffegen.cli.options import load_net, net_argument, output_options, proto_option, report, write_net
 from caffegen.errors import CaffegenError
-from caffegen.net.freeze import freeze
 
 
 @click.command("freeze")
@@ -20,6 +19,7 @@ def freeze_command(net_path, upto, train_from, output, in_place, proto_path):
     """
     if (upto is None) == (train_from is None):
         raise CaffegenError("give exactly one of --upto LAYER and --from LAYER")
+    from caffegen.net.freeze import freeze
     loaded = load_net(net_path, proto_path)
     result = freeze(loaded.net, upto=upto, train_from=train_from, path=net_path)
     write_net(loaded.net, net_path, output, in_place)

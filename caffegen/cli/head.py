@@ -17,8 +17,6 @@ from caffegen.cli.options import (
 )
 from caffegen.defaults import HEAD_LR_MULT
 from caffegen.errors import CaffegenError
-from caffegen.io.prototxt import write_label_map
-from caffegen.net.head import retarget_head
 
 LABEL_MAP_NAME = "labelmap.prototxt"
 
@@ -46,6 +44,8 @@ def head_command(net_path, num_output, layers, new_name, lr_mult, label_map, out
     convolutions get priors per location × classes, its detection layers num_classes, and a label
     map is written (read SSD nets with --proto and SSD's caffe.proto).
     """
+    from caffegen.io.prototxt import write_label_map
+    from caffegen.net.head import retarget_head
     loaded = load_net(net_path, proto_path)
     target = output or (net_path if in_place and net_path != STDIN else None)
     label_map = label_map or (str(Path(target).parent / LABEL_MAP_NAME) if target else None)

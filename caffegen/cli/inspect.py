@@ -7,12 +7,10 @@ import click
 
 from caffegen.cli.options import STDIN, load_net, net_argument, number_list, proto_option
 from caffegen.io.tables import text_table
-from caffegen.job.memorycheck import cached_extraction
 from caffegen.net.inspect import LOADED, MISMATCH, NEW, UNVERIFIED, input_from_data, inspect_net
 from caffegen.net.memory import PART_WORDS, format_bytes, inspected_memory, weights_copy
 from caffegen.net.netview import TEST, TRAIN
 from caffegen.net.shapes import IMAGE_SIZE_HINT, format_shape
-from caffegen.run.target import available_ram
 
 
 @click.command("inspect")
@@ -39,6 +37,8 @@ def inspect_command(ctx, net_path, weights_path, phase, input_shape, as_json, pr
     also of its feature extraction, at the mini-batch it would run with on this machine.
     Exit 1 when Caffe would reject the net or abort loading the weights, 0 otherwise.
     """
+    from caffegen.job.memorycheck import cached_extraction
+    from caffegen.run.target import available_ram
     loaded = load_net(net_path, proto_path)
     note = None
     if input_shape is None and net_path != STDIN:

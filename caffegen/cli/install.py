@@ -2,8 +2,6 @@
 
 import click
 
-from caffegen.run.install import default_prefix, install_caffe
-
 
 @click.command("install-caffe")
 @click.option("--prefix", type=click.Path(path_type=str), help="Where to install (default: see below).")
@@ -14,5 +12,6 @@ def install_caffe_command(prefix, force):
     Default prefix: $CAFFEGEN_CAFFE_PREFIX, else $XDG_DATA_HOME/caffegen/caffe-1.0.
     Prints the path of the caffe wrapper; point CAFFE_BIN at it or let caffegen find it.
     """
+    from caffegen.run.install import default_prefix, install_caffe
     caffe = install_caffe(prefix or default_prefix(), force=force, log=lambda line: click.echo(line, err=True))
     click.echo(caffe)

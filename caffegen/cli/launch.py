@@ -6,13 +6,6 @@ import click
 
 from caffegen.errors import CaffegenError
 from caffegen.job.rundir import MANIFEST, RunDir
-from caffegen.run.cache import extract_features, extract_features_shard
-from caffegen.run.evaluate import evaluate_validation, metrics_line
-from caffegen.run.launch import launch
-from caffegen.run.runner import summary_lines
-from caffegen.run.shards import parse_shard
-from caffegen.run.target import resolve_target
-from caffegen.strategies.cluster import default_shards, pin_cache_batch, submit_cluster, write_cluster_scripts
 
 
 @click.command("launch")
@@ -44,6 +37,12 @@ def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, 
     stopped a failing run, 130 after Ctrl-C. With --slurm, a cached run's trunk features are
     computed in shards on the cluster (slurm_features.sh), then slurm_head.sh trains the head.
     """
+    from caffegen.run.cache import extract_features, extract_features_shard
+    from caffegen.run.evaluate import evaluate_validation, metrics_line
+    from caffegen.run.launch import launch
+    from caffegen.run.runner import summary_lines
+    from caffegen.run.shards import parse_shard
+    from caffegen.run.target import resolve_target
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit)
     if slurm:
@@ -72,6 +71,7 @@ def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, 
 
 def _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit):
     """Refuse options that cannot go together, before anything runs."""
+    from caffegen.run.shards import parse_shard
     if (shards or slurm_opts or no_submit) and not slurm:
         raise CaffegenError("--shards, --slurm-opt and --no-submit go with --slurm")
     if slurm and (resume or features_only or shard):
@@ -92,6 +92,7 @@ def cached_run(run_dir, resume, option="--features-only"):
 
 
 def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, no_submit, echo):
+    from caffegen.strategies.cluster import default_shards, pin_cache_batch, submit_cluster, write_cluster_scripts
     shards = shards or default_shards(run)
     features, head = write_cluster_scripts(run, shards, slurm_opts, caffe_path, gpu, evaluate_after)
     batch = f"every shard runs {pin_cache_batch(run).line()}, recorded in {run.path / MANIFEST}"

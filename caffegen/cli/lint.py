@@ -3,7 +3,6 @@
 import click
 
 from caffegen.cli.options import load_net, net_argument, proto_option
-from caffegen.net.lint import count_classes, lint
 
 
 @click.command("lint")
@@ -14,6 +13,7 @@ from caffegen.net.lint import count_classes, lint
 @click.pass_context
 def lint_command(ctx, net_path, labels, proto_path):
     """Check a net; one line per finding (file, layer, problem, fix). Exit 1 with findings, 0 when clean."""
+    from caffegen.net.lint import count_classes, lint
     loaded = load_net(net_path, proto_path)
     num_classes = count_classes(labels) if labels else None
     findings = lint(loaded.net, num_classes, path=net_path)

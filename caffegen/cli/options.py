@@ -1,13 +1,15 @@
-"""Options shared by the commands, and the reading and writing they imply."""
+"""Options shared by the commands, and the reading and writing they imply.
+
+Command modules state their options here and import their work inside the command, so that
+``caffegen --help`` and each command load only what they use.
+"""
 
 from pathlib import Path
 
 import click
 
+from caffegen.defaults import FORWARD_BATCH
 from caffegen.errors import CaffegenError
-from caffegen.io.files import write_atomic
-from caffegen.io.prototxt import decode_text, parse_net, read_net, to_text
-from caffegen.io.schema import BVLC, load_fork_schema
 
 STDIN = "-"
 
@@ -74,11 +76,13 @@ def number_list(kind, counts=None, positive=False, example=None):
 
 def schema_for(proto_path):
     """BVLC's schema, or the fork's given with --proto."""
+    from caffegen.io.schema import BVLC, load_fork_schema
     return load_fork_schema(proto_path) if proto_path else BVLC
 
 
 def load_net(net_path, proto_path):
     """Read the input net, telling the user when it was upgraded from the legacy V1 format."""
+    from caffegen.io.prototxt import decode_text, parse_net, read_net
     schema = schema_for(proto_path)
     if net_path == STDIN:
         loaded = parse_net(decode_text(click.get_binary_stream("stdin").read(), "<stdin>"), "<stdin>", schema)
@@ -92,6 +96,8 @@ def load_net(net_path, proto_path):
 
 def write_net(net, net_path, output, in_place):
     """Write ``net`` to the output, to the input with --in-place, or to standard output."""
+    from caffegen.io.files import write_atomic
+    from caffegen.io.prototxt import to_text
     text = to_text(net)
     target = output or (net_path if in_place else None)
     if target is None:
@@ -112,3 +118,11 @@ def report(lines):
 
 def _same_file(a, b):
     return Path(a).resolve() == Path(b).resolve()
+
+
+def device_options(command):
+    """--gpu and --caffe of the commands that run a trained model."""
+    command = click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary.")(command)
+    command = click.option("--gpu", metavar="ID|cpu", help="0 or cpu (default: as the run was prepared).")(command)
+    return click.option("--batch-size", type=click.IntRange(min=1), default=FORWARD_BATCH, show_default=True,
+                        help="Images per forward pass.")(command)

@@ -7,14 +7,10 @@ from pathlib import Path
 
 import click
 
-from caffegen.cli.evaluate import device_options
+from caffegen.cli.options import device_options
 from caffegen.errors import CaffegenError
 from caffegen.io.tables import text_table
-from caffegen.job.device import CPU
-from caffegen.job.model import load_model
-from caffegen.job.segmentation import SEGMENTATION
-from caffegen.run.predict import predict, predict_masks
-from caffegen.run.target import resolve_target
+from caffegen.job.options import SEGMENTATION
 
 
 @click.command("predict")
@@ -34,6 +30,10 @@ def predict_command(model_path, images, top_k, weights, as_json, as_csv, output,
     Images are preprocessed as the model was trained; unreadable files are reported and skipped.
     A segmentation model writes one mask PNG per image (VOC's colours, pixel value = class) to --output.
     """
+    from caffegen.job.device import CPU
+    from caffegen.job.model import load_model
+    from caffegen.run.predict import predict, predict_masks
+    from caffegen.run.target import resolve_target
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     model = load_model(model_path, weights)
     target = resolve_target(caffe_path, gpu)

@@ -5,24 +5,9 @@ from pathlib import Path
 
 import click
 
+from caffegen.cli.joboptions import job_from_options, job_options
 from caffegen.cli.options import number_list
-from caffegen.cli.prepare import job_from_options, job_options
 from caffegen.errors import CaffegenError
-from caffegen.job.device import Device
-from caffegen.run.lmdb import DatabaseBuilder
-from caffegen.run.target import memory_budget, resolve_target
-from caffegen.strategies.slurm import check_slurm, submit
-from caffegen.strategies.sweep import (
-    PLOT,
-    TABLE,
-    collect,
-    combinations,
-    prepare_sweep,
-    run_here,
-    run_on_gpus,
-    table_lines,
-    write_slurm_scripts,
-)
 
 
 def _optional(*names):
@@ -78,6 +63,10 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
     standard output. Exit code after training here: 0 when every run ended well, 1 when one did not,
     130 after Ctrl-C.
     """
+    from caffegen.job.device import Device
+    from caffegen.run.lmdb import DatabaseBuilder
+    from caffegen.run.target import memory_budget, resolve_target
+    from caffegen.strategies.sweep import collect, combinations, prepare_sweep, run_here, run_on_gpus
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     if collect_dir:
         if output or slurm or gpus:
@@ -125,6 +114,7 @@ def _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_sub
     if (slurm_opts or no_submit) and not slurm:
         raise CaffegenError("--slurm-opt and --no-submit go with --slurm")
     if slurm:
+        from caffegen.strategies.slurm import check_slurm
         check_slurm(output, slurm_opts)
 
 
@@ -136,6 +126,8 @@ def _gpu_ids(gpus):
 
 
 def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):
+    from caffegen.strategies.slurm import submit
+    from caffegen.strategies.sweep import write_slurm_scripts
     features, script = write_slurm_scripts(output, runs, slurm_opts, caffe_path)
     if no_submit:
         if features:
@@ -154,6 +146,7 @@ def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):
 
 
 def _show(rows, sweep_dir, echo):
+    from caffegen.strategies.sweep import PLOT, TABLE, table_lines
     for line in table_lines(rows):
         click.echo(line)
     echo(f"table: {Path(sweep_dir) / TABLE}; plot: {Path(sweep_dir) / PLOT}")

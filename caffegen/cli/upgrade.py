@@ -6,7 +6,6 @@ import click
 
 from caffegen.cli.options import load_net, net_argument, output_options, report, write_net
 from caffegen.errors import CaffegenError
-from caffegen.io.caffemodel import upgrade_caffemodel
 
 
 @click.command("upgrade")
@@ -31,6 +30,7 @@ def upgrade_command(net_path, output, in_place, weights_path, weights_out):
     if not loaded.upgraded_from:
         report([f"{net_path}: already in the current format; written unchanged"])
     if weights_path:
+        from caffegen.io.caffemodel import upgrade_caffemodel
         was_v1 = upgrade_caffemodel(weights_path, weights_out)
         report([f"{weights_path}: " + ("upgraded legacy V1 layers to the current format"
                                        if was_v1 else "already in the current format; copied unchanged")

@@ -9,9 +9,7 @@ import click
 
 from caffegen.cli.options import zoo_source_options
 from caffegen.errors import CaffegenError
-from caffegen.io.download import cache_home, record_path
 from caffegen.io.tables import text_table
-from caffegen.io.zoo import fetch_model, load_catalog, model_state, read_class_names
 
 HEADER = ("NAME", "TASK", "INPUT", "SIZE", "LICENCE", "VERIFIED BY", "DOWNLOADED")
 FOOTNOTES = {
@@ -35,6 +33,8 @@ def zoo_command():
 def list_command(catalogs, mirror, offline, as_json):
     """Each model's name, task, input size, size on disk, licence, how its download is verified, and whether
     it is downloaded already (in $CAFFEGEN_HOME, default ~/.cache/caffegen)."""
+    from caffegen.io.download import cache_home
+    from caffegen.io.zoo import load_catalog, model_state
     catalog = load_catalog(catalogs)
     rows = [(model, model_state(model)) for model in catalog]
     if as_json:
@@ -63,6 +63,7 @@ def get_command(name, output, catalogs, mirror, offline):
 
     Files already downloaded are verified and kept; a file is replaced only by one that passes.
     """
+    from caffegen.io.zoo import fetch_model, load_catalog, read_class_names
     model = load_catalog(catalogs).find(name)
     fetched = fetch_model(model, mirror=mirror, offline=offline)
     for role, file in fetched.files.items():
@@ -93,6 +94,7 @@ def _how(remote, file):
 
 def _copy_out(fetched, folder):
     """Copy the model's files (and their SHA-256 records) into ``folder``, each through a temporary name."""
+    from caffegen.io.download import record_path
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for file in fetched.files.values():

@@ -5,7 +5,8 @@ protobuf wire format, through a memory map: the packed ``data``/``diff`` payload
 blob are skipped by their length, so listing the layers and blob shapes of a 550 MB model
 touches a few pages. Current (``layer``) and legacy V1 (``layers``) files are read, as are
 blobs that give ``num``/``channels``/``height``/``width`` instead of ``shape``. Values come
-as numpy arrays, on the memory map where the file stores them packed, only when asked.
+as numpy arrays, on the memory map where the file stores them packed, only when asked (and numpy
+is imported only then).
 """
 
 import mmap
@@ -13,7 +14,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from google.protobuf.message import DecodeError
 
 from caffegen.errors import CaffegenError
@@ -102,6 +102,7 @@ def read_mean_file(path):
         blob = BVLC.BlobProto.FromString(path.read_bytes())
     except (OSError, DecodeError) as error:
         raise CaffegenError(f"not a readable mean file ({error.__class__.__name__})", path) from None
+    import numpy as np
     dims = list(blob.shape.dim) or [blob.num, blob.channels, blob.height, blob.width]
     values = np.asarray(blob.data, dtype=np.float32)
     if len(dims) < 3 or _product(dims[-3:]) != values.size:
@@ -344,6 +345,7 @@ def _int32(value):
 
 def _blob_array(buf, blob):
     """The values of ``blob``: a view on ``buf`` for one packed run, a copy otherwise, shaped when they fit."""
+    import numpy as np
     dtype = np.dtype("<f4" if blob.dtype != "float64" else "<f8")
     parts = [np.frombuffer(buf, dtype=dtype, count=1 if length < 0 else length // dtype.itemsize, offset=offset)
              for offset, length in blob.runs]
@@ -396,6 +398,7 @@ def _blob_field_size(blob_header, array):
 
 def _write_float32(array, out):
     """Write ``array`` as little-endian float32 a chunk at a time, so broadcast arrays never expand whole."""
+    import numpy as np
     if array.size == 0:
         return
     rows = array.reshape(1, -1) if array.ndim < 2 else array.reshape(array.shape[0], -1)

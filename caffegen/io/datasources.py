@@ -3,16 +3,14 @@
 ``HDF5Data`` reads the datasets named after its tops from the files its source lists; ``Data`` reads
 ``Datum`` records from an LMDB (a LevelDB cannot be read here); ``ImageData`` reads the images its
 list names. Paths are tried as Caffe would open them from the current folder, then from the net's.
+The libraries of each format are imported by its reader.
 """
 
 import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
-import lmdb
 from google.protobuf.message import DecodeError
-from PIL import Image
 
 from caffegen.errors import CaffegenError
 from caffegen.io.lists import read_list
@@ -36,7 +34,7 @@ def first_input(layer, net_dir):
         return None
     try:
         return reader(layer, Path(net_dir))
-    except (OSError, ValueError, lmdb.Error, DecodeError, CaffegenError) as error:
+    except (OSError, ValueError, DecodeError, CaffegenError) as error:
         return FirstInput(None, f"its data cannot be read ({error})")
 
 
@@ -54,6 +52,7 @@ def _hdf5(layer, net_dir):
     first = _found(files[0], net_dir) if files else None
     if first is None:
         return FirstInput(None, f"the first file of {listed} is not here" if files else f"{listed} lists no file")
+    import h5py
     with h5py.File(first, "r") as stored:
         if layer.top[0] not in stored:
             return FirstInput(None, f"{first} has no dataset '{layer.top[0]}'")
@@ -67,7 +66,11 @@ def _datum(layer, net_dir):
     found = _found(param.source, net_dir)
     if found is None:
         return FirstInput(None, f"the LMDB {param.source} is not here")
-    datum = first_datum(found)
+    import lmdb
+    try:
+        datum = first_datum(found)
+    except lmdb.Error as error:
+        raise CaffegenError(f"not a readable LMDB: {error}", found) from None
     if datum is None:
         return FirstInput(None, f"the LMDB {found} is empty")
     where = f"the first Datum of {found}"
@@ -80,6 +83,7 @@ def _datum(layer, net_dir):
 
 def first_datum(path):
     """The first ``Datum`` of the LMDB ``path`` (a folder or a file), or None when it is empty."""
+    import lmdb
     with lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=Path(path).is_dir()) as env:
         with env.begin() as transaction:
             record = next(iter(transaction.cursor()), None)
@@ -88,6 +92,7 @@ def first_datum(path):
 
 def record_count(path):
     """How many records the LMDB folder ``path`` holds."""
+    import lmdb
     with lmdb.open(str(path), readonly=True, lock=False, readahead=False) as env:
         return env.stat()["entries"]
 
@@ -106,6 +111,7 @@ def _image(layer, net_dir):
 
 def _image_shape(source, gray):
     """(channels, height, width) of an image as Caffe decodes it: gray, colour, or (None) as stored."""
+    from PIL import Image
     with Image.open(source) as image:
         channels = len(image.getbands()) if gray is None else 1 if gray else 3
         return (channels, image.height, image.width)

@@ -9,7 +9,6 @@ mean subtracted, then scaled, channels first, float32), so evaluation on the ima
 through ``ImageData`` sees the same input.
 """
 
-import h5py
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -54,6 +53,7 @@ def preprocessed_image(path, mean_value=(), scale=1.0):
 
 def write_pairs_h5(path, pairs, mean_value=(), scale=1.0):
     """Write the (image, mask) ``pairs`` into the HDF5 file ``path``: ``data`` (N, 3, H, W) and ``label`` (N, 1, H, W)."""
+    import h5py
     with h5py.File(path, "w") as out:
         first = preprocessed_image(pairs[0][0], mean_value, scale)
         data = out.create_dataset("data", (len(pairs), *first.shape), dtype="f4")

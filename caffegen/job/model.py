@@ -16,8 +16,8 @@ from pathlib import Path
 
 from caffegen.errors import CaffegenError
 from caffegen.io.prototxt import read_net
+from caffegen.job.options import CLASSIFICATION
 from caffegen.job.rundir import MANIFEST, RunDir
-from caffegen.job.segmentation import CLASSIFICATION
 from caffegen.net.netview import TEST, NetView
 
 DEPLOY = "deploy.prototxt"

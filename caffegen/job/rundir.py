@@ -9,6 +9,7 @@ from caffegen.io.files import write_atomic
 from caffegen.io.lists import read_list
 from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.job.device import Device
+from caffegen.job.options import CAFFE
 from caffegen.net.head import classifier_outputs
 
 MANIFEST = "manifest.json"
@@ -17,9 +18,6 @@ SNAPSHOT_NAME = re.compile(r"_iter_(\d+)\.solverstate$")
 LISTS = ("train.txt", "val.txt")
 RESULT = "result.json"
 EVAL_DIR = "eval"  # where caffegen evaluate writes by default
-# What computes the trunk features of a cached run: Caffe, OpenCV DNN, or OpenCV where it can (else Caffe).
-CAFFE, OPENCV, AUTO = "caffe", "opencv", "auto"
-ENGINES = (AUTO, CAFFE, OPENCV)
 ENGINE = CAFFE  # of a run whose manifest names none
 
 

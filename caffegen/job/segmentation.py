@@ -23,6 +23,7 @@ from caffegen.errors import CaffegenError
 from caffegen.io.prototxt import read_net, to_text
 from caffegen.io.segdata import read_image_size, read_mask, write_pairs_h5
 from caffegen.job.dataset import IMAGE_SUFFIXES, Labelled
+from caffegen.job.options import SEGMENTATION
 from caffegen.job.rundir import SNAPSHOT_DIR
 from caffegen.job.scripts import render_train_bat, render_train_sh
 from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
@@ -34,9 +35,6 @@ from caffegen.net.segmentation import SOURCES, segmentation_data_layers, stated_
 from caffegen.net.shapes import check_runs
 from caffegen.net.wiring import deploy_net
 
-SEGMENTATION = "segmentation"
-CLASSIFICATION = "classification"
-TASKS = (CLASSIFICATION, SEGMENTATION)
 PAIRS = "segmentation.json"
 SUBSETS = ("train", "val")
 # Caffe's HDF5Data holds one whole file in memory at a time: the pairs are split into files of about this size.

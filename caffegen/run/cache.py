@@ -56,7 +56,8 @@ from caffegen.io.prototxt import read_solver, to_text
 from caffegen.io.schema import BVLC
 from caffegen.job.cacheplan import LISTS, plan_cache, stored, unique
 from caffegen.job.memorycheck import extraction_batch
-from caffegen.job.rundir import CAFFE, OPENCV, RESULT
+from caffegen.job.options import CAFFE, OPENCV
+from caffegen.job.rundir import RESULT
 from caffegen.net.layers import DATA_TYPES
 from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN
 from caffegen.net.shapes import product

@@ -10,21 +10,15 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    top_k_accuracy_score,
-)
 
-from caffegen.defaults import IGNORE_LABEL
+from caffegen.defaults import FORWARD_BATCH, IGNORE_LABEL
 from caffegen.errors import CaffegenError
 from caffegen.job.dataset import labelled_images
 from caffegen.job.model import load_model
+from caffegen.job.options import CLASSIFICATION, SEGMENTATION
 from caffegen.job.rundir import EVAL_DIR
-from caffegen.job.segmentation import CLASSIFICATION, SEGMENTATION, checked_mask, pair_images, read_pairs
-from caffegen.run.forward import DEFAULT_BATCH, forward_images
+from caffegen.job.segmentation import checked_mask, pair_images, read_pairs
+from caffegen.run.forward import forward_images
 from caffegen.run.report import write_evaluation
 
 TOP_K = 5
@@ -54,10 +48,17 @@ class Evaluation:
 
     def confusion(self):
         """(K, K) counts: rows the true class, columns the predicted one."""
+        from sklearn.metrics import confusion_matrix  # scikit-learn costs every command a second and more at start
         return confusion_matrix(self.labels, self.predicted, labels=range(len(self.classes)))
 
     def metrics(self):
         """top-1, top-5 (with more than 5 classes), mean class accuracy and per-class precision/recall/F1/support."""
+        from sklearn.metrics import (
+            accuracy_score,
+            balanced_accuracy_score,
+            precision_recall_fscore_support,
+            top_k_accuracy_score,
+        )
         labels = range(len(self.classes))
         precision, recall, f1, support = precision_recall_fscore_support(
             self.labels, self.predicted, labels=labels, zero_division=0)
@@ -99,6 +100,7 @@ class SegmentationEvaluation:
         """(K, K) pixel counts, of all images or image ``index``: rows the true class, columns the predicted one."""
         masks, predicted = (self.masks, self.predicted) if index is None else (self.masks[index], self.predicted[index])
         scored = masks != IGNORE_LABEL
+        from sklearn.metrics import confusion_matrix
         return confusion_matrix(masks[scored], predicted[scored], labels=range(len(self.classes)))
 
     def metrics(self):
@@ -139,7 +141,7 @@ def evaluation_images(model, data=None, list_file=None, skip_bad=False, warn=Non
     return pair_images(data) if data else read_pairs(model.run.path)
 
 
-def evaluate(target, model, images, batch_size=DEFAULT_BATCH, device=None, echo=None):
+def evaluate(target, model, images, batch_size=FORWARD_BATCH, device=None, echo=None):
     """The Evaluation of ``model`` (a TrainedModel) on ``images``, [(path, label)], computed by real Caffe."""
     if model.task == SEGMENTATION:
         return evaluate_segmentation(target, model, images, batch_size, device, echo)
@@ -152,7 +154,7 @@ def evaluate(target, model, images, batch_size=DEFAULT_BATCH, device=None, echo=
     return Evaluation(model.classes, paths, np.array([label for _, label in images]), probabilities)
 
 
-def segment(target, model, paths, batch_size=DEFAULT_BATCH, device=None, echo=None):
+def segment(target, model, paths, batch_size=FORWARD_BATCH, device=None, echo=None):
     """(N, K, H, W) per-pixel probabilities of the segmentation ``model`` over the image files ``paths``."""
     blob = model.output_blob
     flat = forward_images(target, model, paths, [blob], batch_size, device, echo)[blob]
@@ -163,7 +165,7 @@ def segment(target, model, paths, batch_size=DEFAULT_BATCH, device=None, echo=No
     return flat.reshape(len(paths), len(model.classes), height, width)
 
 
-def evaluate_segmentation(target, model, pairs, batch_size=DEFAULT_BATCH, device=None, echo=None):
+def evaluate_segmentation(target, model, pairs, batch_size=FORWARD_BATCH, device=None, echo=None):
     """The SegmentationEvaluation of ``model`` on ``pairs`` [(image, mask)], computed by real Caffe."""
     hint = f"the model segments {len(model.classes)} classes"
     masks = np.stack([checked_mask(mask, model.input_shape[2:], len(model.classes), hint) for _, mask in pairs])
@@ -172,7 +174,7 @@ def evaluate_segmentation(target, model, pairs, batch_size=DEFAULT_BATCH, device
                                   probabilities)
 
 
-def evaluate_to(target, model, images, out_dir, batch_size=DEFAULT_BATCH, device=None, echo=None):
+def evaluate_to(target, model, images, out_dir, batch_size=FORWARD_BATCH, device=None, echo=None):
     """Evaluate ``model`` on ``images`` and write the evaluation's files into ``out_dir``; return its metrics."""
     evaluation = evaluate(target, model, images, batch_size, device, echo)
     curves = model.source / "curves.png" if model.run else None

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from caffegen.defaults import FORWARD_BATCH
 from caffegen.errors import CaffegenError
 from caffegen.io.featuredb import read_feature_db
 from caffegen.io.lists import list_line
@@ -22,7 +23,6 @@ from caffegen.io.segdata import read_image_size
 from caffegen.net.wiring import image_input_net
 from caffegen.run.caffelog import parse_log
 
-DEFAULT_BATCH = 16
 LIST = "images.txt"
 
 
@@ -65,7 +65,7 @@ def _reason(output):
     return lines[-1] if lines else "no output"
 
 
-def forward_images(target, model, paths, blobs, batch_size=DEFAULT_BATCH, device=None, echo=None, workdir=None):
+def forward_images(target, model, paths, blobs, batch_size=FORWARD_BATCH, device=None, echo=None, workdir=None):
     """{blob: array (len(paths), values per image)} of ``model`` (a TrainedModel) over the image files ``paths``.
 
     The images are preprocessed as the model's validation images were in training; images whose

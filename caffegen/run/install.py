@@ -41,7 +41,6 @@ import tempfile
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
-from caffegen.io.download import cache_home
 from caffegen.io.files import built_beside, write_atomic
 
 SUITE = "bullseye"
@@ -295,6 +294,7 @@ def _essential(apt, names):
 
 
 def _deb_cache():
+    from caffegen.io.download import cache_home
     return cache_home() / "debs"
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from caffegen.defaults import FORWARD_BATCH
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_mean_file
-from caffegen.run.forward import DEFAULT_BATCH, forward_images
+from caffegen.run.forward import forward_images
 
 # Probabilities are in [0, 1]. float32 carries about 7 digits; two engines summing the same
 # products in other orders (im2col + BLAS against OpenCV's own kernels) differ by about 1e-6 of
@@ -55,7 +56,7 @@ def opencv_batch(net, input_blob, inputs, output, deploy=None):
         raise CaffegenError(f"OpenCV cannot run the model: {_first_line(error)}", deploy) from None
 
 
-def opencv_forward(deploy, weights, input_blob, inputs, output, batch_size=DEFAULT_BATCH):
+def opencv_forward(deploy, weights, input_blob, inputs, output, batch_size=FORWARD_BATCH):
     """The blob ``output`` (N, values) OpenCV DNN computes from ``inputs`` (N, C, H, W) fed to ``input_blob``."""
     net = opencv_net(deploy, weights)
     return np.concatenate([opencv_batch(net, input_blob, inputs[start:start + batch_size], output, deploy)

@@ -3,12 +3,13 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+from caffegen.defaults import FORWARD_BATCH
 from caffegen.errors import CaffegenError
 from caffegen.io.files import built_beside
 from caffegen.io.segdata import write_mask_png
 from caffegen.job.dataset import image_problem
 from caffegen.run.evaluate import segment
-from caffegen.run.forward import DEFAULT_BATCH, forward_images
+from caffegen.run.forward import forward_images
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def _readable_images(arguments, echo):
     return paths
 
 
-def predict_masks(target, model, arguments, out_dir, batch_size=DEFAULT_BATCH, device=None, echo=None):
+def predict_masks(target, model, arguments, out_dir, batch_size=FORWARD_BATCH, device=None, echo=None):
     """Write the segmentation ``model``'s mask of each image named by ``arguments`` into ``out_dir``; return the files.
 
     Each mask is a palette PNG named after its image, coloured with PASCAL VOC's colour map (its
@@ -69,7 +70,7 @@ def predict_masks(target, model, arguments, out_dir, batch_size=DEFAULT_BATCH, d
     return [Path(out_dir) / f"{stem}.png" for stem in stems]
 
 
-def predict(target, model, arguments, top_k=5, batch_size=DEFAULT_BATCH, device=None, echo=None):
+def predict(target, model, arguments, top_k=5, batch_size=FORWARD_BATCH, device=None, echo=None):
     """The Predictions of ``model`` (a TrainedModel) for the images named by ``arguments``."""
     paths = _readable_images(arguments, echo or (lambda line: None))
     blob = model.output_blob

@@ -20,7 +20,7 @@ from caffegen.defaults import IGNORE_LABEL
 from caffegen.io.files import built_beside
 from caffegen.io.segdata import voc_palette
 from caffegen.io.templates import render_template
-from caffegen.job.segmentation import SEGMENTATION
+from caffegen.job.options import SEGMENTATION
 
 MISTAKES_SHOWN = 16
 SHEET_SHOWN = 8

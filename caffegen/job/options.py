@@ -1,0 +1,123 @@
+"""What a fine-tuning job is told: ``JobOptions``, the stages of a staged job, and the tasks it can be.
+
+Light to import (no image, array or template library), so the command line can state its options'
+defaults from here.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from caffegen.errors import CaffegenError
+from caffegen.job.device import CPU, Device
+from caffegen.net.wiring import DataSettings
+
+CLASSIFICATION = "classification"
+SEGMENTATION = "segmentation"
+TASKS = (CLASSIFICATION, SEGMENTATION)
+# What computes the trunk features of a cached run: Caffe, OpenCV DNN, or OpenCV where it can (else Caffe).
+CAFFE, OPENCV, AUTO = "caffe", "opencv", "auto"
+ENGINES = (AUTO, CAFFE, OPENCV)
+
+
+@dataclass
+class JobOptions:
+    """Everything ``caffegen prepare`` is told."""
+
+    net: Path
+    weights: Path
+    data: Path = None
+    train_list: Path = None
+    val_list: Path = None
+    val_fraction: float = 0.2
+    seed: int = 1
+    skip_bad: bool = False
+    copy_data: bool = False
+    freeze_upto: str = None
+    freeze_from: str = None
+    epochs: int = None
+    snapshot_every: int = 1
+    iter_size: int = 1
+    data_settings: DataSettings = field(default_factory=DataSettings)
+    mean_file: Path = None
+    base_lr: float = None
+    base_solver: Path = None
+    solver_set: tuple = ()
+    device: Device = CPU
+    head_lr_mult: float = None
+    head_name: str = None
+    lr_rules: tuple = ()
+    keep_data_layers: bool = False
+    num_classes: int = None
+    train_images: int = None
+    val_images: int = None
+    strategy: str = None
+    similarity: str = None
+    cache_features: bool = False
+    # With cache_features: a folder, relative to the run directory, whose stores runs with the same
+    # trunk share (a sweep's); None keeps the features in the run's own features/.
+    feature_store: Path = None
+    # The zoo model (a ZooModel) that net, weights and preprocessing come from (job.zoo.with_zoo_model), or None.
+    zoo_model: object = None
+    task: str = CLASSIFICATION  # or SEGMENTATION: --data holds images/ and masks/
+    # With cache_features: what computes the trunk features (caffe, opencv, or auto: OpenCV where it can).
+    engine: str = AUTO
+    # With cache_features: images per mini-batch of the extraction; None: the most that fit (memorycheck).
+    cache_batch: int = None
+    # Train from LMDBs built by convert_imageset (train_lmdb/, val_lmdb/) instead of ImageData on the lists.
+    lmdb: bool = False
+    encoded: bool = False  # with lmdb: store the images encoded (encode_type) instead of raw pixels
+    encode_type: str = "png"
+    mean: str = None  # MEAN_IMAGE: subtract the mean image of train_lmdb, computed by compute_image_mean
+
+    def __post_init__(self):
+        if not isinstance(self.device, Device):
+            self.device = Device.parse(self.device)
+
+
+@dataclass
+class Stage:
+    """One stage of a staged fine-tuning; what it leaves unset comes from the job's options."""
+
+    freeze_upto: str = None
+    freeze_from: str = None
+    base_lr: float = None
+    epochs: int = None
+
+    def describe(self):
+        point = (f"frozen up to {self.freeze_upto}" if self.freeze_upto else
+                 f"trained from {self.freeze_from}" if self.freeze_from else "nothing frozen")
+        return f"{point}, base_lr {self.base_lr:g}, {self.epochs} epochs"
+
+
+STAGE_KEYS = {"upto": "freeze_upto", "from": "freeze_from", "lr": "base_lr", "epochs": "epochs"}
+
+
+def parse_stages(text):
+    """Stages from 'upto=fc7,lr=0.001,epochs=5;from=conv4,lr=0.0001,epochs=5' (``upto=none``: freeze nothing)."""
+    stages = []
+    for number, part in enumerate(filter(None, (p.strip() for p in text.split(";"))), start=1):
+        values = {}
+        for item in filter(None, (i.strip() for i in part.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or key.strip() not in STAGE_KEYS:
+                raise CaffegenError(f"--stages: stage {number}: expected upto=LAYER, from=LAYER, lr=X or epochs=N, "
+                                    f"got '{item}'")
+            values[STAGE_KEYS[key.strip()]] = value.strip()
+        stages.append(_stage(values, number))
+    if len(stages) < 2:
+        raise CaffegenError("--stages needs at least two stages separated by ';'")
+    return stages
+
+
+def _stage(values, number):
+    try:
+        stage = Stage(values.get("freeze_upto"), values.get("freeze_from"),
+                      float(values["base_lr"]) if "base_lr" in values else None,
+                      int(values["epochs"]) if "epochs" in values else None)
+    except ValueError as error:
+        raise CaffegenError(f"--stages: stage {number}: {error}") from None
+    if stage.freeze_upto and stage.freeze_from:
+        raise CaffegenError(f"--stages: stage {number}: give upto= or from=, not both")
+    if stage.freeze_upto == "none":
+        stage.freeze_upto = None
+    return stage
