@@ -108,14 +108,16 @@ def started_address_space(caffe, *args, cwd):
     """The virtual memory ``caffe args`` reaches until it ends in ``cwd``, plus 64 MiB: Caffe runs within it."""
     process = subprocess.Popen([str(caffe), *map(str, args)], cwd=cwd, env=dict(os.environ, GLOG_logtostderr="1"),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak, started = 0, time.monotonic()
-    while process.poll() is None and time.monotonic() - started < 120:
+    peak, deadline = 0, time.monotonic() + 120
+    while process.poll() is None:
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"caffe {' '.join(map(str, args))} did not end within 120 s")
         try:
             found = re.search(r"VmPeak:\s+(\d+) kB", Path(f"/proc/{process.pid}/status").read_text())
         except OSError:  # it has just ended
             found = None
         peak = max(peak, int(found[1]) * 1024 if found else 0)
         time.sleep(0.01)
-    process.kill()
-    process.wait()
     return peak + (64 << 20)

@@ -6,9 +6,12 @@ Tests that need an outside program get its marker from the fixture that provides
 may be skipped for want of what it needs.
 """
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,9 +97,75 @@ def images(tmp_path_factory):
 
 
 def run_caffegen(*args, cwd=None, env=None, input=None):
-    """Run the real command line, as a user would."""
+    """Run the command line in this process, as ``caffegen ARGS`` would run: its exit code and its output.
+
+    It runs in ``cwd`` with exactly the environment ``env`` (default: this one) and ``input`` on
+    standard input; all three are restored after. Tests that need signals, a real exit status or an
+    interpreter of their own use ``run_caffegen_process``.
+    """
+    from caffegen.cli import main
+    streams = {name: io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")
+               for name in ("stdout", "stderr")}
+    stdin = io.TextIOWrapper(io.BytesIO((input or "").encode()), encoding="utf-8")
+    with _swapped_streams(stdin, **streams), _environment(env), _working_folder(cwd):
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+    output = {}
+    for name, stream in streams.items():
+        stream.flush()
+        output[name] = stream.buffer.getvalue().decode()
+    return subprocess.CompletedProcess(["caffegen", *map(str, args)], code, output["stdout"], output["stderr"])
+
+
+def run_caffegen_process(*args, cwd=None, env=None, input=None):
+    """Run the real command line in a process of its own, as a user would."""
     return subprocess.run([sys.executable, "-m", "caffegen", *map(str, args)], cwd=cwd, env=env,
                           input=input, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def _swapped_streams(stdin, stdout, stderr):
+    saved = sys.stdin, sys.stdout, sys.stderr
+    sys.stdin, sys.stdout, sys.stderr = stdin, stdout, stderr
+    try:
+        yield
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved
+
+
+@contextlib.contextmanager
+def _environment(env):
+    saved = dict(os.environ)
+    if env is not None:
+        os.environ.clear()
+        os.environ.update({name: str(value) for name, value in env.items()})
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _working_folder(cwd):
+    saved = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(saved)
+
+
+def wait_for(condition, what, timeout=60, every=0.1):
+    """Poll ``condition()`` until it is true; fail naming ``what`` when ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
 
 
 def assert_one_line_error(result, *words):

@@ -1,12 +1,13 @@
 """OpenCV DNN as the engine of cached trunk features, against real Caffe 1.0 on zoo trunks and real photos."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sklearn.datasets
-from conftest import DIGITS, ZOO, assert_one_line_error
+from conftest import DIGITS, ZOO, assert_one_line_error, run_caffegen_process
 from fork_schemas import ceil_mode_proto
 
 from caffegen.defaults import CACHE_BATCH
@@ -243,29 +244,29 @@ def test_the_first_batch_comparison_falls_back_to_caffe(caffe, images, tmp_path,
 
 @pytest.fixture
 def without_cv2(tmp_path):
-    """An environment in which ``import cv2`` fails, as where OpenCV is not installed."""
+    """An environment in which ``import cv2`` fails, as where OpenCV is not installed (for a process of its own)."""
     folder = tmp_path / "no_cv2"
     folder.mkdir()
     (folder / "cv2.py").write_text("raise ImportError('No module named cv2')\n")
-    return dict(__import__("os").environ, PYTHONPATH=str(folder))
+    return dict(os.environ, PYTHONPATH=str(folder))
 
 
-def test_opencv_asked_for_without_opencv_is_one_line(cli, images, without_cv2, tmp_path):
-    result = cli("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
-                 "--data", images, "--freeze-upto", "conv2", "--cache-features", "--engine", "opencv",
-                 "-o", tmp_path / "run", env=without_cv2)
+def test_opencv_asked_for_without_opencv_is_one_line(images, without_cv2, tmp_path):
+    result = run_caffegen_process("prepare", "--net", DIGITS / "train_val.prototxt", "--weights",
+                                  DIGITS / "digits.caffemodel", "--data", images, "--freeze-upto", "conv2",
+                                  "--cache-features", "--engine", "opencv", "-o", tmp_path / "run", env=without_cv2)
     assert_one_line_error(result, "OpenCV is not installed", "pip install")
     assert not (tmp_path / "run").exists()
 
 
-def test_auto_without_opencv_uses_caffe_and_says_why(cli, caffe, images, without_cv2, tmp_path):
+def test_auto_without_opencv_uses_caffe_and_says_why(caffe, images, without_cv2, tmp_path):
     run = tmp_path / "run"
-    prepared = cli("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
-                   "--data", images, "--freeze-upto", "conv2", "--epochs", 1, "--cache-features", "-o", run,
-                   env=without_cv2)
+    prepared = run_caffegen_process("prepare", "--net", DIGITS / "train_val.prototxt", "--weights",
+                                    DIGITS / "digits.caffemodel", "--data", images, "--freeze-upto", "conv2",
+                                    "--epochs", 1, "--cache-features", "-o", run, env=without_cv2)
     assert prepared.returncode == 0, prepared.stderr
     assert json.loads((run / "manifest.json").read_text())["engine"] == "auto"
-    launched = cli("launch", run, env=without_cv2)
+    launched = run_caffegen_process("launch", run, env=without_cv2)
     assert launched.returncode == 0, launched.stderr
     assert "computing the features with Caffe: OpenCV is not installed: pip install" in launched.stderr
     assert json.loads((run / "result.json").read_text())["cache"]["engine"] == "caffe"

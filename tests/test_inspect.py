@@ -2,7 +2,7 @@
 
 import json
 import re
-import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -175,7 +175,7 @@ def with_legacy_dimensions(model, target):
 
 @pytest.mark.zoo
 class TestPreflightSpeed:
-    def test_check_weights_on_a_vgg_sized_model_takes_well_under_a_second(self, tmp_path):
+    def test_check_weights_on_a_vgg_sized_model_decodes_none_of_its_values(self, tmp_path):
         net = read_net(VGG16).net
         shapes = infer_shapes(NetView(net, TRAIN))
         path = tmp_path / "vgg16.caffemodel"
@@ -183,9 +183,11 @@ class TestPreflightSpeed:
                                  [np.broadcast_to(np.float32(0), shape) for shape in result.params or []])
                                 for result in shapes])
         assert path.stat().st_size > 500e6
-        start = time.perf_counter()
+        tracemalloc.start()
         problems = check_weights(net, path)
-        assert time.perf_counter() - start < 0.5
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 10e6, f"checking the weights allocated {peak / 1e6:.0f} MB: it decoded their values"
         assert problems == []
         layer(net, "fc7").inner_product_param.num_output = 10
         assert [(problem.layer, problem.blob) for problem in check_weights(net, path)] == [("fc7", 0), ("fc7", 1)]
