@@ -164,7 +164,7 @@ class TestPrepare:
                                        "--cache-features")
         assert not (tmp_path / "run").exists()
 
-    def test_sweep_refuses_a_run_that_cannot_fit(self, images, tmp_path, monkeypatch, capsys, peaks):
+    def test_sweep_refuses_a_run_that_cannot_fit(self, caffe, images, tmp_path, monkeypatch, capsys, peaks):
         mem_available(monkeypatch, tmp_path, (peaks[8] + peaks[32]) // 2)
         out = tmp_path / "sweep"
         code = main(["sweep", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2,fc1", "-o", str(out)])

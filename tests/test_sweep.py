@@ -152,7 +152,7 @@ def test_slurm_script_gives_each_task_its_run(caffe, images, tmp_path):
     assert printed_row(collected.stdout, "upto-fc1")[-2:] == ["not", "finished"]
 
 
-def test_bad_sweep_options_are_one_line_errors(tmp_path):
+def test_bad_sweep_options_are_one_line_errors(caffe, tmp_path):
     cases = [
         (("sweep", "--collect", tmp_path), "no sweep.json"),
         (("sweep", *BASE_MODEL, "--data", tmp_path, "--lr", "0.01", "--base-lr", "0.1", "-o", tmp_path / "s"),
