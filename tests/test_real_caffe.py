@@ -13,6 +13,7 @@ from caffegen.net.head import find_classifiers, retarget_head
 from caffegen.net.layers import learnable_blob_count
 from caffegen.net.lint import lint
 from caffegen.net.netview import TRAIN, NetView
+from caffegen.net.shapes import infer_shapes
 
 BASE = """
 name: "base"
@@ -103,14 +104,32 @@ def deploy_nets():
     return nets
 
 
-MAX_SIDE = 227
+# Input sides: at most 227, or at most 96 where every layer still has an output at that size (a fully
+# convolutional net's), which loads the same layers sooner.
+SIDES = (96, 227)
 
 
 def trainable_version(net):
-    """The net with Input layers (batch 1, sides of at most 227) and a loss on the classifier's scores.
+    """The net with Input layers (batch 1, the smaller of SIDES that it takes) and a loss on the classifier's scores.
 
     The loss is a sum of squares with a loss weight, so it suits scores of any shape.
     """
+    for side in SIDES:
+        trial = at_most(net, side)
+        if not any(result.note for result in infer_shapes(NetView(trial, TRAIN))):
+            break
+    classifiers = find_classifiers(trial)
+    if classifiers:
+        scores = next(layer for layer in trial.layer if layer.name == classifiers[-1]).top[0]
+        loss = trial.layer.add(name="ft_loss", type="Reduction", bottom=[scores], top=["ft_loss"], loss_weight=[1])
+        loss.reduction_param.operation = loss.reduction_param.SUMSQ
+    else:
+        trial.force_backward = True
+    return trial
+
+
+def at_most(net, side):
+    """The net with Input layers of batch 1 and sides of at most ``side``."""
     trial = BVLC.NetParameter()
     trial.CopyFrom(net)
     shapes = [list(shape.dim) for shape in net.input_shape] or \
@@ -123,17 +142,10 @@ def trainable_version(net):
         for shape in layer.input_param.shape:
             shape.dim[0] = 1
             for axis in range(2, len(shape.dim)):
-                shape.dim[axis] = min(shape.dim[axis], MAX_SIDE)
+                shape.dim[axis] = min(shape.dim[axis], side)
     ordered = sorted(trial.layer, key=lambda layer: layer.type != "Input")
     trial.ClearField("layer")
     trial.layer.extend(ordered)
-    classifiers = find_classifiers(trial)
-    if classifiers:
-        scores = next(layer for layer in trial.layer if layer.name == classifiers[-1]).top[0]
-        loss = trial.layer.add(name="ft_loss", type="Reduction", bottom=[scores], top=["ft_loss"], loss_weight=[1])
-        loss.reduction_param.operation = loss.reduction_param.SUMSQ
-    else:
-        trial.force_backward = True
     return trial
 
 

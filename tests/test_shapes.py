@@ -315,6 +315,8 @@ REJECTED = {
                                   'convolution_param { num_output: 4 kernel_size: 1 group: 2 } }',
     "param on a layer without blobs": 'layer { name: "bad" type: "ReLU" bottom: "data" top: "bad" param { lr_mult: 0 } }',
     "concat of different sizes": 'layer { name: "bad" type: "Concat" bottom: "data" bottom: "other" top: "bad" }',
+    "pooling kernel beyond the input": 'layer { name: "bad" type: "Pooling" bottom: "data" top: "bad" '
+                                       'pooling_param { pool: AVE kernel_size: 11 stride: 1 } }',
 }
 TWO_INPUTS = ('layer { name: "input" type: "Input" top: "data" top: "other" '
               'input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } shape { dim: 1 dim: 3 dim: 8 dim: 9 } } }\n')
@@ -329,6 +331,16 @@ class TestWithoutCaffe:
         (tmp_path / "net.prototxt").write_text(to_text(net))
         code, log = run_caffe(caffe, "time", "-model", "net.prototxt", "-iterations", "1", cwd=tmp_path)
         assert code != 0 and "Check failed" in log and READY not in log
+
+    def test_a_pooling_that_leaves_nothing_is_flagged_and_caffe_aborts_on_it(self, caffe, tmp_path):
+        """Caffe builds a net with an empty blob, then aborts at its first forward pass."""
+        empty = 'layer { name: "bad" type: "Pooling" bottom: "data" top: "bad" pooling_param { kernel_size: 10 stride: 2 } }'
+        net = text_format.Parse(TWO_INPUTS + empty, BVLC.NetParameter())
+        bad = infer_shapes(NetView(net, TRAIN))[-1]
+        assert bad.rejected and "the output would be empty (0×0)" in bad.note
+        (tmp_path / "net.prototxt").write_text(to_text(net))
+        code, log = run_caffe(caffe, "time", "-model", "net.prototxt", "-iterations", "1", cwd=tmp_path)
+        assert code != 0 and "Check failed" in log and "Average Forward pass" not in log
 
     @pytest.mark.zoo
     def test_an_unknown_layer_type_leaves_what_follows_unknown_but_what_layers_fix(self):

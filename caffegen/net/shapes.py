@@ -453,9 +453,11 @@ def _pooling(layer, bottoms):
     if any(p >= k for p, k in zip(pad, kernel)):
         raise ShapeError(f"pad {pad} must be smaller than kernel {kernel}")
     ceil = _round_mode_is_ceil(param)
-    top = bottom[:2] + tuple(_pooled_size(size, k, s, p, ceil)
-                             for size, k, s, p in zip(bottom[2:], kernel, stride, pad))
-    return [top] * len(layer.top), [], 0
+    spatial = tuple(_pooled_size(size, k, s, p, ceil) for size, k, s, p in zip(bottom[2:], kernel, stride, pad))
+    if any(size is not None and size <= 0 for size in spatial):
+        raise ShapeError(f"the output would be empty ({format_shape(spatial)}): the input is smaller than "
+                         f"kernel {kernel}")
+    return [bottom[:2] + spatial] * len(layer.top), [], 0
 
 
 def _pool_values(param, name, single):
