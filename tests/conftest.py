@@ -209,11 +209,11 @@ def slurm(tmp_path_factory):
 
 def pytest_configure(config):
     if IN_CI and not CORPUS.found:
-        raise pytest.UsageError(f"the zoo corpus is required in CI: {CORPUS.skip_reason}")
+        raise pytest.UsageError(f"the zoo corpus is required in CI: {CORPUS.skip_reason} ({CORPUS.how})")
 
 
 def pytest_report_header(config):
-    return f"zoo corpus: {CORPUS.how if CORPUS.found else CORPUS.skip_reason}"
+    return f"zoo corpus: {CORPUS.how}" + ("" if CORPUS.found else f"; {CORPUS.skip_reason}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -133,7 +133,7 @@ class TestWithoutTheCorpus:
     def pytest(self, clone, tmp_path, **environ):
         env = {name: value for name, value in os.environ.items() if name not in (VARIABLE, "CI")}
         env.update(CAFFEGEN_HOME=str(tmp_path / "empty-home"), **environ)
-        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests"],
+        return subprocess.run([sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider", "tests"],
                               cwd=clone, env=env, capture_output=True, text=True)
 
     def test_zoo_tests_skip_with_one_line_that_says_how_to_get_it(self, clone, tmp_path):
@@ -142,6 +142,7 @@ class TestWithoutTheCorpus:
         assert "1 passed, 2 skipped" in done.stdout
         skips = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
         assert len(skips) == 2 and all("run `python tests/zoo_corpus.py` to download them" in line for line in skips)
+        assert "zoo corpus: beside the repository" in done.stdout  # the header says where it looked
 
     def test_under_ci_a_missing_corpus_is_an_error(self, clone, tmp_path):
         done = self.pytest(clone, tmp_path, CI="true")

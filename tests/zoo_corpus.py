@@ -43,8 +43,8 @@ class Corpus:
 
     @property
     def skip_reason(self):
-        return (f"the published zoo definitions are not here ({self.how}): set ${VARIABLE} to a folder of them, or "
-                f"run `{FETCH_COMMAND}` to download them ({len(manifest_remotes())} files, checksum-verified)")
+        return (f"the published zoo nets are not here: run `{FETCH_COMMAND}` to download them "
+                f"({len(manifest_remotes())} files, checksum-verified), or set ${VARIABLE} to a folder of them")
 
 
 def locate_corpus(environ=None, remotes=None, shared=SHARED):
