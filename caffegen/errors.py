@@ -1,5 +1,9 @@
 """The user-error exception family: messages that name the file, the place and the fix."""
 
+# Every character str.splitlines() ends a line at, and how a one-line message shows each.
+LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+_ESCAPED_BREAKS = str.maketrans({char: repr(char)[1:-1] for char in LINE_BREAKS})
+
 
 class CaffegenError(Exception):
     """A problem with the user's input or environment, reported as one line without a traceback."""
@@ -22,7 +26,8 @@ class CaffegenError(Exception):
                 if self.column is not None:
                     where += f":{self.column}"
             where += ": "
-        return where + self.message
+        # A name from the input may hold a line break; the message stays one line whatever it quotes.
+        return (where + self.message).translate(_ESCAPED_BREAKS)
 
 
 class CaffeNotFound(CaffegenError):

@@ -7,6 +7,7 @@ from conftest import DIGITS, ZOO
 from PIL import Image
 
 from caffegen.errors import CaffegenError
+from caffegen.io.lists import read_list
 from caffegen.io.prototxt import read_net, read_solver
 from caffegen.job.dataset import read_lists, scan_class_folders
 from caffegen.job.prepare import JobOptions, prepare
@@ -60,6 +61,26 @@ class TestSolverArithmetic:
 
 
 class TestData:
+    @pytest.mark.parametrize("name", ["cat\u2028dog", "cat\rdog", "cat\x85dog", "cat\ndog"])
+    def test_a_class_or_image_name_holding_a_line_break_is_refused_in_one_line(self, tmp_path, name):
+        write_images(tmp_path / "classes", {name: 2, "eel": 2})
+        with pytest.raises(CaffegenError, match="holds a line break .* cannot carry: rename it") as refused:
+            scan_class_folders(tmp_path / "classes")
+        assert "\n" not in str(refused.value) and len(str(refused.value).splitlines()) == 1
+        write_images(tmp_path / "images", {"cat": 2, "eel": 2})
+        (tmp_path / "images" / "cat" / "img 0.png").rename(tmp_path / "images" / "cat" / f"{name}.png")
+        with pytest.raises(CaffegenError, match="the image path .* holds a line break"):
+            scan_class_folders(tmp_path / "images")
+
+    def test_a_list_is_split_as_caffe_splits_it_and_other_line_breaks_are_refused(self, tmp_path):
+        write_images(tmp_path, {"a": 2})
+        listed = tmp_path / "train.txt"
+        listed.write_text("a/img 0.png 0\r\na/img 1.png 1\r\n")
+        assert [(line.path, line.label) for line in read_list(listed)] == [("a/img 0.png", "0"), ("a/img 1.png", "1")]
+        listed.write_text("a/img 0.png 0\na/im\u2028g 1.png 1\n")
+        with pytest.raises(CaffegenError, match=r"train.txt:2: the line .* holds a line break \(U\+2028\)"):
+            read_list(listed)
+
     def test_class_folders_split_stratified_and_stable(self, tmp_path):
         write_images(tmp_path, {"cat": 10, "dog": 5, "eel": 3})
         first = scan_class_folders(tmp_path, val_fraction=0.2, seed=3)
@@ -97,14 +118,19 @@ class TestData:
     def test_lists_are_validated(self, tmp_path):
         write_images(tmp_path, {"a": 2})
         good = tmp_path / "train.txt"
-        good.write_text("a/img 0.png 0\na/img 1.png 2\n")
+        good.write_text("a/img 0.png 0\na/img 1.png 2\na/img 1.png 1\n")
         val = tmp_path / "val.txt"
         val.write_text("a/img 0.png 1\n")
         dataset = read_lists(good, val)
         assert dataset.classes == ["0", "1", "2"] and dataset.train[0][0].is_absolute()
         val.write_text("a/img 0.png 3\n")
-        with pytest.raises(CaffegenError, match="0…3 without gaps; missing: 1$"):
+        with pytest.raises(CaffegenError, match=f"val.txt: class 3 is in the validation list but not in the training "
+                                                f"list {good}: the classifier would never learn it"):
             read_lists(good, val)
+        gap = tmp_path / "gap.txt"
+        gap.write_text("a/img 0.png 0\na/img 1.png 2\n")
+        with pytest.raises(CaffegenError, match="0…2 without gaps; missing: 1$"):
+            read_lists(gap, gap)
         val.write_text("a/missing.png 1\n")
         with pytest.raises(CaffegenError, match=r"val.txt:1: image not found"):
             read_lists(good, val)

@@ -1,14 +1,16 @@
 """Caffe's image lists: one ``path label`` line per image.
 
-Caffe's ``ImageData`` layer splits each line on its last space, so paths may contain spaces
-(never a newline) and the label is what follows the last space.
+Caffe's ``ImageData`` layer reads a list line by line (lines end at LF; a CR before it is ignored)
+and splits each line on its last space, so paths may contain spaces and the label is what follows
+the last space. A path or class name holding any other line break is refused everywhere, as caffegen
+and the tools around Caffe would split it where Caffe does not.
 """
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from caffegen.errors import CaffegenError
+from caffegen.errors import LINE_BREAKS, CaffegenError
 
 INTEGER = re.compile(r"-?\d+")
 
@@ -36,13 +38,23 @@ def list_line(path, label):
     return f"{path} {label}\n"
 
 
-def parse_list(text):
-    """The non-blank lines of a list's ``text``, each split on its last space."""
+def check_one_line(text, what, path=None, line=None):
+    """Refuse ``text`` (a path or a class name, named by ``what``) when it holds a line break."""
+    breaks = sorted({f"U+{ord(char):04X}" for char in str(text) if char in LINE_BREAKS})
+    if breaks:
+        raise CaffegenError(f"{what} {str(text)!r} holds a line break ({', '.join(breaks)}), which a line of Caffe's "
+                            "lists and of labels.txt cannot carry: rename it", path, line)
+
+
+def parse_list(text, path=None):
+    """The non-blank lines of a list's ``text``, split as Caffe splits them, each on its last space."""
     lines = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        check_one_line(line, "the line", path, number)
         if line.strip():
-            path, _, label = line.rstrip().rpartition(" ")
-            lines.append(ListLine(number, path, label))
+            image, _, label = line.rstrip().rpartition(" ")
+            lines.append(ListLine(number, image, label))
     return lines
 
 
@@ -52,6 +64,7 @@ def read_list(path, what="list"):
     if not path.is_file():
         raise CaffegenError(f"no such {what} file", path)
     try:
-        return parse_list(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise CaffegenError(f"cannot read {what} file: {error}", path) from None
+    return parse_list(text, path)

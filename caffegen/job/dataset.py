@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from caffegen.errors import CaffegenError
-from caffegen.io.lists import list_line, read_list
+from caffegen.io.lists import check_one_line, list_line, read_list
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff"}
 MAX_LISTED = 5
@@ -76,6 +76,7 @@ def scan_class_folders(data_dir, val_fraction=0.2, seed=1, skip_bad=False, warn=
                             "(one sub-folder of images per class)", data_dir)
     images, bad = {}, []
     for folder in folders:
+        check_one_line(folder.name, "the class folder", folder)
         images[folder.name], problems = _images_in(folder)
         bad += problems
     if bad:
@@ -94,6 +95,11 @@ def read_lists(train_list, val_list):
     """A dataset from existing Caffe lists: files must exist, labels must be 0…K-1 without gaps."""
     train = _read_list(Path(train_list))
     val = _read_list(Path(val_list))
+    untrained = sorted({label for _, label in val} - {label for _, label in train})
+    if untrained:
+        raise CaffegenError(f"class {untrained[0]} is in the validation list but not in the training list "
+                            f"{train_list}: the classifier would never learn it; give it training images, or leave "
+                            "it out of both lists", val_list)
     labels = {label for _, label in train + val}
     count = max(labels) + 1
     missing = sorted(set(range(count)) - labels)
@@ -109,6 +115,7 @@ def _images_in(folder):
     for path in sorted(folder.rglob("*")):
         if path.is_dir() or any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue
+        check_one_line(path, "the image path", path)
         problem = image_problem(path)
         if problem:
             problems.append((path, problem))
