@@ -41,7 +41,7 @@ def test_templates_render_strictly_with_the_version():
     from caffegen import __version__
     text = render_template("stages.sh.j2", stages=["stage1", "stage2"])
     assert __version__ in text and "stage2" in text
-    bat = render_template("train.bat.j2", "\r\n", arguments="train", net_name="n", num_classes=2)
+    bat = render_template("train.bat.j2", "\r\n", arguments="train", num_classes=2)
     assert "\r\n" in bat and "\n" not in bat.replace("\r\n", "")
     with pytest.raises(Exception, match="undefined"):
         render_template("stages.sh.j2")

@@ -175,22 +175,22 @@ class TestWiring:
 class TestScripts:
     def test_bat_is_crlf_with_cmd_quoting(self):
         weights = r"C:\my models (v2)\50% & more^\base.caffemodel"
-        text = render_train_bat(weights, "0", "Net & co", 5)
+        text = render_train_bat(weights, "0", 5)
         assert "\r\n" in text and "\n" not in text.replace("\r\n", "")
         assert r'--weights="C:\my models (v2)\50%% & more^\base.caffemodel"' in text
-        assert "--solver=solver.prototxt" in text and "--gpu=0" in text
+        assert '--solver="solver.prototxt"' in text and '--gpu="0"' in text
         assert 'if not defined CAFFE set "CAFFE=caffe.exe"' in text and text.rstrip().endswith("pause")
         assert text.index("chcp 65001 >nul") < text.index("set \"CAFFE")
         assert ">> train.log 2>&1" in text
 
     def test_bat_without_gpu_and_plain_path(self):
-        text = render_train_bat("/w/base.caffemodel", None, "n", 2)
-        assert "--weights=/w/base.caffemodel" in text and "--gpu" not in text
+        text = render_train_bat("/w/base.caffemodel", None, 2)
+        assert '--weights="/w/base.caffemodel"' in text and "--gpu" not in text
 
     def test_sh_quotes_for_posix(self):
-        text = render_train_sh("/opt/my caffe/caffe", "/w/it's here.caffemodel", None, "n", 2)
+        text = render_train_sh("/opt/my caffe/caffe", "/w/it's here.caffemodel", None, 2)
         assert "'/w/it'\"'\"'s here.caffemodel'" in text
-        assert 'CAFFE="${CAFFE:-/opt/my caffe/caffe}"' in text and "\r" not in text
+        assert "caffe_here='/opt/my caffe/caffe'\nCAFFE=\"${CAFFE:-$caffe_here}\"" in text and "\r" not in text
 
 
 class TestPrepare:

@@ -12,9 +12,11 @@ import subprocess
 
 import pytest
 from conftest import DIGITS
+from hostile import HOSTILE_NAMES, pwned
 
+from caffegen.io.quoting import CannotQuote
 from caffegen.job.prepare import JobOptions, prepare
-from caffegen.job.scripts import caffe_arguments
+from caffegen.job.scripts import caffe_arguments, render_train_bat
 
 RECORDER = os.path.join(os.path.dirname(__file__), "data", "windows", "argv_recorder.c")
 PROGRAMS = ("wine", "x86_64-w64-mingw32-gcc")
@@ -121,3 +123,35 @@ def test_a_non_ascii_path_written_into_train_bat_is_announced(images, tmp_path):
     text = (run / "train.bat").read_bytes().decode("utf-8")
     assert "Žofia weights" in text and text.index("chcp 65001 >nul") < text.index("Žofia")
     assert any(note.startswith("train.bat names a non-ASCII path") and "--copy-data" in note for note in job.notes)
+
+
+def test_hostile_paths_reach_caffe_exactly_or_leave_train_bat_out(wine, tmp_path):
+    """Every hostile name as a folder of the weights' path: cmd passes it to Caffe as written, runs nothing,
+    or caffegen refuses to write the batch file. One cmd runs all the cases, each train.bat in turn.
+
+    Wine's cmd reads a batch file in its console's code page despite ``chcp 65001``, unlike Windows 10:
+    a non-ASCII path arrives garbled there (prepare says so of such a train.bat), but runs nothing."""
+    env, exe = wine
+    driver, cases = ["@echo off"], []
+    for number, text in enumerate(HOSTILE_NAMES):
+        weights = f"C:\\weights\\{text}\\base.caffemodel"
+        try:
+            bat = render_train_bat(weights, None, 3)
+        except CannotQuote as refused:
+            assert len(str(refused).splitlines()) == 1 and "cmd.exe cannot take the weights value" in str(refused)
+            assert any(char == '"' or ord(char) < 32 for char in text)
+            continue
+        run = tmp_path / f"case {number}"
+        run.mkdir()
+        shutil.copyfile(exe, run / "caffe.exe")
+        (run / "train.bat").write_bytes(bat.encode("utf-8"))
+        driver.append(f'call "{windows_path(run)}\\train.bat"')
+        cases.append((run, weights))
+    (tmp_path / "all.bat").write_bytes(("\r\n".join(driver) + "\r\n").encode("utf-8"))
+    done = cmd(env, "all.bat", tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for run, weights in cases:
+        cwd, argv = recorded(run)
+        if weights.isascii():
+            assert argv == ["train", "--solver=solver.prototxt", f"--weights={weights}"], weights
+    assert pwned(tmp_path) == [] and len(cases) >= 20

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from caffegen.errors import CaffegenError
+from caffegen.io.quoting import sh_command
 from caffegen.job.rundir import MANIFEST, RunDir
 
 
@@ -98,8 +99,8 @@ def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, n
     batch = f"every shard runs {pin_cache_batch(run).line()}, recorded in {run.path / MANIFEST}"
     if no_submit:
         echo(batch)
-        echo(f"wrote {features} ({shards} shards) and {head}; submit them with: sbatch {features}, "
-             f"then: sbatch --dependency=afterok:JOB {head} (JOB: the first job's id)")
+        echo(f"wrote {features} ({shards} shards) and {head}; submit them with: {sh_command('sbatch', features)}, "
+             f"then: {sh_command('sbatch', '--dependency=afterok:JOB', head)} (JOB: the first job's id)")
         return
     array, job = submit_cluster(features, head)
     echo(batch)

@@ -4,6 +4,7 @@ import click
 
 from caffegen.cli.joboptions import job_from_options, job_options
 from caffegen.cli.options import report
+from caffegen.io.quoting import sh_command
 
 
 @click.command("prepare")
@@ -38,4 +39,4 @@ def prepare_command(stages, output, force, **params):
     images = job.manifest["images"]
     echo(f"prepared {job.run_dir}: {len(job.manifest['classes'])} classes, {images['train']} training and "
          f"{images['val']} validation images, {job.manifest['schedule']['max_iter']} iterations")
-    echo(f"run it with: caffegen launch {job.run_dir}")
+    echo(f"run it with: {sh_command('caffegen', 'launch', job.run_dir)}")

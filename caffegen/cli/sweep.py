@@ -8,6 +8,7 @@ import click
 from caffegen.cli.joboptions import job_from_options, job_options
 from caffegen.cli.options import number_list
 from caffegen.errors import CaffegenError
+from caffegen.io.quoting import sh_command
 
 
 def _optional(*names):
@@ -131,9 +132,9 @@ def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):
     features, script = write_slurm_scripts(output, runs, slurm_opts, caffe_path)
     if no_submit:
         if features:
-            echo(f"wrote {features}: compute the shared trunk features first: sbatch {features}")
-        after = "--dependency=afterok:JOB " if features else ""
-        echo(f"wrote {script} ({len(runs)} tasks); submit it with: sbatch {after}{script}"
+            echo(f"wrote {features}: compute the shared trunk features first: {sh_command('sbatch', features)}")
+        after = ["--dependency=afterok:JOB"] if features else []
+        echo(f"wrote {script} ({len(runs)} tasks); submit it with: {sh_command('sbatch', *after, script)}"
              + (" (JOB: the features job's id)" if features else ""))
         return
     after = submit(features) if features else None
@@ -142,7 +143,7 @@ def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):
     job_id = submit(script, after)
     click.echo(job_id)
     echo(f"submitted job array {job_id} ({len(runs)} tasks); logs: {Path(output) / f'slurm-{job_id}_*.out'}")
-    echo(f"gather the results with: caffegen sweep --collect {output}")
+    echo(f"gather the results with: {sh_command('caffegen', 'sweep', '--collect', output)}")
 
 
 def _show(rows, sweep_dir, echo):

@@ -17,6 +17,7 @@ from pathlib import Path
 from caffegen import __version__
 from caffegen.errors import CaffegenError
 from caffegen.io.files import built_beside, file_sha256
+from caffegen.io.quoting import python_string
 from caffegen.io.templates import render_template
 from caffegen.job.model import BUNDLE_WEIGHTS, DEPLOY, LABELS, PREPROCESSING
 
@@ -67,7 +68,8 @@ def _fill(folder, model, metrics):
     (folder / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     (folder / README).write_text(render_template("bundle_README.md.j2", preprocessing=preprocessing,
                                                  input_shape=list(model.input_shape), classes=len(model.classes),
-                                                 input_blob=model.input_blob, output_blob=model.output_blob,
+                                                 input_blob=python_string(model.input_blob),
+                                                 output_blob=python_string(model.output_blob),
                                                  files={"deploy": DEPLOY, "weights": BUNDLE_WEIGHTS,
                                                         "labels": LABELS, "mean": MEAN_FILE}),
                                  encoding="utf-8")

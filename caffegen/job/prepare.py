@@ -29,7 +29,7 @@ from caffegen.job.imagedb import MEAN_IMAGE, TRAIN_DB, VAL_DB, plan_databases
 from caffegen.job.memorycheck import extraction_batch, extraction_check, training_check
 from caffegen.job.options import ENGINES, SEGMENTATION, JobOptions, Stage, parse_stages  # noqa: F401 (API)
 from caffegen.job.rundir import MANIFEST, SNAPSHOT_DIR
-from caffegen.job.scripts import caffe_arguments, render_stages_sh, render_train_bat, render_train_sh
+from caffegen.job.scripts import caffe_arguments, render_stages_sh, wrapper_scripts
 from caffegen.job.segmentation import build_segmentation
 from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
 from caffegen.job.zoo import preprocessing_warnings
@@ -290,12 +290,8 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, bui
         "deploy.prototxt": to_text(deploy),
         "solver.prototxt": solver_text,
         "labels.txt": dataset.labels_text(),
-        "train.sh": render_train_sh(caffe, weights_ref, options.device.gpu_flag, net.name, num_classes),
-        "train.bat": render_train_bat(weights_ref, options.device.gpu_flag, net.name, num_classes),
+        **wrapper_scripts(caffe, weights_ref, options.device.gpu_flag, num_classes, notes),
     }
-    if not files["train.bat"].isascii():
-        notes.append("train.bat names a non-ASCII path: cmd reads it as UTF-8 on Windows 10 and later only; "
-                     "elsewhere pass --copy-data, so that every path in it is relative to the run directory")
     if isinstance(dataset, Dataset):
         files["train.txt"] = dataset.list_text("train", copies)
         files["val.txt"] = dataset.list_text("val", copies)

@@ -8,6 +8,7 @@ from caffegen.errors import CaffegenError
 from caffegen.io.files import write_atomic
 from caffegen.io.lists import read_list
 from caffegen.io.prototxt import read_net, read_solver, to_text
+from caffegen.io.quoting import sh_command
 from caffegen.job.device import Device
 from caffegen.job.options import CAFFE
 from caffegen.net.head import classifier_outputs
@@ -101,7 +102,8 @@ class RunDir:
             for candidate in (Path(final), self.path / SNAPSHOT_DIR / name, self.path / name):
                 if candidate.is_file():
                     return candidate
-        raise CaffegenError(f"no trained model here yet; train it first with: caffegen launch {self.path}", self.path)
+        raise CaffegenError(f"no trained model here yet; train it first with: "
+                            f"{sh_command('caffegen', 'launch', self.path)}", self.path)
 
     def match_solver_mode(self, device, echo):
         """Make solver_mode agree with ``device``: Caffe takes GPU mode from the solver when -gpu is absent."""

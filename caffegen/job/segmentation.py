@@ -25,7 +25,7 @@ from caffegen.io.segdata import read_image_size, read_mask, write_pairs_h5
 from caffegen.job.dataset import IMAGE_SUFFIXES, Labelled
 from caffegen.job.options import SEGMENTATION
 from caffegen.job.rundir import SNAPSHOT_DIR
-from caffegen.job.scripts import render_train_bat, render_train_sh
+from caffegen.job.scripts import wrapper_scripts
 from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
 from caffegen.net.freeze import freeze
 from caffegen.net.head import retarget_head
@@ -184,8 +184,7 @@ def build_segmentation(options, weights, caffe="caffe"):
     schedule, solver_text, base_lr = _solver(options, net, dataset)
     files = {"train_val.prototxt": to_text(net), "deploy.prototxt": to_text(deploy), "solver.prototxt": solver_text,
              "labels.txt": dataset.labels_text(), PAIRS: dataset.pairs_text(), **dataset.source_texts(),
-             "train.sh": render_train_sh(caffe, weights, options.device.gpu_flag, net.name, len(dataset.classes)),
-             "train.bat": render_train_bat(weights, options.device.gpu_flag, net.name, len(dataset.classes))}
+             **wrapper_scripts(caffe, weights, options.device.gpu_flag, len(dataset.classes), notes)}
     manifest = {"task": SEGMENTATION, "base_lr": base_lr, "input": {"shape": input_shape},
                 "preprocessing": processing, "segmentation": {"score_blob": score, "ignore_label": IGNORE_LABEL}}
     writer = dataset.writer(processing["mean_value"], processing["scale"])

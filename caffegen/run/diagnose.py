@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from caffegen.io.quoting import sh_command
 from caffegen.job.memorycheck import GENERIC_RETRY
 
 FLT_MIN = 2.0 ** -126
@@ -158,9 +159,11 @@ def _shape_mismatch(message, context):
     return Diagnosis("shape_mismatch",
                      f"Layer '{layer}' cannot take its pretrained {param}: they are {_shape(source)} in {weights} "
                      f"but {_shape(target)} in your net. Caffe copies weights by layer name, so a layer whose size "
-                     f"changed needs a new name to start fresh: `caffegen head {net} --num-output {target[0]}` "
+                     f"changed needs a new name to start fresh: "
+                     f"`{sh_command('caffegen', 'head', net, '--num-output', target[0])}` "
                      f"renames the classifier ('{layer}' becomes '{layer}_ft'); "
-                     f"`caffegen inspect {net} --weights {weights}` lists every layer whose shape differs.",
+                     f"`{sh_command('caffegen', 'inspect', net, '--weights', weights)}` lists every layer whose shape "
+                     "differs.",
                      stop=True)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from caffegen.io.files import write_atomic
+from caffegen.io.quoting import sh_command
 from caffegen.job.rundir import RESULT, newest_snapshot
 from caffegen.run.caffelog import LogWatcher, parse_log
 from caffegen.run.curves import plot_curves, write_curves_csv
@@ -177,7 +178,7 @@ def summary_lines(result, run_dir):
         state = newest_snapshot(run_dir) if result.watcher.snapshots else None
         where = f"; snapshot: {state}" if state else ""
         lines.append(f"interrupted at iteration {result.watcher.iteration}{where}; "
-                     f"continue with: caffegen launch {run_dir} --resume")
+                     f"continue with: {sh_command('caffegen', 'launch', run_dir, '--resume')}")
     lines += result.notes
     log = Path(run_dir) / "train.log"
     logs = log if log.exists() else Path(run_dir) / "stage*" / "train.log"

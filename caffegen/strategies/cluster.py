@@ -8,21 +8,21 @@ once every task of the array succeeded.
 """
 
 import math
-import shlex
-import sys
-from pathlib import Path
 
-from caffegen.io.files import write_atomic
 from caffegen.io.lists import read_list
-from caffegen.io.templates import render_template
 from caffegen.job.cacheplan import LISTS, plan_cache
 from caffegen.job.memorycheck import extraction_batch
 from caffegen.run.target import memory_budget
-from caffegen.strategies.slurm import check_sbatch, check_slurm, submit
-from caffegen.strategies.sweep import UNSAFE_NAME
+from caffegen.strategies.slurm import (
+    FEATURES_SCRIPT,
+    HEAD_SCRIPT,
+    check_sbatch,
+    check_slurm,
+    launch_command,
+    submit,
+    write_sbatch_script,
+)
 
-SLURM_FEATURES_SCRIPT = "slurm_features.sh"
-SLURM_HEAD_SCRIPT = "slurm_head.sh"
 # Without --shards: one shard per SHARD_IMAGES images, at most MOST_SHARDS.
 SHARD_IMAGES = 1000
 MOST_SHARDS = 64
@@ -46,27 +46,15 @@ def pin_cache_batch(run):
 def write_cluster_scripts(run, shards, sbatch_options=(), caffe=None, gpu=None, evaluate=False):
     """Write the job array of :class:`RunDir` ``run``'s feature shards and its head's job; return both scripts."""
     check_slurm(run.path, sbatch_options)
-    run_dir = run.path.resolve()
-    command = [sys.executable, "-m", "caffegen", "launch", str(run_dir)]
-    command += (["--caffe", str(Path(caffe).resolve())] if caffe else []) + (["--gpu", gpu] if gpu else [])
-    features = _write_script(run_dir, SLURM_FEATURES_SCRIPT, "features", sbatch_options, shards,
-                             shlex.join(command + ["--features-only", "--shard"]) + f' "$SLURM_ARRAY_TASK_ID/{shards}"',
-                             "slurm-features-%A_%a.out", f"task i computes shard i of {shards} of the trunk features")
-    head = _write_script(run_dir, SLURM_HEAD_SCRIPT, "head", sbatch_options, None,
-                         shlex.join(command + (["--evaluate"] if evaluate else [])), "slurm-head-%j.out",
-                         "it merges the shards' features, trains the head and writes final.caffemodel",
-                         f"--dependency=afterok:JOB (JOB: the id of {SLURM_FEATURES_SCRIPT}'s job) ")
+    features = write_sbatch_script(
+        run.path, FEATURES_SCRIPT, "features", launch_command(run.path, caffe, gpu, "--features-only", "--shard"),
+        f"A cached fine-tuning run: task i computes shard i of {shards} of the trunk features", sbatch_options,
+        tasks=shards, task_argument=f'"$SLURM_ARRAY_TASK_ID/{shards}"')
+    head = write_sbatch_script(
+        run.path, HEAD_SCRIPT, "head", launch_command(run.path, caffe, gpu, *(["--evaluate"] if evaluate else [])),
+        "A cached fine-tuning run: it merges the shards' features, trains the head and writes final.caffemodel",
+        sbatch_options, dependency=f"--dependency=afterok:JOB (JOB: the id of {FEATURES_SCRIPT}'s job) ")
     return features, head
-
-
-def _write_script(run_dir, name, role, sbatch_options, tasks, command, output, purpose, dependency=""):
-    script = run_dir / name
-    text = render_template("cached_slurm.sh.j2", job_name=UNSAFE_NAME.sub("-", f"caffegen-{run_dir.name}-{role}"),
-                           tasks=tasks, output=run_dir / output, sbatch_options=sbatch_options, purpose=purpose,
-                           dependency=dependency, script=shlex.quote(str(script)), command=command)
-    write_atomic(script, text)
-    script.chmod(0o755)
-    return script
 
 
 def submit_cluster(features, head):

@@ -1,22 +1,61 @@
-"""Slurm: checking what an sbatch script may hold, and submitting one after another job."""
+"""Slurm: the scripts of job arrays and jobs, the ``caffegen launch`` their tasks run, and their submission.
 
-import shlex
+Sweeps and cached runs write their scripts through :func:`write_sbatch_script`, whose tasks run the
+command :func:`launch_command` builds. Every path and option in a script is quoted by
+:mod:`caffegen.io.quoting`; its comments name no input.
+"""
+
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
+from caffegen.io.files import write_atomic
+from caffegen.io.quoting import sbatch_value, sh_command, sh_word
+from caffegen.io.templates import render_template
+
+# How a task runs caffegen: with the interpreter of the caffegen that wrote its script.
+CAFFEGEN = (sys.executable, "-m", "caffegen")
+UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+SWEEP_SCRIPT = "slurm.sh"
+FEATURES_SCRIPT = "slurm_features.sh"
+HEAD_SCRIPT = "slurm_head.sh"
+
+
+def launch_command(run_dir=None, caffe=None, gpu=None, *options):
+    """argv of the ``caffegen launch`` a task or a worker runs, passing on the Caffe binary and device it was given."""
+    command = [*CAFFEGEN, "launch", *([str(run_dir)] if run_dir else [])]
+    command += (["--caffe", str(Path(caffe).resolve())] if caffe else []) + (["--gpu", str(gpu)] if gpu else [])
+    return command + list(options)
 
 
 def check_slurm(folder, sbatch_options=()):
-    """Refuse what an sbatch script cannot hold: a quote or newline in the path, a line that is no option."""
-    folder = Path(folder).resolve()
-    if any(char in str(folder) for char in '"\n'):
-        raise CaffegenError("an sbatch script cannot name a path with a double quote or a newline; "
-                            "choose another directory", folder)
+    """Refuse what an sbatch script cannot hold, before anything is written: the folder's path, the options."""
+    sbatch_value(Path(folder).resolve(), "the folder")
     for option in sbatch_options:
-        if not option.startswith("-") or "\n" in option:
-            raise CaffegenError(f"--slurm-opt takes an sbatch option such as --partition=gpu, got '{option}'")
+        if not option.startswith("-"):
+            raise CaffegenError(f"--slurm-opt takes an sbatch option such as --partition=gpu, got {option!r}")
+        sbatch_value(option, "the option")
+
+
+def write_sbatch_script(folder, name, role, argv, purpose, sbatch_options=(), tasks=None, task_argument="",
+                        runs=(), notes=(), dependency=""):
+    """Write the Slurm script ``folder/name`` that execs ``argv``, then ``task_argument`` (shell text of ours that
+    picks the task's part); a job array of ``tasks`` tasks when given, ``runs`` its bash array RUNS."""
+    folder = Path(folder).resolve()
+    script = folder / name
+    text = render_template(
+        "slurm.sh.j2", job_name=UNSAFE_NAME.sub("-", f"caffegen-{folder.name}-{role}"), tasks=tasks,
+        output=sbatch_value(folder / f"{Path(name).stem.replace('_', '-')}-{'%A_%a' if tasks else '%j'}.out",
+                            "the log's path"),
+        sbatch_options=[sbatch_value(option, "the option") for option in sbatch_options], purpose=purpose,
+        script_name=name, dependency=dependency, notes=notes, runs=[sh_word(run) for run in runs],
+        command=" ".join(filter(None, [sh_command(*argv), task_argument])))
+    write_atomic(script, text)
+    script.chmod(0o755)
+    return script
 
 
 def check_sbatch(script):
@@ -24,7 +63,7 @@ def check_sbatch(script):
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise CaffegenError(f"sbatch not found: run this on a Slurm login node, or submit {script} there "
-                            f"with: sbatch {shlex.quote(str(script))}")
+                            f"with: {sh_command('sbatch', script)}")
     return sbatch
 
 

@@ -10,10 +10,7 @@ the runs have ended.
 import csv
 import io
 import json
-import re
-import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -23,7 +20,6 @@ from caffegen import __version__
 from caffegen.errors import CaffegenError
 from caffegen.io.files import built_beside, write_atomic
 from caffegen.io.tables import text_table
-from caffegen.io.templates import render_template
 from caffegen.job.prepare import prepare
 from caffegen.job.rundir import EVAL_DIR, RESULT, RunDir
 from caffegen.run.cache import store_of
@@ -32,20 +28,24 @@ from caffegen.run.launch import launch
 from caffegen.run.report import METRICS
 from caffegen.run.runner import summary_lines
 from caffegen.run.target import resolve_target
-from caffegen.strategies.slurm import check_slurm
+from caffegen.strategies.slurm import (
+    FEATURES_SCRIPT,
+    SWEEP_SCRIPT,
+    UNSAFE_NAME,
+    check_slurm,
+    launch_command,
+    write_sbatch_script,
+)
 
 SWEEP = "sweep.json"
 TABLE = "results.csv"
 PLOT = "results.png"
-SLURM_SCRIPT = "slurm.sh"
-SLURM_FEATURES_SCRIPT = "slurm_features.sh"
 # The feature stores that the sweep's cached runs share, one per distinct trunk.
 SHARED_FEATURES = "features"
 LAUNCH_LOG = "launch.log"
 COLUMNS = ("run", "freeze", "lr", "best_accuracy", "last_accuracy", "mean_class_accuracy", "seconds", "exit_code",
            "status")
 NOT_FINISHED = "not finished"
-UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -200,9 +200,7 @@ def run_on_gpus(sweep_dir, runs, gpus, caffe=None, echo=None, poll_seconds=1.0):
 
 def _start_launch(sweep_dir, run, gpu, caffe, echo):
     run_dir = sweep_dir / run.run_dir
-    command = [sys.executable, "-m", "caffegen", "launch", str(run_dir), "--gpu", gpu, "--evaluate"]
-    if caffe:
-        command += ["--caffe", str(caffe)]
+    command = launch_command(run_dir, caffe, gpu, "--evaluate")
     echo(f"GPU {gpu}: started {run.run_dir}")
     with open(run_dir / LAUNCH_LOG, "w", encoding="utf-8") as log:
         return run, gpu, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -242,31 +240,24 @@ def write_slurm_scripts(sweep_dir, runs, sbatch_options=(), caffe=None):
     """
     check_slurm(sweep_dir, sbatch_options)
     sweep_dir = Path(sweep_dir).resolve()
-    command = [sys.executable, "-m", "caffegen", "launch"] + (["--caffe", str(Path(caffe).resolve())] if caffe else [])
     groups = feature_groups(sweep_dir, runs)
     features = None
     if groups:
-        features = _write_array(sweep_dir, SLURM_FEATURES_SCRIPT, [group[0] for group in groups.values()],
-                                sbatch_options, command + ["--features-only"], "slurm-features",
+        features = _write_array(sweep_dir, FEATURES_SCRIPT, "features", [group[0] for group in groups.values()],
+                                sbatch_options, launch_command(None, caffe, None, "--features-only"),
                                 "task i computes the trunk features shared by the runs of store i")
-    array = _write_array(sweep_dir, SLURM_SCRIPT, runs, sbatch_options, command + ["--evaluate"], "slurm",
-                         "task i launches run i of sweep.json",
-                         f"--dependency=afterok:JOB (JOB: the id of {SLURM_FEATURES_SCRIPT}'s job) " if groups else "")
+    array = _write_array(sweep_dir, SWEEP_SCRIPT, "runs", runs, sbatch_options,
+                         launch_command(None, caffe, None, "--evaluate"), "task i launches run i of sweep.json",
+                         f"--dependency=afterok:JOB (JOB: the id of {FEATURES_SCRIPT}'s job) " if groups else "")
     return features, array
 
 
-def _write_array(sweep_dir, name, runs, sbatch_options, command, log_name, purpose, dependency=""):
-    """Write the job array ``name``, whose task i runs ``command`` on run i of ``runs``, logging to ``log_name``."""
-    script = sweep_dir / name
-    job = UNSAFE_NAME.sub("-", f"caffegen-{sweep_dir.name}" + log_name.removeprefix("slurm"))
-    text = render_template(
-        "sweep_slurm.sh.j2", job_name=job, last_task=len(runs) - 1, output=sweep_dir / f"{log_name}-%A_%a.out",
-        sbatch_options=sbatch_options, command=shlex.join(command), purpose=purpose, dependency=dependency,
-        runs=[shlex.quote(str(sweep_dir / run.run_dir)) for run in runs], script=shlex.quote(str(script)),
-        sweep_dir=shlex.quote(str(sweep_dir)))
-    write_atomic(script, text)
-    script.chmod(0o755)
-    return script
+def _write_array(sweep_dir, name, role, runs, sbatch_options, command, purpose, dependency=""):
+    """Write the job array ``name``, whose task i runs ``command`` on run i of ``runs``."""
+    return write_sbatch_script(sweep_dir, name, role, command, f"A fine-tuning sweep: {purpose}", sbatch_options,
+                               tasks=len(runs), task_argument='"${RUNS[$SLURM_ARRAY_TASK_ID]}"',
+                               runs=[sweep_dir / run.run_dir for run in runs], dependency=dependency,
+                               notes=["Gather the results from this folder with: caffegen sweep --collect ."])
 
 
 def collect(sweep_dir, runs=None, errors=None):
