@@ -269,7 +269,7 @@ class TestCachedRun:
         assert rows[-1]["iteration"] == "69" and float(rows[-1]["test/accuracy"]) > 0.85
         assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         summary = json.loads((run / "result.json").read_text())
-        assert summary["final_model"] == str(run / FINAL_MODEL) and summary["cache"]["reused"] is False
+        assert summary["final_model"] == FINAL_MODEL and summary["cache"]["reused"] is False
         assert "Optimization Done." in (run / "train.log").read_text()
 
 

@@ -3,17 +3,21 @@
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import DIGITS, assert_one_line_error, run_caffegen
 from PIL import Image
 
+from caffegen.errors import CaffegenError
 from caffegen.io.lists import read_list
 from caffegen.io.prototxt import read_net, to_text
+from caffegen.job.model import load_model
 from caffegen.run.evaluate import Evaluation
 
 
@@ -112,6 +116,32 @@ def test_evaluate_files_agree(evaluated):
     assert html.count("data:image/png;base64,") == 3  # curves, confusion, mistakes: nothing to fetch
     assert not re.search(r'src="(?!data:)', html)
     assert f"{metrics['mean_class_accuracy']:.4f}" in html
+
+
+def test_a_copied_run_directory_scores_its_own_model(cli, trained, tmp_path):
+    """``cp -r A B``, then A trains again: B keeps scoring the model it holds, never A's."""
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    final = json.loads((copy / "result.json").read_text())["final_model"]
+    assert not Path(final).is_absolute() and (copy / final).is_file()
+    assert load_model(copy).weights == (copy / final).resolve()
+    # As an older caffegen recorded it: the absolute path of the original's model.
+    summary = json.loads((copy / "result.json").read_text())
+    (copy / "result.json").write_text(json.dumps(dict(summary, final_model=str(trained / final))))
+    assert load_model(copy).weights == (copy / final).resolve()
+    result = cli("evaluate", copy, "-o", tmp_path / "eval")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_a_recorded_model_outside_the_run_directory_is_not_used(trained, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    outside = tmp_path / "elsewhere.caffemodel"
+    outside.write_bytes(b"")
+    (copy / "result.json").write_text(json.dumps({"final_model": "../elsewhere.caffemodel"}))
+    with pytest.raises(CaffegenError, match="no trained model here yet"):
+        load_model(copy)
 
 
 def test_evaluate_on_class_folders_and_lists(cli, trained, images, tmp_path):

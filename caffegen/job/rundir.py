@@ -97,11 +97,9 @@ class RunDir:
         """The weights the run's training ended with, refusing a run that has not trained yet."""
         result = self.path / RESULT
         final = json.loads(result.read_text(encoding="utf-8")).get("final_model") if result.is_file() else None
-        if final:
-            name = Path(final).name
-            for candidate in (Path(final), self.path / SNAPSHOT_DIR / name, self.path / name):
-                if candidate.is_file():
-                    return candidate
+        found = recorded_path(self.path, final) if final else None
+        if found is not None and found.is_file():
+            return found
         raise CaffegenError(f"no trained model here yet; train it first with: "
                             f"{sh_command('caffegen', 'launch', self.path)}", self.path)
 
@@ -130,6 +128,28 @@ class RunDir:
                                         f"{count} outputs: Caffe would train on garbage (its release builds do "
                                         "not check labels); fix the list or retarget with caffegen head",
                                         path, line.number)
+
+
+def recorded_path(run_dir, recorded):
+    """A file that ``run_dir`` records (result.json's final model), always inside the run directory.
+
+    It is recorded relative to the run directory, so that a copy of the directory names its own
+    files. An absolute path (as an older caffegen wrote) is read as the longest of its tails that
+    lies in the run directory; None where none does.
+    """
+    run_dir = Path(run_dir).resolve()
+    path = Path(recorded)
+    tails = [Path(*path.parts[start:]) for start in range(1, len(path.parts))] if path.is_absolute() else [path]
+    for tail in tails:
+        candidate = (run_dir / tail).resolve()
+        if candidate.is_relative_to(run_dir) and candidate.exists():
+            return candidate
+    return None
+
+
+def relative_record(run_dir, path):
+    """``path``, a file of ``run_dir``, as the run directory records it: relative to itself."""
+    return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
 
 
 def newest_snapshot(run_dir):

@@ -759,7 +759,7 @@ def run_cached(run, target, echo=None, show_progress=None):
     origin = f"reused from {store.path}" if reused else f"computed into {store.path}"
     result.notes.append(f"trunk features: {timings['extract_seconds']:.1f} s with {store.engine} ({origin}); "
                         f"head training: {trained:.1f} s")
-    write_atomic(run.path / RESULT, json.dumps(dict(result_summary(result), cache=timings), indent=2) + "\n")
+    write_atomic(run.path / RESULT, json.dumps(dict(result_summary(result, run.path), cache=timings), indent=2) + "\n")
     return result
 
 

@@ -6,13 +6,12 @@ the lists, and the weights against the net. Then :mod:`caffegen.run.runner` runs
 """
 
 import json
-from pathlib import Path
 
 from caffegen.errors import CaffegenError
 from caffegen.io.files import write_atomic
 from caffegen.io.prototxt import read_net
 from caffegen.job.memorycheck import run_check
-from caffegen.job.rundir import RESULT, SNAPSHOT_DIR, SNAPSHOT_NAME, RunDir, newest_snapshot
+from caffegen.job.rundir import RESULT, SNAPSHOT_DIR, SNAPSHOT_NAME, RunDir, newest_snapshot, recorded_path
 from caffegen.job.scripts import caffe_arguments
 from caffegen.net.inspect import preflight
 from caffegen.run.cache import run_cached
@@ -83,7 +82,7 @@ def _finished(stage_dir):
     if summary is None or summary["exit_code"] != 0:
         return None
     records = earlier_records(stage_dir, summary["iterations"] + 1)
-    final = Path(summary["final_model"]) if summary["final_model"] else None
+    final = recorded_path(stage_dir, summary["final_model"]) if summary["final_model"] else None
     return LaunchResult(0, 0, LogWatcher(), records, seconds=summary["seconds"], final_model=final)
 
 
@@ -104,7 +103,7 @@ def _joined(run_dir, results, offsets):
     if records:
         write_curves_csv(records, run_dir / "curves.csv")
         plot_curves(records, run_dir / "curves.png", stage_boundaries=offsets[1:len(results)])
-    write_atomic(run_dir / RESULT, json.dumps(result_summary(joined), indent=2) + "\n")
+    write_atomic(run_dir / RESULT, json.dumps(result_summary(joined, run_dir), indent=2) + "\n")
     return joined
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from caffegen.io.files import write_atomic
 from caffegen.io.quoting import sh_command
-from caffegen.job.rundir import RESULT, newest_snapshot
+from caffegen.job.rundir import RESULT, newest_snapshot, relative_record
 from caffegen.run.caffelog import LogWatcher, parse_log
 from caffegen.run.curves import plot_curves, write_curves_csv
 from caffegen.run.diagnose import Diagnosis
@@ -125,11 +125,14 @@ def _finish(result, run_dir):
         result.exit_code = 128 - result.caffe_exit_code
     elif result.caffe_exit_code == 0 and result.interrupted:
         result.exit_code = INTERRUPTED
-    write_atomic(run_dir / RESULT, json.dumps(result_summary(result), indent=2) + "\n")
+    write_atomic(run_dir / RESULT, json.dumps(result_summary(result, run_dir), indent=2) + "\n")
 
 
-def result_summary(result):
-    """What a finished run amounts to, as stored in result.json: for people, sweeps and later stages."""
+def result_summary(result, run_dir):
+    """What a finished run amounts to, as stored in ``run_dir``'s result.json: for people, sweeps and later stages.
+
+    The final model is named relative to the run directory, as every file a run directory records.
+    """
     accuracies = validation_accuracies(result.records)
     best = max(accuracies, key=lambda pair: pair[1]) if accuracies else None
     return {
@@ -142,7 +145,7 @@ def result_summary(result):
         "last_accuracy": accuracies[-1][1] if accuracies else None,
         "best_accuracy": best[1] if best else None,
         "best_iteration": best[0] if best else None,
-        "final_model": str(result.final_model) if result.final_model else None,
+        "final_model": relative_record(run_dir, result.final_model) if result.final_model else None,
     }
 
 
