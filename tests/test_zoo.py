@@ -328,6 +328,16 @@ class TestCatalogues:
         result = run_caffegen("zoo", "list", "--catalog", path)
         assert_one_line_error(result, str(path), "entry 'lenet'", words)
 
+    def test_a_name_with_a_trailing_newline_is_refused(self, team, home):
+        path = write_catalog(team["catalog"].parent / "bad.json", {"ok3\n": team["entry"]})
+        assert_one_line_error(run_caffegen("zoo", "list", "--catalog", path), str(path), r"entry 'ok3\n'",
+                              "a model's name takes letters")
+        entry = json.loads(json.dumps(team["entry"]))
+        entry["weights"]["url"] += "%0A"  # the file name, from the URL, would end in a newline
+        path = write_catalog(team["catalog"].parent / "bad.json", {"ok3": entry})
+        assert_one_line_error(run_caffegen("zoo", "list", "--catalog", path), str(path),
+                              r"weights: 'lenet.caffemodel\n' is no plain file name")
+
     def test_malformed_json_names_the_place(self, tmp_path, home):
         path = tmp_path / "bad.json"
         path.write_text('{"caffegen_zoo": 1, "models": {"x": }}')
