@@ -1,6 +1,7 @@
 """A threaded HTTP server on 127.0.0.1 for download tests: no test reaches the internet.
 
-It serves bytes by path, and can ignore Range requests, drop a connection half-way or answer 404.
+It serves bytes by path, and can ignore Range requests, drop a connection half-way or answer 404;
+it can also announce more than it sends or send more than the file.
 """
 
 import re
@@ -16,6 +17,8 @@ class Served:
         self.files = {}  # path: bytes
         self.ignore_range = set()  # paths answered 200 whatever the Range
         self.drop_once = {}  # path: bytes to send before closing the connection, once
+        self.announce = {}  # path: the Content-Length announced instead of the true one
+        self.overflow = {}  # path: zero bytes sent after the file, with no Content-Length
         self.requests = []  # (path, Range header)
         self.url = None
 
@@ -46,10 +49,18 @@ def _handler(served):
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
             else:
                 self.send_response(200)
-            self.send_header("Content-Length", str(len(body) - start))
+            if self.path not in served.overflow:
+                self.send_header("Content-Length", str(served.announce.get(self.path, len(body) - start)))
             self.end_headers()
             drop = served.drop_once.pop(self.path, None)
-            self.wfile.write(body[start:start + drop] if drop is not None else body[start:])
+            try:
+                self._send(body[start:start + drop] if drop is not None else body[start:])
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading
+
+        def _send(self, data):
+            self.wfile.write(data)
+            self.wfile.write(bytes(served.overflow.get(self.path, 0)))
 
         def log_message(self, *args):
             pass

@@ -2,7 +2,7 @@
 
 Every download comes from the local HTTP server of ``served.py``; no test reaches the internet. It
 serves prototxts of the zoo corpus and a small caffemodel written here, and can ignore Range
-requests, drop a connection half-way or answer 404.
+requests, drop a connection half-way, answer 404 or send too much.
 """
 
 import hashlib
@@ -17,7 +17,7 @@ from conftest import DIGITS, ZOO, assert_one_line_error, run_caffegen
 
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import write_caffemodel
-from caffegen.io.download import Remote, cache_home, fetch, record_path
+from caffegen.io.download import Limits, Remote, cache_home, fetch, record_path
 from caffegen.io.meanfile import read_mean_file
 from caffegen.io.prototxt import read_net
 from caffegen.io.schema import BVLC
@@ -288,6 +288,39 @@ class TestDownload:
         page = b"<!DOCTYPE html><html><body>Sign in</body></html>"
         with pytest.raises(CaffegenError, match="the server sent a web page"):
             fetch(remote(server, "/a.caffemodel", page, sha1="0" * 40), tmp_path, progress=False)
+
+    def test_a_server_sending_more_than_the_catalogues_size_is_stopped_there(self, server, tmp_path):
+        data = os.urandom(423_850)
+        server.overflow["/a.bin"] = 50_000_000  # after the file, with no Content-Length
+        with pytest.raises(CaffegenError) as raised:
+            fetch(remote(server, "/a.bin", data, size=len(data)), tmp_path, progress=False)
+        message = str(raised.value)
+        assert message.startswith(f"{server.url}/a.bin: expected 423850 bytes (the catalogue's size), but the server "
+                                  "sent more (")
+        came = int(message.split("sent more (")[1].split()[0])
+        assert 423_850 < came <= 423_850 + (1 << 20)  # at most one read past the size
+        assert "nothing was kept" in message and "\n" not in message
+        assert list(tmp_path.iterdir()) == []
+
+    def test_a_larger_announced_size_is_refused_before_downloading(self, server, tmp_path):
+        data = os.urandom(423_850)
+        server.announce["/a.bin"] = 52_000_000
+        with pytest.raises(CaffegenError) as raised:
+            fetch(remote(server, "/a.bin", data, size=len(data)), tmp_path, progress=False)
+        assert str(raised.value).startswith(f"{server.url}/a.bin: expected 423850 bytes (the catalogue's size), but "
+                                            "the server announces 52000000: nothing was downloaded")
+        assert list(tmp_path.iterdir()) == []
+
+    def test_without_a_size_the_download_is_bounded_by_the_largest_file_caffe_reads(self, server, tmp_path):
+        data = os.urandom(300_000)
+        file = remote(server, "/a.bin", data)
+        server.overflow["/a.bin"] = 5_000_000
+        with pytest.raises(CaffegenError, match=r"/a.bin: expected at most 400000 bytes \(the catalogue gives no "
+                                                r"size, and Caffe reads no larger file\), but the server sent more"):
+            fetch(file, tmp_path, progress=False, limits=Limits(max_size=400_000))
+        assert list(tmp_path.iterdir()) == []
+        del server.overflow["/a.bin"]
+        assert fetch(file, tmp_path, progress=False, limits=Limits(max_size=400_000)).path.read_bytes() == data
 
     def test_the_cache_home(self, tmp_path):
         assert cache_home({"CAFFEGEN_HOME": str(tmp_path)}) == tmp_path

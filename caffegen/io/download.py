@@ -3,9 +3,10 @@
 A file is written to ``NAME.part`` beside its place and renamed only after its checksum passes (a
 SHA-1 or SHA-256 where its source publishes one, else its size), so a good file is never replaced by
 a bad one. An interrupted download resumes with an HTTP Range request; a server that ignores the
-range and answers 200 is read again from the start. A file without a full published checksum gets
-the SHA-256 of its first download recorded beside it (``NAME.sha256``, as ``sha256sum`` writes it),
-and is verified against that record from then on. Errors are one line: the URL, the reason, the fix.
+range and answers 200 is read again from the start. A download is bounded: it stops past the file's
+size (the catalogue's, else ``MAX_SIZE``). A file without a full published checksum gets the SHA-256
+of its first download recorded beside it (``NAME.sha256``, as ``sha256sum`` writes it), and is
+verified against that record from then on. Errors are one line: the URL, the reason, the fix.
 """
 
 import errno
@@ -31,6 +32,7 @@ PART = ".part"
 RECORD = ".sha256"
 CHUNK = 1 << 20
 TIMEOUT_S = 60
+MAX_SIZE = 2**31 - 1  # where the catalogue gives no size: Caffe reads no larger protobuf (kProtoReadBytesLimit)
 RETRIES = 3
 FULL_SHA256 = 64
 MIRROR_HINT = "or fetch it from a mirror (--mirror URL or $CAFFEGEN_ZOO_MIRROR)"
@@ -79,6 +81,16 @@ class Remote:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """The most bytes of a file of unknown size."""
+
+    max_size: int = MAX_SIZE
+
+
+LIMITS = Limits()
+
+
+@dataclass(frozen=True)
 class Fetched:
     """A verified file on disk, and whether this call downloaded it (or found it there)."""
 
@@ -102,10 +114,11 @@ def part_path(path):
     return Path(path).with_name(Path(path).name + PART)
 
 
-def fetch(remote, folder, url=None, offline=False, progress=True, retries=RETRIES):
+def fetch(remote, folder, url=None, offline=False, progress=True, retries=RETRIES, limits=LIMITS):
     """The verified file ``remote`` in ``folder``: the one there if it passes, else a download from ``url``.
 
     ``url`` defaults to the remote's own (a mirror's otherwise). ``offline`` uses only what is there.
+    ``limits`` bounds the download's size.
     """
     url = url or remote.url
     target = Path(folder) / remote.name
@@ -120,11 +133,11 @@ def fetch(remote, folder, url=None, offline=False, progress=True, retries=RETRIE
                             f"from {url} {MIRROR_HINT}", target)
     _make_folder(target.parent)
     part = part_path(target)
-    resumed = _download(url, part, remote.name, progress, retries)
+    resumed = _download(url, part, remote, progress, retries, limits)
     problem = problem_with(remote, part, record_path(target))
     if problem and resumed:  # the part kept from before may be what is wrong: try once from the start
         part.unlink()
-        _download(url, part, remote.name, progress, retries)
+        _download(url, part, remote, progress, retries, limits)
         problem = problem_with(remote, part, record_path(target))
     if problem:
         raise CaffegenError(f"{url}: {problem}{_html_hint(part)}; the download is kept at {part}: delete it to "
@@ -174,12 +187,12 @@ class _DroppedError(Exception):
     """The connection ended before the whole file came."""
 
 
-def _download(url, part, name, progress, retries):
+def _download(url, part, remote, progress, retries, limits):
     """Download ``url`` into ``part``, resuming what it holds; return whether it resumed a kept part."""
     resumed = part.is_file() and part.stat().st_size > 0
     for attempt in range(retries + 1):
         try:
-            _transfer(url, part, name, progress)
+            _transfer(url, part, remote, progress, limits)
             return resumed
         except _DroppedError as dropped:
             if attempt == retries:
@@ -187,8 +200,12 @@ def _download(url, part, name, progress, retries):
                                     f"again to resume from {part}, {MIRROR_HINT}") from None
 
 
-def _transfer(url, part, name, progress):
+def _transfer(url, part, remote, progress, limits):
+    cap = remote.size if remote.size is not None else limits.max_size
     have = part.stat().st_size if part.is_file() else 0
+    if have > cap:  # a part kept from before that is already too long: start again
+        part.unlink()
+        have = 0
     headers = {"User-Agent": f"caffegen/{__version__}"}
     if have:
         headers["Range"] = f"bytes={have}-"
@@ -211,25 +228,26 @@ def _transfer(url, part, name, progress):
             mode, have = "wb", 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else None
-        _stream(response, part, mode, url, (have, total), name, progress)
+        if total is not None and total > cap:
+            raise CaffegenError(f"{url}: {_expected(remote, cap)}, but the server announces {total}: nothing was "
+                                f"downloaded; check the file's URL and size in the catalogue, {MIRROR_HINT}")
+        _stream(response, part, mode, url, (have, total, cap), remote, progress)
     got = part.stat().st_size
     if total is not None and got < total:
         raise _DroppedError(f"after {got} of {total} bytes")
 
 
-def _stream(response, part, mode, url, sizes, name, progress):
-    have, total = sizes
+def _stream(response, part, mode, url, sizes, remote, progress):
+    have, total, cap = sizes
     try:
-        with open(part, mode) as out, tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                                           desc=name, file=sys.stderr, disable=None if progress else True) as bar:
+        with open(part, mode) as out, _bar(remote.name, have, total, progress) as bar:
             while True:
-                try:
-                    block = response.read(CHUNK)
-                except (OSError, http.client.HTTPException) as error:
-                    out.flush()
-                    raise _DroppedError(f"after {out.tell()} bytes ({error})") from None
+                block = _read(response, out)
                 if not block:
                     return
+                came = out.tell() + len(block)
+                if came > cap:
+                    break
                 out.write(block)
                 bar.update(len(block))
     except OSError as error:
@@ -240,6 +258,28 @@ def _stream(response, part, mode, url, sizes, name, progress):
                                 f"free some space and run again to resume, or set ${HOME_VARIABLE} to a larger "
                                 "disk") from None
         raise CaffegenError(f"{url}: cannot write {part}: {error.strerror}") from None
+    part.unlink()  # cut at the expected size, it would look whole
+    raise CaffegenError(f"{url}: {_expected(remote, cap)}, but the server sent more ({came} bytes when stopped): "
+                        f"nothing was kept; check the file's URL and size in the catalogue, {MIRROR_HINT}")
+
+
+def _bar(name, have, total, progress):
+    return tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr,
+                disable=None if progress else True)
+
+
+def _read(response, out):
+    try:
+        return response.read(CHUNK)
+    except (OSError, http.client.HTTPException) as error:
+        out.flush()
+        raise _DroppedError(f"after {out.tell()} bytes ({error})") from None
+
+
+def _expected(remote, cap):
+    if remote.size is not None:
+        return f"expected {cap} bytes (the catalogue's size)"
+    return f"expected at most {cap} bytes (the catalogue gives no size, and Caffe reads no larger file)"
 
 
 def _range_start(content_range):
