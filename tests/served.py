@@ -1,11 +1,12 @@
 """A threaded HTTP server on 127.0.0.1 for download tests: no test reaches the internet.
 
 It serves bytes by path, and can ignore Range requests, drop a connection half-way or answer 404;
-it can also announce more than it sends or send more than the file.
+it can also announce more than it sends, send more than the file, or send a byte at a time slowly.
 """
 
 import re
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,6 +20,7 @@ class Served:
         self.drop_once = {}  # path: bytes to send before closing the connection, once
         self.announce = {}  # path: the Content-Length announced instead of the true one
         self.overflow = {}  # path: zero bytes sent after the file, with no Content-Length
+        self.drip = {}  # path: seconds between the bytes, sent one at a time
         self.requests = []  # (path, Range header)
         self.url = None
 
@@ -59,6 +61,12 @@ def _handler(served):
                 pass  # the client stopped reading
 
         def _send(self, data):
+            if self.path in served.drip:
+                for byte in data:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(served.drip[self.path])
+                return
             self.wfile.write(data)
             self.wfile.write(bytes(served.overflow.get(self.path, 0)))
 

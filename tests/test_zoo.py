@@ -2,13 +2,14 @@
 
 Every download comes from the local HTTP server of ``served.py``; no test reaches the internet. It
 serves prototxts of the zoo corpus and a small caffemodel written here, and can ignore Range
-requests, drop a connection half-way, answer 404 or send too much.
+requests, drop a connection half-way, answer 404, send too much or trickle.
 """
 
 import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from conftest import DIGITS, ZOO, assert_one_line_error, run_caffegen
 
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import write_caffemodel
-from caffegen.io.download import Limits, Remote, cache_home, fetch, record_path
+from caffegen.io.download import Limits, Remote, cache_home, fetch, part_path, record_path
 from caffegen.io.meanfile import read_mean_file
 from caffegen.io.prototxt import read_net
 from caffegen.io.schema import BVLC
@@ -321,6 +322,22 @@ class TestDownload:
         assert list(tmp_path.iterdir()) == []
         del server.overflow["/a.bin"]
         assert fetch(file, tmp_path, progress=False, limits=Limits(max_size=400_000)).path.read_bytes() == data
+
+    def test_a_trickling_server_is_stopped_and_the_download_resumes_later(self, server, tmp_path):
+        data = os.urandom(1000)
+        file = remote(server, "/slow.bin", data, sha1=sha1(data))
+        server.drip["/slow.bin"] = 0.05  # 20 bytes a second, each read answered before any timeout
+        with pytest.raises(CaffegenError) as raised:
+            fetch(file, tmp_path, progress=False, limits=Limits(min_rate=1024, rate_window_s=0.5))
+        part = part_path(tmp_path / "slow.bin")
+        assert re.fullmatch(rf"{server.url}/slow.bin: the download stalled: \d+ bytes in the last [0-9.]+ s, under "
+                            rf"the 1 KiB/s it needs; run the command again to resume from {part}, or fetch it "
+                            r"from a mirror .*", str(raised.value))
+        kept = part.stat().st_size
+        assert 0 < kept < len(data)
+        del server.drip["/slow.bin"]
+        assert fetch(file, tmp_path, progress=False).path.read_bytes() == data
+        assert server.requests[-1] == ("/slow.bin", f"bytes={kept}-")
 
     def test_the_cache_home(self, tmp_path):
         assert cache_home({"CAFFEGEN_HOME": str(tmp_path)}) == tmp_path

@@ -4,9 +4,10 @@ A file is written to ``NAME.part`` beside its place and renamed only after its c
 SHA-1 or SHA-256 where its source publishes one, else its size), so a good file is never replaced by
 a bad one. An interrupted download resumes with an HTTP Range request; a server that ignores the
 range and answers 200 is read again from the start. A download is bounded: it stops past the file's
-size (the catalogue's, else ``MAX_SIZE``). A file without a full published checksum gets the SHA-256
-of its first download recorded beside it (``NAME.sha256``, as ``sha256sum`` writes it), and is
-verified against that record from then on. Errors are one line: the URL, the reason, the fix.
+size (the catalogue's, else ``MAX_SIZE``) and below ``MIN_RATE`` over a window of ``RATE_WINDOW_S``.
+A file without a full published checksum gets the SHA-256 of its first download recorded beside it
+(``NAME.sha256``, as ``sha256sum`` writes it), and is verified against that record from then on.
+Errors are one line: the URL, the reason, the fix.
 """
 
 import errno
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ RECORD = ".sha256"
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 MAX_SIZE = 2**31 - 1  # where the catalogue gives no size: Caffe reads no larger protobuf (kProtoReadBytesLimit)
+MIN_RATE = 1024  # bytes per second over each RATE_WINDOW_S: a slower download has stalled
+RATE_WINDOW_S = 60
 RETRIES = 3
 FULL_SHA256 = 64
 MIRROR_HINT = "or fetch it from a mirror (--mirror URL or $CAFFEGEN_ZOO_MIRROR)"
@@ -82,8 +86,10 @@ class Remote:
 
 @dataclass(frozen=True)
 class Limits:
-    """The most bytes of a file of unknown size."""
+    """The least rate a download keeps, and the most bytes of a file of unknown size."""
 
+    min_rate: float = MIN_RATE
+    rate_window_s: float = RATE_WINDOW_S
     max_size: int = MAX_SIZE
 
 
@@ -118,7 +124,7 @@ def fetch(remote, folder, url=None, offline=False, progress=True, retries=RETRIE
     """The verified file ``remote`` in ``folder``: the one there if it passes, else a download from ``url``.
 
     ``url`` defaults to the remote's own (a mirror's otherwise). ``offline`` uses only what is there.
-    ``limits`` bounds the download's size.
+    ``limits`` bounds the download's time and size.
     """
     url = url or remote.url
     target = Path(folder) / remote.name
@@ -231,14 +237,15 @@ def _transfer(url, part, remote, progress, limits):
         if total is not None and total > cap:
             raise CaffegenError(f"{url}: {_expected(remote, cap)}, but the server announces {total}: nothing was "
                                 f"downloaded; check the file's URL and size in the catalogue, {MIRROR_HINT}")
-        _stream(response, part, mode, url, (have, total, cap), remote, progress)
+        _stream(response, part, mode, url, (have, total, cap), remote, progress, limits)
     got = part.stat().st_size
     if total is not None and got < total:
         raise _DroppedError(f"after {got} of {total} bytes")
 
 
-def _stream(response, part, mode, url, sizes, remote, progress):
+def _stream(response, part, mode, url, sizes, remote, progress, limits):
     have, total, cap = sizes
+    pace = _Pace(limits, have)
     try:
         with open(part, mode) as out, _bar(remote.name, have, total, progress) as bar:
             while True:
@@ -250,6 +257,7 @@ def _stream(response, part, mode, url, sizes, remote, progress):
                     break
                 out.write(block)
                 bar.update(len(block))
+                pace.check(came, url, part)
     except OSError as error:
         if error.errno == errno.ENOSPC:
             free = shutil.disk_usage(part.parent).free
@@ -269,8 +277,9 @@ def _bar(name, have, total, progress):
 
 
 def _read(response, out):
+    """The next bytes that have come (``read1``: a slow server cannot hold a read for a whole chunk)."""
     try:
-        return response.read(CHUNK)
+        return response.read1(CHUNK)
     except (OSError, http.client.HTTPException) as error:
         out.flush()
         raise _DroppedError(f"after {out.tell()} bytes ({error})") from None
@@ -280,6 +289,25 @@ def _expected(remote, cap):
     if remote.size is not None:
         return f"expected {cap} bytes (the catalogue's size)"
     return f"expected at most {cap} bytes (the catalogue gives no size, and Caffe reads no larger file)"
+
+
+class _Pace:
+    """A download's rate, measured over windows of ``limits.rate_window_s``: too slow a window has stalled."""
+
+    def __init__(self, limits, have):
+        self.limits = limits
+        self.started, self.had = time.monotonic(), have
+
+    def check(self, have, url, part):
+        elapsed = time.monotonic() - self.started
+        if elapsed < self.limits.rate_window_s:
+            return
+        came = have - self.had
+        if came < self.limits.min_rate * elapsed:
+            raise CaffegenError(f"{url}: the download stalled: {came} bytes in the last {elapsed:.3g} s, under the "
+                                f"{self.limits.min_rate / 1024:g} KiB/s it needs; run the command again to resume "
+                                f"from {part}, {MIRROR_HINT}")
+        self.started, self.had = time.monotonic(), have
 
 
 def _range_start(content_range):
