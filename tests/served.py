@@ -1,10 +1,12 @@
 """A threaded HTTP server on 127.0.0.1 for download tests: no test reaches the internet.
 
 It serves bytes by path, and can ignore Range requests, drop a connection half-way or answer 404;
-it can also announce more than it sends, send more than the file, or send a byte at a time slowly.
+it can also announce more than it sends, send more than the file, send a byte at a time slowly or redirect.
+``silent()`` is a server that accepts connections and never answers.
 """
 
 import re
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ class Served:
         self.announce = {}  # path: the Content-Length announced instead of the true one
         self.overflow = {}  # path: zero bytes sent after the file, with no Content-Length
         self.drip = {}  # path: seconds between the bytes, sent one at a time
+        self.redirects = {}  # path: where it redirects to (302)
         self.requests = []  # (path, Range header)
         self.url = None
 
@@ -34,6 +37,11 @@ def _handler(served):
         def do_GET(self):  # noqa: N802 (http.server's name)
             asked = self.headers.get("Range")
             served.requests.append((self.path, asked))
+            if self.path in served.redirects:
+                self.send_response(302)
+                self.send_header("Location", served.redirects[self.path])
+                self.end_headers()
+                return
             body = served.files.get(self.path)
             if body is None:
                 self.send_error(404)
@@ -89,3 +97,12 @@ def serving():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@contextmanager
+def silent():
+    """The URL of a server that accepts connections (the kernel does, from its backlog) and never answers."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"

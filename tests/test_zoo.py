@@ -2,7 +2,7 @@
 
 Every download comes from the local HTTP server of ``served.py``; no test reaches the internet. It
 serves prototxts of the zoo corpus and a small caffemodel written here, and can ignore Range
-requests, drop a connection half-way, answer 404, send too much or trickle.
+requests, drop a connection half-way, answer 404, send too much, trickle, redirect or stay silent.
 """
 
 import hashlib
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DIGITS, ZOO, assert_one_line_error, run_caffegen
+from served import silent
 
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import write_caffemodel
@@ -338,6 +339,19 @@ class TestDownload:
         del server.drip["/slow.bin"]
         assert fetch(file, tmp_path, progress=False).path.read_bytes() == data
         assert server.requests[-1] == ("/slow.bin", f"bytes={kept}-")
+
+    def test_a_redirect_loop_is_one_line(self, server, tmp_path):
+        server.redirects.update({"/a.bin": "/b.bin", "/b.bin": "/a.bin"})
+        with pytest.raises(CaffegenError) as raised:
+            fetch(Remote(f"{server.url}/a.bin", "a.bin", size=1), tmp_path, progress=False)
+        assert re.fullmatch(rf"{server.url}/a.bin: the server redirects in a loop \(HTTP 302, the last to /\w.bin\): "
+                            r"fix its URL in the catalogue, or fetch it from a mirror .*", str(raised.value))
+
+    def test_a_server_that_never_answers(self, tmp_path):
+        with silent() as url, pytest.raises(CaffegenError) as raised:
+            fetch(Remote(f"{url}/a.bin", "a.bin", size=1), tmp_path, progress=False, limits=Limits(timeout_s=0.5))
+        assert str(raised.value).startswith(f"{url}/a.bin: connected but got no answer within 0.5 s: the server is "
+                                            "overloaded or down; try again later")
 
     def test_the_cache_home(self, tmp_path):
         assert cache_home({"CAFFEGEN_HOME": str(tmp_path)}) == tmp_path

@@ -4,10 +4,10 @@ A file is written to ``NAME.part`` beside its place and renamed only after its c
 SHA-1 or SHA-256 where its source publishes one, else its size), so a good file is never replaced by
 a bad one. An interrupted download resumes with an HTTP Range request; a server that ignores the
 range and answers 200 is read again from the start. A download is bounded: it stops past the file's
-size (the catalogue's, else ``MAX_SIZE``) and below ``MIN_RATE`` over a window of ``RATE_WINDOW_S``.
-A file without a full published checksum gets the SHA-256 of its first download recorded beside it
-(``NAME.sha256``, as ``sha256sum`` writes it), and is verified against that record from then on.
-Errors are one line: the URL, the reason, the fix.
+size (the catalogue's, else ``MAX_SIZE``), below ``MIN_RATE`` over a window of ``RATE_WINDOW_S``, and
+when the server is silent for ``TIMEOUT_S``. A file without a full published checksum gets the SHA-256
+of its first download recorded beside it (``NAME.sha256``, as ``sha256sum`` writes it), and is
+verified against that record from then on. Errors are one line: the URL, the reason, the fix.
 """
 
 import errno
@@ -33,7 +33,7 @@ HOME_VARIABLE = "CAFFEGEN_HOME"
 PART = ".part"
 RECORD = ".sha256"
 CHUNK = 1 << 20
-TIMEOUT_S = 60
+TIMEOUT_S = 60  # for the server's answer, and for each read of the file
 MAX_SIZE = 2**31 - 1  # where the catalogue gives no size: Caffe reads no larger protobuf (kProtoReadBytesLimit)
 MIN_RATE = 1024  # bytes per second over each RATE_WINDOW_S: a slower download has stalled
 RATE_WINDOW_S = 60
@@ -86,8 +86,9 @@ class Remote:
 
 @dataclass(frozen=True)
 class Limits:
-    """The least rate a download keeps, and the most bytes of a file of unknown size."""
+    """How long a server may be silent, the least rate a download keeps, the most bytes of a file of unknown size."""
 
+    timeout_s: float = TIMEOUT_S
     min_rate: float = MIN_RATE
     rate_window_s: float = RATE_WINDOW_S
     max_size: int = MAX_SIZE
@@ -216,11 +217,14 @@ def _transfer(url, part, remote, progress, limits):
     if have:
         headers["Range"] = f"bytes={have}-"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=limits.timeout_s)
     except urllib.error.HTTPError as error:
         if error.code == 416 and have:
             return  # nothing after what the part holds: it is whole, or the checksum will say otherwise
         raise CaffegenError(_http_problem(url, error)) from None
+    except TimeoutError:  # connected, but the answer's wait timed out (a failed connect is a URLError)
+        raise CaffegenError(f"{url}: connected but got no answer within {limits.timeout_s:g} s: the server is "
+                            f"overloaded or down; try again later, {MIRROR_HINT}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         raise CaffegenError(_connection_problem(url, error)) from None
     with response:
@@ -319,7 +323,12 @@ def _http_problem(url, error):
     if error.code == 404:
         return (f"{url}: HTTP 404 Not Found: the file is not there (moved, renamed or withdrawn): fix its URL in "
                 f"the catalogue, {MIRROR_HINT}")
-    return f"{url}: HTTP {error.code} {error.reason}: try again later, {MIRROR_HINT}"
+    if 300 <= error.code < 400 and "infinite loop" in str(error.reason):  # urllib's words for a loop or too many
+        last = error.headers.get("Location")
+        return (f"{url}: the server redirects in a loop (HTTP {error.code}, the last to {last}): fix its URL in the "
+                f"catalogue, {MIRROR_HINT}")
+    reason = " ".join(str(error.reason).split())
+    return f"{url}: HTTP {error.code} {reason}: try again later, {MIRROR_HINT}"
 
 
 def _connection_problem(url, error):
