@@ -2,7 +2,9 @@
 
 import csv
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -10,7 +12,7 @@ import tempfile
 
 import numpy as np
 import pytest
-from conftest import DIGITS, assert_one_line_error, run_caffegen
+from conftest import DIGITS, assert_one_line_error, run_caffegen, wait_for
 from PIL import Image
 
 from caffegen.io.lists import read_list
@@ -254,7 +256,7 @@ def test_evaluate_predict_export_on_a_cached_run(cli, caffe, images, tmp_path):
     assert exported.returncode == 0 and "agrees with Caffe" in exported.stdout, exported.stderr
 
 
-# --- bundle archives: bounded before anything is unpacked ---------------------------------------------
+# --- bundle archives: bounded, and removed however the command ends ------------------------------------
 
 
 class _Reader:
@@ -302,4 +304,23 @@ class TestBundleArchives:
         archive = write_archive(tmp_path / "many.tar.gz", {f"model/{i}.txt": (1, bytes) for i in range(65)})
         assert_one_line_error(cli("evaluate", archive, "--data", tmp_path), str(archive),
                               "holds more than 64 files and folders")
+        assert list(temporary.iterdir()) == []
+
+    def test_sigterm_while_unpacking_exits_cleanly_and_removes_the_temporary_folder(self, tmp_path, temporary):
+        size = 128 << 20  # random bytes, stored: as incompressible as weights, and long enough to unpack to stop midway
+        archive = write_archive(tmp_path / "big.tar.gz", {"big.bin": (size, os.urandom)}, compresslevel=0)
+        process = subprocess.Popen([sys.executable, "-m", "caffegen", "predict", archive, tmp_path / "image.png"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: list(temporary.glob("caffegen-bundle-*/big.bin")) or process.poll() is not None,
+                     "predict to start unpacking", every=0.001)
+            process.send_signal(signal.SIGSTOP)
+            unpacked = list(temporary.glob("caffegen-bundle-*/big.bin"))
+            assert process.poll() is None and unpacked and unpacked[0].stat().st_size < size, "unpacked before stopped"
+            process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGCONT)
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            process.kill()
+        assert (process.returncode, stderr) == (143, "caffegen: terminated\n")
         assert list(temporary.iterdir()) == []

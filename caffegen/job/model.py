@@ -4,11 +4,11 @@ Evaluation, prediction and export need the same five facts of a model: its deplo
 weights, its class names, the preprocessing it was trained with and its input shape. A run
 directory records them in its manifest and result.json; a bundle in preprocessing.json.
 
-A bundle given as a .tar.gz is unpacked into a temporary folder, removed when the process ends. Its
-members are counted and sized from their headers before anything is written: a bundle's weights are
-numbers that gzip hardly shrinks, so an archive that would unpack to more than ``UNPACK_RATIO`` times
-its own size (``UNPACK_FLOOR`` at least) or holds more than ``MEMBERS_MAX`` members is no bundle, and
-is refused.
+A bundle given as a .tar.gz is unpacked into a temporary folder, removed when the command ends
+(SIGTERM included, which the command line turns into an exit). Its members are counted and sized
+from their headers before anything is written: a bundle's weights are numbers that gzip hardly
+shrinks, so an archive that would unpack to more than ``UNPACK_RATIO`` times its own size
+(``UNPACK_FLOOR`` at least) or holds more than ``MEMBERS_MAX`` members is no bundle, and is refused.
 """
 
 import atexit
@@ -131,7 +131,11 @@ def _unpacked(archive):
             members = _checked_members(tar, archive)
             folder = Path(tempfile.mkdtemp(prefix="caffegen-bundle-"))
             atexit.register(shutil.rmtree, folder, ignore_errors=True)
-            tar.extractall(folder, members=members, filter="data")
+            try:
+                tar.extractall(folder, members=members, filter="data")
+            except BaseException:  # an error, or SIGTERM: remove what was unpacked now
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
     except (tarfile.TarError, OSError) as error:
         raise CaffegenError(f"cannot unpack the bundle: {error}", archive) from None
     found = [p.parent for p in folder.rglob(PREPROCESSING)]
