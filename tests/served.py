@@ -1,10 +1,14 @@
 """A threaded HTTP server on 127.0.0.1 for download tests: no test reaches the internet.
 
-It serves bytes by path, and can ignore Range requests, drop a connection half-way or answer 404.
+It serves bytes by path, and can ignore Range requests, drop a connection half-way or answer 404;
+it can also announce more than it sends, send more than the file, send a byte at a time slowly or redirect.
+``silent()`` is a server that accepts connections and never answers.
 """
 
 import re
+import socket
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,6 +20,10 @@ class Served:
         self.files = {}  # path: bytes
         self.ignore_range = set()  # paths answered 200 whatever the Range
         self.drop_once = {}  # path: bytes to send before closing the connection, once
+        self.announce = {}  # path: the Content-Length announced instead of the true one
+        self.overflow = {}  # path: zero bytes sent after the file, with no Content-Length
+        self.drip = {}  # path: seconds between the bytes, sent one at a time
+        self.redirects = {}  # path: where it redirects to (302)
         self.requests = []  # (path, Range header)
         self.url = None
 
@@ -29,6 +37,11 @@ def _handler(served):
         def do_GET(self):  # noqa: N802 (http.server's name)
             asked = self.headers.get("Range")
             served.requests.append((self.path, asked))
+            if self.path in served.redirects:
+                self.send_response(302)
+                self.send_header("Location", served.redirects[self.path])
+                self.end_headers()
+                return
             body = served.files.get(self.path)
             if body is None:
                 self.send_error(404)
@@ -46,10 +59,24 @@ def _handler(served):
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
             else:
                 self.send_response(200)
-            self.send_header("Content-Length", str(len(body) - start))
+            if self.path not in served.overflow:
+                self.send_header("Content-Length", str(served.announce.get(self.path, len(body) - start)))
             self.end_headers()
             drop = served.drop_once.pop(self.path, None)
-            self.wfile.write(body[start:start + drop] if drop is not None else body[start:])
+            try:
+                self._send(body[start:start + drop] if drop is not None else body[start:])
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading
+
+        def _send(self, data):
+            if self.path in served.drip:
+                for byte in data:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(served.drip[self.path])
+                return
+            self.wfile.write(data)
+            self.wfile.write(bytes(served.overflow.get(self.path, 0)))
 
         def log_message(self, *args):
             pass
@@ -70,3 +97,12 @@ def serving():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@contextmanager
+def silent():
+    """The URL of a server that accepts connections (the kernel does, from its backlog) and never answers."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"

@@ -2,16 +2,19 @@
 
 import csv
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DIGITS, assert_one_line_error, run_caffegen
+from conftest import DIGITS, assert_one_line_error, run_caffegen, wait_for
 from PIL import Image
 
 from caffegen.errors import CaffegenError
@@ -281,3 +284,73 @@ def test_evaluate_predict_export_on_a_cached_run(cli, caffe, images, tmp_path):
     assert json.loads(cli("predict", run, image, "--json").stdout)[0]["top"][0]["class"] in "56789"
     exported = cli("export", run, "-o", tmp_path / "bundle", "--check-opencv")
     assert exported.returncode == 0 and "agrees with Caffe" in exported.stdout, exported.stderr
+
+
+# --- bundle archives: bounded, and removed however the command ends ------------------------------------
+
+
+class _Reader:
+    """``size`` bytes made by ``make(n)``, read as a file is, without holding them all."""
+
+    def __init__(self, size, make=bytes):
+        self.left, self.make = size, make
+
+    def read(self, n=-1):
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return self.make(n)
+
+
+def write_archive(path, members, compresslevel=9):
+    """A .tar.gz of ``members``: {name: (size, make)}."""
+    with tarfile.open(path, "w:gz", compresslevel=compresslevel) as tar:
+        for name, (size, make) in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, _Reader(size, make))
+    return path
+
+
+@pytest.fixture
+def temporary(tmp_path, monkeypatch):
+    """An empty $TMPDIR for the command (in this process and in those it starts)."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    return folder
+
+
+class TestBundleArchives:
+    def test_an_archive_that_would_unpack_far_larger_is_refused_before_unpacking(self, cli, tmp_path, temporary):
+        archive = write_archive(tmp_path / "bomb.tar.gz", {"model/model.caffemodel": (100 << 20, bytes)})
+        assert archive.stat().st_size < 1 << 20
+        result = cli("predict", archive, tmp_path / "image.png")
+        assert_one_line_error(result, str(archive), "would unpack to more than 64 MiB (4 times its own size, 64 MiB "
+                              "at least)", "unpack it yourself if you trust it, and give the folder")
+        assert list(temporary.iterdir()) == []
+
+    def test_an_archive_of_too_many_files_is_refused(self, cli, tmp_path, temporary):
+        archive = write_archive(tmp_path / "many.tar.gz", {f"model/{i}.txt": (1, bytes) for i in range(65)})
+        assert_one_line_error(cli("evaluate", archive, "--data", tmp_path), str(archive),
+                              "holds more than 64 files and folders")
+        assert list(temporary.iterdir()) == []
+
+    def test_sigterm_while_unpacking_exits_cleanly_and_removes_the_temporary_folder(self, tmp_path, temporary):
+        size = 128 << 20  # random bytes, stored: as incompressible as weights, and long enough to unpack to stop midway
+        archive = write_archive(tmp_path / "big.tar.gz", {"big.bin": (size, os.urandom)}, compresslevel=0)
+        process = subprocess.Popen([sys.executable, "-m", "caffegen", "predict", archive, tmp_path / "image.png"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: list(temporary.glob("caffegen-bundle-*/big.bin")) or process.poll() is not None,
+                     "predict to start unpacking", every=0.001)
+            process.send_signal(signal.SIGSTOP)
+            unpacked = list(temporary.glob("caffegen-bundle-*/big.bin"))
+            assert process.poll() is None and unpacked and unpacked[0].stat().st_size < size, "unpacked before stopped"
+            process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGCONT)
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            process.kill()
+        assert (process.returncode, stderr) == (143, "caffegen: terminated\n")
+        assert list(temporary.iterdir()) == []

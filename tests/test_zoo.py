@@ -2,22 +2,24 @@
 
 Every download comes from the local HTTP server of ``served.py``; no test reaches the internet. It
 serves prototxts of the zoo corpus and a small caffemodel written here, and can ignore Range
-requests, drop a connection half-way or answer 404.
+requests, drop a connection half-way, answer 404, send too much, trickle, redirect or stay silent.
 """
 
 import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import DIGITS, ZOO, assert_one_line_error, run_caffegen
+from served import silent
 
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import write_caffemodel
-from caffegen.io.download import Remote, cache_home, fetch, record_path
+from caffegen.io.download import Limits, Remote, cache_home, fetch, part_path, record_path
 from caffegen.io.meanfile import read_mean_file
 from caffegen.io.prototxt import read_net
 from caffegen.io.schema import BVLC
@@ -289,6 +291,68 @@ class TestDownload:
         with pytest.raises(CaffegenError, match="the server sent a web page"):
             fetch(remote(server, "/a.caffemodel", page, sha1="0" * 40), tmp_path, progress=False)
 
+    def test_a_server_sending_more_than_the_catalogues_size_is_stopped_there(self, server, tmp_path):
+        data = os.urandom(423_850)
+        server.overflow["/a.bin"] = 50_000_000  # after the file, with no Content-Length
+        with pytest.raises(CaffegenError) as raised:
+            fetch(remote(server, "/a.bin", data, size=len(data)), tmp_path, progress=False)
+        message = str(raised.value)
+        assert message.startswith(f"{server.url}/a.bin: expected 423850 bytes (the catalogue's size), but the server "
+                                  "sent more (")
+        came = int(message.split("sent more (")[1].split()[0])
+        assert 423_850 < came <= 423_850 + (1 << 20)  # at most one read past the size
+        assert "nothing was kept" in message and "\n" not in message
+        assert list(tmp_path.iterdir()) == []
+
+    def test_a_larger_announced_size_is_refused_before_downloading(self, server, tmp_path):
+        data = os.urandom(423_850)
+        server.announce["/a.bin"] = 52_000_000
+        with pytest.raises(CaffegenError) as raised:
+            fetch(remote(server, "/a.bin", data, size=len(data)), tmp_path, progress=False)
+        assert str(raised.value).startswith(f"{server.url}/a.bin: expected 423850 bytes (the catalogue's size), but "
+                                            "the server announces 52000000: nothing was downloaded")
+        assert list(tmp_path.iterdir()) == []
+
+    def test_without_a_size_the_download_is_bounded_by_the_largest_file_caffe_reads(self, server, tmp_path):
+        data = os.urandom(300_000)
+        file = remote(server, "/a.bin", data)
+        server.overflow["/a.bin"] = 5_000_000
+        with pytest.raises(CaffegenError, match=r"/a.bin: expected at most 400000 bytes \(the catalogue gives no "
+                                                r"size, and Caffe reads no larger file\), but the server sent more"):
+            fetch(file, tmp_path, progress=False, limits=Limits(max_size=400_000))
+        assert list(tmp_path.iterdir()) == []
+        del server.overflow["/a.bin"]
+        assert fetch(file, tmp_path, progress=False, limits=Limits(max_size=400_000)).path.read_bytes() == data
+
+    def test_a_trickling_server_is_stopped_and_the_download_resumes_later(self, server, tmp_path):
+        data = os.urandom(1000)
+        file = remote(server, "/slow.bin", data, sha1=sha1(data))
+        server.drip["/slow.bin"] = 0.05  # 20 bytes a second, each read answered before any timeout
+        with pytest.raises(CaffegenError) as raised:
+            fetch(file, tmp_path, progress=False, limits=Limits(min_rate=1024, rate_window_s=0.5))
+        part = part_path(tmp_path / "slow.bin")
+        assert re.fullmatch(rf"{server.url}/slow.bin: the download stalled: \d+ bytes in the last [0-9.]+ s, under "
+                            rf"the 1 KiB/s it needs; run the command again to resume from {part}, or fetch it "
+                            r"from a mirror .*", str(raised.value))
+        kept = part.stat().st_size
+        assert 0 < kept < len(data)
+        del server.drip["/slow.bin"]
+        assert fetch(file, tmp_path, progress=False).path.read_bytes() == data
+        assert server.requests[-1] == ("/slow.bin", f"bytes={kept}-")
+
+    def test_a_redirect_loop_is_one_line(self, server, tmp_path):
+        server.redirects.update({"/a.bin": "/b.bin", "/b.bin": "/a.bin"})
+        with pytest.raises(CaffegenError) as raised:
+            fetch(Remote(f"{server.url}/a.bin", "a.bin", size=1), tmp_path, progress=False)
+        assert re.fullmatch(rf"{server.url}/a.bin: the server redirects in a loop \(HTTP 302, the last to /\w.bin\): "
+                            r"fix its URL in the catalogue, or fetch it from a mirror .*", str(raised.value))
+
+    def test_a_server_that_never_answers(self, tmp_path):
+        with silent() as url, pytest.raises(CaffegenError) as raised:
+            fetch(Remote(f"{url}/a.bin", "a.bin", size=1), tmp_path, progress=False, limits=Limits(timeout_s=0.5))
+        assert str(raised.value).startswith(f"{url}/a.bin: connected but got no answer within 0.5 s: the server is "
+                                            "overloaded or down; try again later")
+
     def test_the_cache_home(self, tmp_path):
         assert cache_home({"CAFFEGEN_HOME": str(tmp_path)}) == tmp_path
         assert cache_home({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "caffegen"
@@ -327,6 +391,16 @@ class TestCatalogues:
         path = write_catalog(team["catalog"].parent / "bad.json", {"lenet": entry})
         result = run_caffegen("zoo", "list", "--catalog", path)
         assert_one_line_error(result, str(path), "entry 'lenet'", words)
+
+    def test_a_name_with_a_trailing_newline_is_refused(self, team, home):
+        path = write_catalog(team["catalog"].parent / "bad.json", {"ok3\n": team["entry"]})
+        assert_one_line_error(run_caffegen("zoo", "list", "--catalog", path), str(path), r"entry 'ok3\n'",
+                              "a model's name takes letters")
+        entry = json.loads(json.dumps(team["entry"]))
+        entry["weights"]["url"] += "%0A"  # the file name, from the URL, would end in a newline
+        path = write_catalog(team["catalog"].parent / "bad.json", {"ok3": entry})
+        assert_one_line_error(run_caffegen("zoo", "list", "--catalog", path), str(path),
+                              r"weights: 'lenet.caffemodel\n' is no plain file name")
 
     def test_malformed_json_names_the_place(self, tmp_path, home):
         path = tmp_path / "bad.json"

@@ -1,7 +1,13 @@
-"""The ``caffegen`` command line: one module per command, user errors as one line and exit code 2."""
+"""The ``caffegen`` command line: one module per command, user errors as one line and exit code 2.
 
+SIGTERM unwinds the command like an error, so that its temporary files are removed, and exits 143.
+"""
+
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 import click
 
@@ -27,6 +33,11 @@ COMMANDS = {
     "upgrade": "caffegen.cli.upgrade:upgrade_command",
     "zoo": "caffegen.cli.zoo:zoo_command",
 }
+TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM came: raised wherever the command is, so that it unwinds; no ``except Exception`` stops it."""
 
 
 class LazyGroup(click.Group):
@@ -51,7 +62,11 @@ def cli():
 def main(argv=None):
     """Entry point: run the command line and turn user errors into one line on stderr."""
     try:
-        return cli.main(args=argv, prog_name="caffegen", standalone_mode=False) or 0
+        with _terminable():
+            return cli.main(args=argv, prog_name="caffegen", standalone_mode=False) or 0
+    except Terminated:
+        click.echo("caffegen: terminated", err=True)
+        return TERMINATED
     except CaffegenError as error:
         click.echo(f"caffegen: error: {error}", err=True)
         return error.exit_code
@@ -67,6 +82,24 @@ def main(argv=None):
     except click.Abort:
         click.echo("caffegen: interrupted", err=True)
         return 130
+
+
+@contextlib.contextmanager
+def _terminable():
+    """SIGTERM raises Terminated while the command runs (in the main thread, the only one signals reach)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated()
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 A file is written to ``NAME.part`` beside its place and renamed only after its checksum passes (a
 SHA-1 or SHA-256 where its source publishes one, else its size), so a good file is never replaced by
 a bad one. An interrupted download resumes with an HTTP Range request; a server that ignores the
-range and answers 200 is read again from the start. A file without a full published checksum gets
-the SHA-256 of its first download recorded beside it (``NAME.sha256``, as ``sha256sum`` writes it),
-and is verified against that record from then on. Errors are one line: the URL, the reason, the fix.
+range and answers 200 is read again from the start. A download is bounded: it stops past the file's
+size (the catalogue's, else ``MAX_SIZE``), below ``MIN_RATE`` over a window of ``RATE_WINDOW_S``, and
+when the server is silent for ``TIMEOUT_S``. A file without a full published checksum gets the SHA-256
+of its first download recorded beside it (``NAME.sha256``, as ``sha256sum`` writes it), and is
+verified against that record from then on. Errors are one line: the URL, the reason, the fix.
 """
 
 import errno
@@ -14,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -30,7 +33,10 @@ HOME_VARIABLE = "CAFFEGEN_HOME"
 PART = ".part"
 RECORD = ".sha256"
 CHUNK = 1 << 20
-TIMEOUT_S = 60
+TIMEOUT_S = 60  # for the server's answer, and for each read of the file
+MAX_SIZE = 2**31 - 1  # where the catalogue gives no size: Caffe reads no larger protobuf (kProtoReadBytesLimit)
+MIN_RATE = 1024  # bytes per second over each RATE_WINDOW_S: a slower download has stalled
+RATE_WINDOW_S = 60
 RETRIES = 3
 FULL_SHA256 = 64
 MIRROR_HINT = "or fetch it from a mirror (--mirror URL or $CAFFEGEN_ZOO_MIRROR)"
@@ -79,6 +85,19 @@ class Remote:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """How long a server may be silent, the least rate a download keeps, the most bytes of a file of unknown size."""
+
+    timeout_s: float = TIMEOUT_S
+    min_rate: float = MIN_RATE
+    rate_window_s: float = RATE_WINDOW_S
+    max_size: int = MAX_SIZE
+
+
+LIMITS = Limits()
+
+
+@dataclass(frozen=True)
 class Fetched:
     """A verified file on disk, and whether this call downloaded it (or found it there)."""
 
@@ -102,10 +121,11 @@ def part_path(path):
     return Path(path).with_name(Path(path).name + PART)
 
 
-def fetch(remote, folder, url=None, offline=False, progress=True, retries=RETRIES):
+def fetch(remote, folder, url=None, offline=False, progress=True, retries=RETRIES, limits=LIMITS):
     """The verified file ``remote`` in ``folder``: the one there if it passes, else a download from ``url``.
 
     ``url`` defaults to the remote's own (a mirror's otherwise). ``offline`` uses only what is there.
+    ``limits`` bounds the download's time and size.
     """
     url = url or remote.url
     target = Path(folder) / remote.name
@@ -120,11 +140,11 @@ def fetch(remote, folder, url=None, offline=False, progress=True, retries=RETRIE
                             f"from {url} {MIRROR_HINT}", target)
     _make_folder(target.parent)
     part = part_path(target)
-    resumed = _download(url, part, remote.name, progress, retries)
+    resumed = _download(url, part, remote, progress, retries, limits)
     problem = problem_with(remote, part, record_path(target))
     if problem and resumed:  # the part kept from before may be what is wrong: try once from the start
         part.unlink()
-        _download(url, part, remote.name, progress, retries)
+        _download(url, part, remote, progress, retries, limits)
         problem = problem_with(remote, part, record_path(target))
     if problem:
         raise CaffegenError(f"{url}: {problem}{_html_hint(part)}; the download is kept at {part}: delete it to "
@@ -174,12 +194,12 @@ class _DroppedError(Exception):
     """The connection ended before the whole file came."""
 
 
-def _download(url, part, name, progress, retries):
+def _download(url, part, remote, progress, retries, limits):
     """Download ``url`` into ``part``, resuming what it holds; return whether it resumed a kept part."""
     resumed = part.is_file() and part.stat().st_size > 0
     for attempt in range(retries + 1):
         try:
-            _transfer(url, part, name, progress)
+            _transfer(url, part, remote, progress, limits)
             return resumed
         except _DroppedError as dropped:
             if attempt == retries:
@@ -187,17 +207,24 @@ def _download(url, part, name, progress, retries):
                                     f"again to resume from {part}, {MIRROR_HINT}") from None
 
 
-def _transfer(url, part, name, progress):
+def _transfer(url, part, remote, progress, limits):
+    cap = remote.size if remote.size is not None else limits.max_size
     have = part.stat().st_size if part.is_file() else 0
+    if have > cap:  # a part kept from before that is already too long: start again
+        part.unlink()
+        have = 0
     headers = {"User-Agent": f"caffegen/{__version__}"}
     if have:
         headers["Range"] = f"bytes={have}-"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=limits.timeout_s)
     except urllib.error.HTTPError as error:
         if error.code == 416 and have:
             return  # nothing after what the part holds: it is whole, or the checksum will say otherwise
         raise CaffegenError(_http_problem(url, error)) from None
+    except TimeoutError:  # connected, but the answer's wait timed out (a failed connect is a URLError)
+        raise CaffegenError(f"{url}: connected but got no answer within {limits.timeout_s:g} s: the server is "
+                            f"overloaded or down; try again later, {MIRROR_HINT}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         raise CaffegenError(_connection_problem(url, error)) from None
     with response:
@@ -211,27 +238,30 @@ def _transfer(url, part, name, progress):
             mode, have = "wb", 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else None
-        _stream(response, part, mode, url, (have, total), name, progress)
+        if total is not None and total > cap:
+            raise CaffegenError(f"{url}: {_expected(remote, cap)}, but the server announces {total}: nothing was "
+                                f"downloaded; check the file's URL and size in the catalogue, {MIRROR_HINT}")
+        _stream(response, part, mode, url, (have, total, cap), remote, progress, limits)
     got = part.stat().st_size
     if total is not None and got < total:
         raise _DroppedError(f"after {got} of {total} bytes")
 
 
-def _stream(response, part, mode, url, sizes, name, progress):
-    have, total = sizes
+def _stream(response, part, mode, url, sizes, remote, progress, limits):
+    have, total, cap = sizes
+    pace = _Pace(limits, have)
     try:
-        with open(part, mode) as out, tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                                           desc=name, file=sys.stderr, disable=None if progress else True) as bar:
+        with open(part, mode) as out, _bar(remote.name, have, total, progress) as bar:
             while True:
-                try:
-                    block = response.read(CHUNK)
-                except (OSError, http.client.HTTPException) as error:
-                    out.flush()
-                    raise _DroppedError(f"after {out.tell()} bytes ({error})") from None
+                block = _read(response, out)
                 if not block:
                     return
+                came = out.tell() + len(block)
+                if came > cap:
+                    break
                 out.write(block)
                 bar.update(len(block))
+                pace.check(came, url, part)
     except OSError as error:
         if error.errno == errno.ENOSPC:
             free = shutil.disk_usage(part.parent).free
@@ -240,6 +270,48 @@ def _stream(response, part, mode, url, sizes, name, progress):
                                 f"free some space and run again to resume, or set ${HOME_VARIABLE} to a larger "
                                 "disk") from None
         raise CaffegenError(f"{url}: cannot write {part}: {error.strerror}") from None
+    part.unlink()  # cut at the expected size, it would look whole
+    raise CaffegenError(f"{url}: {_expected(remote, cap)}, but the server sent more ({came} bytes when stopped): "
+                        f"nothing was kept; check the file's URL and size in the catalogue, {MIRROR_HINT}")
+
+
+def _bar(name, have, total, progress):
+    return tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr,
+                disable=None if progress else True)
+
+
+def _read(response, out):
+    """The next bytes that have come (``read1``: a slow server cannot hold a read for a whole chunk)."""
+    try:
+        return response.read1(CHUNK)
+    except (OSError, http.client.HTTPException) as error:
+        out.flush()
+        raise _DroppedError(f"after {out.tell()} bytes ({error})") from None
+
+
+def _expected(remote, cap):
+    if remote.size is not None:
+        return f"expected {cap} bytes (the catalogue's size)"
+    return f"expected at most {cap} bytes (the catalogue gives no size, and Caffe reads no larger file)"
+
+
+class _Pace:
+    """A download's rate, measured over windows of ``limits.rate_window_s``: too slow a window has stalled."""
+
+    def __init__(self, limits, have):
+        self.limits = limits
+        self.started, self.had = time.monotonic(), have
+
+    def check(self, have, url, part):
+        elapsed = time.monotonic() - self.started
+        if elapsed < self.limits.rate_window_s:
+            return
+        came = have - self.had
+        if came < self.limits.min_rate * elapsed:
+            raise CaffegenError(f"{url}: the download stalled: {came} bytes in the last {elapsed:.3g} s, under the "
+                                f"{self.limits.min_rate / 1024:g} KiB/s it needs; run the command again to resume "
+                                f"from {part}, {MIRROR_HINT}")
+        self.started, self.had = time.monotonic(), have
 
 
 def _range_start(content_range):
@@ -251,7 +323,12 @@ def _http_problem(url, error):
     if error.code == 404:
         return (f"{url}: HTTP 404 Not Found: the file is not there (moved, renamed or withdrawn): fix its URL in "
                 f"the catalogue, {MIRROR_HINT}")
-    return f"{url}: HTTP {error.code} {error.reason}: try again later, {MIRROR_HINT}"
+    if 300 <= error.code < 400 and "infinite loop" in str(error.reason):  # urllib's words for a loop or too many
+        last = error.headers.get("Location")
+        return (f"{url}: the server redirects in a loop (HTTP {error.code}, the last to {last}): fix its URL in the "
+                f"catalogue, {MIRROR_HINT}")
+    reason = " ".join(str(error.reason).split())
+    return f"{url}: HTTP {error.code} {reason}: try again later, {MIRROR_HINT}"
 
 
 def _connection_problem(url, error):

@@ -28,7 +28,7 @@ BUILT_IN = "zoo.json"
 FORMAT = 1
 INLINE_NAMES = "classes.txt"
 CHANNEL_ORDERS = {"BGR": 3, "gray": 1}
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a whole name: matched with fullmatch
 FILE_KEYS = {"url", "name", "sha1", "sha256", "size", "size_mib", "checksum_from"}
 ENTRY_KEYS = {"task", "licence", "homepage", "net", "weights", "class_names", "preprocessing", "note"}
 PREPROCESSING_KEYS = {"channel_order", "input_size", "mean_value", "mean_file", "scale", "resize"}
@@ -193,9 +193,9 @@ def read_catalog(path):
 
 def _entry(name, entry, path):
     def fail(problem):
-        raise CaffegenError(f"entry '{name}': {problem}", path)
+        raise CaffegenError(f"entry {name!r}: {problem}", path)
 
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         fail("a model's name takes letters, digits, '.', '_' and '-' (it names a folder)")
     if not isinstance(entry, dict):
         fail("expected an object with task, licence, net, weights and preprocessing")
@@ -231,8 +231,8 @@ def _remote(data, role, fail):
     if parts.scheme not in ("http", "https", "file") or not parts.path:
         fail(f"{role}: url '{url}' is not an http(s) or file URL")
     name = data.get("name") or unquote(parts.path.rsplit("/", 1)[-1])
-    if not NAME.match(name) or name.endswith(PART):
-        fail(f"{role}: '{name}' is no plain file name: give a 'name'")
+    if not NAME.fullmatch(name) or name.endswith(PART):
+        fail(f"{role}: {name!r} is no plain file name: give a 'name'")
     for algorithm, length in (("sha1", (40,)), ("sha256", range(8, 65))):
         value = data.get(algorithm)
         if value is not None and not (isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]+", value)

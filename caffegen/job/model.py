@@ -3,6 +3,12 @@
 Evaluation, prediction and export need the same five facts of a model: its deploy net, its
 weights, its class names, the preprocessing it was trained with and its input shape. A run
 directory records them in its manifest and result.json; a bundle in preprocessing.json.
+
+A bundle given as a .tar.gz is unpacked into a temporary folder, removed when the command ends
+(SIGTERM included, which the command line turns into an exit). Its members are counted and sized
+from their headers before anything is written: a bundle's weights are numbers that gzip hardly
+shrinks, so an archive that would unpack to more than ``UNPACK_RATIO`` times its own size
+(``UNPACK_FLOOR`` at least) or holds more than ``MEMBERS_MAX`` members is no bundle, and is refused.
 """
 
 import atexit
@@ -24,6 +30,9 @@ DEPLOY = "deploy.prototxt"
 LABELS = "labels.txt"
 PREPROCESSING = "preprocessing.json"
 BUNDLE_WEIGHTS = "model.caffemodel"
+UNPACK_RATIO = 4  # exported weights gzip to about 0.9 of their size
+UNPACK_FLOOR = 64 << 20  # bytes: room for a small bundle, whose text files compress more
+MEMBERS_MAX = 64  # files and folders: a bundle is one folder of seven files at most
 
 
 @dataclass(frozen=True)
@@ -117,14 +126,38 @@ def _existing(path):
 
 def _unpacked(archive):
     """The bundle folder inside ``archive``, unpacked into a temporary folder removed when the process ends."""
-    folder = Path(tempfile.mkdtemp(prefix="caffegen-bundle-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(folder, filter="data")
+            members = _checked_members(tar, archive)
+            folder = Path(tempfile.mkdtemp(prefix="caffegen-bundle-"))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            try:
+                tar.extractall(folder, members=members, filter="data")
+            except BaseException:  # an error, or SIGTERM: remove what was unpacked now
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
     except (tarfile.TarError, OSError) as error:
         raise CaffegenError(f"cannot unpack the bundle: {error}", archive) from None
     found = [p.parent for p in folder.rglob(PREPROCESSING)]
     if len(found) != 1:
         raise CaffegenError("the archive holds no model bundle (no preprocessing.json)", archive)
     return found[0]
+
+
+def _checked_members(tar, archive):
+    """The members of ``tar``, read from their headers before anything is unpacked; too many or too large refused."""
+    bound = max(UNPACK_FLOOR, UNPACK_RATIO * archive.stat().st_size)
+    members, total = [], 0
+    for member in tar:
+        members.append(member)
+        total += member.size
+        if len(members) > MEMBERS_MAX:
+            raise CaffegenError(f"the archive holds more than {MEMBERS_MAX} files and folders, and a bundle is one "
+                                "folder of seven files at most: it is no bundle caffegen exported; unpack it yourself "
+                                "if you trust it, and give the folder", archive)
+        if total > bound:
+            raise CaffegenError(f"the archive would unpack to more than {bound / 2**20:.0f} MiB ({UNPACK_RATIO} "
+                                f"times its own size, {UNPACK_FLOOR >> 20} MiB at least), and a bundle's weights "
+                                "hardly compress: it is no bundle caffegen exported; unpack it yourself if you trust "
+                                "it, and give the folder", archive)
+    return members
