@@ -12,7 +12,14 @@ from caffegen.io.prototxt import read_net, read_solver
 from caffegen.job.dataset import read_lists, scan_class_folders
 from caffegen.job.prepare import JobOptions, prepare
 from caffegen.job.scripts import render_train_bat, render_train_sh
-from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
+from caffegen.job.solver import (
+    check_solver_text,
+    epoch_schedule,
+    exact_batch,
+    parse_overrides,
+    render_solver,
+    solver_fields,
+)
 from caffegen.net.wiring import DataSettings, deploy_net, wire_image_data
 
 
@@ -27,11 +34,11 @@ def write_images(folder, counts, size=(28, 28)):
 class TestSolverArithmetic:
     @pytest.mark.parametrize("train, val, batch, val_batch, iter_size, gpus, per_epoch, test_iter", [
         (1000, 200, 32, 50, 1, 1, 32, 4),
-        (1000, 201, 32, 50, 1, 1, 32, 5),
+        (1000, 201, 32, 67, 1, 1, 32, 3),
         (1000, 200, 32, 50, 2, 1, 16, 4),
         (1000, 200, 32, 50, 1, 4, 8, 4),
         (1000, 200, 10, 50, 3, 2, 17, 4),
-        (7, 3, 32, 50, 1, 1, 1, 1),
+        (7, 3, 32, 3, 1, 1, 1, 1),
     ])
     def test_epochs_to_iterations(self, train, val, batch, val_batch, iter_size, gpus, per_epoch, test_iter):
         schedule = epoch_schedule(train, val, batch, val_batch, epochs=10, iter_size=iter_size, n_gpus=gpus)
@@ -58,6 +65,35 @@ class TestSolverArithmetic:
     def test_bad_overrides(self, setting, words):
         with pytest.raises(CaffegenError, match=words):
             parse_overrides([setting])
+
+
+class TestExactValidation:
+    """test_iter × the TEST batch is the validation set: Caffe wraps its TEST data around, counting images twice."""
+
+    @pytest.mark.parametrize("images, requested, batch", [(200, 50, 50), (201, 50, 3), (179, 50, 1), (40, 50, 40),
+                                                          (1000, 64, 50), (7, 1, 1)])
+    def test_the_batch_is_the_largest_that_divides_the_set(self, images, requested, batch):
+        assert exact_batch(images, requested) == batch
+        assert epoch_schedule(1000, images, 32, batch, epochs=1).test_iter * batch == images
+
+    def test_a_batch_that_does_not_divide_the_set_is_refused(self):
+        with pytest.raises(CaffegenError, match="a validation batch of 50 does not divide the 201 validation images: "
+                                                "Caffe would count some twice; use 3"):
+            epoch_schedule(1000, 201, 32, 50, epochs=1)
+
+    def test_prepare_gives_the_test_net_a_batch_that_divides_the_validation_set(self, tmp_path):
+        write_images(tmp_path / "images", {"cat": 11, "dog": 11})  # 2 × 3 validation images at --val-fraction 0.25
+        job = prepare(JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel",
+                                 data=tmp_path / "images", val_fraction=0.25, freeze_upto="conv2", epochs=1),
+                      tmp_path / "run")
+        val = len((tmp_path / "run" / "val.txt").read_text().splitlines())
+        test_layer = next(layer for layer in read_net(tmp_path / "run" / "train_val.prototxt").net.layer
+                          if layer.type == "ImageData" and layer.include[0].phase == 1)
+        solver = read_solver(tmp_path / "run" / "solver.prototxt")
+        assert solver.test_iter[0] * test_layer.image_data_param.batch_size == val == 6
+        assert test_layer.image_data_param.batch_size == 6
+        assert "validation batch 6 instead of 50: 1 iteration of 6 images score each of the 6 validation images once" \
+            in job.notes
 
 
 class TestData:

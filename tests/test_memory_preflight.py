@@ -15,9 +15,11 @@ from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
 from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.io.schema import BVLC
 from caffegen.job.cacheplan import plan_cache
+from caffegen.job.dataset import scan_class_folders
 from caffegen.job.device import CPU, Device
 from caffegen.job.memorycheck import extraction_batch, extraction_check
 from caffegen.job.prepare import JobOptions, prepare
+from caffegen.job.solver import exact_batch
 from caffegen.net.memory import MemoryBudget, format_bytes, training_memory, weights_copy
 from caffegen.net.netview import TRAIN
 from caffegen.run import target as target_module
@@ -42,6 +44,12 @@ def stand_in(folder, name, script):
     path.write_text("#!/bin/sh\n" + script)
     path.chmod(0o755)
     return path
+
+
+@pytest.fixture(scope="module")
+def val_batch(images):
+    """The digits job's TEST batch: its base net's 50, or the largest batch below that divides the validation set."""
+    return exact_batch(scan_class_folders(images).val_count, 50)
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +92,12 @@ class TestBudget:
 
 class TestPrepare:
     def test_a_job_that_does_not_fit_is_refused_with_a_batch_that_does(self, images, tmp_path, monkeypatch, capsys,
-                                                                       peaks):
+                                                                       peaks, val_batch):
         mem_available(monkeypatch, tmp_path, (peaks[8] + peaks[32]) // 2)
         run = tmp_path / "run"
         assert main(["prepare", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2", "-o", str(run)]) == 2
         error = capsys.readouterr().err.strip().splitlines()[-1]
-        assert "training (TRAIN net at batch 32 + TEST net at batch 50) peaks at about" in error
+        assert f"training (TRAIN net at batch 32 + TEST net at batch {val_batch}) peaks at about" in error
         assert "more than the" in error and "RAM available (MemAvailable)" in error and "--force" in error
         assert FIX.search(error), error
         batch, iter_size = map(int, FIX.search(error).groups())
@@ -97,7 +105,7 @@ class TestPrepare:
         assert not run.exists()
         assert main(["prepare", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2", "-o", str(run),
                      "--batch-size", str(batch), "--iter-size", str(iter_size)]) == 0
-        assert f"TRAIN net at batch {batch} + TEST net at batch 50) peaks at about" in capsys.readouterr().err
+        assert f"TRAIN net at batch {batch} + TEST net at batch {val_batch}) peaks at about" in capsys.readouterr().err
 
     def test_force_prepares_it_anyway(self, images, tmp_path, monkeypatch, capsys, peaks):
         mem_available(monkeypatch, tmp_path, peaks[8])
@@ -218,7 +226,7 @@ class TestOutOfMemoryRuns:
         assert main(["prepare", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2", "-o", str(run)]) == 0
         return run
 
-    def test_a_killed_caffe_is_diagnosed_with_the_estimate(self, run, tmp_path):
+    def test_a_killed_caffe_is_diagnosed_with_the_estimate(self, run, tmp_path, val_batch):
         caffe = stand_in(tmp_path, "caffe", 'if [ "$1" = device_query ]; then echo "Cannot use GPU in CPU-only Caffe"; '
                                             'exit 1; fi\necho "I1202 00:00:00.000000  1 caffe.cpp:197] Use CPU."\n'
                                             'kill -9 $$\n')
@@ -226,8 +234,8 @@ class TestOutOfMemoryRuns:
         assert (result.exit_code, result.diagnosis.kind) == (137, "out_of_memory")
         message = result.diagnosis.message
         assert "killed by SIGKILL, exit code -9" in message
-        assert "caffegen estimated that training (TRAIN net at batch 32 + TEST net at batch 50) peaks at about" \
-            in message and "within the" in message and "--iter-size" in message
+        estimate = f"caffegen estimated that training (TRAIN net at batch 32 + TEST net at batch {val_batch}) peaks at"
+        assert estimate in message and "within the" in message and "--iter-size" in message
 
     def test_real_caffe_out_of_address_space_is_diagnosed(self, caffe, run, tmp_path):
         """Weights with an unused 256 MiB layer, parsed by real Caffe in a little more address space than it needs

@@ -31,7 +31,15 @@ from caffegen.job.options import ENGINES, SEGMENTATION, JobOptions, Stage, parse
 from caffegen.job.rundir import MANIFEST, SNAPSHOT_DIR
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, wrapper_scripts
 from caffegen.job.segmentation import build_segmentation
-from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
+from caffegen.job.solver import (
+    check_solver_text,
+    epoch_schedule,
+    exact_batch,
+    exact_batch_note,
+    parse_overrides,
+    render_solver,
+    solver_fields,
+)
 from caffegen.job.zoo import preprocessing_warnings
 from caffegen.net.advise import advise
 from caffegen.net.freeze import freeze
@@ -41,12 +49,14 @@ from caffegen.net.lr_rules import apply_lr_rules
 from caffegen.net.netview import TEST, TRAIN
 from caffegen.net.shapes import check_runs
 from caffegen.net.wiring import (
+    DataSettings,
     data_layers,
     deploy_net,
     fit_crop,
     phase_batch_sizes,
     preprocessing,
     read_from_lmdb,
+    set_batch,
     wire_image_data,
 )
 
@@ -253,6 +263,9 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, bui
     if not options.keep_data_layers:
         wire_image_data(net, options.data_settings, options.net)
         notes += fit_crop(net, bool(options.data_settings.resize), options.cache_features, options.net)
+    else:
+        _keep_batches(net, options)
+    notes += _exact_validation(net, dataset.val_count, options.net)
     plan = _lmdb_plan(net, options, dataset) if build_databases else None
     mean = _resolve_mean_file(net, options, dataset)
     _set_scale(net, options.data_settings.scale)
@@ -496,8 +509,24 @@ def _input_geometry(net, dataset, settings, databases=None, net_dir=None):
         return channels, image.height, image.width
 
 
+def _keep_batches(net, options):
+    """The batch sizes given for kept data layers, set in them."""
+    for phase, batch in ((TRAIN, options.data_settings.batch_size), (TEST, options.data_settings.val_batch_size)):
+        if batch:
+            set_batch(net, phase, batch, options.net)
+
+
+def _exact_validation(net, images, path):
+    """Give the TEST data layer a batch that divides the validation images; the note when it is not the one asked."""
+    requested = phase_batch_sizes(net, DataSettings(), path)[TEST]
+    batch = exact_batch(images, requested)
+    set_batch(net, TEST, batch, path)
+    note = exact_batch_note(images, requested, batch)
+    return [note] if note else []
+
+
 def _solver(options, net, dataset):
-    batches = phase_batch_sizes(net, options.data_settings, options.net)
+    batches = phase_batch_sizes(net, DataSettings(), options.net)
     schedule = epoch_schedule(dataset.train_count, dataset.val_count, batches[TRAIN], batches[TEST], options.epochs,
                               options.iter_size, options.device.workers, options.snapshot_every)
     fields = solver_fields(schedule, _base_lr(options), not options.device.is_cpu,

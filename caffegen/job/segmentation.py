@@ -26,7 +26,15 @@ from caffegen.job.dataset import IMAGE_SUFFIXES, Labelled
 from caffegen.job.options import SEGMENTATION
 from caffegen.job.rundir import SNAPSHOT_DIR
 from caffegen.job.scripts import wrapper_scripts
-from caffegen.job.solver import check_solver_text, epoch_schedule, parse_overrides, render_solver, solver_fields
+from caffegen.job.solver import (
+    check_solver_text,
+    epoch_schedule,
+    exact_batch,
+    exact_batch_note,
+    parse_overrides,
+    render_solver,
+    solver_fields,
+)
 from caffegen.net.freeze import freeze
 from caffegen.net.head import retarget_head
 from caffegen.net.inspect import preflight
@@ -171,7 +179,9 @@ def build_segmentation(options, weights, caffe="caffe"):
     processing = _preprocessing(net, options.data_settings.mean_value, options.net)
     input_shape = [1, 3, *dataset.size]
     settings = options.data_settings
-    score = wire_segmentation(net, settings.batch_size, settings.val_batch_size, input_shape, options.net)
+    val_batch = exact_batch(dataset.val_count, settings.val_batch_size or 1)
+    notes += filter(None, [exact_batch_note(dataset.val_count, settings.val_batch_size or 1, val_batch)])
+    score = wire_segmentation(net, settings.batch_size, val_batch, input_shape, options.net)
     if options.freeze_upto or options.freeze_from:
         notes += freeze(net, options.freeze_upto, options.freeze_from, options.net).summary()
     notes += retarget_head(net, len(dataset.classes), None, options.head_name, options.head_lr_mult,
@@ -181,7 +191,7 @@ def build_segmentation(options, weights, caffe="caffe"):
     deploy = deploy_net(net, *input_shape[1:])
     check_runs(net, input_shape, options.net)
     notes += preflight(net, weights, input_shape)
-    schedule, solver_text, base_lr = _solver(options, net, dataset)
+    schedule, solver_text, base_lr = _solver(options, net, dataset, val_batch)
     files = {"train_val.prototxt": to_text(net), "deploy.prototxt": to_text(deploy), "solver.prototxt": solver_text,
              "labels.txt": dataset.labels_text(), PAIRS: dataset.pairs_text(), **dataset.source_texts(),
              **wrapper_scripts(caffe, weights, options.device.gpu_flag, len(dataset.classes), notes)}
@@ -203,11 +213,11 @@ def _preprocessing(net, mean_value, path):
             "mean_file": None, "scale": layer.transform_param.scale if layer is not None else 1.0}
 
 
-def _solver(options, net, dataset):
+def _solver(options, net, dataset, val_batch):
     """(schedule, solver text, base_lr): FCN's fixed rate, with momentum 0.99 for one image per batch."""
     batch = options.data_settings.batch_size or 1
-    schedule = epoch_schedule(dataset.train_count, dataset.val_count, batch, options.data_settings.val_batch_size or 1,
-                              options.epochs, options.iter_size, options.device.workers, options.snapshot_every)
+    schedule = epoch_schedule(dataset.train_count, dataset.val_count, batch, val_batch, options.epochs,
+                              options.iter_size, options.device.workers, options.snapshot_every)
     base_lr = options.base_lr if options.base_lr is not None else segmentation_lr(dataset.size, batch)
     chosen = {"lr_policy": "fixed", "momentum": 0.99 if batch == 1 else 0.9}
     fields = [(key, chosen.get(key, value), note if key not in chosen else "FCN's practice")

@@ -38,6 +38,21 @@ class Schedule:
         return self.snapshot_every * self.iters_per_epoch
 
 
+def exact_batch(images, requested):
+    """The largest batch of at most ``requested`` images that divides ``images``: test_iter of them scores every
+    validation image once (Caffe wraps its TEST data around, counting the first images again otherwise)."""
+    return max(size for size in range(1, min(requested, images) + 1) if images % size == 0)
+
+
+def exact_batch_note(images, requested, batch):
+    """Why the validation batch is not the one asked for, or None when it is."""
+    if batch == requested:
+        return None
+    iterations = images // batch
+    return (f"validation batch {batch} instead of {requested}: {iterations} iteration{'s' * (iterations > 1)} of "
+            f"{batch} image{'s' * (batch > 1)} score each of the {images} validation images once")
+
+
 def epoch_schedule(train_images, val_images, batch_size, val_batch_size, epochs,
                    iter_size=1, n_gpus=1, snapshot_every=1):
     """The schedule of ``epochs`` epochs: every GPU takes ``batch_size`` images ``iter_size`` times per iteration."""
@@ -48,9 +63,12 @@ def epoch_schedule(train_images, val_images, batch_size, val_batch_size, epochs,
                         ("snapshot interval", snapshot_every)):
         if value < 1:
             raise CaffegenError(f"the {name} must be at least 1, got {value}")
+    if val_images % val_batch_size:
+        raise CaffegenError(f"a validation batch of {val_batch_size} does not divide the {val_images} validation "
+                            f"images: Caffe would count some twice; use {exact_batch(val_images, val_batch_size)}")
     images_per_iter = batch_size * iter_size * n_gpus
     return Schedule(train_images, val_images, images_per_iter, math.ceil(train_images / images_per_iter),
-                    epochs, math.ceil(val_images / val_batch_size), snapshot_every)
+                    epochs, val_images // val_batch_size, snapshot_every)
 
 
 def solver_fields(schedule, base_lr=FINE_TUNE_LR, gpu=False, seed=1, iter_size=1,

@@ -5,6 +5,7 @@ the base net's batch sizes and transformations (mirroring for training only). A 
 (ResNet, MobileNet publish only those) gains data layers, a loss and an accuracy instead.
 """
 
+import re
 from dataclasses import dataclass
 
 from caffegen.errors import CaffegenError
@@ -99,6 +100,14 @@ def _image_data_layer(base, phase, source, settings):
     if base.type == "ImageData":
         params.is_color = base.image_data_param.is_color
     return layer
+
+
+def set_batch(net, phase, batch, path=None):
+    """Give the data layer of ``phase`` a batch of ``batch`` images."""
+    layer = _phase_data_layer(net, phase, path)
+    given = [name for name in BATCH_PARAMS if layer.HasField(name)]
+    named = re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z])", "_", layer.type).lower() + "_param"
+    getattr(layer, given[0] if given else named).batch_size = batch
 
 
 def _batch_size(base, phase, settings):
