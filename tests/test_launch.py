@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import DIGITS, assert_one_line_error, run_caffegen, wait_for
 
 from caffegen.io.prototxt import read_solver
@@ -133,6 +134,9 @@ def test_demo_leaves_a_run_directory_that_launches_again(caffe, tmp_path):
     # The demo ends with its evaluation: the metrics line on stdout, the report's path last.
     top1 = json.loads((demo / "eval" / "metrics.json").read_text())["top1"]
     assert result.stdout.startswith(f"evaluation: top-1 {top1:.4f}") and top1 > 0.9
+    # The validation accuracy Caffe reports counts each validation image once: it is evaluate's top-1.
+    last = json.loads((demo / "result.json").read_text())["last_accuracy"]
+    assert last == pytest.approx(top1, abs=1e-5) and f"{accuracy:.4f}" == f"{top1:.4f}"
     assert result.stderr.strip().splitlines()[-1].endswith("report: " + str(demo / "eval" / "report.html"))
     assert_one_line_error(run_caffegen("demo", "-o", demo), str(demo), "exists; pass --force")
     again = run_caffegen("launch", demo)
