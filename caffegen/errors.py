@@ -5,6 +5,11 @@ LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 _ESCAPED_BREAKS = str.maketrans({char: repr(char)[1:-1] for char in LINE_BREAKS})
 
 
+def did_you_mean(names):
+    """' (did you mean 'a', 'b'?)' for the close ``names`` a message offers, or '' when there are none."""
+    return f" (did you mean {', '.join(repr(name) for name in names)}?)" if names else ""
+
+
 class CaffegenError(Exception):
     """A problem with the user's input or environment, reported as one line without a traceback."""
 

@@ -142,6 +142,12 @@ class TestOutOfMemory:
         diagnosis = LogWatcher().feed(line)[0]
         assert diagnosis.kind == "out_of_memory" and "the GPU has no memory left" in diagnosis.message
 
+    def test_a_python_layer_caffe_cannot_run_is_named_with_the_way_out(self):
+        diagnosis = only_diagnosis("python_layer")
+        assert diagnosis.kind == "python_layer" and diagnosis.stop
+        assert diagnosis.message.startswith("Caffe could not run the Python layer 'py' (Fatal Python error: ")
+        assert "pycaffe" in diagnosis.message and "PYTHONPATH" in diagnosis.message
+
     def test_bad_alloc_is_out_of_memory(self):
         diagnosis = only_diagnosis("bad_alloc")
         assert diagnosis.kind == "out_of_memory" and "std::bad_alloc" in diagnosis.message

@@ -60,11 +60,23 @@ class TestSolverArithmetic:
         assert text.count("base_lr:") == 1
 
     @pytest.mark.parametrize("setting, words", [
-        ("base_lr=fast", "base_lr=fast"), ("baselr=1", "did you mean base_lr"),
+        ("base_lr=fast", "base_lr=fast"), ("baselr=1", "did you mean 'base_lr'"),
         ("solver_mode=TPU", "TPU"), ("nothing", "key=value")])
     def test_bad_overrides(self, setting, words):
         with pytest.raises(CaffegenError, match=words):
             parse_overrides([setting])
+
+
+def test_prepare_says_what_a_python_layer_needs(tmp_path):
+    net = tmp_path / "python.prototxt"
+    python = ('layer { name: "py" type: "Python" bottom: "fc1" top: "fc1" python_param { module: "my_layer" '
+              'layer: "MyLayer" } }\nlayer { name: "relu3"')
+    net.write_text((DIGITS / "train_val.prototxt").read_text().replace('layer { name: "relu3"', python, 1))
+    write_images(tmp_path / "images", {"cat": 5, "dog": 5})
+    job = prepare(JobOptions(net=net, weights=DIGITS / "digits.caffemodel", data=tmp_path / "images",
+                             freeze_upto="conv2", epochs=1), tmp_path / "run")
+    assert any(note.startswith("layer 'py' is a Python layer (module 'my_layer')") and "PYTHONPATH" in note
+               for note in job.notes), job.notes
 
 
 class TestExactValidation:

@@ -5,19 +5,20 @@ read files (LMDB, image lists, window files) get Input layers with the shapes ca
 for their data layers, which ``TestDataLayers`` checks on its own against real files.
 """
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from caffe_runs import READY, assert_same_shapes, caffe_top_shapes, constant_fillers, run_caffe
-from conftest import ROOT, ZOO, zoo_cases, zoo_nets
+from conftest import DIGITS, ROOT, ZOO, assert_one_line_error, zoo_cases, zoo_nets
 from fork_schemas import ceil_mode_proto, ssd_proto
 from google.protobuf import text_format
 
 from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.prototxt import read_net, to_text
 from caffegen.io.schema import BVLC, load_fork_schema
-from caffegen.net.layers import priors_per_location
+from caffegen.net.layers import BVLC_TYPES, priors_per_location
 from caffegen.net.netview import TEST, TRAIN, NetView
 from caffegen.net.shapes import infer_shapes
 
@@ -446,3 +447,41 @@ class TestSsdFork:
                                 BVLC.NetParameter())
         result = infer_shapes(NetView(net, TEST))[-1]
         assert result.tops == {"perm": None} and "--proto" in result.note and not result.rejected
+
+
+class TestTypesAndBlobs:
+    """A mistyped layer type or bottom: Caffe refuses the net, and prepare, inspect and lint say so first."""
+
+    def mistyped(self, tmp_path, old, new):
+        text = (DIGITS / "train_val.prototxt").read_text()
+        assert old in text
+        path = tmp_path / "net.prototxt"
+        path.write_text(text.replace(old, new, 1))
+        return path
+
+    def test_caffegen_knows_the_layer_types_of_the_caffe_it_installs(self, caffe, tmp_path):
+        net = text_format.Parse(TWO_INPUTS + 'layer { name: "bad" type: "Convolutoin" bottom: "data" top: "bad" }',
+                                BVLC.NetParameter())
+        (tmp_path / "net.prototxt").write_text(to_text(net))
+        code, log = run_caffe(caffe, "time", "-model", "net.prototxt", "-iterations", "1", cwd=tmp_path)
+        known = re.search(r"Unknown layer type: Convolutoin \(known types: ([^)]*)\)", log)
+        assert code != 0 and known, log[-2000:]
+        assert set(known.group(1).split(", ")) == BVLC_TYPES
+
+    @pytest.mark.parametrize("old, new, words", [
+        ('type: "Convolution"', 'type: "Convolutoin"', "layer 'conv1': Caffe would reject it: Caffe 1.0 has no layer "
+                                                       "type 'Convolutoin' (did you mean 'Convolution'"),
+        ('bottom: "conv1" top: "conv1" }', 'bottom: "conv_1" top: "conv1" }',
+         "layer 'bn1': Caffe would reject it: bottom 'conv_1' is produced by no earlier layer (did you mean 'conv1'"),
+    ], ids=["type", "bottom"])
+    def test_prepare_inspect_and_lint_name_the_layer_and_the_likely_name(self, cli, images, tmp_path, old, new, words):
+        net = self.mistyped(tmp_path, old, new)
+        prepared = cli("prepare", "--gpu", "cpu", "--net", net, "--weights", DIGITS / "digits.caffemodel",
+                       "--data", images, "-o", tmp_path / "run")
+        assert_one_line_error(prepared, words.split(": ", 1)[1].split(" (")[0])
+        assert not (tmp_path / "run").exists()
+        inspected = cli("inspect", net)
+        assert inspected.returncode == 1 and words in inspected.stdout, inspected.stdout
+        linted = cli("lint", net)
+        likely = words.rsplit("(", 1)[1]
+        assert linted.returncode == 1 and likely in linted.stdout, linted.stdout

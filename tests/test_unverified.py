@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from caffe_runs import run_caffe
 from conftest import run_caffegen
+from fork_schemas import ceil_mode_proto
 
+from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import write_caffemodel
 from caffegen.io.prototxt import parse_net
-from caffegen.io.schema import BVLC
+from caffegen.io.schema import BVLC, load_fork_schema
 from caffegen.net.inspect import LOADED, MISMATCH, UNVERIFIED, inspect_net, preflight
 
 HDF5_NET = """name: "tabular"
@@ -155,17 +157,24 @@ def test_the_first_image_of_an_image_list_gives_the_input(tmp_path):
     assert "2×4×6×6" in conv and "4×1×3×3" in conv
 
 
-def test_a_fork_layer_before_a_batchnorm_leaves_its_axes_unknown_and_the_net_accepted():
-    from caffegen.net.netview import TRAIN, NetView
-    from caffegen.net.shapes import check_runs, infer_shapes
-    net = parse_net("""name: "fork"
+FORK_NET = """name: "fork"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 32 dim: 32 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 8 kernel_size: 3 } }
 layer { name: "dw" type: "ConvolutionDepthwise" bottom: "conv" top: "dw" }
 layer { name: "bn" type: "BatchNorm" bottom: "dw" top: "dw" }
 layer { name: "sc" type: "Scale" bottom: "dw" top: "dw" scale_param { bias_term: true } }
 layer { name: "pw" type: "Convolution" bottom: "dw" top: "pw" convolution_param { num_output: 16 kernel_size: 1 } }
-""", "fork.prototxt").net
+"""
+
+
+def test_a_fork_layer_before_a_batchnorm_leaves_its_axes_unknown_and_the_net_accepted(tmp_path):
+    """Read with a fork's schema, a type Caffe 1.0 lacks may be the fork's own; read with BVLC's, it is refused."""
+    from caffegen.net.netview import TRAIN, NetView
+    from caffegen.net.shapes import check_runs, infer_shapes
+    with pytest.raises(CaffegenError, match="layer 'dw': Caffe would reject it: Caffe 1.0 has no layer type "
+                                            "'ConvolutionDepthwise'"):
+        check_runs(parse_net(FORK_NET, "fork.prototxt").net)
+    net = parse_net(FORK_NET, "fork.prototxt", load_fork_schema(ceil_mode_proto(tmp_path / "fork.proto"))).net
     check_runs(net)  # nothing Caffe would reject is found where the shapes are unknown
     results = {result.name: result for result in infer_shapes(NetView(net, TRAIN))}
     assert results["bn"].tops == {"dw": None} and results["bn"].params == [(None,), (None,), (1,)]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from caffegen.errors import CaffegenError
+from caffegen.errors import CaffegenError, did_you_mean
 from caffegen.io.download import PART, Fetched, Remote, cache_home, fetch, mirror_url, part_path
 from caffegen.io.files import file_digest, write_atomic
 from caffegen.io.resources import resource_dir
@@ -143,7 +143,7 @@ class Catalog:
             return self.models[name]
         close = difflib.get_close_matches(name, self.models, n=3, cutoff=0.5)
         close += [known for known in self.models if name.lower() in known.lower() and known not in close]
-        hint = f" (did you mean {', '.join(repr(known) for known in close[:3])}?)" if close else ""
+        hint = did_you_mean(close[:3])
         raise CaffegenError(f"no model '{name}' in the zoo{hint}; 'caffegen zoo list' shows them, and --catalog FILE "
                             f"or ${CATALOG_VARIABLE} adds a team's own")
 

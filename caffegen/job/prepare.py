@@ -45,6 +45,7 @@ from caffegen.net.advise import advise
 from caffegen.net.freeze import freeze
 from caffegen.net.head import drop_unscorable_accuracies, retarget_head
 from caffegen.net.inspect import preflight
+from caffegen.net.layers import PYTHON, python_layer_note
 from caffegen.net.lr_rules import apply_lr_rules
 from caffegen.net.netview import TEST, TRAIN
 from caffegen.net.shapes import check_runs
@@ -266,6 +267,7 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, bui
     else:
         _keep_batches(net, options)
     notes += _exact_validation(net, dataset.val_count, options.net)
+    notes += [python_layer_note(layer) for layer in net.layer if layer.type == PYTHON]
     plan = _lmdb_plan(net, options, dataset) if build_databases else None
     mean = _resolve_mean_file(net, options, dataset)
     _set_scale(net, options.data_settings.scale)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from difflib import get_close_matches
 
 from caffegen.defaults import FINE_TUNE_LR
-from caffegen.errors import CaffegenError
+from caffegen.errors import CaffegenError, did_you_mean
 from caffegen.io.prototxt import parse_text
 from caffegen.io.schema import BVLC
 from caffegen.io.templates import render_template
@@ -147,8 +147,7 @@ def check_solver_text(text, path="solver.prototxt"):
 def _check_field(key):
     fields = BVLC.SolverParameter.DESCRIPTOR.fields_by_name
     if key not in fields:
-        close = get_close_matches(key, list(fields), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        hint = did_you_mean(get_close_matches(key, list(fields), n=3))
         raise CaffegenError(f"--solver-set: SolverParameter has no field '{key}'{hint}")
     return fields[key]
 

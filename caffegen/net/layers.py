@@ -1,6 +1,25 @@
 """What caffegen knows about Caffe's layer types: their kinds, learnable blobs and output counts."""
 
+from difflib import get_close_matches
+
+from caffegen.errors import did_you_mean
 from caffegen.io.schema import BVLC
+
+# Caffe 1.0's layer registry, as the Caffe that caffegen installs lists it when a type is unknown (a test
+# holds the two alike). Python is registered, but runs only where Caffe's embedded Python finds pycaffe.
+BVLC_TYPES = frozenset((
+    "AbsVal", "Accuracy", "ArgMax", "BNLL", "BatchNorm", "BatchReindex", "Bias", "Clip", "Concat", "ContrastiveLoss",
+    "Convolution", "Crop", "Data", "Deconvolution", "Dropout", "DummyData", "ELU", "Eltwise", "Embed",
+    "EuclideanLoss", "Exp", "Filter", "Flatten", "HDF5Data", "HDF5Output", "HingeLoss", "Im2col", "ImageData",
+    "InfogainLoss", "InnerProduct", "Input", "LRN", "LSTM", "LSTMUnit", "Log", "MVN", "MemoryData",
+    "MultinomialLogisticLoss", "PReLU", "Parameter", "Pooling", "Power", "Python", "RNN", "ReLU", "Reduction",
+    "Reshape", "SPP", "Scale", "Sigmoid", "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax",
+    "SoftmaxWithLoss", "Split", "Swish", "TanH", "Threshold", "Tile", "WindowData",
+))
+PYTHON = "Python"
+# The layer types of forks that caffegen knows, in nets read with the fork's schema (--proto): SSD's.
+FORK_TYPES = frozenset(("AnnotatedData", "DetectionEvaluate", "DetectionOutput", "MultiBoxLoss", "Normalize",
+                        "Permute", "PriorBox"))
 
 # Layers that read images, features or labels from outside the net.
 DATA_TYPES = {"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData", "AnnotatedData"}
@@ -57,6 +76,25 @@ CLASS_AXIS_BOTTOMS = {
     "MultiBoxLoss": (1,), "DetectionOutput": (1,), "DetectionEvaluate": (0,),
     **{layer_type: (0,) for layer_type in ELEMENTWISE_TYPES & KNOWN_PARAMETER_FREE},
 }
+
+
+def unknown_type(layer):
+    """Why no Caffe builds ``layer``, whose type is in no registry caffegen knows (with the closest names), or None.
+
+    A net read with a fork's schema may use the fork's own types: caffegen cannot tell those from typos.
+    """
+    if layer.type in BVLC_TYPES or layer.type in FORK_TYPES or layer.DESCRIPTOR is not BVLC.LayerParameter.DESCRIPTOR:
+        return None
+    close = get_close_matches(layer.type, sorted(BVLC_TYPES), n=2, cutoff=0.6)
+    return f"Caffe 1.0 has no layer type {layer.type!r}{did_you_mean(close)}"
+
+
+def python_layer_note(layer):
+    """What a Python layer needs of the Caffe that trains it (the one caffegen installs lacks it)."""
+    module = layer.python_param.module or "?"
+    return (f"layer '{layer.name}' is a Python layer (module '{module}'): Caffe runs it in its embedded Python, "
+            "which needs pycaffe and the module on its PYTHONPATH; the CPU Caffe that caffegen installs cannot run "
+            "it (its Python finds no standard library): train this job with a Caffe that can")
 
 
 def learnable_blob_count(layer):

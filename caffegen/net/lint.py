@@ -1,11 +1,12 @@
 """Static checks for the classic fine-tuning traps, one finding per problem with its fix."""
 
 from dataclasses import dataclass
+from difflib import get_close_matches
 
-from caffegen.errors import CaffegenError
+from caffegen.errors import CaffegenError, did_you_mean
 from caffegen.io.lists import read_list
 from caffegen.net.head import classifier_outputs, find_class_axes
-from caffegen.net.layers import is_frozen, learnable_blob_count
+from caffegen.net.layers import is_frozen, learnable_blob_count, unknown_type
 from caffegen.net.netview import TEST, TRAIN, NetView
 
 
@@ -26,8 +27,8 @@ def lint(net, num_classes=None, path=None):
     findings = []
     for phase in (TRAIN, TEST):
         view = NetView(net, phase, path=path)
-        checks = [check_trainable_scale_after_frozen_batchnorm(view), check_decay_without_learning(view),
-                  check_unproduced_bottoms(view)]
+        checks = [check_layer_types(view), check_trainable_scale_after_frozen_batchnorm(view),
+                  check_decay_without_learning(view), check_unproduced_bottoms(view)]
         if phase == TRAIN:
             checks.append(check_drifting_batchnorm(view))
         if num_classes is not None:
@@ -84,6 +85,14 @@ def check_decay_without_learning(view):
                               "(decay_mult defaults to 1)", "add decay_mult: 0 to that param")
 
 
+def check_layer_types(view):
+    """A layer whose type no Caffe registers: a typo, usually."""
+    for layer in view.layers:
+        problem = unknown_type(layer)
+        if problem:
+            yield Finding(layer.name, problem, "fix the type name (the types are Caffe's layer class names)")
+
+
 def check_unproduced_bottoms(view):
     """A bottom blob that no layer writes, or that is written only after the layer that reads it.
 
@@ -95,7 +104,9 @@ def check_unproduced_bottoms(view):
             yield Finding(layer_name, f"bottom '{blob}' is produced only by a later layer in the {view.phase} phase",
                           "move this layer after the one that produces the blob")
         elif not any(blob in layer.top for layer in view.net.layer):
-            yield Finding(layer_name, f"bottom '{blob}' is produced by no layer and is no net input",
+            produced = [top for earlier in view.layers[:position] for top in earlier.top] + list(view.net.input)
+            close = did_you_mean(get_close_matches(blob, produced, n=2, cutoff=0.6))
+            yield Finding(layer_name, f"bottom '{blob}' is produced by no layer and is no net input{close}",
                           "fix the blob name, or add the layer that produces it")
 
 

@@ -7,7 +7,7 @@ The layers in a view are the net's own messages: editing them edits the net.
 
 from difflib import get_close_matches
 
-from caffegen.errors import CaffegenError
+from caffegen.errors import CaffegenError, did_you_mean
 
 TRAIN, TEST = "TRAIN", "TEST"
 PHASE_NUMBERS = {TRAIN: 0, TEST: 1}  # caffe.Phase
@@ -101,8 +101,7 @@ class NetView:
         if any(layer.name == name for layer in self.net.layer if layer_is_included(layer, other)):
             return CaffegenError(f"layer '{name}' exists only in the {other} phase; "
                                  f"this works on the {self.phase} phase", self.path)
-        close = get_close_matches(name, list(self._index), n=3)
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        hint = did_you_mean(get_close_matches(name, list(self._index), n=3))
         names = [layer.name for layer in self.layers]
         listing = ", ".join(names) if len(names) <= 12 else ", ".join(names[:6] + ["…"] + names[-5:])
         return CaffegenError(f"layer '{name}' not found{hint}; layers are: {listing}", self.path)

@@ -9,9 +9,10 @@ and so on. A layer type caffegen does not know leaves its outputs unknown and sa
 
 import math
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 
-from caffegen.errors import CaffegenError
-from caffegen.net.layers import ELEMENTWISE_TYPES, LOSS_TYPES, learnable_blob_count, priors_per_location
+from caffegen.errors import CaffegenError, did_you_mean
+from caffegen.net.layers import ELEMENTWISE_TYPES, LOSS_TYPES, learnable_blob_count, priors_per_location, unknown_type
 from caffegen.net.netview import TEST, TRAIN, NetView
 
 IMAGE_SIZE_HINT = "pass --input-shape N,C,H,W"
@@ -51,10 +52,17 @@ def infer_shapes(view, input_shape=None):
         result = infer_layer(layer, [blobs.get(blob) for blob in layer.bottom], input_shape)
         missing = [blob for blob in layer.bottom if blob not in blobs]
         if missing:
-            result.note = f"bottom '{missing[0]}' is produced by no earlier layer"
+            result.rejected = True
+            result.note = f"Caffe would reject it: {unknown_bottom(missing[0], blobs)}"
         results.append(result)
         blobs.update(result.tops)
     return results
+
+
+def unknown_bottom(blob, produced):
+    """Caffe's refusal of bottom ``blob``, produced by no earlier layer, with the closest of the ``produced`` blobs."""
+    close = get_close_matches(blob, list(produced), n=2, cutoff=0.6)
+    return f"bottom '{blob}' is produced by no earlier layer{did_you_mean(close)}"
 
 
 def check_runs(net, input_shape=None, path=None):
@@ -72,6 +80,11 @@ def infer_layer(layer, bottoms, input_shape=None):
     result = LayerShapes(layer.name, layer.type, layer)
     count = learnable_blob_count(layer)
     result.params = None if count is None else [None] * count
+    unknown = unknown_type(layer)
+    if unknown:
+        result.tops, result.rejected = dict.fromkeys(_top_names(layer)), True
+        result.note = f"Caffe would reject it: {unknown}"
+        return result
     try:
         tops, params, multiply_adds = _apply_rule(layer, bottoms, input_shape)
     except ShapeError as error:

@@ -44,6 +44,9 @@ HEAP_CORRUPTION = re.compile(r"(?:free|malloc\w*|realloc|munmap_chunk)\(\): .+|d
 # Caffe's own allocations (syncedmem.hpp's CHECK, CUDA's), and C++'s for everything else (protobuf, vectors).
 OUT_OF_MEMORY = re.compile(r"host allocation of size (\d+) failed|out of memory")
 BAD_ALLOC = "terminate called after throwing an instance of 'std::bad_alloc'"
+# A Python layer that Caffe's embedded Python could not start, import or run.
+PYTHON_FAILURE = re.compile(r"Fatal Python error: .+|(?:ModuleNotFoundError|ImportError): .+|"
+                            r"terminate called after throwing an instance of 'boost::python::error_already_set'")
 # A process the kernel killed: SIGKILL, as Popen reports it and as a shell does.
 KILLED = (-9, 128 + 9)
 PARAM_NAMES = {0: "weights", 1: "bias"}
@@ -86,6 +89,8 @@ def diagnose_crash(line, context):
     """The diagnosis of a line glibc prints when it finds the heap corrupted, or C++ when memory ran out, else None."""
     if line.strip() == BAD_ALLOC:
         return _ran_out("a memory allocation failed: std::bad_alloc", context.memory)
+    if PYTHON_FAILURE.fullmatch(line.strip()):
+        return _python_layer(line.strip(), context)
     if not HEAP_CORRUPTION.fullmatch(line):
         return None
     return Diagnosis("memory_corruption",
@@ -93,6 +98,16 @@ def diagnose_crash(line, context):
                      "is labels outside 0 .. num_output-1: SoftmaxWithLoss and Accuracy do not check them and "
                      "write past their buffers, so the losses and accuracies printed before were meaningless too. "
                      "Make every label in the lists run from 0 to num_output-1 of the classifier.", stop=True)
+
+
+def _python_layer(line, context):
+    layer = f"the Python layer '{context.layer}'" if context.layer else "a Python layer"
+    return Diagnosis("python_layer",
+                     f"Caffe could not run {layer} ({line}). Caffe runs a Python layer in its own embedded Python, "
+                     "which must start and import pycaffe and the layer's module: the CPU Caffe that caffegen "
+                     "installs cannot (its Python finds no standard library). Train this net with a Caffe built "
+                     "with Python layers whose Python has pycaffe and the module on its PYTHONPATH, or replace the "
+                     "layer.", stop=True)
 
 
 def diagnose_killed(exit_code, context):

@@ -287,6 +287,16 @@ def unknown_layer_type(scratch):
     return scratch.run("train", "-solver", "unknown_solver.prototxt", expect=ABORTED)
 
 
+def python_layer(scratch):
+    """A Python layer: the Debian Caffe's embedded Python finds no standard library in caffegen's prefix."""
+    python = ('layer { name: "py" type: "Python" bottom: "conv1" top: "conv1" '
+              'python_param { module: "my_layer" layer: "MyLayer" } }\n'
+              'layer { name: "relu1"')
+    scratch.write("python.prototxt", dummy_net("tiny").replace('layer { name: "relu1"', python))
+    scratch.write("python_solver.prototxt", solver("python.prototxt"))
+    return scratch.run("train", "-solver", "python_solver.prototxt", expect=1)
+
+
 def allocation_failed(scratch):
     """A 1 GiB DummyData batch in a little more address space than Caffe needs to start: its allocation fails."""
     scratch.write("tiny_solver.prototxt", solver(scratch.write("tiny.prototxt", dummy_net("tiny")), max_iter=10000))
@@ -317,7 +327,7 @@ def bad_alloc(scratch):
 SCENARIOS = [train_ok, finetune, shape_mismatch, resume, outputs, interrupted, diverge_nan, stuck_87,
              labels_out_of_range, labels_equal_num_output, gpu_on_cpu_only, missing_weights, missing_snapshot,
              missing_solver, missing_net, missing_image_list, missing_image, bad_prototxt, unknown_layer_type,
-             allocation_failed, bad_alloc]
+             python_layer, allocation_failed, bad_alloc]
 
 
 def default_caffe():
