@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import DIGITS, ZOO
+from conftest import DIGITS, ZOO, assert_one_line_error
 from PIL import Image
 
 from caffegen.errors import CaffegenError
@@ -312,13 +312,30 @@ def unrelated_weights(tmp_path):
     return path
 
 
+def test_weights_that_name_none_of_the_layers_stop_prepare_unless_forced(cli, tmp_path):
+    """The one line that matters comes first, once, instead of after a warning per frozen layer."""
+    write_images(tmp_path / "images", {"cat": 5, "dog": 5})
+    weights = unrelated_weights(tmp_path)
+    args = ["prepare", "--gpu", "cpu", "--net", DIGITS / "train_val.prototxt", "--weights", weights,
+            "--data", tmp_path / "images", "--freeze-upto", "conv2"]
+    refused = cli(*args, "-o", tmp_path / "run")
+    assert_one_line_error(refused, "other.caffemodel: names none of the net's layers", "are these the right weights?",
+                          "--force")
+    assert not (tmp_path / "run").exists()
+    forced = cli(*args, "--force", "-o", tmp_path / "run")
+    assert forced.returncode == 0, forced.stderr
+    about_the_weights = [line for line in forced.stderr.splitlines() if str(weights) in line]
+    assert len(about_the_weights) == 1 and "names none of the net's layers" in about_the_weights[0]
+    assert "(6 of them frozen)" in about_the_weights[0]
+
+
 class TestKeptDataLayers:
     @pytest.mark.zoo
     def test_lmdb_data_layers_stay_and_counts_drive_the_solver(self, tmp_path):
         options = JobOptions(net=ZOO / "bvlc_reference_caffenet/train_val.prototxt", weights=unrelated_weights(tmp_path),
                              keep_data_layers=True, num_classes=7, train_images=2560, val_images=500,
                              freeze_upto="conv5", epochs=2, data_settings=DataSettings(mean_value=(104, 117, 123)))
-        job = prepare(options, tmp_path / "run")
+        job = prepare(options, tmp_path / "run", force=True)
         net = read_net(tmp_path / "run" / "train_val.prototxt").net
         data = [layer for layer in net.layer if layer.type == "Data"]
         assert [layer.data_param.source for layer in data] == ["examples/imagenet/ilsvrc12_train_lmdb",

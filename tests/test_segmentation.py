@@ -49,7 +49,7 @@ def base(caffe, tmp_path_factory):
     """A 3-class FCN (background, squares, discs) trained from scratch by caffegen on 48×48 images."""
     folder = tmp_path_factory.mktemp("segbase")
     data = make_segmentation_data(folder / "data", 160, 3)
-    prepare("--net", FCN_SEG, "--weights", no_weights(folder / "none.caffemodel"), "--data", data,
+    prepare("--net", FCN_SEG, "--weights", no_weights(folder / "none.caffemodel"), "--force", "--data", data,
             "--epochs", 4, "-o", folder / "run")
     done = run_caffegen("launch", folder / "run")
     assert done.returncode == 0, done.stderr
@@ -144,8 +144,8 @@ def small(tmp_path_factory):
 
 def prepare_error(small, tmp_path, data=None, net=FCN_SEG, *args):
     return run_caffegen("prepare", "--task", "segmentation", "--gpu", "cpu", "--net", net,
-                        "--weights", no_weights(tmp_path / "none.caffemodel"), "--data", data or small / "data",
-                        *args, "-o", tmp_path / "run")
+                        "--weights", no_weights(tmp_path / "none.caffemodel"), "--force", "--data",
+                        data or small / "data", *args, "-o", tmp_path / "run")
 
 
 def copied(small, tmp_path):

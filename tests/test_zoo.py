@@ -629,7 +629,7 @@ class TestPreprocessing:
         warnings = []
         prepare(JobOptions(net=ZOO / "mobilenet" / "mobilenet_deploy.prototxt", weights=unrelated, data=images,
                            data_settings=DataSettings(batch_size=2, val_batch_size=2)), tmp_path / "run",
-                warn=warnings.append)
+                warn=warnings.append, force=True)
         assert len(warnings) == 1
         assert "the deploy net of the zoo's 'mobilenet_v1'" in warnings[0]
         assert "--model mobilenet_v1, or --mean-value 103.94,116.78,123.68 --scale 0.017" in warnings[0]

@@ -102,7 +102,7 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), 
     _check_lmdb_options(options, stages, databases)
     weights = _existing_file(options.weights, "weights")
     if options.task == SEGMENTATION:
-        return _prepare_segmentation(options, run_dir, weights, caffe, stages)
+        return _prepare_segmentation(options, run_dir, weights, caffe, stages, force)
     dataset = _dataset(options, warn)
     options, notes = _apply_strategy(options, dataset)
     options = _with_defaults(options)
@@ -110,7 +110,7 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), 
         notes.append(f"base model: the zoo's {options.zoo_model.name} (licence: {options.zoo_model.licence}), "
                      f"from {Path(options.weights).parent}")
     say = warn or notes.append
-    memory = _MemoryLimit(budget, force, options.net)
+    memory = _Checks(budget, force, options.net)
     if not stages:
         with _scratch_beside(run_dir) if options.lmdb else nullcontext() as scratch:
             build_databases = None
@@ -126,11 +126,11 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), 
     return job
 
 
-def _prepare_segmentation(options, run_dir, weights, caffe, stages):
+def _prepare_segmentation(options, run_dir, weights, caffe, stages, force):
     """Write a segmentation run directory (:mod:`caffegen.job.segmentation`)."""
     if stages or options.strategy:
         raise CaffegenError("--stages and --strategy do not combine with --task segmentation yet")
-    build = build_segmentation(_with_defaults(options), weights, caffe)
+    build = build_segmentation(_with_defaults(options), weights, caffe, force)
     manifest = _manifest(_with_defaults(options), weights, weights, build.dataset, build.schedule, None)
     manifest.update(build.manifest)
     build.files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
@@ -195,8 +195,9 @@ def _apply_strategy(options, dataset):
 
 
 @dataclass(frozen=True)
-class _MemoryLimit:
-    """The memory a job may take (None: not checked), whether to prepare it beyond that, and the net it is for."""
+class _Checks:
+    """The memory a job may take (None: not checked), whether to prepare it anyway (beyond that, with weights
+    that name none of its layers), and the net it is for."""
 
     budget: object
     force: bool
@@ -250,7 +251,7 @@ def _prepare_stages(options, stages, dataset, weights, run_dir, caffe, memory, w
 def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, build_databases=None):
     """Nets, solver, lists, scripts and manifest of one run, from the base net and ``options``.
 
-    Its memory is checked against ``memory`` (a _MemoryLimit) unless it caches features (the
+    Its memory is checked against ``memory`` (a _Checks) unless it caches features (the
     extraction is checked then); ``warn``, if given, hears what the base net leaves unsaid about
     its preprocessing. ``build_databases``, given with --lmdb, builds an LmdbPlan's databases.
     """
@@ -285,7 +286,7 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, bui
     input_shape = [1, channels, height, width]
     check_runs(net, input_shape, options.net)
     if weights_ref == weights:
-        notes += preflight(net, weights, input_shape)
+        notes += preflight(net, weights, input_shape, "warn" if memory.force else "refuse")
     if options.cache_features:
         notes += check_cacheable(net, options.net)
     schedule, solver_text, base_lr, solver = _solver(options, net, dataset)

@@ -168,7 +168,7 @@ class SegmentationBuild:
     schedule: object
 
 
-def build_segmentation(options, weights, caffe="caffe"):
+def build_segmentation(options, weights, caffe="caffe", force=False):
     """Everything of a segmentation run for ``options`` (JobOptions with task segmentation) but its common manifest."""
     check_segmentation_options(options)
     dataset = scan_segmentation(options.data, options.val_fraction, options.seed, options.num_classes)
@@ -190,7 +190,7 @@ def build_segmentation(options, weights, caffe="caffe"):
         notes += apply_lr_rules(net, options.lr_rules).summary()
     deploy = deploy_net(net, *input_shape[1:])
     check_runs(net, input_shape, options.net)
-    notes += preflight(net, weights, input_shape)
+    notes += preflight(net, weights, input_shape, "warn" if force else "refuse")
     schedule, solver_text, base_lr = _solver(options, net, dataset, val_batch)
     files = {"train_val.prototxt": to_text(net), "deploy.prototxt": to_text(deploy), "solver.prototxt": solver_text,
              "labels.txt": dataset.labels_text(), PAIRS: dataset.pairs_text(), **dataset.source_texts(),

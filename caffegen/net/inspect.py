@@ -155,11 +155,12 @@ def check_weights(net, caffemodel_path, phase=TRAIN, input_shape=None):
     return inspect_net(net, phase, input_shape, weights=caffemodel_path).problems
 
 
-def preflight(net, caffemodel_path, input_shape=None):
+def preflight(net, caffemodel_path, input_shape=None, unrelated="refuse"):
     """Refuse weights Caffe would abort on, in either phase (it loads them into both nets).
 
-    Returns what is not fatal but worth reading, one line each: frozen layers without weights, and
-    weights that give the net nothing at all (the wrong file, most likely).
+    Returns what is not fatal but worth reading, one line each: frozen layers without weights. Weights
+    that give the net nothing at all (the wrong file, most likely) are refused, or with ``unrelated``
+    "warn" said first, the frozen layers they leave at their fillers counted in the same line.
     """
     warnings = []
     for phase in (TRAIN, TEST):
@@ -171,10 +172,13 @@ def preflight(net, caffemodel_path, input_shape=None):
                                 f"{fatal[0].message}{more}", caffemodel_path)
         warnings += [line for line in (problem.format(caffemodel_path) for problem in inspection.problems)
                      if line not in warnings]
-    if not any(layer.weights in (LOADED, UNVERIFIED) for layer in inspection.layers):
-        warnings.append(f"{caffemodel_path}: names none of the net's layers: every layer starts from its "
-                        "fillers; are these the right weights?")
-    return warnings
+    if any(layer.weights in (LOADED, UNVERIFIED) for layer in inspection.layers):
+        return warnings
+    conclusion = (f"names none of the net's layers: every layer would start from its fillers"
+                  f"{f' ({len(warnings)} of them frozen)' if warnings else ''}; are these the right weights?")
+    if unrelated == "refuse":
+        raise CaffegenError(f"{conclusion} Pass --force to prepare the job anyway", caffemodel_path)
+    return [f"{caffemodel_path}: {conclusion}"]
 
 
 def _layer_report(result, phase):
