@@ -168,6 +168,16 @@ def wait_for(condition, what, timeout=60, every=0.1):
         time.sleep(every)
 
 
+def gpu_caffe(folder):
+    """A stand-in for a Caffe built with CUDA: it lists GPU 0 to ``device_query`` (and does nothing else)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    caffe = folder / "caffe"
+    caffe.write_text('#!/bin/sh\nif [ "$1" = device_query ]; then echo "I1206 00:00:00.0 1 common.cpp:178] '
+                     'Device id: 0"; exit 0; fi\nexit 1\n')
+    caffe.chmod(0o755)
+    return caffe
+
+
 def assert_one_line_error(result, *words):
     """The command failed as a user error: exit code 2, one line on stderr with ``words``, no traceback."""
     assert result.returncode == 2, result.stderr

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DIGITS, assert_one_line_error, run_caffegen, wait_for
+from conftest import DIGITS, assert_one_line_error, gpu_caffe, run_caffegen, wait_for
 
 from caffegen.io.prototxt import read_solver
 
@@ -112,8 +112,16 @@ def test_gpu_on_a_cpu_only_caffe_is_refused(caffe, images, tmp_path):
     assert not (run / "train.log").exists()
 
 
+def test_a_gpu_job_is_refused_at_prepare_for_a_cpu_only_caffe(caffe, images, tmp_path):
+    refused = run_caffegen("prepare", "--gpu", "0", "--caffe", caffe, "--net", DIGITS / "train_val.prototxt",
+                           "--weights", DIGITS / "digits.caffemodel", "--data", images, "-o", tmp_path / "run")
+    assert_one_line_error(refused, f"{caffe} is a CPU-only build and cannot use --gpu 0", "drop --gpu")
+    assert not (tmp_path / "run").exists()
+
+
 def test_prepared_for_gpu_falls_back_to_cpu(caffe, images, tmp_path):
-    run = prepare(images, tmp_path / "run", "--gpu", "0")
+    """A run prepared for a GPU elsewhere, then launched here with a CPU-only Caffe."""
+    run = prepare(images, tmp_path / "run", "--gpu", "0", "--caffe", gpu_caffe(tmp_path / "cuda"))
     assert "-gpu 0" in (run / "train.sh").read_text()
     result = run_caffegen("launch", run)
     assert result.returncode == 0, result.stderr

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 from caffe_runs import started_address_space
-from conftest import DIGITS, ZOO, assert_one_line_error, run_caffegen
+from conftest import DIGITS, ZOO, assert_one_line_error, gpu_caffe, run_caffegen
 
 from caffegen.cli import main
 from caffegen.defaults import CACHE_BATCH
@@ -118,18 +118,19 @@ class TestPrepare:
         bin_dir = tmp_path / "bin"
         env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
         stand_in(bin_dir, "nvidia-smi", 'echo "0, 80000"\n')
-        ok = run_caffegen("prepare", *BASE_MODEL, "--data", images, "--gpu", "0", "-o", tmp_path / "run", env=env)
+        gpu = ("--gpu", "0", "--caffe", gpu_caffe(tmp_path / "cuda"))
+        ok = run_caffegen("prepare", *BASE_MODEL, "--data", images, *gpu, "-o", tmp_path / "run", env=env)
         assert ok.returncode == 0 and "within the 83.9 GB of free memory of GPU 0 (nvidia-smi)" in ok.stderr
         stand_in(bin_dir, "nvidia-smi", 'echo "0, 10"\n')
-        refused = run_caffegen("prepare", *BASE_MODEL, "--data", images, "--gpu", "0", "-o", tmp_path / "small",
-                               env=env)
+        refused = run_caffegen("prepare", *BASE_MODEL, "--data", images, *gpu, "-o", tmp_path / "small", env=env)
         assert_one_line_error(refused, "more than the 10.5 MB of free memory of GPU 0 (nvidia-smi)",
                               "not even one image at a time fits")
 
     def test_an_unreadable_budget_is_unverified_not_ok(self, images, tmp_path):
         env = dict(os.environ, PATH=str(tmp_path / "empty"))
         env["PATH"] += os.pathsep + os.path.dirname(os.sys.executable)
-        done = run_caffegen("prepare", *BASE_MODEL, "--data", images, "--gpu", "0", "-o", tmp_path / "run", env=env)
+        done = run_caffegen("prepare", *BASE_MODEL, "--data", images, "--gpu", "0", "--caffe",
+                            gpu_caffe(tmp_path / "cuda"), "-o", tmp_path / "run", env=env)
         assert done.returncode == 0, done.stderr
         assert "; unverified: nvidia-smi is not on PATH" in done.stderr
 

@@ -45,8 +45,15 @@ class Target:
                             "`caffegen install-caffe`, or pass --caffe of a build that has its tools")
 
     def planned_device(self, echo):
-        """The device to prepare a job for: the one asked for, else a GPU when this Caffe can use one."""
+        """The device to prepare a job for: the one asked for (a GPU only of a Caffe that can use one), else a GPU
+        when this Caffe can use one."""
         if self.device is not None:
+            if not self.device.is_cpu and self.cpu_only:
+                raise CaffegenError(f"{self.caffe} is a CPU-only build and cannot use --gpu {self.device}; drop "
+                                    "--gpu to prepare for the CPU, or pass --caffe of a build with CUDA")
+            if not self.device.is_cpu and self.caffe is None:
+                echo(f"no Caffe found yet: preparing for GPU {self.device} as asked; unverified whether the Caffe "
+                     "that trains it can use a GPU")
             return self.device
         if self.caffe is None:
             echo("no Caffe found yet: preparing for CPU (pass --gpu 0 to train on a GPU)")
