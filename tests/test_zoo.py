@@ -617,6 +617,7 @@ class TestPreprocessing:
         warning = next(line for line in result.stderr.splitlines() if "deploy-only" in line)
         for words in ("104,117,123", "--mean-value", "--mean-file", "0.017", "--scale", "--model NAME"):
             assert words in warning
+        assert warning.endswith("--model NAME uses a zoo model with its own preprocessing")
         assert (tmp_path / "a" / "manifest.json").is_file()
         given = prepare_lenet(weights, images, "--mean-value", "33", "-o", tmp_path / "b")
         assert given.returncode == 0 and "deploy-only" not in given.stderr

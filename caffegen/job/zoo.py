@@ -7,7 +7,7 @@ from caffegen.net.wiring import data_layers
 
 USUAL = ("such models usually expect a mean subtracted from their BGR pixels: 104,117,123 for the BVLC models "
          "(--mean-value 104,117,123) or the mean file they were trained with (--mean-file X.binaryproto), and "
-         "MobileNet also scales by 0.017 (--scale 0.017); --model NAME uses a zoo model with its own")
+         "MobileNet also scales by 0.017 (--scale 0.017); --model NAME uses a zoo model with its own preprocessing")
 
 
 def with_zoo_model(options, fetched):
