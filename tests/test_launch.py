@@ -13,6 +13,7 @@ import pytest
 from conftest import DIGITS, assert_one_line_error, gpu_caffe, run_caffegen, wait_for
 
 from caffegen.io.prototxt import read_solver
+from caffegen.run import runner
 
 
 def prepare(images, run_dir, *extra, epochs=3):
@@ -80,6 +81,36 @@ def test_interrupt_then_resume_reaches_max_iter(caffe, images, tmp_path):
 
 def _read(path):
     return path.read_text() if path.exists() else ""
+
+
+def test_without_a_terminal_progress_is_a_line_per_test_pass(caffe, images, tmp_path):
+    run = prepare(images, tmp_path / "run")
+    result = run_caffegen("launch", run)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if re.fullmatch(r"iteration \d+/69: .*", line)]
+    tests = [int(row["iteration"]) for row in curve_rows(run) if row.get("test/accuracy")]
+    assert [int(line.split()[1].split("/")[0]) for line in lines] == tests and len(tests) >= 3
+    assert all(re.search(r"loss [\d.e+-]+, val acc 0\.\d{3}$", line) for line in lines[1:]), lines
+
+
+def test_without_a_terminal_a_line_comes_at_least_every_interval(caffe, images, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "PLAIN_EVERY_S", 0)  # every display line is then past the interval
+    run = prepare(images, tmp_path / "run")
+    result = run_caffegen("launch", run)
+    shown = {int(line.split()[1].split("/")[0]) for line in result.stderr.splitlines()
+             if re.match(r"iteration \d+/69", line)}
+    assert {int(row["iteration"]) for row in curve_rows(run) if row.get("loss")} <= shown
+
+
+def test_sigterm_stops_caffe_with_a_snapshot_and_leaves_nothing_running(caffe, images, tmp_path):
+    run = prepare(images, tmp_path / "run", epochs=30)
+    launch = launch_until(run, 60)
+    children = Path(f"/proc/{launch.pid}/task/{launch.pid}/children").read_text().split()
+    launch.send_signal(signal.SIGTERM)
+    _, stderr = launch.communicate(timeout=90)
+    assert launch.returncode == 143 and stderr.strip().splitlines()[-1] == "caffegen: terminated", stderr
+    assert children and not any(Path(f"/proc/{child}").exists() for child in children)
+    assert "Snapshotting to binary proto file" in _read(run / "train.log")
 
 
 def test_diverging_run_is_stopped_and_explained(caffe, images, tmp_path):

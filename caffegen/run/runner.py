@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,14 @@ from tqdm import tqdm
 from caffegen.io.files import write_atomic
 from caffegen.io.quoting import sh_command
 from caffegen.job.rundir import RESULT, newest_snapshot, relative_record
-from caffegen.run.caffelog import LogWatcher, parse_log
+from caffegen.run.caffelog import LogWatcher, TestResult, parse_log
 from caffegen.run.curves import plot_curves, write_curves_csv
 from caffegen.run.diagnose import Diagnosis
 
 INTERRUPTED = 130
 DIAGNOSED = 3
+PLAIN_EVERY_S = 30  # without a live bar, a progress line at least this often
+STOP_WAIT_S = 60  # how long a Caffe stopped because caffegen ends may take to snapshot
 
 
 @dataclass
@@ -56,17 +59,20 @@ def run_caffe_train(caffe, arguments, run_dir, history, echo, show_progress, mem
     previous = signal.signal(signal.SIGINT, lambda *_: _interrupt(process, interrupts))
     diagnosis = None
     try:
-        with (run_dir / "train.log").open("a", encoding="utf-8") as log, _progress(watcher, show_progress) as bar:
+        with (run_dir / "train.log").open("a", encoding="utf-8") as log, \
+                _progress(watcher, show_progress, echo) as progress:
             for line in process.stdout:
                 log.write(line)
                 log.flush()
-                diagnosis = _watch(watcher.feed(line), diagnosis, process)
-                _update(bar, watcher)
+                events = watcher.feed(line)
+                diagnosis = _watch(events, diagnosis, process)
+                progress.show(watcher, events)
             diagnosis = _watch(watcher.close(), diagnosis, process)
         code = process.wait()
         diagnosis = _watch(watcher.ended(code), diagnosis, process)
     finally:
         signal.signal(signal.SIGINT, previous)
+        _stop_if_running(process)
     stopped = bool(interrupts) or watcher.stopped_early  # Ctrl-C here, or a SIGINT sent to Caffe itself
     result = LaunchResult(code, code, watcher, history + watcher.records, diagnosis, stopped,
                           time.monotonic() - started)
@@ -84,31 +90,98 @@ def _watch(events, diagnosis, process):
     return diagnosis
 
 
+def _stop_if_running(process):
+    """Stop a Caffe left running because caffegen itself is ending (SIGTERM): it snapshots first, as on Ctrl-C."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _interrupt(process, interrupts):
     interrupts.append(time.monotonic())
     if process.poll() is None:
         process.send_signal(signal.SIGINT if len(interrupts) == 1 else signal.SIGTERM)
 
 
-def _progress(watcher, show):
-    return tqdm(total=watcher.max_iter or 0, unit="iter", disable=None if show is None else not show,
-                dynamic_ncols=True, leave=True)
+def _progress(watcher, show, echo):
+    """How the run's progress is shown: a live bar on a terminal (or with ``show``), else a plain line at every
+    test pass and at least every PLAIN_EVERY_S seconds (to ``echo``), so that a log or a pipe sees it move."""
+    on_terminal = sys.stderr.isatty() if show is None else show
+    if on_terminal:
+        return _Bar(watcher)
+    return _Lines(echo) if show is None and echo else _Silent()
 
 
-def _update(bar, watcher):
-    if watcher.max_iter and bar.total != watcher.max_iter:
-        bar.total = watcher.max_iter
-        bar.refresh()
-    if watcher.iteration is not None and watcher.iteration > bar.n:
-        bar.update(watcher.iteration - bar.n)
-        postfix = {}
-        loss = next((record["loss"] for record in reversed(watcher.records) if record.get("loss") is not None), None)
-        if loss is not None:
-            postfix["loss"] = f"{loss:.4g}"
-        accuracy = watcher.latest_test.get("test/accuracy")
-        if accuracy is not None:
-            postfix["val acc"] = f"{accuracy:.3f}"
-        bar.set_postfix(postfix, refresh=False)
+class _Bar:
+    """tqdm's bar: iteration of max_iter, with the latest loss and validation accuracy."""
+
+    def __init__(self, watcher):
+        self.bar = tqdm(total=watcher.max_iter or 0, unit="iter", dynamic_ncols=True, leave=True, file=sys.stderr)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+    def show(self, watcher, events):
+        if watcher.max_iter and self.bar.total != watcher.max_iter:
+            self.bar.total = watcher.max_iter
+            self.bar.refresh()
+        if watcher.iteration is not None and watcher.iteration > self.bar.n:
+            self.bar.update(watcher.iteration - self.bar.n)
+            self.bar.set_postfix(_figures(watcher), refresh=False)
+
+
+class _Lines:
+    """Plain progress lines, for a terminal nobody watches live: at every test pass, and every PLAIN_EVERY_S."""
+
+    def __init__(self, echo):
+        self.echo, self.last_line = echo, time.monotonic()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def show(self, watcher, events):
+        tests = [event.iteration for event in events if isinstance(event, TestResult)]
+        if tests:
+            self._line(tests[-1], watcher)
+        elif watcher.iteration is not None and time.monotonic() - self.last_line >= PLAIN_EVERY_S:
+            self._line(watcher.iteration, watcher)
+
+    def _line(self, iteration, watcher):
+        self.last_line = time.monotonic()
+        figures = ", ".join(f"{name} {value}" for name, value in _figures(watcher).items())
+        of = f"/{watcher.max_iter}" if watcher.max_iter else ""
+        self.echo(f"iteration {iteration}{of}" + (f": {figures}" if figures else ""))
+
+
+class _Silent(_Lines):
+    def __init__(self):
+        super().__init__(None)
+
+    def show(self, watcher, events):
+        pass
+
+
+def _figures(watcher):
+    """The latest loss and validation accuracy, as shown beside the progress."""
+    figures = {}
+    loss = next((record["loss"] for record in reversed(watcher.records) if record.get("loss") is not None), None)
+    if loss is not None:
+        figures["loss"] = f"{loss:.4g}"
+    accuracy = watcher.latest_test.get("test/accuracy")
+    if accuracy is not None:
+        figures["val acc"] = f"{accuracy:.3f}"
+    return figures
 
 
 def _finish(result, run_dir):
