@@ -13,6 +13,7 @@ from conftest import DIGITS, assert_one_line_error, run_caffegen
 from test_cache import prepare_run
 
 from caffegen.defaults import CACHE_BATCH
+from caffegen.io.locks import waiting_lock
 from caffegen.job.cacheplan import plan_cache
 from caffegen.job.options import CAFFE, OPENCV
 from caffegen.run import cache
@@ -155,7 +156,7 @@ def test_a_chunk_not_covered_by_parts_is_computed_whole(caffe, images, unsharded
     signal.signal(signal.SIGALRM, lambda *_: pytest.fail(f"the shard waited for another shard: {lines}"))
     signal.alarm(300)
     try:
-        with cache._locked(folder / cache.STORE_LOCK, lines.append, shared=True):  # as another shard running
+        with waiting_lock(folder / cache.STORE_LOCK, lambda: lines.append("waiting"), shared=True):  # another shard
             store, _ = cache.extract_shard(plan, target, 0, 2, echo=lines.append, seed=1, batch_size=7)
     finally:
         signal.alarm(0)

@@ -113,6 +113,26 @@ def test_sigterm_stops_caffe_with_a_snapshot_and_leaves_nothing_running(caffe, i
     assert "Snapshotting to binary proto file" in _read(run / "train.log")
 
 
+def test_one_launch_per_run_directory(caffe, images, tmp_path):
+    """A second launch, or a prepare --force, while one trains: refused naming the first; the first goes on."""
+    run = prepare(images, tmp_path / "run", epochs=10)
+    first = launch_until(run, 30)
+    try:
+        second = run_caffegen("launch", run)
+        assert_one_line_error(second, f"another caffegen launch (process {first.pid}) is training in this run "
+                                      "directory")
+        replaced = run_caffegen("prepare", "--gpu", "cpu", "--net", DIGITS / "train_val.prototxt", "--weights",
+                                DIGITS / "digits.caffemodel", "--data", images, "--force", "-o", run)
+        assert_one_line_error(replaced, f"a caffegen launch (process {first.pid}) is training in this run directory",
+                              "before you replace it")
+    finally:
+        _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr
+    log = _read(run / "train.log")
+    assert log.count("Solving ") == 1 and "Optimization Done." in log
+    assert run_caffegen("launch", run, "--resume").returncode == 0  # free again once the first ended
+
+
 def test_diverging_run_is_stopped_and_explained(caffe, images, tmp_path):
     run = prepare(images, tmp_path / "run", "--base-lr", "1000", epochs=30)
     result = run_caffegen("launch", run)

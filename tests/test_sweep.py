@@ -4,12 +4,13 @@ import csv
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import DIGITS, ROOT, assert_one_line_error, run_caffegen
+from conftest import DIGITS, ROOT, assert_one_line_error, run_caffegen, wait_for
 
 from caffegen.job.prepare import JobOptions
 from caffegen.job.rundir import RunDir
@@ -150,6 +151,24 @@ def test_slurm_script_gives_each_task_its_run(caffe, images, tmp_path):
     assert first["status"] == third["status"] == "not finished" and first["best_accuracy"] == ""
     assert_real_result(second, out / "upto-conv2")
     assert printed_row(collected.stdout, "upto-fc1")[-2:] == ["not", "finished"]
+
+
+def test_a_sweep_still_training_is_not_replaced(caffe, images, tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", *BASE_MODEL, "--gpu", "cpu", "--data", images, "--epochs", 30, "--freeze-upto", "conv1,fc1",
+            "-o", out]
+    running = subprocess.Popen([sys.executable, "-m", "caffegen", *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        log = out / "upto-conv1" / "train.log"
+        wait_for(lambda: log.is_file() and "Iteration 20 " in log.read_text(), "the first run's iteration 20")
+        refused = run_caffegen(*args, "--force")
+        assert_one_line_error(refused, f"a caffegen sweep (process {running.pid}) is training these runs",
+                              "before you replace the sweep")
+    finally:
+        running.send_signal(signal.SIGINT)
+        running.communicate(timeout=120)
+    assert (out / "sweep.json").is_file() and log.is_file()
 
 
 def test_bad_sweep_options_are_one_line_errors(caffe, tmp_path):

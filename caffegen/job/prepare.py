@@ -28,7 +28,7 @@ from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folde
 from caffegen.job.imagedb import MEAN_IMAGE, TRAIN_DB, VAL_DB, plan_databases
 from caffegen.job.memorycheck import extraction_batch, extraction_check, training_check
 from caffegen.job.options import ENGINES, SEGMENTATION, JobOptions, Stage, parse_stages  # noqa: F401 (API)
-from caffegen.job.rundir import MANIFEST, SNAPSHOT_DIR
+from caffegen.job.rundir import MANIFEST, SNAPSHOT_DIR, refuse_if_launched
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, wrapper_scripts
 from caffegen.job.segmentation import build_segmentation
 from caffegen.job.solver import (
@@ -99,6 +99,7 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), 
     run_dir = Path(run_dir)
     if run_dir.exists() and not force:
         raise CaffegenError("run directory exists; pass --force to replace it", run_dir)
+    refuse_if_launched(run_dir, "replace it")
     _check_lmdb_options(options, stages, databases)
     weights = _existing_file(options.weights, "weights")
     if options.task == SEGMENTATION:

@@ -7,6 +7,7 @@ from pathlib import Path
 from caffegen.errors import CaffegenError
 from caffegen.io.files import write_atomic
 from caffegen.io.lists import read_list
+from caffegen.io.locks import holder, sole_lock
 from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.io.quoting import sh_command
 from caffegen.job.device import Device
@@ -18,6 +19,7 @@ SNAPSHOT_DIR = "snapshots"
 SNAPSHOT_NAME = re.compile(r"_iter_(\d+)\.solverstate$")
 LISTS = ("train.txt", "val.txt")
 RESULT = "result.json"
+LAUNCH_LOCK = ".launch.lock"  # held by the caffegen launch training in the run directory
 EVAL_DIR = "eval"  # where caffegen evaluate writes by default
 ENGINE = CAFFE  # of a run whose manifest names none
 
@@ -72,6 +74,12 @@ class RunDir:
     def cache_batch(self):
         """The extraction's mini-batch that ``--cache-batch`` asked for, or None: chosen when it runs."""
         return self.manifest.get("cache_batch")
+
+    def launching(self):
+        """Hold the run directory for one launch; a second launch is refused, naming the first's process."""
+        return sole_lock(self.path / LAUNCH_LOCK, lambda pid: CaffegenError(
+            f"another caffegen launch (process {pid}) is training in this run directory: wait for it to end, or "
+            "stop it first", self.path))
 
     def record(self, **fields):
         """Add ``fields`` to the manifest, on disk too."""
@@ -128,6 +136,14 @@ class RunDir:
                                         f"{count} outputs: Caffe would train on garbage (its release builds do "
                                         "not check labels); fix the list or retarget with caffegen head",
                                         path, line.number)
+
+
+def refuse_if_launched(run_dir, what):
+    """Refuse to ``what`` (such as "replace it") while a caffegen launch trains in ``run_dir``."""
+    pid = holder(Path(run_dir) / LAUNCH_LOCK)
+    if pid is not None:
+        raise CaffegenError(f"a caffegen launch (process {pid}) is training in this run directory: wait for it to "
+                            f"end, or stop it, before you {what}", run_dir)
 
 
 def recorded_path(run_dir, recorded):

@@ -30,7 +30,6 @@ dataset" (BVLC issue #1726), and one batch per process made memory grow with the
 them into chunked HDF5 a slice at a time. The trunk's blobs are first written to the store's
 ``trunk.caffemodel`` so each process loads only them.
 """
-import fcntl
 import functools
 import hashlib
 import json
@@ -39,7 +38,6 @@ import os
 import random
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +50,7 @@ from caffegen.io.caffemodel import read_caffemodel, write_caffemodel
 from caffegen.io.featuredb import feature_slices, read_feature_db, stored_attribute, write_features_h5
 from caffegen.io.files import file_sha256, write_atomic
 from caffegen.io.lists import ListLine, read_list
+from caffegen.io.locks import waiting_lock
 from caffegen.io.prototxt import read_solver, to_text
 from caffegen.io.schema import BVLC
 from caffegen.job.cacheplan import LISTS, plan_cache, stored, unique
@@ -191,7 +190,7 @@ def extract(plan, target, device=None, echo=None, show_progress=None, seed=1, ba
     echo = echo or (lambda line: None)
     store = feature_store(plan, seed)
     store.path.mkdir(parents=True, exist_ok=True)
-    with _locked(store.path / STORE_LOCK, echo):
+    with _store_lock(store, echo):
         if store.complete():
             store.engine = json.loads((store.path / STORE_RECORD).read_text(encoding="utf-8")).get("computed_by", CAFFE)
             echo(f"reusing the cached features in {store.path} (computed with {store.engine})")
@@ -259,7 +258,7 @@ def extract_shard(plan, target, shard, shards, device=None, echo=None, show_prog
     echo = echo or (lambda line: None)
     store = feature_store(plan, seed)
     store.path.mkdir(parents=True, exist_ok=True)
-    with _locked(store.path / STORE_LOCK, echo, shared=True):
+    with _store_lock(store, echo, shared=True):
         if store.complete():
             echo(f"shard {shard}/{shards}: the features in {store.path} are already computed")
             return store, 0
@@ -413,28 +412,11 @@ def _derived_files(plan, store, source):
     return files
 
 
-@contextmanager
-def _locked(path, echo, shared=False):
-    """Hold a lock on ``path`` (created if missing) for the block, saying so when it must wait.
-
-    Exclusive, or ``shared`` by the shards of one extraction, which write only their own parts.
-    """
-    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-    with open(path, "a") as lock:
-        try:
-            try:
-                fcntl.flock(lock, mode | fcntl.LOCK_NB)
-            except BlockingIOError:
-                echo(f"waiting for another run that is computing the features in {path.parent}")
-                fcntl.flock(lock, mode)
-        except OSError as error:
-            raise CaffegenError(f"cannot lock the feature store ({error.strerror}): its file system does not "
-                                "support file locks; give the sweep a directory on a local or lock-capable "
-                                "file system", path.parent) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _store_lock(store, echo, shared=False):
+    """The feature store's lock, taken in turns with the other runs computing its features."""
+    path = store.path / STORE_LOCK
+    return waiting_lock(path, lambda: echo(f"waiting for another run that is computing the features in {store.path}"),
+                        shared)
 
 
 def _run_chunk(target, plan, chunk, net, store, device, batch_size):

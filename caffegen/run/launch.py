@@ -29,7 +29,8 @@ def launch(run_dir, target=None, resume=False, echo=None, show_progress=None):
     """
     target = (target or resolve_target()).required()
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    return launch_run(run, target, resume, echo or (lambda line: None), show_progress)
+    with run.launching():
+        return launch_run(run, target, resume, echo or (lambda line: None), show_progress)
 
 
 def launch_run(run, target, resume, echo, show_progress):

@@ -19,9 +19,10 @@ from pathlib import Path
 from caffegen import __version__
 from caffegen.errors import CaffegenError
 from caffegen.io.files import built_beside, write_atomic
+from caffegen.io.locks import holder, sole_lock
 from caffegen.io.tables import text_table
 from caffegen.job.prepare import prepare
-from caffegen.job.rundir import EVAL_DIR, RESULT, RunDir
+from caffegen.job.rundir import EVAL_DIR, RESULT, RunDir, refuse_if_launched
 from caffegen.run.cache import store_of
 from caffegen.run.evaluate import evaluate_validation, metrics_line
 from caffegen.run.launch import launch
@@ -43,6 +44,7 @@ PLOT = "results.png"
 # The feature stores that the sweep's cached runs share, one per distinct trunk.
 SHARED_FEATURES = "features"
 LAUNCH_LOG = "launch.log"
+SWEEP_LOCK = ".sweep.lock"  # held by the caffegen sweep training the runs here
 COLUMNS = ("run", "freeze", "lr", "best_accuracy", "last_accuracy", "mean_class_accuracy", "seconds", "exit_code",
            "status")
 NOT_FINISHED = "not finished"
@@ -105,6 +107,7 @@ def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share
     if out_dir.exists() and not force:
         raise CaffegenError("sweep directory exists; pass --force to replace it, or gather it with --collect",
                             out_dir)
+    _refuse_if_running(out_dir)
     with built_beside(out_dir) as staging:
         shared = Path("..") / SHARED_FEATURES if share_features else None
         runs, reusable = [], [out_dir / run.run_dir for run, _ in planned]
@@ -114,6 +117,23 @@ def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share
             reusable.insert(0, staging / run.run_dir)
         _write_sweep_file(staging, runs)
     return runs
+
+
+def _refuse_if_running(sweep_dir):
+    """Refuse to replace a sweep that is still training: here (its lock), or a run at a time (theirs)."""
+    pid = holder(sweep_dir / SWEEP_LOCK)
+    if pid is not None:
+        raise CaffegenError(f"a caffegen sweep (process {pid}) is training these runs: wait for it to end, or stop "
+                            "it, before you replace the sweep", sweep_dir)
+    for run_dir in sorted(sweep_dir.iterdir()) if sweep_dir.is_dir() else ():
+        if run_dir.is_dir():
+            refuse_if_launched(run_dir, "replace the sweep")
+
+
+def _training_here(sweep_dir):
+    """Hold the sweep directory while this process trains its runs."""
+    return sole_lock(Path(sweep_dir) / SWEEP_LOCK, lambda pid: CaffegenError(
+        f"another caffegen sweep (process {pid}) is training these runs: wait for it to end", sweep_dir))
 
 
 def _prepare_run(run, options, staging, caffe, echo, budget, force, databases, reusable):
@@ -153,6 +173,11 @@ def run_here(sweep_dir, runs, target=None, echo=None, show_progress=None):
     """
     echo = echo or (lambda line: None)
     target = (target or resolve_target()).required()
+    with _training_here(sweep_dir):
+        return _run_each(sweep_dir, runs, target, echo, show_progress)
+
+
+def _run_each(sweep_dir, runs, target, echo, show_progress):
     errors = {}
     for number, run in enumerate(runs, start=1):
         echo(f"[{number}/{len(runs)}] {run.run_dir}")
@@ -182,6 +207,11 @@ def run_on_gpus(sweep_dir, runs, gpus, caffe=None, echo=None, poll_seconds=1.0):
     """
     echo = echo or (lambda line: None)
     sweep_dir = Path(sweep_dir)
+    with _training_here(sweep_dir):
+        return _run_per_gpu(sweep_dir, runs, gpus, caffe, echo, poll_seconds)
+
+
+def _run_per_gpu(sweep_dir, runs, gpus, caffe, echo, poll_seconds):
     pending, running, errors = list(runs), {}, {}
     try:
         while pending or running:
