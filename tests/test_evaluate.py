@@ -243,6 +243,39 @@ def test_export_folder_and_archive(cli, trained, evaluated, tmp_path):
     assert predictions[0] == predictions[1] == predictions[2]
 
 
+@pytest.mark.parametrize("change, words", [
+    ({"preprocessing": {"mean_file": "/etc/passwd"}}, "the bundle's mean file names '/etc/passwd', outside its own"),
+    ({"preprocessing": {"mean_file": "../elsewhere.binaryproto"}}, "names '../elsewhere.binaryproto', outside"),
+    ({"input_shape": [1, 3, 20000, 20000]}, "input_shape [1, 3, 20000, 20000] is not the deploy net's input"),
+    ({"preprocessing": {"channel_order": "RGB"}}, "channel_order 'RGB' does not feed the net's 1 channels"),
+    ({"preprocessing": {"scale": -1}}, "scale -1 is no positive number"),
+    ({"preprocessing": {"mean_value": [1, 2, 3, 4]}}, "mean_value [1, 2, 3, 4] is not one number or one per channel"),
+    ({"task": "detection"}, "task 'detection' is none of classification, segmentation"),
+], ids=["absolute mean file", "mean file outside", "input shape", "channels", "scale", "mean", "task"])
+def test_a_bundle_reads_nothing_outside_itself_and_agrees_with_its_net(cli, trained, evaluated, tmp_path, change,
+                                                                        words):
+    bundle = tmp_path / "bundle"
+    assert cli("export", trained, "-o", bundle).returncode == 0
+    described = json.loads((bundle / "preprocessing.json").read_text())
+    for key, value in change.items():
+        described[key] = dict(described[key], **value) if isinstance(value, dict) else value
+    (bundle / "preprocessing.json").write_text(json.dumps(described))
+    result = cli("predict", bundle, evaluated_image(evaluated))
+    assert_one_line_error(result, words)
+    assert "root:" not in result.stdout + result.stderr
+
+
+def test_a_run_reads_no_mean_file_outside_itself(cli, trained, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["preprocessing"]["mean_file"] = "/etc/passwd"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_line_error(cli("export", copy, "-o", tmp_path / "bundle"),
+                          "the manifest's mean file names '/etc/passwd', outside its own folder")
+    assert not (tmp_path / "bundle").exists()
+
+
 def evaluated_image(evaluated):
     return next(csv.DictReader((evaluated[0] / "predictions.csv").open()))["path"]
 

@@ -14,6 +14,7 @@ shrinks, so an archive that would unpack to more than ``UNPACK_RATIO`` times its
 import atexit
 import functools
 import json
+import math
 import shutil
 import tarfile
 import tempfile
@@ -22,8 +23,8 @@ from pathlib import Path
 
 from caffegen.errors import CaffegenError
 from caffegen.io.prototxt import read_net
-from caffegen.job.options import CLASSIFICATION
-from caffegen.job.rundir import MANIFEST, RunDir
+from caffegen.job.options import CLASSIFICATION, TASKS
+from caffegen.job.rundir import MANIFEST, RunDir, inside
 from caffegen.net.netview import TEST, NetView
 
 DEPLOY = "deploy.prototxt"
@@ -33,6 +34,7 @@ BUNDLE_WEIGHTS = "model.caffemodel"
 UNPACK_RATIO = 4  # exported weights gzip to about 0.9 of their size
 UNPACK_FLOOR = 64 << 20  # bytes: room for a small bundle, whose text files compress more
 MEMBERS_MAX = 64  # files and folders: a bundle is one folder of seven files at most
+MAX_SIDE = 1 << 14  # pixels: a larger image side in a bundle's preprocessing is no image a net takes
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class TrainedModel:
 
 
 def load_model(path, weights=None):
-    """The TrainedModel at ``path``: a run directory (or RunDir), a bundle (folder or .tar.gz); ``weights`` overrides."""
+    """The TrainedModel at ``path``: a run directory (or RunDir) or a bundle (folder, .tar.gz); ``weights`` overrides."""
     if isinstance(path, RunDir):
         return _from_run(path, weights)
     path = Path(path)
@@ -96,7 +98,7 @@ def _from_run(run, weights):
                             "export or evaluate needs a run prepared on images", model_run / MANIFEST)
     preprocessing = dict(model_run.manifest["preprocessing"])
     if preprocessing.get("mean_file"):
-        preprocessing["mean_file"] = str(model_run / preprocessing["mean_file"])
+        preprocessing["mean_file"] = str(inside(model_run.path, preprocessing["mean_file"], "the manifest's mean file"))
     return TrainedModel(model_run / DEPLOY, _existing(weights) if weights else run.trained_weights(),
                         list(run.manifest["classes"]), preprocessing, model_run.input_shape, run.path, model_run,
                         model_run.manifest.get("task", CLASSIFICATION))
@@ -111,10 +113,41 @@ def _from_bundle(path, weights):
         raise CaffegenError(f"unreadable bundle description ({error}); export the model again",
                             path / PREPROCESSING) from None
     if preprocessing.get("mean_file"):
-        preprocessing["mean_file"] = str(_existing(path / preprocessing["mean_file"]))
+        preprocessing["mean_file"] = str(_existing(inside(path, preprocessing["mean_file"], "the bundle's mean file")))
     labels = _existing(path / LABELS).read_text(encoding="utf-8").splitlines()
-    return TrainedModel(_existing(path / DEPLOY), _existing(weights or path / BUNDLE_WEIGHTS), labels,
-                        preprocessing, input_shape, path.resolve(), task=task)
+    model = TrainedModel(_existing(path / DEPLOY), _existing(weights or path / BUNDLE_WEIGHTS), labels,
+                         preprocessing, input_shape, path.resolve(), task=task)
+    problem = _bundle_problem(model)
+    if problem:
+        raise CaffegenError(f"{problem}: the bundle does not describe its own net; export the model again",
+                            path / PREPROCESSING)
+    return model
+
+
+def _bundle_problem(model):
+    """What a bundle's preprocessing.json says that its deploy net contradicts or that no net can take, or None."""
+    shape, steps = model.input_shape, model.preprocessing
+    stated = [list(dim for dim in layer.input_param.shape[0].dim) for layer in model.deploy_net.layer
+              if layer.type == "Input" and layer.input_param.shape]
+    if len(shape) != 4 or not all(isinstance(dim, int) and dim > 0 for dim in shape):
+        return f"input_shape {list(shape)} is no N×C×H×W of positive integers"
+    if len(stated) != 1 or stated[0][1:] != list(shape[1:]):
+        return f"input_shape {list(shape)} is not the deploy net's input {stated[0] if stated else 'shape'}"
+    if model.task not in TASKS:
+        return f"task {model.task!r} is none of {', '.join(TASKS)}"
+    if steps.get("channel_order") not in ("BGR", "gray") or (steps["channel_order"] == "gray") != (shape[1] == 1):
+        return f"channel_order {steps.get('channel_order')!r} does not feed the net's {shape[1]} channels"
+    sizes = [steps.get("crop_size")] + list(steps.get("resize") or [])
+    if not all(size is None or (isinstance(size, int) and 0 < size <= MAX_SIDE) for size in sizes):
+        return f"crop_size {steps.get('crop_size')!r} or resize {steps.get('resize')!r} is no image size"
+    if steps.get("crop_size") and [steps["crop_size"]] * 2 != list(shape[2:]):
+        return f"crop_size {steps['crop_size']} does not give the net's {shape[2]}×{shape[3]} input"
+    means = steps.get("mean_value") or []
+    if len(means) not in (0, 1, shape[1]) or not all(isinstance(value, (int, float)) for value in means):
+        return f"mean_value {means!r} is not one number or one per channel"
+    if not isinstance(steps.get("scale"), (int, float)) or not 0 < steps["scale"] < math.inf:
+        return f"scale {steps.get('scale')!r} is no positive number"
+    return None
 
 
 def _existing(path):

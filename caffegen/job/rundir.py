@@ -163,6 +163,16 @@ def recorded_path(run_dir, recorded):
     return None
 
 
+def inside(folder, name, what):
+    """The file ``name`` that ``folder`` (a run directory, a bundle) records, refused unless it lies in the folder."""
+    folder = Path(folder).resolve()
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder):
+        raise CaffegenError(f"{what} names {str(name)!r}, outside its own folder, which caffegen does not read",
+                            folder)
+    return path
+
+
 def relative_record(run_dir, path):
     """``path``, a file of ``run_dir``, as the run directory records it: relative to itself."""
     return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
