@@ -95,6 +95,19 @@ def read_caffemodel(path):
             raise wire.user_error(error) from None
 
 
+def cut_short(path):
+    """How a binary protobuf file (a .solverstate, a .caffemodel) is cut short, in words, or None when every
+    top-level field it starts ends within it. Only the fields' lengths are read, not their contents."""
+    with _Mapped(Path(path)) as buf:
+        wire = _Wire(buf, path)
+        try:
+            for _ in wire.fields(0, wire.size):
+                pass
+        except _WireError as error:
+            return f"{error.reason} at byte {error.offset} of {wire.size}"
+    return None
+
+
 def read_mean_file(path):
     """The mean image of a .binaryproto (a ``BlobProto``) as float32 (channels, height, width)."""
     path = Path(path)

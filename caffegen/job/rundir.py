@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
+from caffegen.io.caffemodel import cut_short
 from caffegen.io.files import write_atomic
 from caffegen.io.lists import read_list
 from caffegen.io.locks import holder, sole_lock
@@ -178,10 +179,32 @@ def relative_record(run_dir, path):
     return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
 
 
-def newest_snapshot(run_dir):
-    """The solver state with the highest iteration in the run's snapshot folder."""
-    states = [(int(match.group(1)), path) for path in (Path(run_dir) / SNAPSHOT_DIR).glob("*.solverstate")
-              if (match := SNAPSHOT_NAME.search(path.name))]
+def newest_snapshot(run_dir, echo=None):
+    """The complete solver state with the highest iteration in the run's snapshot folder.
+
+    A snapshot written when the disk filled up, or when Caffe was killed, is cut short: it and its
+    caffemodel must both be whole, or the one before is taken, which ``echo`` hears of.
+    """
+    states = sorted(((int(match.group(1)), path) for path in (Path(run_dir) / SNAPSHOT_DIR).glob("*.solverstate")
+                     if (match := SNAPSHOT_NAME.search(path.name))), reverse=True)
     if not states:
         raise CaffegenError(f"nothing to resume: no .solverstate in {SNAPSHOT_DIR}/", run_dir)
-    return max(states)[1]
+    for iteration, state in states:
+        problem = _snapshot_problem(state)
+        if problem is None:
+            return state
+        if echo:
+            echo(f"{state.relative_to(Path(run_dir))}: {problem}: not resumed from")
+    raise CaffegenError(f"nothing to resume: every .solverstate in {SNAPSHOT_DIR}/ is incomplete", run_dir)
+
+
+def _snapshot_problem(state):
+    """Why the snapshot ``state`` (a .solverstate and its .caffemodel twin) cannot be resumed from, or None."""
+    twin = state.with_suffix(".caffemodel")
+    if not twin.is_file():
+        return f"its weights {twin.name} are missing"
+    for path in (state, twin):
+        problem = "empty" if path.stat().st_size == 0 else cut_short(path)
+        if problem:
+            return f"{path.name} is cut short ({problem}; the disk full, or Caffe killed while it wrote?)"
+    return None

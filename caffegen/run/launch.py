@@ -116,7 +116,7 @@ def preflight_weights(run, weights, echo):
 
 def _arguments(run, device, resume, echo):
     if resume:
-        snapshot = newest_snapshot(run.path).relative_to(run.path)
+        snapshot = newest_snapshot(run.path, echo).relative_to(run.path)
         arguments = caffe_arguments(snapshot=snapshot, gpu=device.gpu_flag)
     else:
         weights = run.weights()
