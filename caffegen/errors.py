@@ -1,5 +1,9 @@
 """The user-error exception family: messages that name the file, the place and the fix."""
 
+import errno
+import shutil
+from pathlib import Path
+
 # Every character str.splitlines() ends a line at, and how a one-line message shows each.
 LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 _ESCAPED_BREAKS = str.maketrans({char: repr(char)[1:-1] for char in LINE_BREAKS})
@@ -33,6 +37,22 @@ class CaffegenError(Exception):
             where += ": "
         # A name from the input may hold a line break; the message stays one line whatever it quotes.
         return (where + self.message).translate(_ESCAPED_BREAKS)
+
+
+# What the file system answers a write it refuses: full, over quota, read-only, not allowed, too large.
+WRITE_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG))
+
+
+def cannot_write(error, path=None):
+    """The one-line error of a write the file system refused (``error``, an OSError), naming the place and the
+    free space on its file system."""
+    place = Path(path or error.filename2 or error.filename or ".")  # a copy's or a rename's target is filename2
+    folder = next((parent for parent in (place, *place.parents) if parent.is_dir()), Path("."))
+    try:
+        free = f"; {shutil.disk_usage(folder).free / 1e6:.1f} MB free on its file system"
+    except OSError:
+        free = ""
+    return CaffegenError(f"cannot write here: {error.strerror or error}{free}", place)
 
 
 class CaffeNotFound(CaffegenError):

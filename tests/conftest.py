@@ -200,6 +200,28 @@ def server():
         yield served
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(name, kilobytes, read_only=False): a tmpfs of that size under ``tmp_path``, a real full (or
+    read-only) file system, unmounted after the test; the test skips where this machine allows no mount."""
+    mounted = []
+
+    def mount(name, kilobytes, read_only=False):
+        folder = tmp_path / name
+        folder.mkdir()
+        options = f"size={kilobytes}k" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): needs root")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """A real Slurm (munged, slurmctld, slurmd) on localhost for this session; required in CI."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from caffegen.errors import CaffegenError
 from caffegen.run.caffelog import parse_log
 from caffegen.run.curves import curve_columns, plot_curves, write_curves_csv
 
@@ -109,7 +110,7 @@ class TestCsv:
         target = tmp_path / "curves.csv"
         target.write_text("old\n")
         calls = observe_renames(monkeypatch, fail=True)
-        with pytest.raises(OSError, match="No space left on device"):
+        with pytest.raises(CaffegenError, match="curves.csv: cannot write here: No space left on device"):
             write_curves_csv(records("train_ok"), target)
         assert len(calls) == 1 and calls[0][2].startswith(b"iteration,loss,lr,")
         assert target.read_text() == "old\n"

@@ -12,7 +12,7 @@ import threading
 import click
 
 from caffegen import __version__
-from caffegen.errors import CaffegenError
+from caffegen.errors import WRITE_ERRNOS, CaffegenError, cannot_write
 
 # Every command by name: the module and the click command in it, imported only when that command is
 # run or listed, so that a command loads no more than it uses.
@@ -70,6 +70,12 @@ def main(argv=None):
     except CaffegenError as error:
         click.echo(f"caffegen: error: {error}", err=True)
         return error.exit_code
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        failure = cannot_write(error)
+        click.echo(f"caffegen: error: {failure}", err=True)
+        return failure.exit_code
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.UsageError as error:

@@ -8,7 +8,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from caffegen.errors import CaffegenError
+from caffegen.errors import WRITE_ERRNOS, cannot_write
 
 
 def temp_file_beside(path):
@@ -31,13 +31,16 @@ def write_atomic(path, data):
     try:
         fd, tmp = temp_file_beside(path)
     except OSError as error:
-        raise CaffegenError(f"cannot write here: {error.strerror}", path) from None
+        raise cannot_write(error, path) from None
     try:
         binary = isinstance(data, bytes)
         with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8",
                        newline=None if binary else "") as out:
             out.write(data)
         os.replace(tmp, path)
+    except OSError as error:
+        os.unlink(tmp)
+        raise cannot_write(error, path) from None
     except BaseException:
         os.unlink(tmp)
         raise
@@ -47,8 +50,11 @@ def write_atomic(path, data):
 def built_beside(target):
     """A fresh directory beside ``target`` that replaces it when the block ends well, and vanishes if not."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as error:
+        raise cannot_write(error, target.parent) from None
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_umask())
@@ -58,6 +64,11 @@ def built_beside(target):
             os.rename(target, old)
         os.rename(staging, target)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if error.errno in WRITE_ERRNOS:
+            raise cannot_write(error, error.filename2 or error.filename or target) from None
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from caffegen import __version__
-from caffegen.errors import CaffegenError
+from caffegen.errors import WRITE_ERRNOS, CaffegenError, cannot_write
 from caffegen.io.files import built_beside, file_sha256
 from caffegen.io.quoting import python_string
 from caffegen.io.templates import render_template
@@ -41,13 +41,18 @@ def export_bundle(model, target, force=False, metrics=None):
 def _archive(model, target, metrics):
     """The bundle as a .tar.gz whose one folder is named after the archive, written beside it and renamed."""
     name = target.name.removesuffix(".tar.gz").removesuffix(".tgz")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
-        _fill(Path(tmp) / name, model, metrics)
-        archive = Path(tmp) / target.name
-        with tarfile.open(archive, "w:gz") as tar:
-            tar.add(Path(tmp) / name, arcname=name)
-        os.replace(archive, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+            _fill(Path(tmp) / name, model, metrics)
+            archive = Path(tmp) / target.name
+            with tarfile.open(archive, "w:gz") as tar:
+                tar.add(Path(tmp) / name, arcname=name)
+            os.replace(archive, target)
+    except OSError as error:
+        if error.errno in WRITE_ERRNOS:
+            raise cannot_write(error, target.parent) from None
+        raise
     return target
 
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from caffegen.defaults import FORWARD_BATCH
-from caffegen.errors import CaffegenError
+from caffegen.errors import CaffegenError, cannot_write
 from caffegen.io.featuredb import read_feature_db
 from caffegen.io.lists import list_line
 from caffegen.io.prototxt import to_text
@@ -43,7 +43,10 @@ def run_extract_features(target, net, weights, blobs, count, batch_size, workdir
         command += ["GPU", device.name.split(",")[0]]
     done = subprocess.run(command, cwd=workdir, env=dict(os.environ, GLOG_logtostderr="1"), check=False,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    (workdir / f"{name}.log").write_text(done.stdout, encoding="utf-8")
+    try:
+        (workdir / f"{name}.log").write_text(done.stdout, encoding="utf-8")
+    except OSError as error:  # a full disk, which made Caffe fail too, most likely
+        raise cannot_write(error, workdir) from None
     if done.returncode != 0:
         raise CaffegenError(f"Caffe's forward pass failed (exit code {done.returncode}): {_reason(done.stdout)}",
                             workdir / f"{name}.log")
@@ -73,12 +76,20 @@ def forward_images(target, model, paths, blobs, batch_size=FORWARD_BATCH, device
     """
     paths = [Path(path).resolve() for path in paths]
     resize = _needed_resize(model, paths, echo or (lambda line: None))
-    with tempfile.TemporaryDirectory(prefix="caffegen-forward-", dir=workdir) as tmp:
-        (Path(tmp) / LIST).write_text("".join(list_line(path, 0) for path in paths), encoding="utf-8")
-        net = image_input_net(model.deploy_net, model.preprocessing, Path(tmp) / LIST,
-                              min(batch_size, len(paths)), resize)
-        return extract_blobs(target, net, model.weights, blobs, len(paths), min(batch_size, len(paths)), tmp,
-                             device)
+    tmp = Path(tempfile.mkdtemp(prefix="caffegen-forward-", dir=workdir))
+    try:
+        (tmp / LIST).write_text("".join(list_line(path, 0) for path in paths), encoding="utf-8")
+        net = image_input_net(model.deploy_net, model.preprocessing, tmp / LIST, min(batch_size, len(paths)), resize)
+        blobs = extract_blobs(target, net, model.weights, blobs, len(paths), min(batch_size, len(paths)), tmp, device)
+    except CaffegenError:
+        if not (tmp / "forward.log").is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise  # the folder with Caffe's log, which the error names, stays
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return blobs
 
 
 def _needed_resize(model, paths, echo):

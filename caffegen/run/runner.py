@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from caffegen.errors import cannot_write
 from caffegen.io.files import write_atomic
 from caffegen.io.quoting import sh_command
 from caffegen.job.rundir import RESULT, newest_snapshot, relative_record
@@ -59,11 +60,10 @@ def run_caffe_train(caffe, arguments, run_dir, history, echo, show_progress, mem
     previous = signal.signal(signal.SIGINT, lambda *_: _interrupt(process, interrupts))
     diagnosis = None
     try:
-        with (run_dir / "train.log").open("a", encoding="utf-8") as log, \
+        with (run_dir / "train.log").open("ab", buffering=0) as log, \
                 _progress(watcher, show_progress, echo) as progress:
             for line in process.stdout:
-                log.write(line)
-                log.flush()
+                _log(log, line, run_dir)
                 events = watcher.feed(line)
                 diagnosis = _watch(events, diagnosis, process)
                 progress.show(watcher, events)
@@ -88,6 +88,15 @@ def _watch(events, diagnosis, process):
             if event.stop and process.poll() is None:
                 process.terminate()
     return diagnosis
+
+
+def _log(log, line, run_dir):
+    """Append Caffe's ``line`` to train.log (unbuffered: nothing is left to fail again at its closing); a full
+    disk ends the run with one line, and Caffe is stopped after."""
+    try:
+        log.write(line.encode("utf-8", errors="replace"))
+    except OSError as error:
+        raise cannot_write(error, run_dir / "train.log") from None
 
 
 def _stop_if_running(process):
