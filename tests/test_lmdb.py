@@ -3,11 +3,14 @@
 import io
 import math
 import os
+import signal
+import subprocess
+import sys
 
 import lmdb
 import numpy as np
 import pytest
-from conftest import DIGITS, assert_one_line_error, run_caffegen
+from conftest import DIGITS, assert_one_line_error, run_caffegen, wait_for
 from PIL import Image
 
 from caffegen.io.schema import BVLC
@@ -195,3 +198,26 @@ def test_the_runs_of_a_sweep_share_one_build_of_the_databases(caffe, image_folde
     first, second = (tmp_path / "sweep" / run.run_dir for run in runs)
     assert (first / "train_lmdb" / "data.mdb").stat().st_ino == (second / "train_lmdb" / "data.mdb").stat().st_ino
     assert (first / "mean.binaryproto").read_bytes() == (second / "mean.binaryproto").read_bytes()
+
+
+def test_sigterm_while_the_databases_are_built_leaves_nothing(caffe, tmp_path):
+    """SIGTERM (a scheduler's, a user's kill) during convert_imageset: the staging folder goes with the command."""
+    images = tmp_path / "images"
+    rng = np.random.default_rng(1)
+    for label in range(2):
+        (images / f"class{label}").mkdir(parents=True)
+        for index in range(150):
+            pixels = rng.integers(0, 256, (600, 600), dtype=np.uint8)
+            Image.fromarray(pixels).save(images / f"class{label}" / f"{index}.png")
+    parent = tmp_path / "runs"
+    command = [sys.executable, "-m", "caffegen", "prepare", "--gpu", "cpu", "--net", DIGITS / "train_val.prototxt",
+               "--weights", DIGITS / "digits.caffemodel", "--data", images, "--lmdb", "--resize", "28",
+               "-o", parent / "run"]
+    preparing = subprocess.Popen([str(part) for part in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+    wait_for(lambda: any(path.name.startswith(".run.lmdb.") for path in parent.glob(".*")),
+             "prepare to start building the databases", every=0.02)
+    preparing.send_signal(signal.SIGTERM)
+    _, stderr = preparing.communicate(timeout=60)
+    assert preparing.returncode == 143 and stderr.strip().splitlines()[-1] == "caffegen: terminated", stderr
+    assert list(parent.iterdir()) == []
