@@ -9,6 +9,7 @@ import click
 
 from caffegen.cli.options import zoo_source_options
 from caffegen.errors import CaffegenError
+from caffegen.io.quoting import sh_command
 from caffegen.io.tables import text_table
 
 HEADER = ("NAME", "TASK", "INPUT", "SIZE", "LICENCE", "VERIFIED BY", "DOWNLOADED")
@@ -76,7 +77,8 @@ def get_command(name, output, catalogs, mirror, offline):
     if names:
         click.echo(f"{len(read_class_names(names))} class names in {names.name}", err=True)
     click.echo(f"licence: {model.licence}" + (f"; {model.note}" if model.note else ""), err=True)
-    click.echo(f"fine-tune it with: caffegen prepare --model {model.name} --data DIR -o RUN", err=True)
+    click.echo(f"fine-tune it with: {sh_command('caffegen', 'prepare', '--model', model.name)} --data DIR -o RUN",
+               err=True)
 
 
 def _how(remote, file):
