@@ -9,6 +9,7 @@ may be skipped for want of what it needs.
 import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -87,13 +88,32 @@ def caffe():
         pytest.skip(f"real Caffe unavailable: {error}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def images(tmp_path_factory):
-    """Real images: scikit-learn's digits 5–9, a task the bundled model (trained on 0–4) never saw."""
+    """Real images: scikit-learn's digits 5–9, a task the bundled model (trained on 0–4) never saw; read only."""
     from caffegen.strategies.digits import write_digit_images
     folder = tmp_path_factory.mktemp("digits")
     write_digit_images(folder, range(5, 10))
     return folder
+
+
+@pytest.fixture(scope="session")
+def trained_digits(caffe, images, tmp_path_factory):
+    """The digits job (the bundled model to the digits 5–9, trunk frozen up to conv2, 2 epochs), prepared and
+    trained once per session: tests read a copy of it (``copy_run``), which names its own files."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    prepared = run_caffegen("prepare", "--gpu", "cpu", "--net", DIGITS / "train_val.prototxt", "--weights",
+                            DIGITS / "digits.caffemodel", "--data", images, "--freeze-upto", "conv2", "--epochs", 2,
+                            "-o", run)
+    assert prepared.returncode == 0, prepared.stderr
+    launched = run_caffegen("launch", run)
+    assert launched.returncode == 0, launched.stderr
+    return run
+
+
+def copy_run(run, folder):
+    """A copy of the run directory ``run`` in ``folder`` (cp -r, as a user copies one)."""
+    return Path(shutil.copytree(run, Path(folder) / run.name, symlinks=True))
 
 
 def run_caffegen(*args, cwd=None, env=None, input=None):

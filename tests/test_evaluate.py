@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DIGITS, assert_one_line_error, run_caffegen, wait_for
+from conftest import DIGITS, assert_one_line_error, copy_run, run_caffegen, wait_for
 from PIL import Image
 
 from caffegen.errors import CaffegenError
@@ -25,15 +25,9 @@ from caffegen.run.evaluate import Evaluation
 
 
 @pytest.fixture(scope="module")
-def trained(caffe, images, tmp_path_factory):
-    """A run fine-tuned from the bundled model to the digits 5–9 (trunk frozen, 2 epochs)."""
-    run = tmp_path_factory.mktemp("trained") / "run"
-    prepared = run_caffegen("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
-                            "--data", images, "--freeze-upto", "conv2", "--epochs", 2, "-o", run)
-    assert prepared.returncode == 0, prepared.stderr
-    launched = run_caffegen("launch", run)
-    assert launched.returncode == 0, launched.stderr
-    return run
+def trained(trained_digits, tmp_path_factory):
+    """A copy of the session's run fine-tuned from the bundled model to the digits 5–9 (trunk frozen, 2 epochs)."""
+    return copy_run(trained_digits, tmp_path_factory.mktemp("trained"))
 
 
 @pytest.fixture(scope="module")

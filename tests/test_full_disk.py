@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from conftest import DIGITS, assert_one_line_error
+from conftest import DIGITS, assert_one_line_error, copy_run
 
 BASE_MODEL = ("--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel")
 
@@ -25,10 +25,8 @@ def test_prepare_into_a_read_only_folder(cli, images, small_disk):
     assert_one_line_error(result, f"{disk}: cannot write here: Read-only file system")
 
 
-def test_evaluate_export_and_sweep_on_a_full_disk(cli, caffe, images, tmp_path, small_disk):
-    run = tmp_path / "run"
-    assert cli("prepare", "--gpu", "cpu", *BASE_MODEL, "--data", images, "--epochs", 1, "-o", run).returncode == 0
-    assert cli("launch", run).returncode == 0
+def test_evaluate_export_and_sweep_on_a_full_disk(cli, trained_digits, images, tmp_path, small_disk):
+    run = copy_run(trained_digits, tmp_path)
     disk = small_disk("disk", 64)
     for args in (("evaluate", run, "-o", disk / "eval"), ("export", run, "-o", disk / "bundle"),
                  ("sweep", "--gpu", "cpu", *BASE_MODEL, "--data", images, "--freeze-upto", "conv1,fc1",
@@ -61,10 +59,8 @@ def test_a_cached_run_whose_features_fill_the_disk(cli, caffe, images, small_dis
     assert last.startswith(f"caffegen: error: {run / 'features'}") and "No space left on device; 0.0 MB free" in last
 
 
-def test_a_failed_forward_pass_keeps_the_log_it_names(cli, caffe, images, tmp_path):
-    run = tmp_path / "run"
-    assert cli("prepare", "--gpu", "cpu", *BASE_MODEL, "--data", images, "--epochs", 1, "-o", run).returncode == 0
-    assert cli("launch", run).returncode == 0
+def test_a_failed_forward_pass_keeps_the_log_it_names(cli, trained_digits, tmp_path):
+    run = copy_run(trained_digits, tmp_path)
     wrong = tmp_path / "wrong.caffemodel"
     wrong.write_bytes((DIGITS / "digits.caffemodel").read_bytes()[:1000])  # cut short: Caffe cannot read it
     result = cli("evaluate", run, "--weights", wrong, "-o", tmp_path / "eval")

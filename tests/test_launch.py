@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DIGITS, assert_one_line_error, gpu_caffe, run_caffegen, wait_for
+from conftest import DIGITS, assert_one_line_error, copy_run, gpu_caffe, run_caffegen, wait_for
 
 from caffegen.io.prototxt import read_solver
 from caffegen.run import runner
@@ -133,16 +133,15 @@ def test_one_launch_per_run_directory(caffe, images, tmp_path):
     assert run_caffegen("launch", run, "--resume").returncode == 0  # free again once the first ended
 
 
-def test_resume_passes_over_a_snapshot_cut_short(caffe, images, tmp_path):
+def test_resume_passes_over_a_snapshot_cut_short(trained_digits, tmp_path):
     """As after a full disk or a kill while Caffe wrote its last snapshot: the one before is resumed from."""
-    run = prepare(images, tmp_path / "run")
-    assert run_caffegen("launch", run).returncode == 0
-    newest = run / "snapshots" / "ft_iter_69.solverstate"
+    run = copy_run(trained_digits, tmp_path)
+    newest = run / "snapshots" / "ft_iter_46.solverstate"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     result = run_caffegen("launch", run, "--resume")
     assert result.returncode == 0, result.stderr
-    assert "snapshots/ft_iter_69.solverstate: ft_iter_69.solverstate is cut short (" in result.stderr
-    assert "Resuming from snapshots/ft_iter_46.solverstate" in _read(run / "train.log")
+    assert "snapshots/ft_iter_46.solverstate: ft_iter_46.solverstate is cut short (" in result.stderr
+    assert "Resuming from snapshots/ft_iter_23.solverstate" in _read(run / "train.log")
 
 
 def test_diverging_run_is_stopped_and_explained(caffe, images, tmp_path):
