@@ -87,3 +87,17 @@ def test_the_checker_resolves_relative_and_absolute_imports():
     assert found == ["caffegen.run.launch", "caffegen.run.launch.launch", "caffegen.job", "caffegen.job.rundir",
                      "caffegen.net", "caffegen.net.head"]
     assert [layer_of(name) for name in found] == ["run", "run", "job", "job", "net", "net"]
+
+
+# Modules of the command line that state shared options; every other one is one command's.
+CLI_OPTIONS = {"caffegen.cli", "caffegen.cli.options", "caffegen.cli.joboptions"}
+COMMAND_MODULES = [path for path in MODULES if module_name(path).startswith("caffegen.cli.")
+                   and module_name(path) not in CLI_OPTIONS]
+
+
+@pytest.mark.parametrize("path", COMMAND_MODULES, ids=module_name)
+def test_a_command_module_imports_no_other_command_module(path):
+    own = module_name(path)
+    others = {f"line {line}: {'.'.join(name.split('.')[:3])}" for name, line in imports(path)
+              if name.startswith("caffegen.cli.") and ".".join(name.split(".")[:3]) not in CLI_OPTIONS | {own}}
+    assert not others, f"{own} imports another command's module (shared options go in cli/options.py): {others}"
