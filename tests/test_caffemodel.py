@@ -1,6 +1,7 @@
 """The caffemodel reader: shapes without values, V1 and legacy blobs, damaged files, and V1 upgrades."""
 
 import re
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -158,6 +159,68 @@ class TestReading:
         for blob, array in zip(net.layer[0].blobs, arrays, strict=True):
             assert tuple(blob.shape.dim) == array.shape
             assert np.array_equal(np.array(blob.data, dtype=np.float32).reshape(array.shape), array)
+
+
+class TestUnpackedValues:
+    ROWS, COLUMNS = 1000, 4000  # 4 million values, one key before each: a 20 MB caffemodel
+
+    def test_inspect_reads_unpacked_weights_in_a_fraction_of_their_size(self, cli, tmp_path):
+        net, weights = self.write(tmp_path)
+        cli("inspect", net)  # the command's modules, imported before memory is counted
+        tracemalloc.start()
+        try:
+            result = cli("inspect", net, "--weights", weights)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert result.returncode == 0, result.stderr
+        assert "1 layer loaded" in result.stdout
+        size = weights.stat().st_size
+        assert peak < size / 2, f"reading a {size / 1e6:.0f} MB caffemodel allocated {peak / 1e6:.0f} MB"
+
+    def test_a_run_of_unpacked_values_is_one_strided_view_of_the_file(self, tmp_path):
+        _, weights = self.write(tmp_path)
+        blob, count = read_caffemodel(weights).layer("fc").blobs[0], self.ROWS * self.COLUMNS
+        assert (blob.shape, blob.count, list(blob.value_runs())) == ((self.ROWS, self.COLUMNS), count,
+                                                                      [(blob.runs[0], count, 5)])
+        values = read_caffemodel(weights).values("fc")[0]
+        assert np.array_equal(values, np.arange(self.ROWS * self.COLUMNS, dtype=np.float32).reshape(self.ROWS, -1))
+
+    def test_unpacked_runs_broken_by_other_fields_keep_every_value_in_order(self, tmp_path):
+        def unpacked(*values):
+            return b"".join(varint(BLOB_DATA << 3 | 5) + np.float32(v).tobytes() for v in values)
+        packed = np.float32([4, 5]).tobytes()
+        body = (unpacked(1, 2) + varint(LEGACY_FIELDS[0] << 3 | 0) + bytes([6]) + unpacked(3)
+                + varint(BLOB_DATA << 3 | 2) + varint(len(packed)) + packed + unpacked(6) + varint(BLOB_DATA << 3 | 5))
+        path = tmp_path / "broken.caffemodel"
+        path.write_bytes(self.model_bytes(body[:-1]))
+        model = read_caffemodel(path)
+        assert [count for _, count, _ in model.layer("fc").blobs[0].value_runs()] == [2, 1, 2, 1]
+        assert model.values("fc")[0].tolist() == [1, 2, 3, 4, 5, 6]
+        path.write_bytes(self.model_bytes(body) + self.model_bytes(b""))
+        with pytest.raises(CaffegenError, match="a field of 4 bytes runs past the end of its message .* in layer 'fc'"):
+            read_caffemodel(path)
+
+    def write(self, folder):
+        """An InnerProduct net, and its weights with every value written unpacked, a key before each."""
+        net = folder / "net.prototxt"
+        net.write_text(f'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: '
+                       f'{self.COLUMNS} }} }} }}\nlayer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+                       f'inner_product_param {{ num_output: {self.ROWS} bias_term: false }} }}\n')
+        fields = np.empty(self.ROWS * self.COLUMNS, dtype=[("key", "u1"), ("value", "<f4")])
+        fields["key"], fields["value"] = BLOB_DATA << 3 | 5, np.arange(fields.size)
+        dims = varint(self.ROWS) + varint(self.COLUMNS)
+        shape = varint(SHAPE_DIM << 3 | 2) + varint(len(dims)) + dims
+        weights = folder / "unpacked.caffemodel"
+        weights.write_bytes(self.model_bytes(varint(BLOB_SHAPE << 3 | 2) + varint(len(shape)) + shape
+                                             + fields.tobytes()))
+        return net, weights
+
+    @staticmethod
+    def model_bytes(blob_body):
+        layer = BVLC.LayerParameter(name="fc", type="InnerProduct").SerializeToString()
+        layer += varint(LAYER_BLOBS << 3 | 2) + varint(len(blob_body)) + blob_body
+        return varint(NET_LAYER << 3 | 2) + varint(len(layer)) + layer
 
 
 def varint(value):
