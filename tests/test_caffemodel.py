@@ -335,6 +335,35 @@ class TestUpgrade:
         assert code == 0, log[-2000:]
         assert "Ignoring source layer conv1" not in log and "Ignoring source layer fc" not in log
 
+    def test_damaged_weights_leave_neither_the_net_nor_the_weights_written(self, cli, tmp_path):
+        (tmp_path / "net.prototxt").write_text(SMALL)
+        data = self.v1_model()
+        (tmp_path / "cut.caffemodel").write_bytes(data[:len(data) - 10])
+        result = cli("upgrade", tmp_path / "net.prototxt", "-o", tmp_path / "new.prototxt",
+                     "--weights", tmp_path / "cut.caffemodel", "--weights-out", tmp_path / "new.caffemodel")
+        assert_one_line_error(result, "cut.caffemodel", "cut short")
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["cut.caffemodel", "net.prototxt"]
+
+    def test_a_v1_layer_protobuf_cannot_read_is_named_and_nothing_is_written(self, cli, tmp_path):
+        bottom = BVLC.V1LayerParameter.DESCRIPTOR.fields_by_name["bottom"].number
+        layer = BVLC.V1LayerParameter(name="conv1", type=V1_TYPE_NUMBERS["Convolution"]).SerializeToString()
+        layer += varint(bottom << 3 | 2) + varint(2) + b"\xff\xfe"  # a bottom name that is not UTF-8
+        (tmp_path / "net.prototxt").write_text(SMALL)
+        (tmp_path / "odd.caffemodel").write_bytes(varint(NET_V1_LAYERS << 3 | 2) + varint(len(layer)) + layer)
+        result = cli("upgrade", tmp_path / "net.prototxt", "-o", tmp_path / "new.prototxt",
+                     "--weights", tmp_path / "odd.caffemodel", "--weights-out", tmp_path / "new.caffemodel")
+        assert_one_line_error(result, "odd.caffemodel", "in layer 'conv1'", "protobuf cannot read")
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["net.prototxt", "odd.caffemodel"]
+
+    @staticmethod
+    def v1_model():
+        """A V1 caffemodel of one convolution with legacy blob dimensions."""
+        weights = BVLC.BlobProto(num=3, channels=2, height=3, width=3, data=[0.5] * 54)
+        bias = BVLC.BlobProto(num=1, channels=1, height=1, width=3, data=[0.0] * 3)
+        layer = BVLC.V1LayerParameter(name="conv1", type=V1_TYPE_NUMBERS["Convolution"], bottom=["data"],
+                                      top=["conv1"], blobs=[weights, bias])
+        return BVLC.NetParameter(name="small", layers=[layer]).SerializeToString()
+
     def test_cli_refuses_half_the_weights_options(self, cli, trained, tmp_path):
         (tmp_path / "net.prototxt").write_text(SMALL)
         result = cli("upgrade", tmp_path / "net.prototxt", "--weights", trained)

@@ -127,11 +127,14 @@ def upgrade_caffemodel(source, target):
     was_v1 = read_caffemodel(source).v1
     with _Mapped(source) as buf, _AtomicBinary(target) as out:
         wire = _Wire(buf, source)
-        for number, wire_type, value, start, end in wire.fields(0, len(buf)):
-            if number == NET_V1_LAYERS:
-                _write_upgraded_layer(wire, value, out)
-            else:
-                _copy(buf, start, end, out)
+        try:
+            for number, wire_type, value, start, end in wire.fields(0, len(buf)):
+                if number == NET_V1_LAYERS:
+                    _write_upgraded_layer(wire, value, out)
+                else:
+                    _copy(buf, start, end, out)
+        except _WireError as error:
+            raise wire.user_error(error) from None
     return was_v1
 
 
@@ -393,13 +396,19 @@ def _product(dims):
 
 def _write_upgraded_layer(wire, value, out):
     """Write one V1 layer as a current ``layer`` entry: its small fields upgraded, its blob bytes copied."""
-    header, blobs = bytearray(), []
+    header, blobs, name = bytearray(), [], None
     for number, wire_type, field_value, start, end in wire.fields(*value):
         if number == V1_BLOBS and wire_type == LENGTH:
             blobs.append(field_value)
         else:
             header += wire.buf[start:end]
-    layer = upgrade_v1_layer(BVLC.V1LayerParameter.FromString(bytes(header)), BVLC).SerializeToString()
+            name = wire.text(field_value, wire_type, start, "the layer name") if number == V1_NAME else name
+    try:
+        layer = upgrade_v1_layer(BVLC.V1LayerParameter.FromString(bytes(header)), BVLC).SerializeToString()
+    except (DecodeError, UnicodeDecodeError) as error:
+        damaged = _WireError(value[0], f"a layer whose settings protobuf cannot read ({error.__class__.__name__})")
+        damaged.layer = name
+        raise damaged from None
     keys = [_key(LAYER_BLOBS, LENGTH) + _varint_bytes(end - start) for start, end in blobs]
     size = len(layer) + sum(len(key) + end - start for key, (start, end) in zip(keys, blobs))
     out.write(_key(NET_LAYER, LENGTH) + _varint_bytes(size) + layer)
