@@ -53,20 +53,27 @@ def main(argv=None):
     try:
         return cli.main(args=argv, prog_name="caffegen", standalone_mode=False) or 0
     except CaffegenError as error:
-        click.echo(f"caffegen: error: {error}", err=True)
+        _error_line(str(error))
         return error.exit_code
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.UsageError as error:
         hint = f" (see: caffegen {error.ctx.info_name} --help)" if error.ctx and error.ctx.parent else ""
-        click.echo(f"caffegen: error: {error.format_message()}{hint}", err=True)
+        _error_line(error.format_message() + hint)
         return error.exit_code
     except click.ClickException as error:
-        click.echo(f"caffegen: error: {error.format_message()}", err=True)
+        _error_line(error.format_message())
         return error.exit_code
     except click.Abort:
         click.echo("caffegen: interrupted", err=True)
         return 130
+
+
+def _error_line(message):
+    """Print ``message`` as one line: line breaks and other control characters in it (from a name in a
+    damaged file, say) are written as escapes."""
+    line = "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
+    click.echo(f"caffegen: error: {line}", err=True)
 
 
 if __name__ == "__main__":
