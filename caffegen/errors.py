@@ -4,9 +4,14 @@ import errno
 import shutil
 from pathlib import Path
 
-# Every character str.splitlines() ends a line at, and how a one-line message shows each.
+# Every character str.splitlines() ends a line at.
 LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
-_ESCAPED_BREAKS = str.maketrans({char: repr(char)[1:-1] for char in LINE_BREAKS})
+
+
+def one_line(text):
+    """``text`` as one line of a terminal: line breaks and other characters that are not printable (from a name
+    in a damaged file, say, or a terminal's escape sequence) are written as Python writes them in a string."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def did_you_mean(names):
@@ -36,7 +41,7 @@ class CaffegenError(Exception):
                     where += f":{self.column}"
             where += ": "
         # A name from the input may hold a line break; the message stays one line whatever it quotes.
-        return (where + self.message).translate(_ESCAPED_BREAKS)
+        return one_line(where + self.message)
 
 
 # What the file system answers a write it refuses: full, over quota, read-only, not allowed, too large.

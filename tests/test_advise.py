@@ -9,7 +9,7 @@ from google.protobuf import text_format
 
 from caffegen.cli.prepare import prepare_command
 from caffegen.errors import CaffegenError
-from caffegen.io.prototxt import read_net, read_solver
+from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.io.schema import BVLC
 from caffegen.net.advise import (
     CASES,
@@ -54,6 +54,41 @@ ZOO_REFUSALS = {
     "hdf5_classification/train_val.prototxt":
         "classifier 'fc1' reads the net's input directly: there are no pretrained features to reuse",
 }
+
+
+CHAIN = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 32 dim: 32 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 1 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 8 kernel_size: 3 } }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+        convolution_param { num_output: 8 kernel_size: 3 } }
+layer { name: "mystery" type: "Mystery" bottom: "conv2" top: "mystery" }
+layer { name: "fc" type: "InnerProduct" bottom: "mystery" top: "fc" inner_product_param { num_output: 10 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+def chain(*replacements):
+    """CHAIN with each (old, new) text replaced, as a net."""
+    text = CHAIN
+    for old, new in replacements:
+        text = text.replace(old, new)
+    return text_format.Parse(text, BVLC.NetParameter())
+
+
+def test_a_classifier_without_a_bottom_is_one_line(cli, tmp_path):
+    path = tmp_path / "net.prototxt"
+    path.write_text(to_text(chain(('bottom: "mystery" top: "fc"', 'top: "fc"'))))
+    result = cli("advise", "--net", path, "--train-images", SMALL, "--similarity", "high")
+    assert_one_line_error(result, str(path), "classifier 'fc' has no bottom")
+
+
+def test_earlier_features_with_nothing_learnable_between_them_and_the_classifier():
+    advice = advise(chain(), SMALL, "low")
+    assert (advice.freeze_upto, advice.bottleneck) == ("conv2", "mystery")
+    assert "Freeze up to 'conv2', a block boundary around the middle of the trunk, and train the new classifier " \
+           "'fc' at 10× the rate." in advice.strategy
 
 
 def nested_module(name, bottom):

@@ -1,6 +1,7 @@
 """The caffemodel reader: shapes without values, V1 and legacy blobs, damaged files, and V1 upgrades."""
 
 import re
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -160,6 +161,68 @@ class TestReading:
             assert np.array_equal(np.array(blob.data, dtype=np.float32).reshape(array.shape), array)
 
 
+class TestUnpackedValues:
+    ROWS, COLUMNS = 1000, 4000  # 4 million values, one key before each: a 20 MB caffemodel
+
+    def test_inspect_reads_unpacked_weights_in_a_fraction_of_their_size(self, cli, tmp_path):
+        net, weights = self.write(tmp_path)
+        cli("inspect", net)  # the command's modules, imported before memory is counted
+        tracemalloc.start()
+        try:
+            result = cli("inspect", net, "--weights", weights)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert result.returncode == 0, result.stderr
+        assert "1 layer loaded" in result.stdout
+        size = weights.stat().st_size
+        assert peak < size / 2, f"reading a {size / 1e6:.0f} MB caffemodel allocated {peak / 1e6:.0f} MB"
+
+    def test_a_run_of_unpacked_values_is_one_strided_view_of_the_file(self, tmp_path):
+        _, weights = self.write(tmp_path)
+        blob, count = read_caffemodel(weights).layer("fc").blobs[0], self.ROWS * self.COLUMNS
+        assert (blob.shape, blob.count, list(blob.value_runs())) == ((self.ROWS, self.COLUMNS), count,
+                                                                      [(blob.runs[0], count, 5)])
+        values = read_caffemodel(weights).values("fc")[0]
+        assert np.array_equal(values, np.arange(self.ROWS * self.COLUMNS, dtype=np.float32).reshape(self.ROWS, -1))
+
+    def test_unpacked_runs_broken_by_other_fields_keep_every_value_in_order(self, tmp_path):
+        def unpacked(*values):
+            return b"".join(varint(BLOB_DATA << 3 | 5) + np.float32(v).tobytes() for v in values)
+        packed = np.float32([4, 5]).tobytes()
+        body = (unpacked(1, 2) + varint(LEGACY_FIELDS[0] << 3 | 0) + bytes([6]) + unpacked(3)
+                + varint(BLOB_DATA << 3 | 2) + varint(len(packed)) + packed + unpacked(6) + varint(BLOB_DATA << 3 | 5))
+        path = tmp_path / "broken.caffemodel"
+        path.write_bytes(self.model_bytes(body[:-1]))
+        model = read_caffemodel(path)
+        assert [count for _, count, _ in model.layer("fc").blobs[0].value_runs()] == [2, 1, 2, 1]
+        assert model.values("fc")[0].tolist() == [1, 2, 3, 4, 5, 6]
+        path.write_bytes(self.model_bytes(body) + self.model_bytes(b""))
+        with pytest.raises(CaffegenError, match="a field of 4 bytes runs past the end of its message .* in layer 'fc'"):
+            read_caffemodel(path)
+
+    def write(self, folder):
+        """An InnerProduct net, and its weights with every value written unpacked, a key before each."""
+        net = folder / "net.prototxt"
+        net.write_text(f'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: '
+                       f'{self.COLUMNS} }} }} }}\nlayer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+                       f'inner_product_param {{ num_output: {self.ROWS} bias_term: false }} }}\n')
+        fields = np.empty(self.ROWS * self.COLUMNS, dtype=[("key", "u1"), ("value", "<f4")])
+        fields["key"], fields["value"] = BLOB_DATA << 3 | 5, np.arange(fields.size)
+        dims = varint(self.ROWS) + varint(self.COLUMNS)
+        shape = varint(SHAPE_DIM << 3 | 2) + varint(len(dims)) + dims
+        weights = folder / "unpacked.caffemodel"
+        weights.write_bytes(self.model_bytes(varint(BLOB_SHAPE << 3 | 2) + varint(len(shape)) + shape
+                                             + fields.tobytes()))
+        return net, weights
+
+    @staticmethod
+    def model_bytes(blob_body):
+        layer = BVLC.LayerParameter(name="fc", type="InnerProduct").SerializeToString()
+        layer += varint(LAYER_BLOBS << 3 | 2) + varint(len(blob_body)) + blob_body
+        return varint(NET_LAYER << 3 | 2) + varint(len(layer)) + layer
+
+
 def varint(value):
     """Protobuf's base-128 encoding of a non-negative integer."""
     out = bytearray()
@@ -271,6 +334,35 @@ class TestUpgrade:
                               "-iterations", "1", cwd=tmp_path)
         assert code == 0, log[-2000:]
         assert "Ignoring source layer conv1" not in log and "Ignoring source layer fc" not in log
+
+    def test_damaged_weights_leave_neither_the_net_nor_the_weights_written(self, cli, tmp_path):
+        (tmp_path / "net.prototxt").write_text(SMALL)
+        data = self.v1_model()
+        (tmp_path / "cut.caffemodel").write_bytes(data[:len(data) - 10])
+        result = cli("upgrade", tmp_path / "net.prototxt", "-o", tmp_path / "new.prototxt",
+                     "--weights", tmp_path / "cut.caffemodel", "--weights-out", tmp_path / "new.caffemodel")
+        assert_one_line_error(result, "cut.caffemodel", "cut short")
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["cut.caffemodel", "net.prototxt"]
+
+    def test_a_v1_layer_protobuf_cannot_read_is_named_and_nothing_is_written(self, cli, tmp_path):
+        bottom = BVLC.V1LayerParameter.DESCRIPTOR.fields_by_name["bottom"].number
+        layer = BVLC.V1LayerParameter(name="conv1", type=V1_TYPE_NUMBERS["Convolution"]).SerializeToString()
+        layer += varint(bottom << 3 | 2) + varint(2) + b"\xff\xfe"  # a bottom name that is not UTF-8
+        (tmp_path / "net.prototxt").write_text(SMALL)
+        (tmp_path / "odd.caffemodel").write_bytes(varint(NET_V1_LAYERS << 3 | 2) + varint(len(layer)) + layer)
+        result = cli("upgrade", tmp_path / "net.prototxt", "-o", tmp_path / "new.prototxt",
+                     "--weights", tmp_path / "odd.caffemodel", "--weights-out", tmp_path / "new.caffemodel")
+        assert_one_line_error(result, "odd.caffemodel", "in layer 'conv1'", "protobuf cannot read")
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["net.prototxt", "odd.caffemodel"]
+
+    @staticmethod
+    def v1_model():
+        """A V1 caffemodel of one convolution with legacy blob dimensions."""
+        weights = BVLC.BlobProto(num=3, channels=2, height=3, width=3, data=[0.5] * 54)
+        bias = BVLC.BlobProto(num=1, channels=1, height=1, width=3, data=[0.0] * 3)
+        layer = BVLC.V1LayerParameter(name="conv1", type=V1_TYPE_NUMBERS["Convolution"], bottom=["data"],
+                                      top=["conv1"], blobs=[weights, bias])
+        return BVLC.NetParameter(name="small", layers=[layer]).SerializeToString()
 
     def test_cli_refuses_half_the_weights_options(self, cli, trained, tmp_path):
         (tmp_path / "net.prototxt").write_text(SMALL)

@@ -79,6 +79,10 @@ class TestBadInput:
     def test_missing_file(self, cli, tmp_path):
         assert_one_line_error(cli("freeze", "--upto", "x", tmp_path / "no.prototxt"), "no such file")
 
+    def test_an_error_naming_line_breaks_stays_one_line(self, cli, tmp_path):
+        result = cli("lint", tmp_path / "two\nlines\r.prototxt")
+        assert_one_line_error(result, "two\\nlines\\r.prototxt: no such file")
+
     def test_syntax_error(self, cli, tmp_path):
         bad = tmp_path / "bad.prototxt"
         bad.write_text("layer {\n  name: 'a'\n  type:: 3\n}\n")

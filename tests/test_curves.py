@@ -144,6 +144,12 @@ class TestPlot:
         }
         assert all(math.isfinite(value) for _, values in lines.values() for value in values)
 
+    def test_output_names_and_a_title_with_dollar_signs_are_drawn_as_written(self, tmp_path):
+        named = [{("test/$x_$" if key == "test/accuracy" else key): value for key, value in record.items()}
+                 for record in records("train_ok")]
+        plot_curves(named, tmp_path / "curves.png", title="run $\\frac{$")
+        assert png_size(tmp_path / "curves.png") == (1000, 650)
+
     def test_matplotlib_is_imported_only_to_plot(self):
         code = "import sys, caffegen.run.curves; print('matplotlib' in sys.modules)"
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

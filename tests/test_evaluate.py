@@ -158,6 +158,28 @@ def test_evaluate_on_class_folders_and_lists(cli, trained, images, tmp_path):
     assert json.loads((tmp_path / "eval2" / "metrics.json").read_text())["per_class"][1]["support"] == 5
 
 
+# Class names that matplotlib's mathtext cannot parse, or would typeset, beside a plain one.
+DOLLAR_NAMES = {"5": "$x_$", "6": "$\\frac{$", "7": "a$^$b", "8": "8", "9": "$$"}
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_written(cli, caffe, images, tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    for digit, name in DOLLAR_NAMES.items():
+        shutil.copytree(images / digit, data / name)
+    prepared = cli("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
+                   "--data", data, "--freeze-upto", "conv2", "--epochs", 1, "-o", run)
+    assert prepared.returncode == 0, prepared.stderr
+    assert cli("launch", run).returncode == 0
+    result = cli("evaluate", run)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((run / "eval" / "predictions.csv").open()))
+    assert {row["true_label"] for row in rows} == set(DOLLAR_NAMES.values())
+    assert any(row["correct"] == "0" for row in rows)  # so mistakes.png titles images with the names
+    for name in ("confusion.png", "mistakes.png"):
+        with Image.open(run / "eval" / name) as image:
+            assert image.format == "PNG" and image.width > 300
+
+
 def test_evaluate_bad_input(cli, trained, images, tmp_path):
     assert_one_line_error(cli("evaluate", trained), "exists", "--force")
     listed = tmp_path / "list.txt"

@@ -258,6 +258,20 @@ class TestCommandLine:
         assert layers["conv1"]["params"] == [[96, 3, 11, 11], [96]]
         assert layers["conv1"]["weights"] is None and data["ignored"] == []
 
+    @pytest.mark.parametrize("wiring, why", [('top: "conv"', "needs 1 bottom blob"),
+                                             ('bottom: "data"', "needs a top blob")])
+    def test_a_convolution_without_a_bottom_or_a_top_is_flagged_and_its_memory_left_out(self, cli, tmp_path, wiring,
+                                                                                         why):
+        path = tmp_path / "net.prototxt"
+        path.write_text('layer { name: "data" type: "Input" top: "data" '
+                        'input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+                        f'layer {{ name: "conv" type: "Convolution" {wiring} convolution_param {{ num_output: 4 '
+                        'kernel_size: 3 } }\n')
+        result = cli("inspect", path)
+        assert result.returncode == 1, result.stderr
+        assert f"note: layer 'conv': Caffe would reject it: Convolution {why}" in result.stdout
+        assert "memory, estimated for Caffe 1.0 on the CPU:" in result.stdout
+
     @pytest.mark.zoo
     def test_unknown_image_size_is_shown_and_explained(self, cli):
         result = cli("inspect", ALEXNET_TRAIN_VAL)

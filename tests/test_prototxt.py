@@ -4,7 +4,7 @@ import os
 import stat
 
 import pytest
-from conftest import NOT_BVLC_NETS, ZOO, is_solver, zoo_files, zoo_nets
+from conftest import NOT_BVLC_NETS, ZOO, assert_one_line_error, is_solver, zoo_files, zoo_nets
 from google.protobuf import text_format
 
 from caffegen.errors import CaffegenError
@@ -125,6 +125,23 @@ class TestBadInput:
         (tmp_path / "u.prototxt").write_text(text)
         with pytest.raises(CaffegenError, match=r"u\.prototxt:\d+:\d+: "):
             read_net(tmp_path / "u.prototxt")
+
+    @pytest.mark.parametrize("text", [
+        'name: "deep"\n' + "layer { " * 400 + "}" * 400,
+        'name: "deep"\nlayer { name: "a" type: "ReLU" ' + "unknown < " * 400 + ">" * 400 + " }",
+    ], ids=["layers", "unknown-fields"])
+    def test_nesting_hundreds_of_levels_deep_is_one_line(self, cli, tmp_path, text):
+        path = tmp_path / "deep.prototxt"
+        path.write_text(text)
+        with pytest.raises(CaffegenError, match=r"deep\.prototxt:2: messages nested more than 100 levels deep"):
+            read_net(path)
+        assert_one_line_error(cli("inspect", path), str(path), "nested more than 100 levels")
+
+    def test_braces_in_strings_and_comments_are_not_nesting(self, tmp_path):
+        path = tmp_path / "braces.prototxt"
+        path.write_text('name: "' + "{" * 200 + '" # ' + "{" * 200 + "\n"
+                        "layer { name: '{{' type: \"ReLU\" bottom: \"x\" top: \"x\" }\n")
+        assert read_net(path).net.name == "{" * 200
 
 
 class TestTextForms:

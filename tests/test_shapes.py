@@ -318,6 +318,14 @@ REJECTED = {
     "concat of different sizes": 'layer { name: "bad" type: "Concat" bottom: "data" bottom: "other" top: "bad" }',
     "pooling kernel beyond the input": 'layer { name: "bad" type: "Pooling" bottom: "data" top: "bad" '
                                        'pooling_param { pool: AVE kernel_size: 11 stride: 1 } }',
+    "convolution without a top": 'layer { name: "bad" type: "Convolution" bottom: "data" '
+                                 'convolution_param { num_output: 4 kernel_size: 1 } }',
+    "slice_dim beyond the axes": 'layer { name: "bad" type: "Slice" bottom: "data" top: "a" top: "b" '
+                                 'slice_param { slice_dim: 4 } }',
+    "concat_dim beyond the axes": 'layer { name: "bad" type: "Concat" bottom: "data" bottom: "data" top: "bad" '
+                                  'concat_param { concat_dim: 7 } }',
+    "argmax of a scalar": 'layer { name: "sum" type: "Reduction" bottom: "data" top: "sum" '
+                          'reduction_param { axis: 0 } } layer { name: "bad" type: "ArgMax" bottom: "sum" top: "bad" }',
 }
 TWO_INPUTS = ('layer { name: "input" type: "Input" top: "data" top: "other" '
               'input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } shape { dim: 1 dim: 3 dim: 8 dim: 9 } } }\n')
@@ -342,6 +350,15 @@ class TestWithoutCaffe:
         (tmp_path / "net.prototxt").write_text(to_text(net))
         code, log = run_caffe(caffe, "time", "-model", "net.prototxt", "-iterations", "1", cwd=tmp_path)
         assert code != 0 and "Check failed" in log and "Average Forward pass" not in log
+
+    @pytest.mark.parametrize("setting", ["inner_product_param { axis: 40 }", "scale_param { axis: 30 num_axes: 3 }"])
+    def test_settings_implying_more_axes_than_caffe_blobs_have_are_rejected(self, setting):
+        layer_type = "Scale" if "scale" in setting else "InnerProduct"
+        net = text_format.Parse('layer { name: "input" type: "Input" top: "data" }\n'
+                                f'layer {{ name: "bad" type: "{layer_type}" bottom: "data" top: "bad" {setting} }}',
+                                BVLC.NetParameter())
+        bad = infer_shapes(NetView(net, TRAIN))[-1]
+        assert bad.rejected and "axes; Caffe's blobs have at most 32" in bad.note
 
     @pytest.mark.zoo
     def test_an_unknown_layer_type_leaves_what_follows_unknown_but_what_layers_fix(self):

@@ -71,6 +71,16 @@ class TestNetView:
         assert view.inplace_followers("conv1") == ["bn1", "scale1", "relu1"]
         assert view.descendants("conv2") == {"fc", "drop", "loss"}
 
+    def test_a_name_several_layers_share_means_the_first_and_every_walk_moves_up_the_net(self):
+        net = small_net()
+        relu = next(layer for layer in net.layer if layer.name == "relu1")
+        net.layer.add().CopyFrom(relu)  # a second 'relu1' at the end, in place on conv1 after the first one
+        view = NetView(net)
+        assert view.index("relu1") == 5 and view.sources("relu1") == ["scale1"]
+        for layer in view.layers:
+            assert all(view.index(source) < view.index(layer.name) for source in view.sources(layer.name)
+                       if source is not None), layer.name
+
     def test_unknown_layer_suggests_close_names(self):
         with pytest.raises(CaffegenError, match=r"layer 'conv3' not found \(did you mean 'conv2', 'conv1'"):
             NetView(small_net()).layer("conv3")
@@ -156,6 +166,16 @@ class TestHead:
     def test_name_clash_is_refused(self):
         with pytest.raises(CaffegenError, match="a layer of that name exists"):
             retarget_head(small_net(), 3, new_name="conv2")
+
+    def test_a_namesake_of_another_type_in_the_other_phase_is_left_alone(self):
+        namesake = 'layer { name: "fc" type: "ReLU" bottom: "conv2" top: "conv2" include { phase: TEST } }\n'
+        text = SMALL.replace('layer { name: "fc"', namesake + 'layer { name: "fc"').replace(
+            'top: "loss" }', 'top: "loss" include { phase: TRAIN } }')
+        net = text_format.Parse(text, BVLC.NetParameter())
+        report = retarget_head(net, 3)
+        assert report.renamed == [("fc", "fc_ft", 10)]
+        assert [(layer.name, layer.type) for layer in net.layer if layer.name.startswith("fc")] == [
+            ("fc", "ReLU"), ("fc_ft", "InnerProduct")]
 
     def test_layer_without_num_output_is_refused(self):
         with pytest.raises(CaffegenError, match="has no num_output"):

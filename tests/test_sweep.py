@@ -15,7 +15,7 @@ from conftest import DIGITS, ROOT, assert_one_line_error, run_caffegen, wait_for
 from caffegen.job.prepare import JobOptions
 from caffegen.job.rundir import RunDir
 from caffegen.run.cache import store_of
-from caffegen.strategies.sweep import collect, combinations, prepare_sweep, run_on_gpus
+from caffegen.strategies.sweep import collect, combinations, plot_sweep, prepare_sweep, run_on_gpus
 
 BASE_MODEL = ("--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -47,6 +47,13 @@ def assert_real_result(row, run_dir):
 
 def printed_row(stdout, run):
     return next(line.split() for line in stdout.splitlines() if line.startswith(run + " "))
+
+
+def test_run_names_and_statuses_with_dollar_signs_are_plotted_as_written(tmp_path):
+    rows = [{"run": "freeze-$x_$", "best_accuracy": 0.5, "mean_class_accuracy": 0.4, "status": "ok"},
+            {"run": "freeze-$^$", "best_accuracy": None, "mean_class_accuracy": None, "status": "failed $\\frac{$"}]
+    plot_sweep(rows, [([0, 10], [0.2, 0.5]), ([], [])], tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").read_bytes().startswith(PNG)
 
 
 def test_local_sweep_trains_each_combination_and_compares_them(caffe, images, tmp_path):

@@ -12,7 +12,7 @@ import threading
 import click
 
 from caffegen import __version__
-from caffegen.errors import WRITE_ERRNOS, CaffegenError, cannot_write
+from caffegen.errors import WRITE_ERRNOS, CaffegenError, cannot_write, one_line
 
 # Every command by name: the module and the click command in it, imported only when that command is
 # run or listed, so that a command loads no more than it uses.
@@ -80,10 +80,10 @@ def main(argv=None):
         return done.exit_code
     except click.UsageError as error:
         hint = f" (see: caffegen {error.ctx.info_name} --help)" if error.ctx and error.ctx.parent else ""
-        click.echo(f"caffegen: error: {error.format_message()}{hint}", err=True)
+        click.echo(f"caffegen: error: {one_line(error.format_message() + hint)}", err=True)
         return error.exit_code
     except click.ClickException as error:
-        click.echo(f"caffegen: error: {error.format_message()}", err=True)
+        click.echo(f"caffegen: error: {one_line(error.format_message())}", err=True)
         return error.exit_code
     except click.Abort:
         click.echo("caffegen: interrupted", err=True)

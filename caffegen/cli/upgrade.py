@@ -26,12 +26,14 @@ def upgrade_command(net_path, output, in_place, weights_path, weights_out):
     if weights_path and Path(weights_path).resolve() == Path(weights_out).resolve() and not in_place:
         raise CaffegenError("refusing to overwrite the input weights; pass --in-place to do that", weights_out)
     loaded = load_net(net_path, None)
+    if weights_path:
+        # The weights first: a damaged caffemodel then leaves no upgraded net behind either.
+        from caffegen.io.caffemodel import upgrade_caffemodel
+        was_v1 = upgrade_caffemodel(weights_path, weights_out)
     write_net(loaded.net, net_path, output, in_place)
     if not loaded.upgraded_from:
         report([f"{net_path}: already in the current format; written unchanged"])
     if weights_path:
-        from caffegen.io.caffemodel import upgrade_caffemodel
-        was_v1 = upgrade_caffemodel(weights_path, weights_out)
         report([f"{weights_path}: " + ("upgraded legacy V1 layers to the current format"
                                        if was_v1 else "already in the current format; copied unchanged")
                 + f" in {weights_out}"])

@@ -4,13 +4,15 @@ A caffemodel is a binary ``NetParameter``. Its layers are walked field by field 
 protobuf wire format, through a memory map: the packed ``data``/``diff`` payloads of each
 blob are skipped by their length, so listing the layers and blob shapes of a 550 MB model
 touches a few pages. Current (``layer``) and legacy V1 (``layers``) files are read, as are
-blobs that give ``num``/``channels``/``height``/``width`` instead of ``shape``. Values come
-as numpy arrays, on the memory map where the file stores them packed, only when asked (and numpy
-is imported only then).
+blobs that give ``num``/``channels``/``height``/``width`` instead of ``shape``. Values stored
+unpacked (a key before each one) are kept as strided runs, a few numbers each, so memory stays
+a fraction of the file's size whatever the encoding. Values come as numpy arrays, on the memory
+map where the file stores them packed, only when asked (and numpy is imported only then).
 """
 
 import mmap
 import os
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,7 @@ LEGACY_FIELDS = tuple(_field_numbers("BlobProto", "num", "channels", "height", "
 V1_TYPE_ENUM = BVLC.V1LayerParameter.DESCRIPTOR.enum_types_by_name["LayerType"]
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 WRITE_CHUNK = 1 << 24
+SCAN_CHUNK = 1 << 16  # unpacked values whose keys are compared at a time
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,11 @@ class Blob:
     legacy: bool  # the shape came from num/channels/height/width
     count: int
     dtype: str  # "float32", "float64", or None when the blob stores no values
-    runs: tuple  # (byte offset, byte length) of each packed run of values; length -1: one unpacked value
+    runs: array  # (byte offset of the first value, values, bytes from one to the next) of each run, flat
+
+    def value_runs(self):
+        """(offset, count, stride) of each run of values: a packed run's stride is the value's width."""
+        return zip(self.runs[0::3], self.runs[1::3], self.runs[2::3])
 
 
 @dataclass(frozen=True)
@@ -133,11 +140,14 @@ def upgrade_caffemodel(source, target):
     was_v1 = read_caffemodel(source).v1
     with _Mapped(source) as buf, _AtomicBinary(target) as out:
         wire = _Wire(buf, source)
-        for number, wire_type, value, start, end in wire.fields(0, len(buf)):
-            if number == NET_V1_LAYERS:
-                _write_upgraded_layer(wire, value, out)
-            else:
-                _copy(buf, start, end, out)
+        try:
+            for number, wire_type, value, start, end in wire.fields(0, len(buf)):
+                if number == NET_V1_LAYERS:
+                    _write_upgraded_layer(wire, value, out)
+                else:
+                    _copy(buf, start, end, out)
+        except _WireError as error:
+            raise wire.user_error(error) from None
     return was_v1
 
 
@@ -203,23 +213,37 @@ class _Wire:
         """
         pos = start
         while pos < end:
-            field_start = pos
-            key, pos = self.varint(pos, end)
-            number, wire_type = key >> 3, key & 7
-            if number == 0:
-                raise _WireError(field_start, "field number 0")
-            if wire_type == VARINT:
-                value, pos = self.varint(pos, end)
-            elif wire_type == LENGTH:
-                length, pos = self.varint(pos, end)
-                value = (pos, pos + length)
-                pos = self._skip(pos, length, end)
-            elif wire_type in (FIXED32, FIXED64):
-                value = pos
-                pos = self._skip(pos, 4 if wire_type == FIXED32 else 8, end)
-            else:
-                raise _WireError(field_start, f"invalid protobuf wire type {wire_type}")
-            yield number, wire_type, value, field_start, pos
+            number, wire_type, value, field_end = self.field(pos, end)
+            yield number, wire_type, value, pos, field_end
+            pos = field_end
+
+    def field(self, pos, end):
+        """(number, wire type, value, field end) of the field at ``pos``, as :meth:`fields` gives them."""
+        key, value_start = self.varint(pos, end)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise _WireError(pos, "field number 0")
+        if wire_type == VARINT:
+            return (number, wire_type, *self.varint(value_start, end))
+        if wire_type == LENGTH:
+            length, start = self.varint(value_start, end)
+            return number, wire_type, (start, start + length), self._skip(start, length, end)
+        if wire_type in (FIXED32, FIXED64):
+            return number, wire_type, value_start, self._skip(value_start, 4 if wire_type == FIXED32 else 8, end)
+        raise _WireError(pos, f"invalid protobuf wire type {wire_type}")
+
+    def repeats(self, pos, end, key, stride):
+        """How many fields of one-byte ``key`` follow each other from ``pos``, each ``stride`` bytes long."""
+        count = 0
+        while pos + stride <= end:
+            stop = min(end - (end - pos) % stride, pos + stride * SCAN_CHUNK)
+            keys = self.buf[pos:stop:stride]
+            same = len(keys) - len(keys.lstrip(key))
+            count += same
+            if same < len(keys):
+                break
+            pos = stop
+        return count
 
     def text(self, value, wire_type, offset, what):
         """The UTF-8 string of a length-delimited field."""
@@ -298,36 +322,43 @@ def _v1_type(number, wire_type, offset):
 def _read_blob(wire, value, wire_type, offset):
     if wire_type != LENGTH:
         raise _WireError(offset, "a blob that is not a message")
-    shape, legacy, runs = (), {}, {"float32": [], "float64": []}
-    for number, field_type, field_value, start, _ in wire.fields(*value):
+    shape, legacy, runs = (), {}, {"float32": array("q"), "float64": array("q")}
+    pos, end = value
+    while pos < end:
+        number, field_type, field_value, field_end = wire.field(pos, end)
         if number == BLOB_SHAPE and field_type == LENGTH:
             shape = _read_dims(wire, *field_value)
         elif number in LEGACY_FIELDS and field_type == VARINT:
             legacy[number] = _int32(field_value)
         elif number in (BLOB_DATA, BLOB_DOUBLE_DATA):
             dtype, width = ("float32", 4) if number == BLOB_DATA else ("float64", 8)
-            runs[dtype].append(_value_run(field_type, field_value, width, start))
+            run, field_end = _value_run(wire, field_type, field_value, width, pos, field_end, end)
+            runs[dtype].extend(run)
+        pos = field_end
     if legacy:
         # Caffe prefers the legacy dimensions when any is present; absent ones count as 0.
         shape = tuple(legacy.get(field, 0) for field in LEGACY_FIELDS)
     # Caffe reads double_data when there is any, data otherwise.
     dtype = "float64" if runs["float64"] else ("float32" if runs["float32"] else None)
-    kept = tuple(runs[dtype]) if dtype else ()
-    width = 8 if dtype == "float64" else 4
-    count = sum(1 if length < 0 else length // width for _, length in kept)
-    return Blob(tuple(shape), bool(legacy), count, dtype, kept)
+    kept = runs[dtype] if dtype else array("q")
+    return Blob(tuple(shape), bool(legacy), sum(kept[1::3]), dtype, kept)
 
 
-def _value_run(wire_type, value, width, offset):
-    """(offset, byte length) of a packed run of values, or (offset, -1) for one unpacked value."""
+def _value_run(wire, wire_type, value, width, start, field_end, end):
+    """The (offset, count, stride) of the values at field ``start``, and where the fields after them begin.
+
+    A packed field is one run; unpacked values of the same key one after the other are one strided run.
+    """
     if wire_type == LENGTH:
-        begin, end = value
-        if (end - begin) % width:
-            raise _WireError(begin, f"packed values of {end - begin} bytes, not a multiple of {width}")
-        return begin, end - begin
-    if wire_type == (FIXED32 if width == 4 else FIXED64):
-        return value, -1
-    raise _WireError(offset, "blob values of the wrong wire type")
+        begin, stop = value
+        if (stop - begin) % width:
+            raise _WireError(begin, f"packed values of {stop - begin} bytes, not a multiple of {width}")
+        return (begin, (stop - begin) // width, width), field_end
+    if wire_type != (FIXED32 if width == 4 else FIXED64):
+        raise _WireError(start, "blob values of the wrong wire type")
+    key, stride = wire.buf[start:value], field_end - start
+    more = wire.repeats(field_end, end, key, stride) if len(key) == 1 else 0
+    return (value, 1 + more, stride), field_end + more * stride
 
 
 def _read_dims(wire, start, end):
@@ -360,9 +391,12 @@ def _blob_array(buf, blob):
     """The values of ``blob``: a view on ``buf`` for one packed run, a copy otherwise, shaped when they fit."""
     import numpy as np
     dtype = np.dtype("<f4" if blob.dtype != "float64" else "<f8")
-    parts = [np.frombuffer(buf, dtype=dtype, count=1 if length < 0 else length // dtype.itemsize, offset=offset)
-             for offset, length in blob.runs]
-    flat = parts[0] if len(parts) == 1 else np.concatenate(parts or [np.zeros(0, dtype)])
+    parts = [np.ndarray((count,), dtype, buffer=buf, offset=offset, strides=(stride,))
+             for offset, count, stride in blob.value_runs()]
+    if len(parts) == 1 and parts[0].strides == (dtype.itemsize,):
+        flat = parts[0]
+    else:
+        flat = np.concatenate(parts or [np.zeros(0, dtype)])
     return flat.reshape(blob.shape) if _product(blob.shape) == flat.size else flat
 
 
@@ -375,13 +409,19 @@ def _product(dims):
 
 def _write_upgraded_layer(wire, value, out):
     """Write one V1 layer as a current ``layer`` entry: its small fields upgraded, its blob bytes copied."""
-    header, blobs = bytearray(), []
+    header, blobs, name = bytearray(), [], None
     for number, wire_type, field_value, start, end in wire.fields(*value):
         if number == V1_BLOBS and wire_type == LENGTH:
             blobs.append(field_value)
         else:
             header += wire.buf[start:end]
-    layer = upgrade_v1_layer(BVLC.V1LayerParameter.FromString(bytes(header)), BVLC).SerializeToString()
+            name = wire.text(field_value, wire_type, start, "the layer name") if number == V1_NAME else name
+    try:
+        layer = upgrade_v1_layer(BVLC.V1LayerParameter.FromString(bytes(header)), BVLC).SerializeToString()
+    except (DecodeError, UnicodeDecodeError) as error:
+        damaged = _WireError(value[0], f"a layer whose settings protobuf cannot read ({error.__class__.__name__})")
+        damaged.layer = name
+        raise damaged from None
     keys = [_key(LAYER_BLOBS, LENGTH) + _varint_bytes(end - start) for start, end in blobs]
     size = len(layer) + sum(len(key) + end - start for key, (start, end) in zip(keys, blobs))
     out.write(_key(NET_LAYER, LENGTH) + _varint_bytes(size) + layer)

@@ -4,6 +4,7 @@ Nets are parsed with the schema's ``NetParameter``; legacy V1 nets are upgraded 
 Every failure becomes a one-line :class:`CaffegenError` naming the file, line and column.
 """
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,12 @@ from caffegen.errors import CaffegenError
 from caffegen.io.files import write_atomic
 from caffegen.io.schema import BVLC
 from caffegen.io.upgrade import is_v1_net, upgrade_v1_net
+
+# Caffe's messages nest a few levels deep; protobuf's Python parser recurses once a level, so far deeper
+# text would exhaust the stack before any parse error could name it.
+MAX_NESTING = 100
+# What matters to the nesting: strings and comments (skipped whole) and the braces of messages.
+NESTING_TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"?' r"|'(?:[^'\\\n]|\\.)*'?" r"|#[^\n]*|[{}<>]")
 
 
 @dataclass
@@ -52,6 +59,26 @@ def decode_text(data, path):
 
 def parse_text(text, message, path):
     """Parse prototxt ``text`` into ``message``; syntax errors name the file, line and column."""
+    check_nesting(text, path)
+    return _parse(text, message, path)
+
+
+def check_nesting(text, path):
+    """Refuse text whose messages nest more than :data:`MAX_NESTING` levels deep, naming the line."""
+    depth = 0
+    for token in NESTING_TOKENS.finditer(text):
+        brace = token.group()
+        if brace in "{<":
+            depth += 1
+            if depth > MAX_NESTING:
+                line = text.count("\n", 0, token.start()) + 1
+                raise CaffegenError(f"messages nested more than {MAX_NESTING} levels deep: not a Caffe definition "
+                                    "(Caffe's nest a few levels)", path, line)
+        elif brace in "}>":
+            depth -= 1
+
+
+def _parse(text, message, path):
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as error:
@@ -66,9 +93,10 @@ def read_net(path, schema=BVLC):
 
 def parse_net(text, path, schema=BVLC):
     """Parse the text of a net definition read from ``path`` (used in messages only)."""
+    check_nesting(text, path)
     net = schema.NetParameter()
     try:
-        parse_text(text, net, path)
+        _parse(text, net, path)
     except CaffegenError as error:
         raise _not_a_net(text, schema, path) or error
     if not net.layer and not net.layers:

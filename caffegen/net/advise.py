@@ -144,7 +144,11 @@ def find_freeze_points(view):
 
 def bottleneck_of(view, classifier):
     """The layer whose output feeds ``classifier`` through parameter-free layers: the features it classifies."""
-    current = view.sources(classifier)[0]
+    sources = view.sources(classifier)
+    if not sources:
+        raise CaffegenError(f"classifier '{classifier}' has no bottom, so Caffe would reject it: give it the "
+                            "features it classifies", view.path)
+    current = sources[0]
     while current is not None:
         layer = view.layer(current)
         if not layer.bottom:
@@ -253,11 +257,11 @@ def _earlier_features(view, points, case):
         raise CaffegenError(f"no block boundary below the bottleneck '{points.bottleneck}': the trunk is one "
                             "block, so there are no earlier features to train on", view.path)
     trained = trained_layers(view, middle, points.classifier)
+    after = f"the {len(trained)} learnable layers after it ({_span(trained)}) with " if trained else ""
     strategy = (f"The top layers of the trunk are specific to the pretraining task, and there are too few images "
                 f"to re-learn all of them: keep the generic features of earlier layers. Freeze up to '{middle}', "
-                f"a block boundary around the middle of the trunk, and train the {len(trained)} learnable layers "
-                f"after it ({_span(trained)}) with the new classifier '{points.classifier}' at "
-                f"{case.head_lr_mult:g}× the rate." + _auxiliary_note(points))
+                f"a block boundary around the middle of the trunk, and train {after}the new classifier "
+                f"'{points.classifier}' at {case.head_lr_mult:g}× the rate." + _auxiliary_note(points))
     return middle, strategy
 
 

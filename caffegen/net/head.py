@@ -323,7 +323,7 @@ def _new_names(net, axes, new_name, path):
 
 def _retarget_member(net, axis, member, new, num_output, lr_mult, report, path):
     """Retarget every copy (one per phase, say) of class-axis layer ``member``; add its line to ``report``."""
-    copies = [layer for layer in net.layer if layer.name == member.name]
+    copies = [layer for layer in net.layer if layer.name == member.name and _plays(layer, member.role)]
     before = num_output_param(copies[0]).num_output if member.role in RENAMED_ROLES else None
     for layer in copies:
         change = _retarget_copy(layer, member, new, num_output, lr_mult, path)
@@ -335,6 +335,13 @@ def _retarget_member(net, axis, member, new, num_output, lr_mult, report, path):
     else:
         renamed = f", renamed '{new}'" if new else ""
         report.lines.append(f"{member.name}: {change}{renamed} ({axis.describe(member)})")
+
+
+def _plays(layer, role):
+    """Whether ``layer`` can play ``role``: of layers that share a name (Caffe allows it), only those change."""
+    if role in RENAMED_ROLES:
+        return num_output_param(layer) is not None
+    return layer.type in NUM_CLASSES_PARAMS if role == COUNT else layer.type == "Reshape"
 
 
 def _retarget_copy(layer, member, new, num_output, lr_mult, path):

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from caffegen.io.schema import BVLC
 from caffegen.net.layers import BATCH_PARAMS
 from caffegen.net.netview import TEST, TRAIN, NetView
-from caffegen.net.shapes import conv_setup, infer_shapes, product
+from caffegen.net.shapes import conv_setup, infer_shapes, product, unknown
 
 FLOAT_BYTES = 4
 # The resident memory of a Caffe 1.0 CPU process before its nets hold anything: the binary and its
@@ -338,10 +338,10 @@ def _col_buffer(node):
     """Elements of a Convolution's or Deconvolution's im2col buffer: one image's columns, none for 1×1."""
     if node.type not in ("Convolution", "Deconvolution") or not node.result.params:
         return 0
-    bottom, top = node.bottom_shapes[0], node.top_shapes[0]
-    weight = node.result.params[0]
-    if bottom is None or top is None or None in bottom or None in top or None in weight:
-        return 0
+    shapes = node.bottom_shapes[:1] + node.top_shapes[:1] + node.result.params[:1]
+    if len(shapes) < 3 or any(unknown(shape) for shape in shapes):
+        return 0  # a layer Caffe would reject, or of unknown size (listed as such)
+    bottom, top, weight = shapes
     axis, kernel, stride, pad, _ = conv_setup(node.result.layer, bottom)
     if all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(pad):
         return 0

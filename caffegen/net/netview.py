@@ -2,6 +2,8 @@
 
 Blob names follow Caffe's sequential semantics: a layer's bottom refers to the most recent
 earlier layer that wrote that name, so in-place layers (``bottom == top``) form chains.
+Layers are found by name; where several share one (Caffe allows it), the name means the first,
+as it does when Caffe copies weights, so a walk from a layer to its sources always moves up the net.
 The layers in a view are the net's own messages: editing them edits the net.
 """
 
@@ -22,7 +24,9 @@ class NetView:
         self.path = path
         self.layers = [layer for layer in net.layer if layer_is_included(layer, phase, stages, level)]
         self.inputs = list(net.input) + [top for layer in self.layers if layer.type == "Input" for top in layer.top]
-        self._index = {layer.name: i for i, layer in enumerate(self.layers)}
+        self._index = {}
+        for i, layer in enumerate(self.layers):
+            self._index.setdefault(layer.name, i)
         self._sources = self._resolve_bottoms()
 
     def __contains__(self, name):

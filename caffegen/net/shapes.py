@@ -16,6 +16,7 @@ from caffegen.net.layers import ELEMENTWISE_TYPES, LOSS_TYPES, learnable_blob_co
 from caffegen.net.netview import TEST, TRAIN, NetView
 
 IMAGE_SIZE_HINT = "pass --input-shape N,C,H,W"
+MAX_AXES = 32  # Caffe's kMaxBlobAxes
 # Layers whose output's axes their own settings fix, whatever their input's size.
 AXES_FIXED_TYPES = {"Convolution", "Deconvolution", "InnerProduct"}
 AUTOMATIC_TOP = "(automatic)"
@@ -139,6 +140,8 @@ def _apply_rule(layer, bottoms, input_shape):
     needed = MIN_BOTTOMS.get(layer.type, 1)
     if len(bottoms) < needed:
         raise ShapeError(f"{layer.type} needs {needed} bottom blob{'s' * (needed > 1)}, it has {len(bottoms)}")
+    if not layer.top and layer.type not in NO_TOP_TYPES:
+        raise ShapeError(f"{layer.type} needs a top blob, it has none")
     if any(bottom is None for bottom in bottoms):
         stand_in = _stand_in(layer) if len(bottoms) == 1 else None
         if stand_in is None:
@@ -161,16 +164,23 @@ def _stand_in(layer):
         param = layer.convolution_param
         explicit = param.HasField("kernel_h") or param.HasField("kernel_w")
         spatial = 2 if explicit or len(param.kernel_size) <= 1 else len(param.kernel_size)
-        return (None,) * (2 + spatial) if param.axis == 1 else None
+        return _unknown_axes(2 + spatial) if param.axis == 1 else None
     if layer.type == "InnerProduct":
         axis = layer.inner_product_param.axis
-        return (None,) * (axis + 1) if axis >= 0 else None
+        return _unknown_axes(axis + 1) if axis >= 0 else None
     if layer.type in ("BatchNorm", "PReLU", "Embed"):
-        return (None,) * 2
+        return _unknown_axes(2)
     if layer.type in ("Scale", "Bias"):
         param = layer.scale_param if layer.type == "Scale" else layer.bias_param
-        return (None,) * (param.axis + param.num_axes) if param.axis >= 0 and param.num_axes >= 0 else None
+        return _unknown_axes(param.axis + param.num_axes) if param.axis >= 0 and param.num_axes >= 0 else None
     return None
+
+
+def _unknown_axes(count):
+    """A shape of ``count`` unknown dimensions; more than Caffe's blobs have is refused."""
+    if count > MAX_AXES:
+        raise ShapeError(f"its settings imply an input of {count} axes; Caffe's blobs have at most {MAX_AXES}")
+    return (None,) * count
 
 
 def _note_unknown_dims(layer, tops, input_shape):
@@ -206,6 +216,11 @@ def _axis(axis, rank, what="axis"):
     if not -rank <= axis < rank:
         raise ShapeError(f"{what} {axis} is out of range for a {rank}-axis input")
     return axis % rank
+
+
+def _axis_or_dim(param, legacy, rank):
+    """The axis of a Concat or Slice: its deprecated ``concat_dim`` or ``slice_dim`` when set, else its ``axis``."""
+    return _axis(getattr(param, legacy), rank, legacy) if param.HasField(legacy) else _axis(param.axis, rank)
 
 
 def _fill(shape, input_shape):
@@ -549,9 +564,7 @@ def _split(layer, bottoms):
 def _concat(layer, bottoms):
     param = layer.concat_param
     first = bottoms[0]
-    axis = param.concat_dim if param.HasField("concat_dim") else _axis(param.axis, len(first))
-    if axis >= len(first):
-        raise ShapeError(f"concat axis {axis} is out of range for {format_shape(first)}")
+    axis = _axis_or_dim(param, "concat_dim", len(first))
     others = [bottom[:axis] + (None,) + bottom[axis + 1:] for bottom in bottoms]
     top = list(_merge(others, "Concat inputs (outside the concat axis)"))
     sizes = [bottom[axis] for bottom in bottoms]
@@ -562,7 +575,7 @@ def _concat(layer, bottoms):
 def _slice(layer, bottoms):
     param = layer.slice_param
     bottom = bottoms[0]
-    axis = param.slice_dim if param.HasField("slice_dim") else _axis(param.axis, len(bottom))
+    axis = _axis_or_dim(param, "slice_dim", len(bottom))
     size, count, points = bottom[axis], len(layer.top), list(param.slice_point)
     if points:
         if len(points) != count - 1:
@@ -675,7 +688,7 @@ def _argmax(layer, bottoms):
         top = bottom[:axis] + (param.top_k,) + bottom[axis + 1:]
     else:
         top = [1] * max(3, len(bottom))
-        top[0], top[2] = bottom[0], param.top_k
+        top[0], top[2] = bottom[_axis(0, len(bottom))], param.top_k
         if param.out_max_val:
             top[1] = 2
         top = tuple(top)
@@ -774,5 +787,6 @@ RULES = {
     "DetectionOutput": _detection_output, "DetectionEvaluate": _detection_evaluate,
 }
 RULES.update({layer_type: _same_shape for layer_type in ELEMENTWISE_TYPES})
+NO_TOP_TYPES = {"Silence"}  # every other layer Caffe knows writes at least one blob (a loss gets one if it has none)
 MIN_BOTTOMS = {"Parameter": 0, "BatchReindex": 2, "Crop": 2, "PriorBox": 2, "MultiBoxLoss": 4, "DetectionOutput": 3,
                "DetectionEvaluate": 2}

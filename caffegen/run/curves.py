@@ -9,6 +9,7 @@ import io
 import math
 
 from caffegen.io.files import write_atomic
+from caffegen.run.plots import plain_text
 
 FIRST_COLUMNS = ("iteration", "loss", "lr")
 
@@ -40,6 +41,7 @@ def _cell(value):
     return "" if value is None else repr(value)
 
 
+@plain_text
 def plot_curves(records, path, stage_boundaries=(), title="Training curves"):
     """Draw the losses, and below them any other outputs (accuracies), against the iteration as a PNG.
 

@@ -21,6 +21,7 @@ from caffegen.io.files import built_beside
 from caffegen.io.segdata import voc_palette
 from caffegen.io.templates import render_template
 from caffegen.job.options import SEGMENTATION
+from caffegen.run.plots import plain_text
 
 MISTAKES_SHOWN = 16
 SHEET_SHOWN = 8
@@ -94,6 +95,7 @@ def _png(figure):
     return image.getvalue()
 
 
+@plain_text
 def confusion_png(evaluation):
     """The confusion matrix as a PNG: rows normalised to the true class's share, counts written in when few."""
     counts = evaluation.confusion()
@@ -118,6 +120,7 @@ def confusion_png(evaluation):
     return _png(figure)
 
 
+@plain_text
 def mistakes_png(evaluation):
     """A contact sheet of the most confident wrong predictions, each titled with its true and predicted class."""
     from PIL import Image
@@ -148,6 +151,7 @@ def coloured(mask):
     return palette[np.asarray(mask).clip(0, 255)]
 
 
+@plain_text
 def contact_sheet_png(evaluation):
     """A contact sheet of the images of lowest mean IoU: each image, its true mask and the predicted mask."""
     from PIL import Image

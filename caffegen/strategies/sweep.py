@@ -26,6 +26,7 @@ from caffegen.job.rundir import EVAL_DIR, RESULT, RunDir, refuse_if_launched
 from caffegen.run.cache import store_of
 from caffegen.run.evaluate import evaluate_validation, metrics_line
 from caffegen.run.launch import launch
+from caffegen.run.plots import plain_text
 from caffegen.run.report import METRICS
 from caffegen.run.runner import summary_lines
 from caffegen.run.target import resolve_target
@@ -355,6 +356,7 @@ def _accuracy_curve(run_dir):
     return [i for i, _ in points], [value for _, value in points]
 
 
+@plain_text
 def plot_sweep(rows, curves, path):
     """Draw each run's best validation accuracy as a bar (its mean class accuracy as a mark), and all validation curves, as a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
