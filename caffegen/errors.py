@@ -1,6 +1,7 @@
 """The user-error exception family: messages that name the file, the place and the fix."""
 
 import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -44,16 +45,19 @@ class CaffegenError(Exception):
         return one_line(where + self.message)
 
 
-# What the file system answers a write it refuses: full, over quota, read-only, not allowed, too large.
-WRITE_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG))
+# What the file system answers a write it refuses for want of room or of a writable medium: full, over quota,
+# too large, read-only; and permissions, which it answers reads too.
+FULL_OR_READ_ONLY = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS))
+DENIED = frozenset((errno.EACCES, errno.EPERM))
+WRITE_ERRNOS = FULL_OR_READ_ONLY | DENIED
 
 
 def cannot_write(error, path=None):
     """The one-line error of a write the file system refused (``error``, an OSError), naming the place and the
     free space on its file system."""
     place = Path(path or error.filename2 or error.filename or ".")  # a copy's or a rename's target is filename2
-    folder = next((parent for parent in (place, *place.parents) if parent.is_dir()), Path("."))
     try:
+        folder = next((parent for parent in (place, *place.parents) if os.path.isdir(parent)), Path("."))
         free = f"; {shutil.disk_usage(folder).free / 1e6:.1f} MB free on its file system"
     except OSError:
         free = ""

@@ -131,6 +131,15 @@ def test_a_copied_run_directory_scores_its_own_model(cli, trained, tmp_path):
     assert (tmp_path / "eval" / "metrics.json").is_file()
 
 
+def test_a_snapshot_folder_linked_to_scratch_space_is_the_run_directorys_own(trained, tmp_path):
+    copy = copy_run(trained, tmp_path / "runs")
+    scratch = tmp_path / "scratch"
+    shutil.move(copy / "snapshots", scratch)
+    (copy / "snapshots").symlink_to(scratch)
+    final = json.loads((copy / "result.json").read_text())["final_model"]
+    assert load_model(copy).weights == copy / final and (copy / final).resolve().parent == scratch
+
+
 def test_a_recorded_model_outside_the_run_directory_is_not_used(trained, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(trained, copy)
@@ -267,7 +276,11 @@ def test_export_folder_and_archive(cli, trained, evaluated, tmp_path):
     ({"preprocessing": {"scale": -1}}, "scale -1 is no positive number"),
     ({"preprocessing": {"mean_value": [1, 2, 3, 4]}}, "mean_value [1, 2, 3, 4] is not one number or one per channel"),
     ({"task": "detection"}, "task 'detection' is none of classification, segmentation"),
-], ids=["absolute mean file", "mean file outside", "input shape", "channels", "scale", "mean", "task"])
+    ({"preprocessing": {"resize": 5}}, "resize 5 is not a height and a width"),
+    ({"preprocessing": {"mean_value": 104}}, "mean_value 104 is not one number or one per channel"),
+    ({"preprocessing": {"mean_file": 5}}, "mean_file 5 is no file name"),
+], ids=["absolute mean file", "mean file outside", "input shape", "channels", "scale", "mean", "task", "resize type",
+        "mean type", "mean file type"])
 def test_a_bundle_reads_nothing_outside_itself_and_agrees_with_its_net(cli, trained, evaluated, tmp_path, change,
                                                                         words):
     bundle = tmp_path / "bundle"

@@ -60,7 +60,7 @@ def test_slurm_scripts_pass_hostile_paths_exactly_or_refuse_them(tmp_path, monke
     folder.mkdir(parents=True)
     caffe = tmp_path / "caffe" / text / "caffe"
     try:
-        script = write_sbatch_script(folder, "slurm.sh", "runs", launch_command(None, caffe, None, "--evaluate"),
+        script = write_sbatch_script(folder, "slurm.sh", "runs", launch_command("--evaluate", caffe=caffe),
                                      "a test", ["--comment=" + text], tasks=1,
                                      task_argument='"${RUNS[$SLURM_ARRAY_TASK_ID]}"', runs=[folder / text])
     except CannotQuote as refused:

@@ -117,7 +117,7 @@ class TestData:
         assert "\n" not in str(refused.value) and len(str(refused.value).splitlines()) == 1
         write_images(tmp_path / "images", {"cat": 2, "eel": 2})
         (tmp_path / "images" / "cat" / "img 0.png").rename(tmp_path / "images" / "cat" / f"{name}.png")
-        with pytest.raises(CaffegenError, match="the image path .* holds a line break"):
+        with pytest.raises(CaffegenError, match=r"are not usable images: .* a line break \(U\+[0-9A-F]{4}\) in its path"):
             scan_class_folders(tmp_path / "images")
 
     def test_a_list_is_split_as_caffe_splits_it_and_other_line_breaks_are_refused(self, tmp_path):
@@ -327,6 +327,33 @@ def test_weights_that_name_none_of_the_layers_stop_prepare_unless_forced(cli, tm
     about_the_weights = [line for line in forced.stderr.splitlines() if str(weights) in line]
     assert len(about_the_weights) == 1 and "names none of the net's layers" in about_the_weights[0]
     assert "(6 of them frozen)" in about_the_weights[0]
+
+
+def test_snapshots_are_kept_inside_the_run_directory(tmp_path):
+    write_images(tmp_path / "images", {"cat": 5, "dog": 5})
+    options = JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel",
+                         data=tmp_path / "images", solver_set=("snapshot_prefix=/scratch/ft",))
+    with pytest.raises(CaffegenError, match="snapshot_prefix '/scratch/ft' leaves the run directory"):
+        prepare(options, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+DUMMY_NET = """name: "dummy"
+layer { name: "data" type: "DummyData" top: "data" top: "label" include { phase: TRAIN }
+  dummy_data_param { shape { dim: 4 dim: 1 dim: 28 dim: 28 } shape { dim: 4 } } }
+layer { name: "data" type: "DummyData" top: "data" top: "label" include { phase: TEST }
+  dummy_data_param { shape { dim: 4 dim: 1 dim: 28 dim: 28 } shape { dim: 4 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+def test_a_kept_data_layer_without_a_batch_size_leaves_the_validation_figure_unverified(tmp_path):
+    (tmp_path / "net.prototxt").write_text(DUMMY_NET)
+    job = prepare(JobOptions(net=tmp_path / "net.prototxt", weights=DIGITS / "digits.caffemodel",
+                             keep_data_layers=True, num_classes=3, train_images=40, val_images=10, epochs=1,
+                             data_settings=DataSettings(resize=(28, 28))), tmp_path / "run", force=True)
+    assert any(note.startswith("the TEST data layer sets no batch size of its own: unverified") for note in job.notes)
 
 
 class TestKeptDataLayers:

@@ -119,8 +119,8 @@ def test_one_launch_per_run_directory(caffe, images, tmp_path):
     first = launch_until(run, 30)
     try:
         second = run_caffegen("launch", run)
-        assert_one_line_error(second, f"another caffegen launch (process {first.pid}) is training in this run "
-                                      "directory")
+        assert_one_line_error(second, f"a caffegen launch (process {first.pid}) is training in this run "
+                                      "directory", "before you launch it again")
         replaced = run_caffegen("prepare", "--gpu", "cpu", "--net", DIGITS / "train_val.prototxt", "--weights",
                                 DIGITS / "digits.caffemodel", "--data", images, "--force", "-o", run)
         assert_one_line_error(replaced, f"a caffegen launch (process {first.pid}) is training in this run directory",

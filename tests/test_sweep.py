@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import DIGITS, ROOT, assert_one_line_error, run_caffegen, wait_for
 
 from caffegen.job.prepare import JobOptions
 from caffegen.job.rundir import RunDir
 from caffegen.run.cache import store_of
+from caffegen.strategies import sweep as sweep_module
 from caffegen.strategies.sweep import collect, combinations, plot_sweep, prepare_sweep, run_on_gpus
 
 BASE_MODEL = ("--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel")
@@ -120,6 +122,38 @@ def test_one_run_per_device_at_a_time(caffe, images, tmp_path):
     assert events.index("GPU cpu: started upto-fc1") > 2
     for row in collect(out):
         assert row["status"] == "ok" and row["best_accuracy"] == result(out / row["run"])["best_accuracy"]
+
+
+class Stopped(BaseException):
+    """What SIGTERM raises in caffegen (cli.Terminated), raised here while the launches run."""
+
+
+def test_a_sweep_stopped_by_sigterm_stops_its_launches(caffe, images, tmp_path, monkeypatch):
+    options = JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=images,
+                         epochs=30)
+    out = tmp_path / "sweep"
+    runs = prepare_sweep(combinations(options, ("conv1", "conv2")), out)
+    started = []
+
+    def stop_once_training(seconds):
+        logs = [out / run.run_dir / "train.log" for run in runs]
+        if all(log.is_file() and "Iteration 20 " in log.read_text() for log in logs):
+            raise Stopped()
+
+    monkeypatch.setattr(sweep_module.time, "sleep", stop_once_training)
+    monkeypatch.setattr(sweep_module.subprocess, "Popen", recording(sweep_module.subprocess.Popen, started))
+    with pytest.raises(Stopped):
+        run_on_gpus(out, runs, ["cpu", "cpu"], caffe)
+    assert len(started) == 2 and all(process.poll() is not None for process in started)
+    for run in runs:
+        assert "Snapshotting to binary proto file" in (out / run.run_dir / "train.log").read_text()
+
+
+def recording(popen, started):
+    def start(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+    return start
 
 
 def test_a_run_refused_by_launch_shows_why(caffe, images, tmp_path):

@@ -12,7 +12,7 @@ import threading
 import click
 
 from caffegen import __version__
-from caffegen.errors import WRITE_ERRNOS, CaffegenError, cannot_write, one_line
+from caffegen.errors import FULL_OR_READ_ONLY, WRITE_ERRNOS, CaffegenError, cannot_write, one_line
 
 # Every command by name: the module and the click command in it, imported only when that command is
 # run or listed, so that a command loads no more than it uses.
@@ -73,7 +73,9 @@ def main(argv=None):
     except OSError as error:
         if error.errno not in WRITE_ERRNOS:
             raise
-        failure = cannot_write(error)
+        # Where no write site named the place, a denied read is as likely as a denied write.
+        failure = cannot_write(error) if error.errno in FULL_OR_READ_ONLY else CaffegenError(
+            error.strerror, error.filename2 or error.filename)
         click.echo(f"caffegen: error: {failure}", err=True)
         return failure.exit_code
     except click.exceptions.Exit as done:

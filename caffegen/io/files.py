@@ -39,10 +39,10 @@ def write_atomic(path, data):
             out.write(data)
         os.replace(tmp, path)
     except OSError as error:
-        os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise cannot_write(error, path) from None
     except BaseException:
-        os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

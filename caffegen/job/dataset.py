@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from caffegen.errors import CaffegenError
+from caffegen.errors import LINE_BREAKS, CaffegenError
 from caffegen.io.lists import check_one_line, list_line, read_list
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff"}
@@ -115,7 +115,6 @@ def _images_in(folder):
     for path in sorted(folder.rglob("*")):
         if path.is_dir() or any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue
-        check_one_line(path, "the image path", path)
         problem = image_problem(path)
         if problem:
             problems.append((path, problem))
@@ -128,8 +127,9 @@ def image_problem(path):
     """Why ``path`` is not an image Caffe can read, or None."""
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return "not an image file (by its extension)"
-    if "\n" in str(path):
-        return "a newline in the file name"
+    breaks = sorted({f"U+{ord(char):04X}" for char in str(path) if char in LINE_BREAKS})
+    if breaks:
+        return f"a line break ({', '.join(breaks)}) in its path, which a line of Caffe's lists cannot carry"
     try:
         with Image.open(path) as image:
             image.verify()

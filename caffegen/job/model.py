@@ -77,7 +77,7 @@ class TrainedModel:
 
 
 def load_model(path, weights=None):
-    """The TrainedModel at ``path``: a run directory (or RunDir) or a bundle (folder, .tar.gz); ``weights`` overrides."""
+    """The TrainedModel at ``path``: a run directory (or RunDir) or a bundle (folder, .tar.gz); ``weights`` wins."""
     if isinstance(path, RunDir):
         return _from_run(path, weights)
     path = Path(path)
@@ -113,6 +113,9 @@ def _from_bundle(path, weights):
         raise CaffegenError(f"unreadable bundle description ({error}); export the model again",
                             path / PREPROCESSING) from None
     if preprocessing.get("mean_file"):
+        if not isinstance(preprocessing["mean_file"], str):
+            raise CaffegenError(f"mean_file {preprocessing['mean_file']!r} is no file name: the bundle does not "
+                                "describe its own net; export the model again", path / PREPROCESSING)
         preprocessing["mean_file"] = str(_existing(inside(path, preprocessing["mean_file"], "the bundle's mean file")))
     labels = _existing(path / LABELS).read_text(encoding="utf-8").splitlines()
     model = TrainedModel(_existing(path / DEPLOY), _existing(weights or path / BUNDLE_WEIGHTS), labels,
@@ -137,13 +140,17 @@ def _bundle_problem(model):
         return f"task {model.task!r} is none of {', '.join(TASKS)}"
     if steps.get("channel_order") not in ("BGR", "gray") or (steps["channel_order"] == "gray") != (shape[1] == 1):
         return f"channel_order {steps.get('channel_order')!r} does not feed the net's {shape[1]} channels"
-    sizes = [steps.get("crop_size")] + list(steps.get("resize") or [])
-    if not all(size is None or (isinstance(size, int) and 0 < size <= MAX_SIDE) for size in sizes):
-        return f"crop_size {steps.get('crop_size')!r} or resize {steps.get('resize')!r} is no image size"
+    resize = steps.get("resize")
+    if not (resize is None or (isinstance(resize, list) and len(resize) == 2)):
+        return f"resize {resize!r} is not a height and a width"
+    if not all(size is None or (isinstance(size, int) and 0 < size <= MAX_SIDE)
+               for size in [steps.get("crop_size"), *(resize or [])]):
+        return f"crop_size {steps.get('crop_size')!r} or resize {resize!r} is no image size"
     if steps.get("crop_size") and [steps["crop_size"]] * 2 != list(shape[2:]):
         return f"crop_size {steps['crop_size']} does not give the net's {shape[2]}×{shape[3]} input"
     means = steps.get("mean_value") or []
-    if len(means) not in (0, 1, shape[1]) or not all(isinstance(value, (int, float)) for value in means):
+    if not isinstance(means, list) or len(means) not in (0, 1, shape[1]) or \
+            not all(isinstance(value, (int, float)) for value in means):
         return f"mean_value {means!r} is not one number or one per channel"
     if not isinstance(steps.get("scale"), (int, float)) or not 0 < steps["scale"] < math.inf:
         return f"scale {steps.get('scale')!r} is no positive number"

@@ -32,10 +32,10 @@ from caffegen.job.rundir import MANIFEST, SNAPSHOT_DIR, refuse_if_launched
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, wrapper_scripts
 from caffegen.job.segmentation import build_segmentation
 from caffegen.job.solver import (
+    check_snapshot_prefix,
     check_solver_text,
     epoch_schedule,
-    exact_batch,
-    exact_batch_note,
+    exact_validation,
     parse_overrides,
     render_solver,
     solver_fields,
@@ -268,7 +268,8 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, bui
         notes += fit_crop(net, bool(options.data_settings.resize), options.cache_features, options.net)
     else:
         _keep_batches(net, options)
-    notes += _exact_validation(net, dataset.val_count, options.net)
+    test_batch, exact_notes = _exact_validation(net, dataset.val_count, options.net)
+    notes += exact_notes
     notes += [python_layer_note(layer) for layer in net.layer if layer.type == PYTHON]
     plan = _lmdb_plan(net, options, dataset) if build_databases else None
     mean = _resolve_mean_file(net, options, dataset)
@@ -287,10 +288,10 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, bui
     input_shape = [1, channels, height, width]
     check_runs(net, input_shape, options.net)
     if weights_ref == weights:
-        notes += preflight(net, weights, input_shape, "warn" if memory.force else "refuse")
+        notes += preflight(net, weights, input_shape, allow_unrelated=memory.force)
     if options.cache_features:
         notes += check_cacheable(net, options.net)
-    schedule, solver_text, base_lr, solver = _solver(options, net, dataset)
+    schedule, solver_text, base_lr, solver = _solver(options, net, dataset, test_batch)
     if memory.budget is not None and not options.cache_features:
         notes += memory.note(training_check(net, solver.type, input_shape, weights if weights_ref == weights else None,
                                             options.device, solver.iter_size, memory.budget, options.net))
@@ -521,22 +522,23 @@ def _keep_batches(net, options):
 
 
 def _exact_validation(net, images, path):
-    """Give the TEST data layer a batch that divides the validation images; the note when it is not the one asked."""
-    requested = phase_batch_sizes(net, DataSettings(), path)[TEST]
-    batch = exact_batch(images, requested)
-    set_batch(net, TEST, batch, path)
-    note = exact_batch_note(images, requested, batch)
-    return [note] if note else []
+    """(the TEST batch, given to the TEST data layer, that divides the validation images; the notes of it)."""
+    batch, notes = exact_validation(images, phase_batch_sizes(net, DataSettings(), path)[TEST])
+    if not set_batch(net, TEST, batch, path):
+        return batch, [f"the TEST data layer sets no batch size of its own: unverified whether a test pass counts "
+                       f"each of the {images} validation images once"]
+    return batch, notes
 
 
-def _solver(options, net, dataset):
-    batches = phase_batch_sizes(net, DataSettings(), options.net)
-    schedule = epoch_schedule(dataset.train_count, dataset.val_count, batches[TRAIN], batches[TEST], options.epochs,
+def _solver(options, net, dataset, test_batch):
+    train_batch = phase_batch_sizes(net, DataSettings(), options.net)[TRAIN]
+    schedule = epoch_schedule(dataset.train_count, dataset.val_count, train_batch, test_batch, options.epochs,
                               options.iter_size, options.device.workers, options.snapshot_every)
     fields = solver_fields(schedule, _base_lr(options), not options.device.is_cpu,
                            options.seed, options.iter_size, snapshot_prefix=f"{SNAPSHOT_DIR}/ft")
     text = render_solver(fields, schedule, parse_overrides(options.solver_set))
     solver = check_solver_text(text)
+    check_snapshot_prefix(solver)
     # base_lr as Caffe reads it: a float32, given with the 7 digits it holds.
     return schedule, text, float(f"{solver.base_lr:.7g}"), solver
 

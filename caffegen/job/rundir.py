@@ -1,6 +1,7 @@
 """A prepared run directory: its manifest, read once, and the checks made before Caffe runs in it."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -8,7 +9,7 @@ from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import cut_short
 from caffegen.io.files import write_atomic
 from caffegen.io.lists import read_list
-from caffegen.io.locks import holder, sole_lock
+from caffegen.io.locks import refuse_if_held, sole_lock
 from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.io.quoting import sh_command
 from caffegen.job.device import Device
@@ -78,9 +79,7 @@ class RunDir:
 
     def launching(self):
         """Hold the run directory for one launch; a second launch is refused, naming the first's process."""
-        return sole_lock(self.path / LAUNCH_LOCK, lambda pid: CaffegenError(
-            f"another caffegen launch (process {pid}) is training in this run directory: wait for it to end, or "
-            "stop it first", self.path))
+        return sole_lock(self.path / LAUNCH_LOCK, _launch_busy(self.path, "launch it again"))
 
     def record(self, **fields):
         """Add ``fields`` to the manifest, on disk too."""
@@ -141,10 +140,13 @@ class RunDir:
 
 def refuse_if_launched(run_dir, what):
     """Refuse to ``what`` (such as "replace it") while a caffegen launch trains in ``run_dir``."""
-    pid = holder(Path(run_dir) / LAUNCH_LOCK)
-    if pid is not None:
-        raise CaffegenError(f"a caffegen launch (process {pid}) is training in this run directory: wait for it to "
-                            f"end, or stop it, before you {what}", run_dir)
+    refuse_if_held(Path(run_dir) / LAUNCH_LOCK, _launch_busy(run_dir, what))
+
+
+def _launch_busy(run_dir, what):
+    """The refusal to ``what`` while the launch of process ``pid`` trains in ``run_dir``, given its pid."""
+    return lambda pid: CaffegenError(f"a caffegen launch (process {pid}) is training in this run directory: wait for "
+                                     f"it to end, or stop it, before you {what}", run_dir)
 
 
 def recorded_path(run_dir, recorded):
@@ -154,14 +156,20 @@ def recorded_path(run_dir, recorded):
     files. An absolute path (as an older caffegen wrote) is read as the longest of its tails that
     lies in the run directory; None where none does.
     """
-    run_dir = Path(run_dir).resolve()
+    run_dir = _lexical(run_dir)
     path = Path(recorded)
     tails = [Path(*path.parts[start:]) for start in range(1, len(path.parts))] if path.is_absolute() else [path]
     for tail in tails:
-        candidate = (run_dir / tail).resolve()
+        candidate = _lexical(run_dir / tail)
         if candidate.is_relative_to(run_dir) and candidate.exists():
             return candidate
     return None
+
+
+def _lexical(path):
+    """``path`` absolute, with its ``..`` resolved by name: a snapshot folder that is a link to scratch space
+    stays inside the run directory."""
+    return Path(os.path.normpath(Path(path).absolute()))
 
 
 def inside(folder, name, what):
@@ -176,7 +184,7 @@ def inside(folder, name, what):
 
 def relative_record(run_dir, path):
     """``path``, a file of ``run_dir``, as the run directory records it: relative to itself."""
-    return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
+    return _lexical(path).relative_to(_lexical(run_dir)).as_posix()
 
 
 def newest_snapshot(run_dir, echo=None):

@@ -61,5 +61,8 @@ def render_train_bat(weights, gpu, num_classes):
 def _bat_argument(argument):
     """One cmd.exe argument: ``--name="value"``."""
     name, sep, value = argument.partition("=")
-    return f"{name}={bat_word(value, f'the {name.lstrip(chr(45))} value')}" if sep else argument
+    if not sep:
+        return argument
+    option = name.lstrip("-")
+    return f"{name}={bat_word(value, f'the {option} value')}"
 

@@ -27,10 +27,10 @@ from caffegen.job.options import SEGMENTATION
 from caffegen.job.rundir import SNAPSHOT_DIR
 from caffegen.job.scripts import wrapper_scripts
 from caffegen.job.solver import (
+    check_snapshot_prefix,
     check_solver_text,
     epoch_schedule,
-    exact_batch,
-    exact_batch_note,
+    exact_validation,
     parse_overrides,
     render_solver,
     solver_fields,
@@ -179,8 +179,8 @@ def build_segmentation(options, weights, caffe="caffe", force=False):
     processing = _preprocessing(net, options.data_settings.mean_value, options.net)
     input_shape = [1, 3, *dataset.size]
     settings = options.data_settings
-    val_batch = exact_batch(dataset.val_count, settings.val_batch_size or 1)
-    notes += filter(None, [exact_batch_note(dataset.val_count, settings.val_batch_size or 1, val_batch)])
+    val_batch, batch_notes = exact_validation(dataset.val_count, settings.val_batch_size or 1)
+    notes += batch_notes
     score = wire_segmentation(net, settings.batch_size, val_batch, input_shape, options.net)
     if options.freeze_upto or options.freeze_from:
         notes += freeze(net, options.freeze_upto, options.freeze_from, options.net).summary()
@@ -190,7 +190,7 @@ def build_segmentation(options, weights, caffe="caffe", force=False):
         notes += apply_lr_rules(net, options.lr_rules).summary()
     deploy = deploy_net(net, *input_shape[1:])
     check_runs(net, input_shape, options.net)
-    notes += preflight(net, weights, input_shape, "warn" if force else "refuse")
+    notes += preflight(net, weights, input_shape, allow_unrelated=force)
     schedule, solver_text, base_lr = _solver(options, net, dataset, val_batch)
     files = {"train_val.prototxt": to_text(net), "deploy.prototxt": to_text(deploy), "solver.prototxt": solver_text,
              "labels.txt": dataset.labels_text(), PAIRS: dataset.pairs_text(), **dataset.source_texts(),
@@ -225,7 +225,9 @@ def _solver(options, net, dataset, val_batch):
                                                     options.iter_size, snapshot_prefix=f"{SNAPSHOT_DIR}/ft")
               if key not in ("gamma", "stepsize")]
     text = render_solver(fields, schedule, parse_overrides(options.solver_set))
-    return schedule, text, float(f"{check_solver_text(text).base_lr:.7g}")
+    solver = check_solver_text(text)
+    check_snapshot_prefix(solver)
+    return schedule, text, float(f"{solver.base_lr:.7g}")
 
 
 def segmentation_lr(size, batch=1):

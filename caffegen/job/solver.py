@@ -5,8 +5,10 @@ template or an override can never produce a solver Caffe rejects as malformed.
 """
 
 import math
+import os
 from dataclasses import dataclass
 from difflib import get_close_matches
+from pathlib import Path
 
 from caffegen.defaults import FINE_TUNE_LR
 from caffegen.errors import CaffegenError, did_you_mean
@@ -42,6 +44,13 @@ def exact_batch(images, requested):
     """The largest batch of at most ``requested`` images that divides ``images``: test_iter of them scores every
     validation image once (Caffe wraps its TEST data around, counting the first images again otherwise)."""
     return max(size for size in range(1, min(requested, images) + 1) if images % size == 0)
+
+
+def exact_validation(images, requested):
+    """(the exact batch for ``images`` validation images at most ``requested``, the notes that say so)."""
+    batch = exact_batch(images, requested)
+    note = exact_batch_note(images, requested, batch)
+    return batch, [note] if note else []
 
 
 def exact_batch_note(images, requested, batch):
@@ -142,6 +151,14 @@ def check_solver_text(text, path="solver.prototxt"):
         return parse_text(text, BVLC.SolverParameter(), path)
     except CaffegenError as error:
         raise CaffegenError(f"invalid solver: {error.message}", path, error.line, error.column) from None
+
+
+def check_snapshot_prefix(solver):
+    """Refuse a snapshot_prefix outside the run directory: launch, --resume and evaluate look for snapshots there."""
+    prefix = Path(solver.snapshot_prefix)
+    if prefix.is_absolute() or os.path.normpath(prefix).startswith(".."):
+        raise CaffegenError(f"--solver-set: snapshot_prefix '{solver.snapshot_prefix}' leaves the run directory; "
+                            "keep the snapshots inside it (a folder of it may be a link to scratch space)")
 
 
 def _check_field(key):

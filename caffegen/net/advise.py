@@ -14,11 +14,11 @@ it through parameter-free layers, and block boundaries are the layers every path
 to the classifier goes through.
 """
 
-import shlex
 from dataclasses import asdict, dataclass
 
 from caffegen.defaults import FINE_TUNE_LR, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
+from caffegen.io.quoting import sh_command
 from caffegen.net.head import find_classifiers
 from caffegen.net.layers import learnable_blob_count, num_output_param
 from caffegen.net.netview import TRAIN, NetView
@@ -92,7 +92,7 @@ class Advice:
     @property
     def command_line(self):
         """The command as one shell line."""
-        return shlex.join(self.command)
+        return sh_command(*self.command)
 
     def to_json(self):
         """The advice as a JSON-ready dict."""

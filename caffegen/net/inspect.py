@@ -155,12 +155,12 @@ def check_weights(net, caffemodel_path, phase=TRAIN, input_shape=None):
     return inspect_net(net, phase, input_shape, weights=caffemodel_path).problems
 
 
-def preflight(net, caffemodel_path, input_shape=None, unrelated="refuse"):
+def preflight(net, caffemodel_path, input_shape=None, allow_unrelated=False):
     """Refuse weights Caffe would abort on, in either phase (it loads them into both nets).
 
     Returns what is not fatal but worth reading, one line each: frozen layers without weights. Weights
-    that give the net nothing at all (the wrong file, most likely) are refused, or with ``unrelated``
-    "warn" said first, the frozen layers they leave at their fillers counted in the same line.
+    that give the net nothing at all (the wrong file, most likely) are refused, or with ``allow_unrelated``
+    said in one line, which counts the frozen layers they leave at their fillers.
     """
     warnings = []
     for phase in (TRAIN, TEST):
@@ -176,7 +176,7 @@ def preflight(net, caffemodel_path, input_shape=None, unrelated="refuse"):
         return warnings
     conclusion = (f"names none of the net's layers: every layer would start from its fillers"
                   f"{f' ({len(warnings)} of them frozen)' if warnings else ''}; are these the right weights?")
-    if unrelated == "refuse":
+    if not allow_unrelated:
         raise CaffegenError(f"{conclusion} Pass --force to prepare the job anyway", caffemodel_path)
     return [f"{caffemodel_path}: {conclusion}"]
 

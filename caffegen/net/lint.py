@@ -1,13 +1,13 @@
 """Static checks for the classic fine-tuning traps, one finding per problem with its fix."""
 
 from dataclasses import dataclass
-from difflib import get_close_matches
 
-from caffegen.errors import CaffegenError, did_you_mean
+from caffegen.errors import CaffegenError
 from caffegen.io.lists import read_list
 from caffegen.net.head import classifier_outputs, find_class_axes
 from caffegen.net.layers import is_frozen, learnable_blob_count, unknown_type
 from caffegen.net.netview import TEST, TRAIN, NetView
+from caffegen.net.shapes import likely_blob
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,8 @@ def check_unproduced_bottoms(view):
                           "move this layer after the one that produces the blob")
         elif not any(blob in layer.top for layer in view.net.layer):
             produced = [top for earlier in view.layers[:position] for top in earlier.top] + list(view.net.input)
-            close = did_you_mean(get_close_matches(blob, produced, n=2, cutoff=0.6))
-            yield Finding(layer_name, f"bottom '{blob}' is produced by no layer and is no net input{close}",
+            yield Finding(layer_name, f"bottom '{blob}' is produced by no layer and is no net input"
+                                      f"{likely_blob(blob, produced)}",
                           "fix the blob name, or add the layer that produces it")
 
 

@@ -62,8 +62,12 @@ def infer_shapes(view, input_shape=None):
 
 def unknown_bottom(blob, produced):
     """Caffe's refusal of bottom ``blob``, produced by no earlier layer, with the closest of the ``produced`` blobs."""
-    close = get_close_matches(blob, list(produced), n=2, cutoff=0.6)
-    return f"bottom '{blob}' is produced by no earlier layer{did_you_mean(close)}"
+    return f"bottom '{blob}' is produced by no earlier layer{likely_blob(blob, produced)}"
+
+
+def likely_blob(blob, produced):
+    """' (did you mean …?)' with the ``produced`` blobs closest to the name ``blob``, or ''."""
+    return did_you_mean(get_close_matches(blob, list(produced), n=2, cutoff=0.6))
 
 
 def check_runs(net, input_shape=None, path=None):

@@ -5,13 +5,15 @@ the base net's batch sizes and transformations (mirroring for training only). A 
 (ResNet, MobileNet publish only those) gains data layers, a loss and an accuracy instead.
 """
 
-import re
 from dataclasses import dataclass
 
 from caffegen.errors import CaffegenError
 from caffegen.io.messages import copy_field
 from caffegen.net.layers import BATCH_PARAMS, DATA_TYPES
 from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN, NetView
+
+# The parameter message holding a data layer's batch size, by its type in lower case (ImageData: image_data_param).
+BATCH_PARAM_OF_TYPE = {name.removesuffix("_param").replace("_", ""): name for name in BATCH_PARAMS}
 
 CARRIED_TRANSFORMS = ("scale", "crop_size", "mean_file", "mean_value", "force_color", "force_gray")
 DEFAULT_BATCH = {TRAIN: 32, TEST: 50}
@@ -103,11 +105,13 @@ def _image_data_layer(base, phase, source, settings):
 
 
 def set_batch(net, phase, batch, path=None):
-    """Give the data layer of ``phase`` a batch of ``batch`` images."""
+    """Give the data layer of ``phase`` a batch of ``batch`` images; False for a type without one (DummyData)."""
     layer = _phase_data_layer(net, phase, path)
-    given = [name for name in BATCH_PARAMS if layer.HasField(name)]
-    named = re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z])", "_", layer.type).lower() + "_param"
-    getattr(layer, given[0] if given else named).batch_size = batch
+    name = BATCH_PARAM_OF_TYPE.get(layer.type.lower())
+    if name is None:
+        return False
+    getattr(layer, name).batch_size = batch
+    return True
 
 
 def _batch_size(base, phase, settings):

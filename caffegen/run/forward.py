@@ -82,14 +82,25 @@ def forward_images(target, model, paths, blobs, batch_size=FORWARD_BATCH, device
         net = image_input_net(model.deploy_net, model.preprocessing, tmp / LIST, min(batch_size, len(paths)), resize)
         blobs = extract_blobs(target, net, model.weights, blobs, len(paths), min(batch_size, len(paths)), tmp, device)
     except CaffegenError:
-        if not (tmp / "forward.log").is_file():
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise  # the folder with Caffe's log, which the error names, stays
+        _keep_only(tmp, tmp / "forward.log")  # the log the error names stays, what was computed goes
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     return blobs
+
+
+def _keep_only(folder, log):
+    """Remove ``folder`` but for ``log``, when it is there."""
+    if not log.is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for path in folder.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path != log:
+            path.unlink()
 
 
 def _needed_resize(model, paths, echo):

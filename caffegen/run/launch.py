@@ -110,7 +110,8 @@ def _joined(run_dir, results, offsets):
 
 def preflight_weights(run, weights, echo):
     """Check the weights against the run's net before Caffe spends minutes loading them."""
-    for warning in preflight(read_net(run.path / "train_val.prototxt").net, weights, list(run.input_shape), "warn"):
+    for warning in preflight(read_net(run.path / "train_val.prototxt").net, weights, list(run.input_shape),
+                             allow_unrelated=True):
         echo(warning)
 
 

@@ -6,18 +6,20 @@ ends. A diagnosed failure (a loss gone to NaN, a weights shape mismatch, …) st
 Ctrl-C asks Caffe to snapshot and stop (``-sigint_effect stop``).
 """
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from caffegen.errors import cannot_write
+from caffegen.errors import CaffegenError, cannot_write
 from caffegen.io.files import write_atomic
 from caffegen.io.quoting import sh_command
 from caffegen.job.rundir import RESULT, newest_snapshot, relative_record
@@ -62,17 +64,20 @@ def run_caffe_train(caffe, arguments, run_dir, history, echo, show_progress, mem
     try:
         with (run_dir / "train.log").open("ab", buffering=0) as log, \
                 _progress(watcher, show_progress, echo) as progress:
-            for line in process.stdout:
-                _log(log, line, run_dir)
-                events = watcher.feed(line)
-                diagnosis = _watch(events, diagnosis, process)
-                progress.show(watcher, events)
+            try:
+                for line in process.stdout:
+                    _log(log, line, run_dir)
+                    events = watcher.feed(line)
+                    diagnosis = _watch(events, diagnosis, process)
+                    progress.show(watcher, events)
+            except BaseException:  # caffegen itself is ending (SIGTERM, a full disk): Caffe snapshots and stops
+                _stop_and_log(process, log)
+                raise
             diagnosis = _watch(watcher.close(), diagnosis, process)
         code = process.wait()
         diagnosis = _watch(watcher.ended(code), diagnosis, process)
     finally:
         signal.signal(signal.SIGINT, previous)
-        _stop_if_running(process)
     stopped = bool(interrupts) or watcher.stopped_early  # Ctrl-C here, or a SIGINT sent to Caffe itself
     result = LaunchResult(code, code, watcher, history + watcher.records, diagnosis, stopped,
                           time.monotonic() - started)
@@ -99,16 +104,20 @@ def _log(log, line, run_dir):
         raise cannot_write(error, run_dir / "train.log") from None
 
 
-def _stop_if_running(process):
-    """Stop a Caffe left running because caffegen itself is ending (SIGTERM): it snapshots first, as on Ctrl-C."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGINT)
+def _stop_and_log(process, log):
+    """Stop a Caffe that caffegen is leaving: it snapshots first, as on Ctrl-C, and what it says on the way goes
+    to train.log where the disk still takes it. It is killed if it has not ended within STOP_WAIT_S."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    killer = threading.Timer(STOP_WAIT_S, process.kill)
+    killer.start()
     try:
-        process.wait(timeout=STOP_WAIT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        for line in process.stdout:
+            with contextlib.suppress(OSError):
+                log.write(line.encode("utf-8", errors="replace"))
         process.wait()
+    finally:
+        killer.cancel()
 
 
 def _interrupt(process, interrupts):
@@ -123,7 +132,7 @@ def _progress(watcher, show, echo):
     on_terminal = sys.stderr.isatty() if show is None else show
     if on_terminal:
         return _Bar(watcher)
-    return _Lines(echo) if show is None and echo else _Silent()
+    return _Lines(echo if show is None else None)
 
 
 class _Bar:
@@ -160,6 +169,8 @@ class _Lines:
         pass
 
     def show(self, watcher, events):
+        if self.echo is None:
+            return
         tests = [event.iteration for event in events if isinstance(event, TestResult)]
         if tests:
             self._line(tests[-1], watcher)
@@ -171,14 +182,6 @@ class _Lines:
         figures = ", ".join(f"{name} {value}" for name, value in _figures(watcher).items())
         of = f"/{watcher.max_iter}" if watcher.max_iter else ""
         self.echo(f"iteration {iteration}{of}" + (f": {figures}" if figures else ""))
-
-
-class _Silent(_Lines):
-    def __init__(self):
-        super().__init__(None)
-
-    def show(self, watcher, events):
-        pass
 
 
 def _figures(watcher):
@@ -231,6 +234,14 @@ def result_summary(result, run_dir):
     }
 
 
+def _resumable(run_dir):
+    """The snapshot a --resume would start from, or None when none is whole."""
+    try:
+        return newest_snapshot(run_dir)
+    except CaffegenError:
+        return None
+
+
 def earlier_records(run_dir, upto):
     """The records of a run's train.log before iteration ``upto``, where a resumed run takes over."""
     log = Path(run_dir) / "train.log"
@@ -260,7 +271,7 @@ def summary_lines(result, run_dir):
     if result.final_model:
         lines.append(f"final model: {result.final_model}")
     if result.interrupted:
-        state = newest_snapshot(run_dir) if result.watcher.snapshots else None
+        state = _resumable(run_dir) if result.watcher.snapshots else None
         where = f"; snapshot: {state}" if state else ""
         lines.append(f"interrupted at iteration {result.watcher.iteration}{where}; "
                      f"continue with: {sh_command('caffegen', 'launch', run_dir, '--resume')}")

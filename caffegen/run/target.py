@@ -48,9 +48,7 @@ class Target:
         """The device to prepare a job for: the one asked for (a GPU only of a Caffe that can use one), else a GPU
         when this Caffe can use one."""
         if self.device is not None:
-            if not self.device.is_cpu and self.cpu_only:
-                raise CaffegenError(f"{self.caffe} is a CPU-only build and cannot use --gpu {self.device}; drop "
-                                    "--gpu to prepare for the CPU, or pass --caffe of a build with CUDA")
+            self._refuse_gpu_of_cpu_only("prepare for the CPU, or pass --caffe of a build with CUDA")
             if not self.device.is_cpu and self.caffe is None:
                 echo(f"no Caffe found yet: preparing for GPU {self.device} as asked; unverified whether the Caffe "
                      "that trains it can use a GPU")
@@ -63,13 +61,17 @@ class Target:
             return CPU
         return Device("0")
 
+    def _refuse_gpu_of_cpu_only(self, instead):
+        """Refuse a GPU asked for (--gpu) of a CPU-only Caffe; drop --gpu to do ``instead``."""
+        if self.device is not None and not self.device.is_cpu and self.cpu_only:
+            raise CaffegenError(f"{self.caffe} is a CPU-only build and cannot use --gpu {self.device}; drop --gpu "
+                                f"to {instead}")
+
     def launch_device(self, planned, echo):
         """The device a run trains on: the one asked for, else ``planned``; a CPU-only Caffe never gets -gpu."""
         wanted = self.device or planned
         if not wanted.is_cpu and self.cpu_only:
-            if self.device is not None:
-                raise CaffegenError(f"{self.caffe} is a CPU-only build and cannot use --gpu {self.device}; "
-                                    "drop --gpu to train on the CPU")
+            self._refuse_gpu_of_cpu_only("train on the CPU")
             echo(f"{self.caffe} is a CPU-only build: training on the CPU instead of GPU {planned}")
             return CPU
         return wanted

@@ -46,12 +46,13 @@ def pin_cache_batch(run):
 def write_cluster_scripts(run, shards, sbatch_options=(), caffe=None, gpu=None, evaluate=False):
     """Write the job array of :class:`RunDir` ``run``'s feature shards and its head's job; return both scripts."""
     check_slurm(run.path, sbatch_options)
+    child = {"run_dir": run.path, "caffe": caffe, "gpu": gpu}
     features = write_sbatch_script(
-        run.path, FEATURES_SCRIPT, "features", launch_command(run.path, caffe, gpu, "--features-only", "--shard"),
+        run.path, FEATURES_SCRIPT, "features", launch_command("--features-only", "--shard", **child),
         f"A cached fine-tuning run: task i computes shard i of {shards} of the trunk features", sbatch_options,
         tasks=shards, task_argument=f'"$SLURM_ARRAY_TASK_ID/{shards}"')
     head = write_sbatch_script(
-        run.path, HEAD_SCRIPT, "head", launch_command(run.path, caffe, gpu, *(["--evaluate"] if evaluate else [])),
+        run.path, HEAD_SCRIPT, "head", launch_command(*(["--evaluate"] if evaluate else []), **child),
         "A cached fine-tuning run: it merges the shards' features, trains the head and writes final.caffemodel",
         sbatch_options, dependency=f"--dependency=afterok:JOB (JOB: the id of {FEATURES_SCRIPT}'s job) ")
     return features, head

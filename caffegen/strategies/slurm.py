@@ -24,8 +24,9 @@ FEATURES_SCRIPT = "slurm_features.sh"
 HEAD_SCRIPT = "slurm_head.sh"
 
 
-def launch_command(run_dir=None, caffe=None, gpu=None, *options):
-    """argv of the ``caffegen launch`` a task or a worker runs, passing on the Caffe binary and device it was given."""
+def launch_command(*options, run_dir=None, caffe=None, gpu=None):
+    """argv of the ``caffegen launch`` a task or a worker runs with ``options``, passing on the Caffe binary and
+    device it was given."""
     command = [*CAFFEGEN, "launch", *([str(run_dir)] if run_dir else [])]
     command += (["--caffe", str(Path(caffe).resolve())] if caffe else []) + (["--gpu", str(gpu)] if gpu else [])
     return command + list(options)
@@ -48,8 +49,8 @@ def write_sbatch_script(folder, name, role, argv, purpose, sbatch_options=(), ta
     script = folder / name
     text = render_template(
         "slurm.sh.j2", job_name=UNSAFE_NAME.sub("-", f"caffegen-{folder.name}-{role}"), tasks=tasks,
-        output=sbatch_value(folder / f"{Path(name).stem.replace('_', '-')}-{'%A_%a' if tasks else '%j'}.out",
-                            "the log's path"),
+        output=sbatch_value(str(folder).replace("%", "%%") + f"/{Path(name).stem.replace('_', '-')}-"
+                            f"{'%A_%a' if tasks else '%j'}.out", "the log's path"),
         sbatch_options=[sbatch_value(option, "the option") for option in sbatch_options], purpose=purpose,
         script_name=name, dependency=dependency, notes=notes, runs=[sh_word(run) for run in runs],
         command=" ".join(filter(None, [sh_command(*argv), task_argument])))

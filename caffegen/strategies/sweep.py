@@ -19,7 +19,7 @@ from pathlib import Path
 from caffegen import __version__
 from caffegen.errors import CaffegenError
 from caffegen.io.files import built_beside, write_atomic
-from caffegen.io.locks import holder, sole_lock
+from caffegen.io.locks import refuse_if_held, sole_lock
 from caffegen.io.tables import text_table
 from caffegen.job.prepare import prepare
 from caffegen.job.rundir import EVAL_DIR, RESULT, RunDir, refuse_if_launched
@@ -122,10 +122,7 @@ def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share
 
 def _refuse_if_running(sweep_dir):
     """Refuse to replace a sweep that is still training: here (its lock), or a run at a time (theirs)."""
-    pid = holder(sweep_dir / SWEEP_LOCK)
-    if pid is not None:
-        raise CaffegenError(f"a caffegen sweep (process {pid}) is training these runs: wait for it to end, or stop "
-                            "it, before you replace the sweep", sweep_dir)
+    refuse_if_held(sweep_dir / SWEEP_LOCK, _sweep_busy(sweep_dir, "replace the sweep"))
     for run_dir in sorted(sweep_dir.iterdir()) if sweep_dir.is_dir() else ():
         if run_dir.is_dir():
             refuse_if_launched(run_dir, "replace the sweep")
@@ -133,8 +130,13 @@ def _refuse_if_running(sweep_dir):
 
 def _training_here(sweep_dir):
     """Hold the sweep directory while this process trains its runs."""
-    return sole_lock(Path(sweep_dir) / SWEEP_LOCK, lambda pid: CaffegenError(
-        f"another caffegen sweep (process {pid}) is training these runs: wait for it to end", sweep_dir))
+    return sole_lock(Path(sweep_dir) / SWEEP_LOCK, _sweep_busy(sweep_dir, "train them again"))
+
+
+def _sweep_busy(sweep_dir, what):
+    """The refusal to ``what`` while the sweep of process ``pid`` trains the runs of ``sweep_dir``, given its pid."""
+    return lambda pid: CaffegenError(f"a caffegen sweep (process {pid}) is training these runs: wait for it to end, "
+                                     f"or stop it, before you {what}", sweep_dir)
 
 
 def _prepare_run(run, options, staging, caffe, echo, budget, force, databases, reusable):
@@ -221,17 +223,27 @@ def _run_per_gpu(sweep_dir, runs, gpus, caffe, echo, poll_seconds):
                     running[slot] = _start_launch(sweep_dir, pending.pop(0), gpu, caffe, echo)
             _reap(sweep_dir, running, errors, echo)
             time.sleep(poll_seconds)
-    except KeyboardInterrupt:
-        echo("interrupted: waiting for the running runs to snapshot and stop; the remaining runs are not started")
-        for run, _, process in running.values():
-            process.wait()
-            _record_exit(sweep_dir / run.run_dir, process, errors)
+    except KeyboardInterrupt:  # Ctrl-C reached the launches too, from the terminal
+        _stop_running(sweep_dir, running, errors, echo, signal_them=False)
+    except BaseException:  # SIGTERM, which reached this process only: each launch stops its Caffe on its own
+        _stop_running(sweep_dir, running, errors, echo, signal_them=True)
+        raise
     return errors
+
+
+def _stop_running(sweep_dir, running, errors, echo, signal_them):
+    """Let the running launches snapshot and stop (SIGTERM them first where they did not hear the stop)."""
+    echo("interrupted: waiting for the running runs to snapshot and stop; the remaining runs are not started")
+    for run, _, process in running.values():
+        if signal_them and process.poll() is None:
+            process.terminate()
+        process.wait()
+        _record_exit(sweep_dir / run.run_dir, process, errors)
 
 
 def _start_launch(sweep_dir, run, gpu, caffe, echo):
     run_dir = sweep_dir / run.run_dir
-    command = launch_command(run_dir, caffe, gpu, "--evaluate")
+    command = launch_command("--evaluate", run_dir=run_dir, caffe=caffe, gpu=gpu)
     echo(f"GPU {gpu}: started {run.run_dir}")
     with open(run_dir / LAUNCH_LOG, "w", encoding="utf-8") as log:
         return run, gpu, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -275,10 +287,10 @@ def write_slurm_scripts(sweep_dir, runs, sbatch_options=(), caffe=None):
     features = None
     if groups:
         features = _write_array(sweep_dir, FEATURES_SCRIPT, "features", [group[0] for group in groups.values()],
-                                sbatch_options, launch_command(None, caffe, None, "--features-only"),
+                                sbatch_options, launch_command("--features-only", caffe=caffe),
                                 "task i computes the trunk features shared by the runs of store i")
     array = _write_array(sweep_dir, SWEEP_SCRIPT, "runs", runs, sbatch_options,
-                         launch_command(None, caffe, None, "--evaluate"), "task i launches run i of sweep.json",
+                         launch_command("--evaluate", caffe=caffe), "task i launches run i of sweep.json",
                          f"--dependency=afterok:JOB (JOB: the id of {FEATURES_SCRIPT}'s job) " if groups else "")
     return features, array
 
