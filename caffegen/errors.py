@@ -66,3 +66,11 @@ def cannot_write(error, path=None):
 
 class CaffeNotFound(CaffegenError):
     """No usable Caffe binary was found."""
+
+
+class Terminated(BaseException):
+    """SIGTERM came: raised wherever the command is, so that it unwinds; no ``except Exception`` stops it.
+
+    The command line exits 143 on it. A launch that is training lets Caffe snapshot and stop first,
+    then raises it (:mod:`caffegen.run.runner`).
+    """

@@ -101,3 +101,31 @@ def test_a_command_module_imports_no_other_command_module(path):
     others = {f"line {line}: {'.'.join(name.split('.')[:3])}" for name, line in imports(path)
               if name.startswith("caffegen.cli.") and ".".join(name.split(".")[:3]) not in CLI_OPTIONS | {own}}
     assert not others, f"{own} imports another command's module (shared options go in cli/options.py): {others}"
+
+
+# The run directory's two records, read and written only where their schema lives.
+RECORDS = {"MANIFEST": "manifest.json", "RESULT": "result.json"}
+RECORD_HOMES = {"caffegen.job.rundir", "caffegen.job.manifest"}
+
+
+def record_uses(text, module):
+    """Where ``text`` imports the names of the run directory's records, or names their files by string."""
+    for name, line in imports_in(text, module):
+        if name in {f"caffegen.job.rundir.{constant}" for constant in RECORDS}:
+            yield f"line {line}: imports {name}"
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and any(node.value == file or node.value.endswith("/" + file) for file in RECORDS.values()):
+            yield f"line {node.lineno}: names {node.value!r}"
+
+
+@pytest.mark.parametrize("path", [path for path in MODULES if module_name(path) not in RECORD_HOMES], ids=module_name)
+def test_only_the_run_directory_reads_its_manifest_and_result(path):
+    uses = list(record_uses(path.read_text(encoding="utf-8"), module_name(path)))
+    assert not uses, f"{module_name(path)} reads the run directory's records itself (use RunDir, read_result): {uses}"
+
+
+def test_the_record_check_sees_imports_and_file_names():
+    text = 'from caffegen.job.rundir import MANIFEST\npath = run / "result.json"\nnote = "no manifest.json here"\n'
+    assert list(record_uses(text, "caffegen.run.probe")) == [
+        "line 1: imports caffegen.job.rundir.MANIFEST", "line 2: names 'result.json'"]

@@ -145,7 +145,8 @@ def test_a_recorded_model_outside_the_run_directory_is_not_used(trained, tmp_pat
     shutil.copytree(trained, copy)
     outside = tmp_path / "elsewhere.caffemodel"
     outside.write_bytes(b"")
-    (copy / "result.json").write_text(json.dumps({"final_model": "../elsewhere.caffemodel"}))
+    result = json.loads((copy / "result.json").read_text())
+    (copy / "result.json").write_text(json.dumps(dict(result, final_model="../elsewhere.caffemodel")))
     with pytest.raises(CaffegenError, match="no trained model here yet"):
         load_model(copy)
 

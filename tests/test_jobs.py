@@ -10,6 +10,7 @@ from caffegen.errors import CaffegenError
 from caffegen.io.lists import read_list
 from caffegen.io.prototxt import read_net, read_solver
 from caffegen.job.dataset import read_lists, scan_class_folders
+from caffegen.job.manifest import Schedule
 from caffegen.job.prepare import JobOptions, prepare
 from caffegen.job.scripts import render_train_bat, render_train_sh
 from caffegen.job.solver import (
@@ -255,7 +256,7 @@ class TestPrepare:
             "base.caffemodel", "data", "deploy.prototxt", "labels.txt", "manifest.json", "snapshots",
             "solver.prototxt", "train.bat", "train.sh", "train.txt", "train_val.prototxt", "val.txt"]
         manifest = json.loads((run / "manifest.json").read_text())
-        assert manifest == job.manifest and manifest["classes"] == ["x", "y"]
+        assert manifest == job.manifest.to_record() and manifest["classes"] == ["x", "y"]
         assert manifest["command"][:4] == ["caffe", "train", "-solver", "solver.prototxt"]
         assert len(manifest["inputs"]["weights"]["sha256"]) == 64
         for line in (run / "train.txt").read_text().splitlines() + (run / "val.txt").read_text().splitlines():
@@ -367,7 +368,7 @@ class TestKeptDataLayers:
         data = [layer for layer in net.layer if layer.type == "Data"]
         assert [layer.data_param.source for layer in data] == ["examples/imagenet/ilsvrc12_train_lmdb",
                                                                "examples/imagenet/ilsvrc12_val_lmdb"]
-        assert job.manifest["schedule"] == {"epochs": 2, "iters_per_epoch": 10, "max_iter": 20, "test_iter": 10}
+        assert job.manifest.schedule == Schedule(epochs=2, iters_per_epoch=10, max_iter=20, test_iter=10)
         assert not (tmp_path / "run" / "train.txt").exists()
         assert all(list(layer.transform_param.mean_value) == [104, 117, 123] and not layer.transform_param.mean_file
                    for layer in data)
@@ -397,12 +398,12 @@ class TestStrategyAuto:
         net = read_net(tmp_path / "run" / "train_val.prototxt").net
         learning = [layer.name for layer in net.layer if any(spec.lr_mult for spec in layer.param)]
         assert learning == ["fc2_ft"]
-        assert job.manifest["freeze"]["upto"] == "fc1" and job.manifest["schedule"]["epochs"] == 20
+        assert job.manifest.freeze.upto == "fc1" and job.manifest.schedule.epochs == 20
 
     def test_what_the_user_gives_wins(self, tmp_path):
         data = write_images(tmp_path / "images", {"x": 6, "y": 6}, size=(28, 28))
         job = prepare(self.options(data, freeze_upto="conv1", epochs=3, head_lr_mult=2), tmp_path / "run")
-        assert job.manifest["freeze"]["upto"] == "conv1" and job.manifest["schedule"]["epochs"] == 3
+        assert job.manifest.freeze.upto == "conv1" and job.manifest.schedule.epochs == 3
         net = read_net(tmp_path / "run" / "train_val.prototxt").net
         assert [spec.lr_mult for spec in net.layer[-3].param] == [2, 4]
 

@@ -110,7 +110,14 @@ def test_sigterm_stops_caffe_with_a_snapshot_and_leaves_nothing_running(caffe, i
     _, stderr = launch.communicate(timeout=90)
     assert launch.returncode == 143 and stderr.strip().splitlines()[-1] == "caffegen: terminated", stderr
     assert children and not any(Path(f"/proc/{child}").exists() for child in children)
-    assert "Snapshotting to binary proto file" in _read(run / "train.log")
+    log = _read(run / "train.log")
+    assert "Snapshotting to binary proto file" in log and log.rstrip().endswith("Optimization Done.")
+    # Caffe's output was followed to its end: its snapshot is an event too, and the run's result is recorded.
+    events = [json.loads(line) for line in _read(run / "events.jsonl").splitlines()]
+    models = [event["path"] for event in events if event["event"] == "snapshot" and event["kind"] == "weights"]
+    assert models and f"Snapshotting to binary proto file {models[-1]}" in log.splitlines()[-4]
+    result = json.loads((run / "result.json").read_text())
+    assert result["interrupted"] and result["final_model"] == models[-1]
 
 
 def test_one_launch_per_run_directory(caffe, images, tmp_path):
@@ -155,6 +162,9 @@ def test_diverging_run_is_stopped_and_explained(caffe, images, tmp_path):
     max_iter = read_solver(run / "solver.prototxt").max_iter
     last = max(int(found) for found in re.findall(r"Iteration (\d+)", log))
     assert last < max_iter / 10, (last, max_iter)
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    diagnoses = [event for event in events if event["event"] == "diagnosis"]
+    assert diagnoses and diagnoses[0]["stop"] and "learning rate" in diagnoses[0]["message"]
 
 
 def test_labels_beyond_the_classifier_are_refused_before_caffe_runs(caffe, images, tmp_path):
@@ -223,3 +233,39 @@ def test_sigint_sent_to_caffe_itself_counts_as_an_interruption(caffe, images, tm
     _, stderr = launch.communicate(timeout=60)
     assert launch.returncode == 130, stderr
     assert "--resume" in stderr and json.loads((run / "result.json").read_text())["interrupted"] is True
+
+
+def test_events_and_curves_can_be_read_while_it_trains(caffe, images, tmp_path):
+    """events.jsonl and curves.csv are the run directory's account of a run going on, line by line."""
+    run = prepare(images, tmp_path / "run", epochs=30)
+    launch = launch_until(run, 0)
+    wait_for(lambda: len(_test_events(run)) >= 3, "three test passes in events.jsonl")
+    during = _test_events(run)
+    rows_during = curve_rows(run)
+    wait_for(lambda: (run / "curves.png").exists(), "curves.png")
+    still_training = launch.poll() is None
+    launch.send_signal(signal.SIGINT)
+    _, stderr = launch.communicate(timeout=60)
+    assert still_training and launch.returncode == 130, stderr
+
+    tested_during = [int(row["iteration"]) for row in rows_during if row["test/accuracy"]]
+    assert tested_during[:3] == [event["iteration"] for event in during[:3]] and len(tested_during) < 31
+    final = curve_rows(run)
+    assert final[:len(rows_during) - 1] == rows_during[:-1]  # the last row of then may since have gained a loss
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    tests = [event for event in events if event["event"] == "test_result"]
+    assert [event["iteration"] for event in tests] == [int(row["iteration"]) for row in final if row["test/accuracy"]]
+    assert [event["outputs"]["test/accuracy"] for event in tests] == \
+        [float(row["test/accuracy"]) for row in final if row["test/accuracy"]]
+    shown = [event["iteration"] for event in events if event["event"] == "progress"]
+    assert shown == sorted(shown) and shown[-1] > tests[0]["iteration"]
+    written = {event["path"] for event in events if event["event"] == "snapshot"}
+    stopped_at = stderr.split("snapshot: ")[1].split(";")[0]
+    assert Path(stopped_at).name in {Path(path).name for path in written}
+    assert all(event["time"] >= events[0]["time"] for event in events)
+
+
+def _test_events(run):
+    """The test results in events.jsonl so far: every line there is whole, so each parses."""
+    lines = _read(run / "events.jsonl").splitlines()
+    return [event for event in map(json.loads, lines) if event["event"] == "test_result"]

@@ -78,9 +78,9 @@ def test_the_databases_hold_every_image_resized_with_its_label(raw_run):
         for name, datum in stored.items():
             assert (datum.channels, datum.height, datum.width, datum.encoded) == (1, RESIZE, RESIZE, False)
             assert datum.label == labels[name]
-    assert raw_run.manifest["input"]["shape"] == [1, 1, RESIZE, RESIZE]
-    assert raw_run.manifest["preprocessing"]["resize"] == [RESIZE, RESIZE]
-    assert raw_run.manifest["preprocessing"]["channel_order"] == "gray"
+    assert raw_run.manifest.input_shape == (1, 1, RESIZE, RESIZE)
+    assert raw_run.manifest.preprocessing["resize"] == [RESIZE, RESIZE]
+    assert raw_run.manifest.preprocessing["channel_order"] == "gray"
     text = (run_dir / "train_val.prototxt").read_text()
     assert 'type: "Data"' in text and 'source: "train_lmdb"' in text and "backend: LMDB" in text
     assert "ImageData" not in text and not list(run_dir.parent.glob(".*"))
@@ -92,7 +92,7 @@ def test_mean_image_is_the_mean_of_the_resized_training_images(raw_run):
     mean = np.asarray(blob.data, np.float64).reshape(1, RESIZE, RESIZE)
     images = np.stack([pixels(datum) for datum in datums(run_dir / "train_lmdb").values()]).astype(np.float64)
     np.testing.assert_allclose(mean, images.mean(axis=0), atol=1e-3)
-    assert raw_run.manifest["preprocessing"]["mean_file"] == "mean.binaryproto"
+    assert raw_run.manifest.preprocessing["mean_file"] == "mean.binaryproto"
     assert 'mean_file: "mean.binaryproto"' in (run_dir / "train_val.prototxt").read_text()
 
 
@@ -103,7 +103,7 @@ def test_encoded_databases_store_png_that_decodes_to_the_raw_pixels(caffe, image
     for name, datum in encoded.items():
         assert datum.encoded and datum.data[:8] == b"\x89PNG\r\n\x1a\n"
         np.testing.assert_array_equal(pixels(datum), pixels(raw[name]))
-    assert job.manifest["input"]["shape"] == [1, 1, RESIZE, RESIZE]
+    assert job.manifest.input_shape == (1, 1, RESIZE, RESIZE)
 
 
 def test_the_same_images_and_seed_give_the_same_databases(caffe, image_folder, raw_run, tmp_path):
@@ -135,7 +135,7 @@ def test_unchanged_images_reuse_the_databases_and_a_touched_one_rebuilds(caffe, 
     os.utime(train_image, ns=(os.stat(train_image).st_atime_ns, os.stat(train_image).st_mtime_ns + 10**9))
     touched = prepare_lmdb(caffe, image_folder, tmp_path / "run", force=True, mean="image")
     assert [note.split(":")[0] for note in touched.notes if "convert_imageset not run" in note] == ["val_lmdb"]
-    assert len(datums(touched.run_dir / "train_lmdb")) == first.manifest["images"]["train"]
+    assert len(datums(touched.run_dir / "train_lmdb")) == first.manifest.images.train
 
 
 def test_an_unreadable_image_is_one_line_and_leaves_nothing(caffe, image_folder, tmp_path):
@@ -177,7 +177,7 @@ def test_kept_data_layers_take_the_shape_of_their_first_datum(raw_run, tmp_path)
     options = JobOptions(net=tmp_path / "lmdb_net.prototxt", weights=DIGITS / "digits.caffemodel", epochs=1,
                          keep_data_layers=True, num_classes=CLASSES, train_images=24, val_images=6)
     job = prepare(options, tmp_path / "run")
-    assert job.manifest["input"]["shape"] == [1, 1, RESIZE, RESIZE]
+    assert job.manifest.input_shape == (1, 1, RESIZE, RESIZE)
 
 
 def test_a_job_caffe_would_refuse_is_refused_before_any_database_is_built(caffe, image_folder, tmp_path):

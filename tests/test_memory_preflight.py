@@ -58,7 +58,7 @@ def peaks(images, tmp_path_factory):
     run = tmp_path_factory.mktemp("estimate") / "run"
     job = prepare(JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=images,
                              freeze_upto="conv2"), run)
-    net, shape = read_net(run / "train_val.prototxt").net, job.manifest["input"]["shape"]
+    net, shape = read_net(run / "train_val.prototxt").net, list(job.manifest.input_shape)
     copy = weights_copy(read_caffemodel(DIGITS / "digits.caffemodel"))
     return {batch: training_memory(net, batches={TRAIN: batch}, input_shape=shape, weights_copy=copy).peak
             for batch in (8, 32)}

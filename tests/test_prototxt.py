@@ -8,7 +8,7 @@ from conftest import NOT_BVLC_NETS, ZOO, assert_one_line_error, is_solver, zoo_f
 from google.protobuf import text_format
 
 from caffegen.errors import CaffegenError
-from caffegen.io.files import built_beside, write_atomic
+from caffegen.io.files import built_beside, temp_folder, write_atomic
 from caffegen.io.prototxt import read_net, to_text
 from caffegen.io.schema import BVLC
 
@@ -171,3 +171,16 @@ class TestTextForms:
             os.umask(previous)
         assert stat.S_IMODE((tmp_path / "out.prototxt").stat().st_mode) == 0o640
         assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o750
+
+    @pytest.mark.parametrize("make", [lambda parent: temp_folder(parent), lambda parent: built_beside(parent / "run")])
+    def test_a_signal_as_a_temporary_folder_is_made_leaves_nothing(self, tmp_path, monkeypatch, make):
+        """SIGTERM raises wherever Python is: as the folder is made, its removal must already be arranged."""
+        made = os.mkdir
+
+        def made_then_interrupted(path, *args, **kwargs):
+            made(path, *args, **kwargs)
+            raise KeyboardInterrupt  # as the command line's SIGTERM handler raises, a BaseException
+        monkeypatch.setattr(os, "mkdir", made_then_interrupted)
+        with pytest.raises(KeyboardInterrupt), make(tmp_path):
+            pass
+        assert list(tmp_path.iterdir()) == []

@@ -97,7 +97,7 @@ def test_the_manifest_records_what_launch_needs(images, tmp_path):
     job = prepare(JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=images,
                              freeze_upto="conv2", device="0,1", cache_features=True), tmp_path / "run")
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest == job.manifest
+    assert manifest == job.manifest.to_record()
     assert manifest["input"] == {"shape": [1, 1, 28, 28]}
     assert manifest["device"] == "0,1" and manifest["engine"] == "auto" and manifest["base_lr"] == 0.001
     assert manifest["preprocessing"] == {"layer_type": "ImageData", "channel_order": "gray", "resize": None,
@@ -105,3 +105,31 @@ def test_the_manifest_records_what_launch_needs(images, tmp_path):
                                          "scale": 0.00390625}
     run = rundir.RunDir(tmp_path / "run")
     assert (run.device, run.input_shape, run.caches_features) == (Device("0,1"), (1, 1, 28, 28), True)
+
+
+def test_a_manifest_of_the_release_before_schema_versions_still_loads(images, tmp_path):
+    """The previous release wrote no ``schema`` and left out the fields of what the run does not use."""
+    prepare(JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=images),
+            tmp_path / "run")
+    written = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert written["schema"] == 2
+    older = {key: value for key, value in written.items() if key not in ("schema", "task", "engine", "cache_features")}
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(older))
+    run = rundir.RunDir(tmp_path / "run")
+    assert run.manifest.to_record() == written
+    assert (run.input_shape, run.caches_features, run.engine, run.manifest.freeze.upto) == (
+        (1, 1, 28, 28), False, "caffe", None)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"schema": 3}, "unreadable manifest.json (schema 3 is newer than this caffegen reads (2)); prepare the run again"),
+    ({"images": {"train": 3}}, "unreadable manifest.json ("),
+    ({"colour": "red"}, "unreadable manifest.json ("),
+    ({"device": "gpu7"}, "unreadable manifest ("),
+])
+def test_a_manifest_caffegen_cannot_read_is_one_line(images, tmp_path, change, words):
+    prepare(JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=images),
+            tmp_path / "run")
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(dict(manifest, **change)))
+    assert_one_line_error(run_caffegen("launch", tmp_path / "run"), words)

@@ -14,7 +14,7 @@ import pytest
 from conftest import DIGITS, ROOT, assert_one_line_error, run_caffegen, wait_for
 
 from caffegen.job.prepare import JobOptions
-from caffegen.job.rundir import RunDir
+from caffegen.job.rundir import RunDir, newest_snapshot
 from caffegen.run.cache import store_of
 from caffegen.strategies import sweep as sweep_module
 from caffegen.strategies.sweep import collect, combinations, plot_sweep, prepare_sweep, run_on_gpus
@@ -146,7 +146,11 @@ def test_a_sweep_stopped_by_sigterm_stops_its_launches(caffe, images, tmp_path, 
         run_on_gpus(out, runs, ["cpu", "cpu"], caffe)
     assert len(started) == 2 and all(process.poll() is not None for process in started)
     for run in runs:
-        assert "Snapshotting to binary proto file" in (out / run.run_dir / "train.log").read_text()
+        log = (out / run.run_dir / "train.log").read_text()
+        result = json.loads((out / run.run_dir / "result.json").read_text())
+        assert result["interrupted"] and log.rstrip().endswith("Optimization Done."), log[-2000:]
+        assert "Snapshotting to binary proto file" in log and newest_snapshot(out / run.run_dir).is_file()
+        assert result["iterations"] < 690 / 2  # both stopped, not one after the other
 
 
 def recording(popen, started):

@@ -101,7 +101,7 @@ def test_train_bat_passes_caffe_its_arguments_exactly(wine, images, tmp_path, wh
     shutil.copyfile(exe, caffe_dir / "caffe.exe")
     run, job = prepared_run(tmp_path / where, tmp_path / f"weights {where}", images)
     with_caffe(run, windows_path(caffe_dir / "caffe.exe"))
-    arguments = caffe_arguments(weights=job.manifest["weights"], flag_style="--")
+    arguments = caffe_arguments(weights=job.manifest.weights, flag_style="--")
     assert_caffe_ran(launched(env, run, started_from), caffe_dir, run, arguments)
 
 

@@ -526,7 +526,7 @@ class TestPrepareModel:
                 if layer.type == "ImageData"]
         sizes = [(layer.image_data_param.new_height, layer.transform_param.crop_size) for layer in data]
         assert sizes == [(28, 28), (28, 28)]
-        assert job.manifest["cache_features"] and job.manifest["input"]["shape"] == [1, 1, 28, 28]
+        assert job.manifest.cache_features and job.manifest.input_shape == (1, 1, 28, 28)
 
 
 def prepare_lenet(weights, images, *args):
@@ -554,9 +554,9 @@ class TestPreprocessing:
     def test_a_mean_file_is_read_checked_and_its_shape_recorded(self, images, weights, tmp_path):
         mean = write_mean(tmp_path / "mean.binaryproto", [1, 1, 32, 32])
         job = prepare(JobOptions(net=LENET, weights=weights, data=images, mean_file=mean), tmp_path / "run")
-        assert job.manifest["preprocessing"]["mean_file"] == "mean.binaryproto"
-        assert job.manifest["preprocessing"]["mean_file_shape"] == [1, 1, 32, 32]
-        assert job.manifest["inputs"]["mean_file"]["path"] == str(mean)
+        assert job.manifest.preprocessing["mean_file"] == "mean.binaryproto"
+        assert job.manifest.preprocessing["mean_file_shape"] == [1, 1, 32, 32]
+        assert job.manifest.inputs["mean_file"]["path"] == str(mean)
         assert (tmp_path / "run" / "mean.binaryproto").read_bytes() == mean.read_bytes()
         net = read_net(tmp_path / "run" / "train_val.prototxt").net
         assert {layer.transform_param.mean_file for layer in net.layer if layer.type == "ImageData"} == \
@@ -609,7 +609,7 @@ class TestPreprocessing:
         net = read_net(tmp_path / "run" / "train_val.prototxt").net
         assert [layer.transform_param.scale for layer in net.layer if layer.type == "ImageData"] == \
             pytest.approx([0.017, 0.017])
-        assert job.manifest["preprocessing"]["scale"] == pytest.approx(0.017)
+        assert job.manifest.preprocessing["scale"] == pytest.approx(0.017)
 
     def test_a_deploy_only_net_without_preprocessing_trains_after_a_warning(self, images, weights, tmp_path):
         result = prepare_lenet(weights, images, "-o", tmp_path / "a")

@@ -12,7 +12,7 @@ import threading
 import click
 
 from caffegen import __version__
-from caffegen.errors import FULL_OR_READ_ONLY, WRITE_ERRNOS, CaffegenError, cannot_write, one_line
+from caffegen.errors import FULL_OR_READ_ONLY, WRITE_ERRNOS, CaffegenError, Terminated, cannot_write, one_line
 
 # Every command by name: the module and the click command in it, imported only when that command is
 # run or listed, so that a command loads no more than it uses.
@@ -34,10 +34,6 @@ COMMANDS = {
     "zoo": "caffegen.cli.zoo:zoo_command",
 }
 TERMINATED = 128 + signal.SIGTERM
-
-
-class Terminated(BaseException):
-    """SIGTERM came: raised wherever the command is, so that it unwinds; no ``except Exception`` stops it."""
 
 
 class LazyGroup(click.Group):

@@ -6,7 +6,7 @@ import click
 
 from caffegen.errors import CaffegenError
 from caffegen.io.quoting import sh_command
-from caffegen.job.rundir import MANIFEST, RunDir
+from caffegen.job.rundir import RunDir
 
 
 @click.command("launch")
@@ -96,7 +96,7 @@ def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, n
     from caffegen.strategies.cluster import default_shards, pin_cache_batch, submit_cluster, write_cluster_scripts
     shards = shards or default_shards(run)
     features, head = write_cluster_scripts(run, shards, slurm_opts, caffe_path, gpu, evaluate_after)
-    batch = f"every shard runs {pin_cache_batch(run).line()}, recorded in {run.path / MANIFEST}"
+    batch = f"every shard runs {pin_cache_batch(run).line()}, recorded in {run.manifest_path}"
     if no_submit:
         echo(batch)
         echo(f"wrote {features} ({shards} shards) and {head}; submit them with: {sh_command('sbatch', features)}, "

@@ -36,7 +36,7 @@ def prepare_command(stages, output, force, **params):
                   stages=parse_stages(stages) if stages else (), budget=memory_budget(options.device),
                   databases=databases)
     report(job.notes)
-    images = job.manifest["images"]
-    echo(f"prepared {job.run_dir}: {len(job.manifest['classes'])} classes, {images['train']} training and "
-         f"{images['val']} validation images, {job.manifest['schedule']['max_iter']} iterations")
+    images = job.manifest.images
+    echo(f"prepared {job.run_dir}: {len(job.manifest.classes)} classes, {images.train} training and "
+         f"{images.val} validation images, {job.manifest.schedule.max_iter} iterations")
     echo(f"run it with: {sh_command('caffegen', 'launch', job.run_dir)}")

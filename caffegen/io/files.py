@@ -3,6 +3,7 @@
 import functools
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -46,16 +47,40 @@ def write_atomic(path, data):
         raise
 
 
+def unused_name(parent, prefix):
+    """A path in ``parent`` that nothing holds yet, for a temporary folder.
+
+    Make it with ``mkdir`` inside the ``try`` that removes it: a SIGTERM raised as it is made then
+    cannot leave it behind, as it can with ``tempfile.mkdtemp`` (made, and not yet returned).
+    """
+    while True:
+        path = Path(parent or tempfile.gettempdir()) / f"{prefix}{secrets.token_hex(6)}"
+        if not os.path.lexists(path):
+            return path
+
+
+@contextmanager
+def temp_folder(parent=None, prefix="caffegen-"):
+    """A new folder in ``parent`` (the system's temporary folder by default), removed however the block ends."""
+    path = unused_name(parent, prefix)
+    try:
+        path.mkdir(mode=0o700)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @contextmanager
 def built_beside(target):
     """A fresh directory beside ``target`` that replaces it when the block ends well, and vanishes if not."""
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError as error:
         raise cannot_write(error, target.parent) from None
+    staging = unused_name(target.parent, f".{target.name}.")
     try:
+        _make_folder(staging, target.parent)
         yield staging
         os.chmod(staging, 0o777 & ~_umask())
         old = target.with_name(f".{target.name}.old")
@@ -72,6 +97,13 @@ def built_beside(target):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _make_folder(path, parent):
+    try:
+        path.mkdir(mode=0o700)
+    except OSError as error:
+        raise cannot_write(error, parent) from None
 
 
 def file_sha256(path):

@@ -15,7 +15,7 @@ from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.prototxt import read_net, read_solver
 from caffegen.job.cacheplan import LISTS, plan_cache
-from caffegen.job.rundir import MANIFEST, RunDir
+from caffegen.job.rundir import TRAIN_VAL, RunDir, is_run_dir
 from caffegen.net.memory import (
     MemoryBudget,
     extraction_memory,
@@ -172,7 +172,7 @@ def cached_extraction(net_path, budget):
     """(ProcessMemory, ExtractionBatch) of the feature extraction when ``net_path`` is a prepared cached run's
     train_val.prototxt, at the mini-batch it would run with under ``budget``; None for any other net."""
     run_dir = Path(net_path).parent
-    if Path(net_path).name != "train_val.prototxt" or not (run_dir / MANIFEST).is_file():
+    if Path(net_path).name != TRAIN_VAL or not is_run_dir(run_dir):
         return None
     run = RunDir(run_dir)
     if not run.caches_features:

@@ -17,14 +17,14 @@ import json
 import math
 import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
+from caffegen.io.files import unused_name
 from caffegen.io.prototxt import read_net
 from caffegen.job.options import CLASSIFICATION, TASKS
-from caffegen.job.rundir import MANIFEST, RunDir, inside
+from caffegen.job.rundir import RunDir, inside, is_run_dir
 from caffegen.net.netview import TEST, NetView
 
 DEPLOY = "deploy.prototxt"
@@ -83,7 +83,7 @@ def load_model(path, weights=None):
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         path = _unpacked(path)
-    if (path / MANIFEST).is_file():
+    if is_run_dir(path):
         return _from_run(RunDir(path), weights)
     if (path / PREPROCESSING).is_file():
         return _from_bundle(path, weights)
@@ -93,15 +93,15 @@ def load_model(path, weights=None):
 
 def _from_run(run, weights):
     model_run = run.stages[-1] if run.stages else run
-    if "preprocessing" not in model_run.manifest or not model_run.manifest["preprocessing"]:
+    if not model_run.manifest.preprocessing:
         raise CaffegenError("the manifest records no image preprocessing (the run keeps its own data layers); "
-                            "export or evaluate needs a run prepared on images", model_run / MANIFEST)
-    preprocessing = dict(model_run.manifest["preprocessing"])
+                            "export or evaluate needs a run prepared on images", model_run.manifest_path)
+    preprocessing = dict(model_run.manifest.preprocessing)
     if preprocessing.get("mean_file"):
         preprocessing["mean_file"] = str(inside(model_run.path, preprocessing["mean_file"], "the manifest's mean file"))
     return TrainedModel(model_run / DEPLOY, _existing(weights) if weights else run.trained_weights(),
-                        list(run.manifest["classes"]), preprocessing, model_run.input_shape, run.path, model_run,
-                        model_run.manifest.get("task", CLASSIFICATION))
+                        list(run.manifest.classes), preprocessing, model_run.input_shape, run.path, model_run,
+                        model_run.manifest.task)
 
 
 def _from_bundle(path, weights):
@@ -169,9 +169,10 @@ def _unpacked(archive):
     try:
         with tarfile.open(archive) as tar:
             members = _checked_members(tar, archive)
-            folder = Path(tempfile.mkdtemp(prefix="caffegen-bundle-"))
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            folder = unused_name(None, "caffegen-bundle-")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)  # before it is made: nothing is left
             try:
+                folder.mkdir(mode=0o700)
                 tar.extractall(folder, members=members, filter="data")
             except BaseException:  # an error, or SIGTERM: remove what was unpacked now
                 shutil.rmtree(folder, ignore_errors=True)

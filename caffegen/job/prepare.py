@@ -5,10 +5,8 @@ labels, ``train.sh``/``train.bat`` and a manifest of inputs (sizes, hashes) and 
 It is built beside its final place and renamed into it, so it is either complete or absent.
 """
 
-import json
 import os
 import shutil
-import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -20,15 +18,16 @@ from caffegen import __version__
 from caffegen.defaults import EPOCHS, FINE_TUNE_LR, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
 from caffegen.io.datasources import first_input
-from caffegen.io.files import built_beside, file_sha256
+from caffegen.io.files import built_beside, file_sha256, temp_folder
 from caffegen.io.meanfile import read_mean_file
 from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.job.cacheplan import check_cacheable, plan_cache
 from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
 from caffegen.job.imagedb import MEAN_IMAGE, TRAIN_DB, VAL_DB, plan_databases
+from caffegen.job.manifest import Freeze, Images, Manifest, Schedule, StageEntry
 from caffegen.job.memorycheck import extraction_batch, extraction_check, training_check
 from caffegen.job.options import ENGINES, SEGMENTATION, JobOptions, Stage, parse_stages  # noqa: F401 (API)
-from caffegen.job.rundir import MANIFEST, SNAPSHOT_DIR, refuse_if_launched
+from caffegen.job.rundir import SNAPSHOT_DIR, manifest_file, refuse_if_launched
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, wrapper_scripts
 from caffegen.job.segmentation import build_segmentation
 from caffegen.job.solver import (
@@ -70,7 +69,7 @@ class PreparedJob:
     """A written run directory and what the user should hear about it."""
 
     run_dir: Path
-    manifest: dict
+    manifest: Manifest
     notes: list
 
 
@@ -80,7 +79,7 @@ class _Build:
 
     files: dict
     copies: dict
-    manifest: dict
+    manifest: Manifest
     notes: list
     moves: dict = field(default_factory=dict)  # {built path: name in the run directory}, renamed in
 
@@ -132,9 +131,9 @@ def _prepare_segmentation(options, run_dir, weights, caffe, stages, force):
     if stages or options.strategy:
         raise CaffegenError("--stages and --strategy do not combine with --task segmentation yet")
     build = build_segmentation(_with_defaults(options), weights, caffe, force)
-    manifest = _manifest(_with_defaults(options), weights, weights, build.dataset, build.schedule, None)
-    manifest.update(build.manifest)
-    build.files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
+    manifest = replace(_manifest(_with_defaults(options), weights, weights, build.dataset, build.schedule, None),
+                       **build.manifest)
+    build.files.update(manifest_file(manifest))
     _write_run_dir(run_dir, build.files, {}, build.write_data)
     return PreparedJob(run_dir, manifest, build.notes)
 
@@ -166,7 +165,7 @@ def _check_lmdb_options(options, stages, databases):
 def _scratch_beside(run_dir):
     """A temporary folder beside ``run_dir`` (so that what is built there can be renamed into it), removed after."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.TemporaryDirectory(prefix=f".{run_dir.name}.lmdb.", dir=run_dir.parent)
+    return temp_folder(run_dir.parent, f".{run_dir.name}.lmdb.")
 
 
 def _with_defaults(options):
@@ -233,18 +232,16 @@ def _prepare_stages(options, stages, dataset, weights, run_dir, caffe, memory, w
                                 base_lr=stage.base_lr, epochs=stage.epochs)
         build = _build(stage_options, dataset, weights, weights_ref, caffe, memory, warn if number == 1 else None)
         name = f"stage{number}"
-        build.manifest["stage"] = number
+        build.files.update(manifest_file(replace(build.manifest, stage=number)))
         files.update({f"{name}/{path}": text for path, text in build.files.items()})
-        files[f"{name}/{MANIFEST}"] = json.dumps(build.manifest, indent=2) + "\n"
         notes += [f"stage {number}: {stage.describe()}"] + [f"  {note}" for note in build.notes]
-        entries.append({"dir": name, "freeze": build.manifest["freeze"], "base_lr": stage.base_lr,
-                        "epochs": stage.epochs, "max_iter": build.manifest["schedule"]["max_iter"]})
-        weights_ref = f"../{name}/{SNAPSHOT_DIR}/ft_iter_{build.manifest['schedule']['max_iter']}.caffemodel"
-    manifest = {"caffegen": __version__, "created": _now(), "stages": entries, "classes": dataset.classes,
-                "images": {"train": dataset.train_count, "val": dataset.val_count}, "device": str(options.device),
-                "schedule": {"max_iter": sum(entry["max_iter"] for entry in entries)}}
-    files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
-    files["train.sh"] = render_stages_sh([entry["dir"] for entry in entries])
+        max_iter = build.manifest.schedule.max_iter
+        entries.append(StageEntry(name, build.manifest.freeze, stage.base_lr, stage.epochs, max_iter))
+        weights_ref = f"../{name}/{SNAPSHOT_DIR}/ft_iter_{max_iter}.caffemodel"
+    manifest = Manifest(__version__, _now(), tuple(dataset.classes), Images(dataset.train_count, dataset.val_count),
+                        str(options.device), Schedule(sum(entry.max_iter for entry in entries)), stages=tuple(entries))
+    files.update(manifest_file(manifest))
+    files["train.sh"] = render_stages_sh([entry.dir for entry in entries])
     _write_run_dir(run_dir, files, {})
     return PreparedJob(run_dir, manifest, notes)
 
@@ -314,31 +311,43 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, bui
         files["train.txt"] = dataset.list_text("train", copies)
         files["val.txt"] = dataset.list_text("val", copies)
     computed_mean = bool(built and built.mean)
-    manifest = _manifest(options, weights, weights_ref, dataset, schedule,
-                         mean.path if mean and not computed_mean else None)
-    manifest["base_lr"] = base_lr
-    manifest["input"] = {"shape": input_shape}
-    manifest["preprocessing"] = preprocessing(net)
-    if mean:
-        manifest["preprocessing"]["mean_file_shape"] = list(mean.shape)
+    manifest = replace(_manifest(options, weights, weights_ref, dataset, schedule,
+                                 mean.path if mean and not computed_mean else None),
+                       base_lr=base_lr, input_shape=tuple(input_shape),
+                       preprocessing=_preprocessing(net, mean, plan if built else None),
+                       **_lmdb_fields(plan, computed_mean) if built else {}, **_cache_fields(options))
     moves = {}
     if built:
-        manifest["preprocessing"].update(_lmdb_preprocessing(plan))
-        manifest["lmdb"] = {"train": TRAIN_DB, "val": VAL_DB, "encoded": plan.train.encode_type,
-                            "mean": "the mean image of train_lmdb (compute_image_mean)" if computed_mean else None}
         moves = {built.folder / name: name for database in plan.databases
                  for name in (database.name, database.record_name)}
-    if options.cache_features:
-        manifest["cache_features"] = True
-        manifest["engine"] = _engine(options.engine)
-        if options.cache_batch is not None:
-            manifest["cache_batch"] = options.cache_batch
-        if options.feature_store:
-            manifest["feature_store"] = str(options.feature_store)
-    files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
+    files.update(manifest_file(manifest))
     if mean:
         copies[mean.path] = MEAN_FILE
     return _Build(files, copies, manifest, notes, moves)
+
+
+def _preprocessing(net, mean, plan):
+    """The manifest's preprocessing: the net's data layer's, the mean file's shape, and what the databases of
+    ``plan`` (None: no databases) did to the images."""
+    described = preprocessing(net)
+    if mean:
+        described["mean_file_shape"] = list(mean.shape)
+    if plan:
+        described.update(_lmdb_preprocessing(plan))
+    return described
+
+
+def _lmdb_fields(plan, computed_mean):
+    return {"lmdb": {"train": TRAIN_DB, "val": VAL_DB, "encoded": plan.train.encode_type,
+                     "mean": "the mean image of train_lmdb (compute_image_mean)" if computed_mean else None}}
+
+
+def _cache_fields(options):
+    """The manifest fields of a cached run: its engine, mini-batch and shared store."""
+    if not options.cache_features:
+        return {}
+    return {"cache_features": True, "engine": _engine(options.engine), "cache_batch": options.cache_batch,
+            "feature_store": str(options.feature_store) if options.feature_store else None}
 
 
 def _lmdb_plan(net, options, dataset):
@@ -568,19 +577,18 @@ def _manifest(options, weights, weights_ref, dataset, schedule, mean_source):
     else:
         inputs["train_list"] = _describe(options.train_list)
         inputs["val_list"] = _describe(options.val_list)
-    return {
-        "caffegen": __version__,
-        "created": _now(),
-        "inputs": inputs,
-        "classes": dataset.classes,
-        "images": {"train": dataset.train_count, "val": dataset.val_count},
-        "freeze": {"upto": options.freeze_upto, "from": options.freeze_from},
-        "schedule": {"epochs": schedule.epochs, "iters_per_epoch": schedule.iters_per_epoch,
-                     "max_iter": schedule.max_iter, "test_iter": schedule.test_iter},
-        "device": str(options.device),
-        "weights": str(weights_ref),
-        "command": ["caffe"] + caffe_arguments(weights=weights_ref, gpu=options.device.gpu_flag),
-    }
+    return Manifest(
+        caffegen=__version__,
+        created=_now(),
+        inputs=inputs,
+        classes=tuple(dataset.classes),
+        images=Images(dataset.train_count, dataset.val_count),
+        freeze=Freeze(options.freeze_upto, options.freeze_from),
+        schedule=Schedule(schedule.max_iter, schedule.epochs, schedule.iters_per_epoch, schedule.test_iter),
+        device=str(options.device),
+        weights=str(weights_ref),
+        command=tuple(["caffe"] + caffe_arguments(weights=weights_ref, gpu=options.device.gpu_flag)),
+    )
 
 
 def _now():

@@ -1,8 +1,9 @@
-"""A prepared run directory: its manifest, read once, and the checks made before Caffe runs in it."""
+"""A prepared run directory: where each of its files lies, its manifest read once, its result, and the checks
+made before Caffe runs in it. Only this module reads and writes manifest.json and result.json."""
 
-import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
@@ -13,7 +14,7 @@ from caffegen.io.locks import refuse_if_held, sole_lock
 from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.io.quoting import sh_command
 from caffegen.job.device import Device
-from caffegen.job.options import CAFFE
+from caffegen.job.manifest import Manifest, RunResult, read_record
 from caffegen.net.head import classifier_outputs
 
 MANIFEST = "manifest.json"
@@ -21,9 +22,12 @@ SNAPSHOT_DIR = "snapshots"
 SNAPSHOT_NAME = re.compile(r"_iter_(\d+)\.solverstate$")
 LISTS = ("train.txt", "val.txt")
 RESULT = "result.json"
+EVENTS = "events.jsonl"  # what the run said as it went: progress, test results, snapshots, diagnoses
+CURVES_CSV, CURVES_PNG = "curves.csv", "curves.png"
 LAUNCH_LOCK = ".launch.lock"  # held by the caffegen launch training in the run directory
 EVAL_DIR = "eval"  # where caffegen evaluate writes by default
-ENGINE = CAFFE  # of a run whose manifest names none
+TRAIN_VAL, DEPLOY, SOLVER, LOG = "train_val.prototxt", "deploy.prototxt", "solver.prototxt", "train.log"
+FEATURES_DIR = "features"  # a cached run's own feature store
 
 
 class RunDir:
@@ -31,15 +35,14 @@ class RunDir:
 
     def __init__(self, path):
         self.path = Path(path).resolve()
-        manifest = self.path / MANIFEST
-        if not manifest.is_file():
+        if not self.manifest_path.is_file():
             raise CaffegenError(f"not a caffegen run directory (no {MANIFEST}); create one with caffegen prepare",
                                 path)
+        self.manifest = read_record(Manifest, self.manifest_path, "prepare the run again")
         try:
-            self.manifest = json.loads(manifest.read_text(encoding="utf-8"))
-            Device.parse(self.manifest["device"])
-        except (ValueError, KeyError, TypeError, CaffegenError) as error:
-            raise CaffegenError(f"unreadable manifest ({error}); prepare the run again", manifest) from None
+            Device.parse(self.manifest.device)
+        except CaffegenError as error:
+            raise CaffegenError(f"unreadable manifest ({error}); prepare the run again", self.manifest_path) from None
 
     def __truediv__(self, name):
         return self.path / name
@@ -47,65 +50,81 @@ class RunDir:
     def __str__(self):
         return str(self.path)
 
+    manifest_path = property(lambda self: self.path / MANIFEST)
+    result_path = property(lambda self: self.path / RESULT)
+    train_val = property(lambda self: self.path / TRAIN_VAL)
+    deploy = property(lambda self: self.path / DEPLOY)
+    solver = property(lambda self: self.path / SOLVER)
+    log = property(lambda self: self.path / LOG)
+    lists = property(lambda self: [self.path / name for name in LISTS])
+    events = property(lambda self: self.path / EVENTS)
+    curves = property(lambda self: (self.path / CURVES_CSV, self.path / CURVES_PNG))
+    snapshots = property(lambda self: self.path / SNAPSHOT_DIR)
+    eval_dir = property(lambda self: self.path / EVAL_DIR)
+    features = property(lambda self: self.path / FEATURES_DIR)
+
     @property
     def device(self):
         """The device the run was prepared for."""
-        return Device.parse(self.manifest["device"])
+        return Device.parse(self.manifest.device)
 
     @property
     def stages(self):
         """The run directories of a staged job's stages, in order; empty for a single run."""
-        return [RunDir(self.path / stage["dir"]) for stage in self.manifest.get("stages", ())]
+        return [RunDir(self.path / stage.dir) for stage in self.manifest.stages]
 
     @property
     def caches_features(self):
-        return bool(self.manifest.get("cache_features"))
+        return self.manifest.cache_features
 
     @property
     def feature_store(self):
         """The folder of feature stores this run shares with others, or None: its own features/."""
-        shared = self.manifest.get("feature_store")
+        shared = self.manifest.feature_store
         return (self.path / shared).resolve() if shared else None
 
     @property
     def engine(self):
         """What computes a cached run's trunk features."""
-        return self.manifest.get("engine", ENGINE)
+        return self.manifest.engine
 
     @property
     def cache_batch(self):
         """The extraction's mini-batch that ``--cache-batch`` asked for, or None: chosen when it runs."""
-        return self.manifest.get("cache_batch")
+        return self.manifest.cache_batch
 
     def launching(self):
         """Hold the run directory for one launch; a second launch is refused, naming the first's process."""
         return sole_lock(self.path / LAUNCH_LOCK, _launch_busy(self.path, "launch it again"))
 
     def record(self, **fields):
-        """Add ``fields`` to the manifest, on disk too."""
-        self.manifest.update(fields)
-        write_atomic(self.path / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
+        """Change ``fields`` of the manifest, on disk too."""
+        self.manifest = replace(self.manifest, **fields)
+        write_atomic(self.manifest_path, self.manifest.to_json())
 
     @property
     def input_shape(self):
         """The deploy net's input (N, C, H, W), as prepare worked it out."""
-        if "input" not in self.manifest:
+        if self.manifest.input_shape is None:
             raise CaffegenError("the manifest records no input shape (prepared by an older caffegen); "
-                                "prepare the run again", self.path / MANIFEST)
-        return tuple(self.manifest["input"]["shape"])
+                                "prepare the run again", self.manifest_path)
+        return self.manifest.input_shape
+
+    def result(self):
+        """How the run's training ended (a RunResult), or None before it has."""
+        return read_result(self.path)
 
     def weights(self):
         """The weights the run starts from, refusing them when they are gone."""
-        weights = self.path / self.manifest["weights"]
+        weights = self.path / self.manifest.weights
         if not weights.is_file():
             raise CaffegenError("the pretrained weights named in the manifest are missing", weights)
         return weights
 
     def trained_weights(self):
         """The weights the run's training ended with, refusing a run that has not trained yet."""
-        result = self.path / RESULT
-        final = json.loads(result.read_text(encoding="utf-8")).get("final_model") if result.is_file() else None
-        found = recorded_path(self.path, final) if final else None
+        result = self.result()
+        found = recorded_path(self.path, result.final_model) if result and result.final_model else None
         if found is not None and found.is_file():
             return found
         raise CaffegenError(f"no trained model here yet; train it first with: "
@@ -113,7 +132,7 @@ class RunDir:
 
     def match_solver_mode(self, device, echo):
         """Make solver_mode agree with ``device``: Caffe takes GPU mode from the solver when -gpu is absent."""
-        path = self.path / "solver.prototxt"
+        path = self.solver
         solver = read_solver(path)
         mode = solver.CPU if device.is_cpu else solver.GPU
         if solver.solver_mode != mode:
@@ -123,11 +142,11 @@ class RunDir:
 
     def check_labels(self):
         """Refuse lists with labels the classifier cannot score: Caffe's release builds do not check them."""
-        outputs = list(classifier_outputs(read_net(self.path / "train_val.prototxt").net).values())
+        outputs = list(classifier_outputs(read_net(self.train_val).net).values())
         if not outputs:
             return
         count = min(outputs)
-        for path in (self.path / name for name in LISTS):
+        for path in self.lists:
             if not path.is_file():
                 continue
             for line in read_list(path):
@@ -136,6 +155,27 @@ class RunDir:
                                         f"{count} outputs: Caffe would train on garbage (its release builds do "
                                         "not check labels); fix the list or retarget with caffegen head",
                                         path, line.number)
+
+
+def is_run_dir(path):
+    """Whether ``path`` holds a run directory's manifest (RunDir reads it)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def write_result(run_dir, result):
+    """Record ``result`` (a RunResult) in ``run_dir`` (a stage's folder too) as how its training ended."""
+    write_atomic(Path(run_dir) / RESULT, result.to_json())
+
+
+def read_result(run_dir):
+    """The RunResult of ``run_dir`` (a stage's folder too), or None where training has not ended there."""
+    path = Path(run_dir) / RESULT
+    return read_record(RunResult, path, "train it again") if path.is_file() else None
+
+
+def manifest_file(manifest):
+    """{file name: text} of ``manifest``, for the files prepare writes into a run directory."""
+    return {MANIFEST: manifest.to_json()}
 
 
 def refuse_if_launched(run_dir, what):

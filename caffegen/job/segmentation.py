@@ -195,7 +195,7 @@ def build_segmentation(options, weights, caffe="caffe", force=False):
     files = {"train_val.prototxt": to_text(net), "deploy.prototxt": to_text(deploy), "solver.prototxt": solver_text,
              "labels.txt": dataset.labels_text(), PAIRS: dataset.pairs_text(), **dataset.source_texts(),
              **wrapper_scripts(caffe, weights, options.device.gpu_flag, len(dataset.classes), notes)}
-    manifest = {"task": SEGMENTATION, "base_lr": base_lr, "input": {"shape": input_shape},
+    manifest = {"task": SEGMENTATION, "base_lr": base_lr, "input_shape": tuple(input_shape),
                 "preprocessing": processing, "segmentation": {"score_blob": score, "ignore_label": IGNORE_LABEL}}
     writer = dataset.writer(processing["mean_value"], processing["scale"])
     return SegmentationBuild(files, manifest, notes, writer, dataset, schedule)

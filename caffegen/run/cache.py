@@ -38,7 +38,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +56,7 @@ from caffegen.io.schema import BVLC
 from caffegen.job.cacheplan import LISTS, plan_cache, stored, unique
 from caffegen.job.memorycheck import extraction_batch
 from caffegen.job.options import CAFFE, OPENCV
-from caffegen.job.rundir import RESULT
+from caffegen.job.rundir import write_result
 from caffegen.net.layers import DATA_TYPES
 from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN
 from caffegen.net.shapes import product
@@ -741,7 +741,7 @@ def run_cached(run, target, echo=None, show_progress=None):
     origin = f"reused from {store.path}" if reused else f"computed into {store.path}"
     result.notes.append(f"trunk features: {timings['extract_seconds']:.1f} s with {store.engine} ({origin}); "
                         f"head training: {trained:.1f} s")
-    write_atomic(run.path / RESULT, json.dumps(dict(result_summary(result, run.path), cache=timings), indent=2) + "\n")
+    write_result(run.path, replace(result_summary(result, run.path), cache=timings))
     return result
 
 

@@ -11,12 +11,12 @@ import math
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from caffegen.defaults import FORWARD_BATCH
 from caffegen.errors import CaffegenError, cannot_write
 from caffegen.io.featuredb import read_feature_db
+from caffegen.io.files import unused_name
 from caffegen.io.lists import list_line
 from caffegen.io.prototxt import to_text
 from caffegen.io.segdata import read_image_size
@@ -76,8 +76,9 @@ def forward_images(target, model, paths, blobs, batch_size=FORWARD_BATCH, device
     """
     paths = [Path(path).resolve() for path in paths]
     resize = _needed_resize(model, paths, echo or (lambda line: None))
-    tmp = Path(tempfile.mkdtemp(prefix="caffegen-forward-", dir=workdir))
+    tmp = unused_name(workdir, "caffegen-forward-")
     try:
+        tmp.mkdir(mode=0o700)
         (tmp / LIST).write_text("".join(list_line(path, 0) for path in paths), encoding="utf-8")
         net = image_input_net(model.deploy_net, model.preprocessing, tmp / LIST, min(batch_size, len(paths)), resize)
         blobs = extract_blobs(target, net, model.weights, blobs, len(paths), min(batch_size, len(paths)), tmp, device)

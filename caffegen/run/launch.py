@@ -5,13 +5,19 @@ the lists, and the weights against the net. Then :mod:`caffegen.run.runner` runs
 ``caffe train``; ``--resume`` continues from the newest snapshot, with the curves continuing too.
 """
 
-import json
 
 from caffegen.errors import CaffegenError
-from caffegen.io.files import write_atomic
 from caffegen.io.prototxt import read_net
 from caffegen.job.memorycheck import run_check
-from caffegen.job.rundir import RESULT, SNAPSHOT_DIR, SNAPSHOT_NAME, RunDir, newest_snapshot, recorded_path
+from caffegen.job.rundir import (
+    SNAPSHOT_DIR,
+    SNAPSHOT_NAME,
+    RunDir,
+    newest_snapshot,
+    read_result,
+    recorded_path,
+    write_result,
+)
 from caffegen.job.scripts import caffe_arguments
 from caffegen.net.inspect import preflight
 from caffegen.run.cache import run_cached
@@ -59,10 +65,10 @@ def launch_stages(run, target, resume, echo, show_progress):
     stage boundaries marked.
     """
     results, offsets, offset = [], [], 0
-    entries = run.manifest["stages"]
+    entries = run.manifest.stages
     for number, (entry, stage) in enumerate(zip(entries, run.stages), start=1):
         offsets.append(offset)
-        offset += entry["max_iter"]
+        offset += entry.max_iter
         finished = _finished(stage.path)
         if resume and finished:
             results.append(finished)
@@ -78,20 +84,19 @@ def launch_stages(run, target, resume, echo, show_progress):
 
 def _finished(stage_dir):
     """The result of a stage that ran to its end, rebuilt from its files, or None."""
-    path = stage_dir / RESULT
-    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    if summary is None or summary["exit_code"] != 0:
+    summary = read_result(stage_dir)
+    if summary is None or summary.exit_code != 0:
         return None
-    records = earlier_records(stage_dir, summary["iterations"] + 1)
-    final = recorded_path(stage_dir, summary["final_model"]) if summary["final_model"] else None
-    return LaunchResult(0, 0, LogWatcher(), records, seconds=summary["seconds"], final_model=final)
+    records = earlier_records(stage_dir, summary.iterations + 1)
+    final = recorded_path(stage_dir, summary.final_model) if summary.final_model else None
+    return LaunchResult(0, 0, LogWatcher(), records, seconds=summary.seconds, final_model=final)
 
 
 def _stage_words(stage):
-    freeze = stage["freeze"]
-    point = (f"frozen up to {freeze['upto']}" if freeze["upto"] else
-             f"trained from {freeze['from']}" if freeze["from"] else "nothing frozen")
-    return f"{point}, base_lr {stage['base_lr']:g}, {stage['epochs']} epochs"
+    freeze = stage.freeze
+    point = (f"frozen up to {freeze.upto}" if freeze.upto else
+             f"trained from {freeze.start}" if freeze.start else "nothing frozen")
+    return f"{point}, base_lr {stage.base_lr:g}, {stage.epochs} epochs"
 
 
 def _joined(run_dir, results, offsets):
@@ -104,7 +109,7 @@ def _joined(run_dir, results, offsets):
     if records:
         write_curves_csv(records, run_dir / "curves.csv")
         plot_curves(records, run_dir / "curves.png", stage_boundaries=offsets[1:len(results)])
-    write_atomic(run_dir / RESULT, json.dumps(result_summary(joined, run_dir), indent=2) + "\n")
+    write_result(run_dir, result_summary(joined, run_dir))
     return joined
 
 

@@ -13,13 +13,12 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
 from caffegen.io.datasources import record_count
-from caffegen.io.files import file_sha256, write_atomic
+from caffegen.io.files import file_sha256, temp_folder, write_atomic
 
 UNREADABLE = re.compile(r"Could not open or find file (.+)$")
 PROCESSED = re.compile(r"Processed (\d+) files")  # convert_imageset logs it every 1,000 images
@@ -62,8 +61,7 @@ class DatabaseBuilder:
 
     def _convert(self, database, folder):
         """Run convert_imageset on ``database``'s list into ``folder/<name>``, through a temporary folder."""
-        scratch = Path(tempfile.mkdtemp(prefix=f".{database.name}.", dir=folder))
-        try:
+        with temp_folder(folder, f".{database.name}.") as scratch:
             listed = scratch / "list.txt"
             listed.write_text(database.list_text, encoding="utf-8")
             command = [str(self.target.tool("convert_imageset")), "--backend=lmdb"]  # the plan's order is shuffled
@@ -86,8 +84,6 @@ class DatabaseBuilder:
                 raise CaffegenError(f"convert_imageset stored {stored} of the {database.count} images: "
                                     f"{_last_line(output)}", folder / database.name)
             os.rename(scratch / "db", folder / database.name)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
 
     def _progress(self, database):
         """What hears convert_imageset's lines: it tells the images done, about every tenth of them."""

@@ -175,8 +175,8 @@ def contact_sheet_png(evaluation):
 
 def _report_html(metrics, plots, model):
     images = {name: "data:image/png;base64," + base64.b64encode(data).decode("ascii") for name, data in plots.items()}
-    settings = {key: model.run.manifest.get(key) for key in ("freeze", "schedule", "base_lr", "device")} \
-        if model.run else {}
+    recorded = model.run.manifest.to_record() if model.run else {}
+    settings = {key: recorded[key] for key in ("freeze", "schedule", "base_lr", "device") if key in recorded}
     settings.update(weights=str(model.weights), preprocessing=model.preprocessing)
     return render_template("report.html.j2", metrics=metrics, images=images, source=str(model.source),
                            settings={key: json.dumps(value) for key, value in settings.items() if value is not None})

@@ -7,7 +7,7 @@ Ctrl-C asks Caffe to snapshot and stop (``-sigint_effect stop``).
 """
 
 import contextlib
-import json
+import itertools
 import os
 import signal
 import subprocess
@@ -19,17 +19,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from caffegen.errors import CaffegenError, cannot_write
-from caffegen.io.files import write_atomic
+from caffegen.errors import CaffegenError, Terminated, cannot_write
 from caffegen.io.quoting import sh_command
-from caffegen.job.rundir import RESULT, newest_snapshot, relative_record
+from caffegen.job.manifest import RunResult
+from caffegen.job.rundir import CURVES_CSV, CURVES_PNG, EVENTS, newest_snapshot, relative_record, write_result
 from caffegen.run.caffelog import LogWatcher, TestResult, parse_log
 from caffegen.run.curves import plot_curves, write_curves_csv
 from caffegen.run.diagnose import Diagnosis
+from caffegen.run.events import EventLog
 
 INTERRUPTED = 130
 DIAGNOSED = 3
 PLAIN_EVERY_S = 30  # without a live bar, a progress line at least this often
+CURVES_EVERY_S = 10  # curves.png is redrawn at a test pass at most this often while the run goes on
 STOP_WAIT_S = 60  # how long a Caffe stopped because caffegen ends may take to snapshot
 
 
@@ -52,37 +54,69 @@ def run_caffe_train(caffe, arguments, run_dir, history, echo, show_progress, mem
     """Run ``caffe`` with ``arguments`` in ``run_dir``, after the ``history`` of records of an earlier run.
 
     ``memory`` is caffegen's estimate of the run's memory and its fix, for an out-of-memory diagnosis.
+    Ctrl-C and SIGTERM both make Caffe snapshot and stop, and what it says on the way is read to its
+    end; after SIGTERM, the run's records written, Terminated is raised.
     """
     started = time.monotonic()
     watcher = LogWatcher(memory)
     env = dict(os.environ, GLOG_logtostderr="1")
     process = subprocess.Popen([str(caffe), *arguments], cwd=run_dir, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
-    interrupts = []
-    previous = signal.signal(signal.SIGINT, lambda *_: _interrupt(process, interrupts))
-    diagnosis = None
-    try:
-        with (run_dir / "train.log").open("ab", buffering=0) as log, \
-                _progress(watcher, show_progress, echo) as progress:
-            try:
-                for line in process.stdout:
-                    _log(log, line, run_dir)
-                    events = watcher.feed(line)
-                    diagnosis = _watch(events, diagnosis, process)
-                    progress.show(watcher, events)
-            except BaseException:  # caffegen itself is ending (SIGTERM, a full disk): Caffe snapshots and stops
-                _stop_and_log(process, log)
-                raise
-            diagnosis = _watch(watcher.close(), diagnosis, process)
-        code = process.wait()
-        diagnosis = _watch(watcher.ended(code), diagnosis, process)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    interrupts, terminations = [], []
+    with _signals_stop(process, interrupts, terminations):
+        diagnosis, code = _follow(process, watcher, run_dir, history, echo, show_progress)
     stopped = bool(interrupts) or watcher.stopped_early  # Ctrl-C here, or a SIGINT sent to Caffe itself
     result = LaunchResult(code, code, watcher, history + watcher.records, diagnosis, stopped,
                           time.monotonic() - started)
     _finish(result, run_dir)
+    if terminations:
+        raise Terminated()
     return result
+
+
+@contextlib.contextmanager
+def _signals_stop(process, interrupts, terminations):
+    """While Caffe trains, SIGINT and SIGTERM ask it to snapshot and stop (a second one stops it at once)
+    instead of cutting caffegen's reading of its output short."""
+    def terminate(*_):
+        terminations.append(time.monotonic())
+        _interrupt(process, interrupts)
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: _interrupt(process, interrupts)),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, terminate)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _follow(process, watcher, run_dir, history, echo, show_progress):
+    """Follow Caffe's output to its end, into train.log, events.jsonl, the progress shown and the curves;
+    return (the first diagnosis, Caffe's exit code)."""
+    diagnosis = None
+    with (run_dir / "train.log").open("ab", buffering=0) as log, EventLog(run_dir / EVENTS) as event_log, \
+            _Curves(run_dir, history) as curves, _progress(watcher, show_progress, echo) as progress:
+
+        def take(events):
+            nonlocal diagnosis
+            event_log.write(events)
+            diagnosis = _watch(events, diagnosis, process)
+            progress.show(watcher, events)
+            curves.refresh(watcher, events)
+
+        unlogged = None  # a line read but not yet in train.log, when caffegen is stopped in between
+        try:
+            for unlogged in process.stdout:
+                _log(log, unlogged, run_dir)
+                line, unlogged = unlogged, None
+                take(watcher.feed(line))
+        except BaseException:  # caffegen itself is ending (SIGTERM, a full disk): Caffe snapshots and stops
+            _stop_and_log(process, log, unlogged)
+            raise
+        take(watcher.close())
+        code = process.wait()
+        take(watcher.ended(code))
+    return diagnosis, code
 
 
 def _watch(events, diagnosis, process):
@@ -104,15 +138,55 @@ def _log(log, line, run_dir):
         raise cannot_write(error, run_dir / "train.log") from None
 
 
-def _stop_and_log(process, log):
+class _Curves:
+    """What a reader of the run directory sees of a run going on: curves.csv rewritten at every test pass, and
+    curves.png redrawn from the same records, at most every CURVES_EVERY_S seconds, by a thread of its own, so that
+    drawing never holds up reading Caffe's output (and with it a diagnosis that must stop Caffe)."""
+
+    def __init__(self, run_dir, history):
+        self.run_dir, self.history, self.latest = run_dir, history, None
+        self.wanted, self.closing = threading.Event(), threading.Event()
+        self.drawer = threading.Thread(target=self._draw, name="curves.png", daemon=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        """Let the drawing under way end, so that none overwrites the final curves."""
+        self.closing.set()
+        self.wanted.set()
+        if self.drawer.is_alive():
+            self.drawer.join()
+
+    def refresh(self, watcher, events):
+        if not any(isinstance(event, TestResult) for event in events):
+            return
+        self.latest = [dict(record) for record in self.history + watcher.records]
+        write_curves_csv(self.latest, self.run_dir / CURVES_CSV)
+        self.wanted.set()
+        if not self.drawer.is_alive():
+            self.drawer.start()
+
+    def _draw(self):
+        while self.wanted.wait() and not self.closing.is_set():
+            self.wanted.clear()
+            try:
+                plot_curves(self.latest, self.run_dir / CURVES_PNG)
+            except CaffegenError:  # a full disk: the final curves, written as the run ends, say so
+                return
+            self.closing.wait(CURVES_EVERY_S)
+
+
+def _stop_and_log(process, log, unlogged=None):
     """Stop a Caffe that caffegen is leaving: it snapshots first, as on Ctrl-C, and what it says on the way goes
-    to train.log where the disk still takes it. It is killed if it has not ended within STOP_WAIT_S."""
+    to train.log (after the ``unlogged`` line caffegen had read) where the disk still takes it. It is killed if it
+    has not ended within STOP_WAIT_S."""
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
     killer = threading.Timer(STOP_WAIT_S, process.kill)
     killer.start()
     try:
-        for line in process.stdout:
+        for line in itertools.chain([unlogged] if unlogged else [], process.stdout):
             with contextlib.suppress(OSError):
                 log.write(line.encode("utf-8", errors="replace"))
         process.wait()
@@ -199,8 +273,8 @@ def _figures(watcher):
 def _finish(result, run_dir):
     """Curves, the final model, and the exit code that tells how the run ended."""
     if result.records:
-        write_curves_csv(result.records, run_dir / "curves.csv")
-        plot_curves(result.records, run_dir / "curves.png")
+        write_curves_csv(result.records, run_dir / CURVES_CSV)
+        plot_curves(result.records, run_dir / CURVES_PNG)
     models = [Path(path) for path in result.watcher.snapshots if str(path).endswith(".caffemodel")]
     if models:
         result.final_model = run_dir / models[-1]
@@ -210,28 +284,25 @@ def _finish(result, run_dir):
         result.exit_code = 128 - result.caffe_exit_code
     elif result.caffe_exit_code == 0 and result.interrupted:
         result.exit_code = INTERRUPTED
-    write_atomic(run_dir / RESULT, json.dumps(result_summary(result, run_dir), indent=2) + "\n")
+    write_result(run_dir, result_summary(result, run_dir))
 
 
 def result_summary(result, run_dir):
-    """What a finished run amounts to, as stored in ``run_dir``'s result.json: for people, sweeps and later stages.
-
-    The final model is named relative to the run directory, as every file a run directory records.
-    """
+    """What a finished run amounts to (a RunResult), as ``run_dir`` records it."""
     accuracies = validation_accuracies(result.records)
     best = max(accuracies, key=lambda pair: pair[1]) if accuracies else None
-    return {
-        "exit_code": result.exit_code,
-        "caffe_exit_code": result.caffe_exit_code,
-        "diagnosis": result.diagnosis.kind if result.diagnosis else None,
-        "interrupted": result.interrupted,
-        "seconds": round(result.seconds, 3),
-        "iterations": result.records[-1]["iteration"] if result.records else 0,
-        "last_accuracy": accuracies[-1][1] if accuracies else None,
-        "best_accuracy": best[1] if best else None,
-        "best_iteration": best[0] if best else None,
-        "final_model": relative_record(run_dir, result.final_model) if result.final_model else None,
-    }
+    return RunResult(
+        exit_code=result.exit_code,
+        caffe_exit_code=result.caffe_exit_code,
+        diagnosis=result.diagnosis.kind if result.diagnosis else None,
+        interrupted=result.interrupted,
+        seconds=round(result.seconds, 3),
+        iterations=result.records[-1]["iteration"] if result.records else 0,
+        last_accuracy=accuracies[-1][1] if accuracies else None,
+        best_accuracy=best[1] if best else None,
+        best_iteration=best[0] if best else None,
+        final_model=relative_record(run_dir, result.final_model) if result.final_model else None,
+    )
 
 
 def _resumable(run_dir):

@@ -22,7 +22,7 @@ from caffegen.io.files import built_beside, write_atomic
 from caffegen.io.locks import refuse_if_held, sole_lock
 from caffegen.io.tables import text_table
 from caffegen.job.prepare import prepare
-from caffegen.job.rundir import EVAL_DIR, RESULT, RunDir, refuse_if_launched
+from caffegen.job.rundir import EVAL_DIR, RunDir, read_result, refuse_if_launched
 from caffegen.run.cache import store_of
 from caffegen.run.evaluate import evaluate_validation, metrics_line
 from caffegen.run.launch import launch
@@ -142,9 +142,8 @@ def _sweep_busy(sweep_dir, what):
 def _prepare_run(run, options, staging, caffe, echo, budget, force, databases, reusable):
     job = prepare(options, staging / run.run_dir, force, caffe, echo, budget=budget, databases=databases,
                   reuse_from=reusable)
-    lr = job.manifest["base_lr"]
-    echo(f"prepared {run.run_dir}: freeze {run.freeze}, base_lr {lr:g}, "
-         f"{job.manifest['schedule']['max_iter']} iterations")
+    lr = job.manifest.base_lr
+    echo(f"prepared {run.run_dir}: freeze {run.freeze}, base_lr {lr:g}, {job.manifest.schedule.max_iter} iterations")
     return replace(run, lr=lr)
 
 
@@ -234,9 +233,10 @@ def _run_per_gpu(sweep_dir, runs, gpus, caffe, echo, poll_seconds):
 def _stop_running(sweep_dir, running, errors, echo, signal_them):
     """Let the running launches snapshot and stop (SIGTERM them first where they did not hear the stop)."""
     echo("interrupted: waiting for the running runs to snapshot and stop; the remaining runs are not started")
-    for run, _, process in running.values():
+    for _, _, process in running.values():  # all of them first: none trains on while another one stops
         if signal_them and process.poll() is None:
             process.terminate()
+    for run, _, process in running.values():
         process.wait()
         _record_exit(sweep_dir / run.run_dir, process, errors)
 
@@ -259,7 +259,7 @@ def _reap(sweep_dir, running, errors, echo):
 
 def _record_exit(run_dir, process, errors):
     """A run that left no result.json failed before Caffe ran: keep the last line of its report."""
-    if not (run_dir / RESULT).is_file():
+    if read_result(run_dir) is None:
         lines = (run_dir / LAUNCH_LOG).read_text(encoding="utf-8", errors="replace").strip().splitlines()
         errors[run_dir.name] = lines[-1] if lines else f"caffegen launch exited with {process.returncode}"
 
@@ -314,24 +314,23 @@ def collect(sweep_dir, runs=None, errors=None):
 
 
 def _row(sweep_dir, run, error):
-    path, evaluated = (sweep_dir / run.run_dir / name for name in (RESULT, f"{EVAL_DIR}/{METRICS}"))
-    result = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    result, evaluated = read_result(sweep_dir / run.run_dir), sweep_dir / run.run_dir / EVAL_DIR / METRICS
     metrics = json.loads(evaluated.read_text(encoding="utf-8")) if evaluated.is_file() else {}
     return {"run": run.run_dir, "freeze": run.freeze, "lr": run.lr,
-            "best_accuracy": result.get("best_accuracy"), "last_accuracy": result.get("last_accuracy"),
+            "best_accuracy": result and result.best_accuracy, "last_accuracy": result and result.last_accuracy,
             "mean_class_accuracy": metrics.get("mean_class_accuracy"),
-            "seconds": result.get("seconds"), "exit_code": result.get("exit_code"),
+            "seconds": result and result.seconds, "exit_code": result and result.exit_code,
             "status": f"error: {error}" if error else _status(result)}
 
 
 def _status(result):
-    if not result:
+    if result is None:
         return NOT_FINISHED
-    if result["diagnosis"]:
-        return result["diagnosis"]
-    if result["interrupted"]:
+    if result.diagnosis:
+        return result.diagnosis
+    if result.interrupted:
         return "interrupted"
-    return "ok" if result["exit_code"] == 0 else f"exit {result['exit_code']}"
+    return "ok" if result.exit_code == 0 else f"exit {result.exit_code}"
 
 
 def _csv_text(rows):
