@@ -399,7 +399,7 @@ def test_many_chunks_keep_list_order_and_an_interrupted_extraction_resumes(caffe
     computed again alone."""
     from caffegen.run import cache
     one_chunk, _, _ = cached
-    monkeypatch.setattr(cache, "CHUNK_IMAGES", 200)
+    monkeypatch.setattr(cache.store, "CHUNK_IMAGES", 200)
     run = prepare_run(images, tmp_path / "run")
     store, reused = cache.extract(plan_cache(run), Target(caffe), seed=1, batch_size=7)
     assert not reused and [chunk.name for chunk in store.work] == [f"train_{i:04d}" for i in range(4)] + [

@@ -107,7 +107,7 @@ def assert_same_features(store, expected):
 def unsharded(caffe, images, tmp_path_factory):
     """The features of the digits job frozen up to conv2, in chunks of 200 images, computed without shards."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cache, "CHUNK_IMAGES", 200)
+        patch.setattr(cache.store, "CHUNK_IMAGES", 200)
         run = prepare_run(images, tmp_path_factory.mktemp("unsharded") / "run")
         store, reused = cache.extract(plan_cache(run), Target(caffe), seed=1, batch_size=7)
     assert not reused and len(store.work) == 5
@@ -116,7 +116,7 @@ def unsharded(caffe, images, tmp_path_factory):
 
 def test_shards_in_any_order_resume_and_merge_into_the_unsharded_features(caffe, images, unsharded, tmp_path,
                                                                           monkeypatch):
-    monkeypatch.setattr(cache, "CHUNK_IMAGES", 200)
+    monkeypatch.setattr(cache.store, "CHUNK_IMAGES", 200)
     run = prepare_run(images, tmp_path / "run")
     plan, target = plan_cache(run), Target(caffe)
     for shard in (2, 0):
@@ -147,7 +147,7 @@ def test_shards_in_any_order_resume_and_merge_into_the_unsharded_features(caffe,
 
 
 def test_a_chunk_not_covered_by_parts_is_computed_whole(caffe, images, unsharded, tmp_path, monkeypatch):
-    monkeypatch.setattr(cache, "CHUNK_IMAGES", 200)
+    monkeypatch.setattr(cache.store, "CHUNK_IMAGES", 200)
     run = prepare_run(images, tmp_path / "run")
     plan, target = plan_cache(run), Target(caffe)
     folder = cache.feature_store(plan, 1).path

@@ -7,7 +7,7 @@ from conftest import DIGITS, assert_one_line_error, run_caffegen
 
 from caffegen.cli import main
 from caffegen.errors import CaffegenError, CaffeNotFound
-from caffegen.job import rundir
+from caffegen.job import cacheplan, rundir
 from caffegen.job.device import CPU, Device
 from caffegen.job.prepare import JobOptions, prepare
 from caffegen.run import target as target_module
@@ -92,6 +92,18 @@ def test_a_local_sweep_finds_caffe_once_and_reads_each_manifest_once(caffe, imag
     assert sorted(str(args[1]) for args in loads) == [str(tmp_path / "sweep" / name)
                                                       for name in ("upto-conv2_lr-0.001", "upto-conv2_lr-0.01")]
 
+
+
+def test_a_cached_run_works_out_its_cache_plan_once_per_command(caffe, images, tmp_path, monkeypatch, capsys):
+    """prepare checks the plan once, and a launch (labels, store, extraction, head) once more, not per step."""
+    plans = counting(monkeypatch, cacheplan, "_trunk")  # the first step of working a plan out
+    code = main(["prepare", *BASE_MODEL, "--data", str(images), "--freeze-upto", "conv2", "--cache-features",
+                 "--epochs", "1", "--gpu", "cpu", "-o", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    assert len(plans) == 1
+    code = main(["launch", str(tmp_path / "run"), "--caffe", str(caffe)])
+    assert code == 0, capsys.readouterr().err
+    assert len(plans) == 2 and json.loads((tmp_path / "run" / "result.json").read_text())["cache"]["boundary"]
 
 def test_the_manifest_records_what_launch_needs(images, tmp_path):
     job = prepare(JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=images,

@@ -14,7 +14,7 @@ from caffegen.defaults import CACHE_BATCH, GPU_CACHE_BATCH
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.prototxt import read_net, read_solver
-from caffegen.job.cacheplan import LISTS, plan_cache
+from caffegen.job.cacheplan import LISTS
 from caffegen.job.rundir import TRAIN_VAL, RunDir, is_run_dir
 from caffegen.net.memory import (
     MemoryBudget,
@@ -177,7 +177,7 @@ def cached_extraction(net_path, budget):
     run = RunDir(run_dir)
     if not run.caches_features:
         return None
-    plan = plan_cache(run)
+    plan = run.cache_plan
     batch = extraction_batch(plan, run.device, budget)
     return extraction_check(plan, run.device, budget, batch.size).estimate, batch
 

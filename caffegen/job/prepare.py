@@ -21,13 +21,13 @@ from caffegen.io.datasources import first_input
 from caffegen.io.files import built_beside, file_sha256, temp_folder
 from caffegen.io.meanfile import read_mean_file
 from caffegen.io.prototxt import read_net, read_solver, to_text
-from caffegen.job.cacheplan import check_cacheable, plan_cache
+from caffegen.job.cacheplan import check_cacheable
 from caffegen.job.dataset import Dataset, KeptData, read_lists, scan_class_folders
 from caffegen.job.imagedb import MEAN_IMAGE, TRAIN_DB, VAL_DB, plan_databases
 from caffegen.job.manifest import Freeze, Images, Manifest, Schedule, StageEntry
 from caffegen.job.memorycheck import extraction_batch, extraction_check, training_check
 from caffegen.job.options import ENGINES, SEGMENTATION, JobOptions, Stage, parse_stages  # noqa: F401 (API)
-from caffegen.job.rundir import SNAPSHOT_DIR, manifest_file, refuse_if_launched
+from caffegen.job.rundir import SNAPSHOT_DIR, RunDir, manifest_file, refuse_if_launched
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, wrapper_scripts
 from caffegen.job.segmentation import build_segmentation
 from caffegen.job.solver import (
@@ -211,7 +211,7 @@ class _Checks:
 def _planned_cache(memory, device, build):
     """The check of a cached run's built directory: its cache plan, and its extraction's memory."""
     def check(staging):
-        plan = plan_cache(staging)
+        plan = RunDir(staging).cache_plan
         notes = [plan.describe()]
         if memory.budget is not None:
             batch = extraction_batch(plan, device, memory.budget)

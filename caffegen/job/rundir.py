@@ -1,6 +1,7 @@
 """A prepared run directory: where each of its files lies, its manifest read once, its result, and the checks
 made before Caffe runs in it. Only this module reads and writes manifest.json and result.json."""
 
+import functools
 import os
 import re
 from dataclasses import replace
@@ -63,6 +64,13 @@ class RunDir:
     eval_dir = property(lambda self: self.path / EVAL_DIR)
     features = property(lambda self: self.path / FEATURES_DIR)
 
+    @functools.cached_property
+    def cache_plan(self):
+        """A cached run's CachePlan (trunk, boundary blob, sizes, the weights checked), worked out once: every step
+        of one command that needs it gets it from the RunDir the command loaded."""
+        from caffegen.job.cacheplan import plan_cache  # which reads RunDir: a circle, if imported above
+        return plan_cache(self)
+
     @property
     def device(self):
         """The device the run was prepared for."""
@@ -101,6 +109,7 @@ class RunDir:
         """Change ``fields`` of the manifest, on disk too."""
         self.manifest = replace(self.manifest, **fields)
         write_atomic(self.manifest_path, self.manifest.to_json())
+        self.__dict__.pop("cache_plan", None)  # it holds what the manifest said
 
     @property
     def input_shape(self):

@@ -10,7 +10,7 @@ once every task of the array succeeded.
 import math
 
 from caffegen.io.lists import read_list
-from caffegen.job.cacheplan import LISTS, plan_cache
+from caffegen.job.cacheplan import LISTS
 from caffegen.job.memorycheck import extraction_batch
 from caffegen.run.target import memory_budget
 from caffegen.strategies.slurm import (
@@ -37,7 +37,7 @@ def default_shards(run):
 def pin_cache_batch(run):
     """Record in ``run``'s manifest the mini-batch every shard runs, so that all of them split the chunks alike:
     its ``--cache-batch``, else the most that fit on this machine; return the ExtractionBatch."""
-    batch = extraction_batch(plan_cache(run), run.device, memory_budget(run.device))
+    batch = extraction_batch(run.cache_plan, run.device, memory_budget(run.device))
     if run.cache_batch is None:
         run.record(cache_batch=batch.size)
     return batch
