@@ -27,7 +27,7 @@ from caffegen.job.imagedb import MEAN_IMAGE, TRAIN_DB, VAL_DB, plan_databases
 from caffegen.job.manifest import Freeze, Images, Manifest, Schedule, StageEntry
 from caffegen.job.memorycheck import extraction_batch, extraction_check, training_check
 from caffegen.job.options import ENGINES, SEGMENTATION, JobOptions, Stage, parse_stages  # noqa: F401 (API)
-from caffegen.job.rundir import SNAPSHOT_DIR, RunDir, manifest_file, refuse_if_launched
+from caffegen.job.rundir import DEPLOY, SNAPSHOT_DIR, SOLVER, TRAIN_VAL, RunDir, manifest_file, refuse_if_launched
 from caffegen.job.scripts import caffe_arguments, render_stages_sh, wrapper_scripts
 from caffegen.job.segmentation import build_segmentation
 from caffegen.job.solver import (
@@ -254,12 +254,64 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, bui
     its preprocessing. ``build_databases``, given with --lmdb, builds an LmdbPlan's databases.
     """
     notes = []
+    net = _base_net(options, warn, notes)
+    test_batch = _wire_data(net, options, dataset, notes)
+    plan = _lmdb_plan(net, options, dataset) if build_databases else None
+    mean = _resolve_mean_file(net, options, dataset)
+    _set_scale(net, options.data_settings.scale)
+    _retarget(net, options, len(dataset.classes), notes)
+    channels, height, width = _input_geometry(net, dataset, options.data_settings, net_dir=Path(options.net).parent)
+    if plan:
+        read_from_lmdb(net, {TRAIN: TRAIN_DB, TEST: VAL_DB})
+    input_shape = [1, channels, height, width]
+    checked_weights = weights if weights_ref == weights else None  # a later stage's do not exist yet
+    _check_net(net, options, input_shape, checked_weights, memory, notes)
+    schedule, solver_text, base_lr, solver = _solver(options, net, dataset, test_batch)
+    if memory.budget is not None and not options.cache_features:
+        notes += memory.note(training_check(net, solver.type, input_shape, checked_weights, options.device,
+                                            solver.iter_size, memory.budget, options.net))
+    built = build_databases(plan) if plan else None  # the longest step, once every check has passed
+    mean = _check_databases(built, net, dataset, options, (channels, height, width), notes) or mean
+    copies = dataset.copy_names() if options.copy_data else {}
+    if options.copy_data:
+        copies[weights] = weights_ref = WEIGHTS_COPY
+    files = _run_files(net, deploy_net(net, channels, height, width), solver_text, dataset, copies,
+                       wrapper_scripts(caffe, weights_ref, options.device.gpu_flag, len(dataset.classes), notes))
+    computed_mean = bool(built and built.mean)
+    manifest = replace(_manifest(options, weights, weights_ref, dataset, schedule,
+                                 mean.path if mean and not computed_mean else None),
+                       base_lr=base_lr, input_shape=tuple(input_shape),
+                       preprocessing=_preprocessing(net, mean, plan if built else None),
+                       **_lmdb_fields(plan, computed_mean) if built else {}, **_cache_fields(options))
+    files.update(manifest_file(manifest))
+    if mean:
+        copies[mean.path] = MEAN_FILE
+    return _Build(files, copies, manifest, notes, _database_moves(built, plan))
+
+
+def _check_databases(built, net, dataset, options, geometry, notes):
+    """Check the first record of the databases ``built`` (None: none) against the net's input ``geometry``;
+    return the mean image computed from them, or None."""
+    if not built:
+        return None
+    notes += built.notes
+    _check_first_datum(net, dataset, options.data_settings, built.folder, geometry)
+    return read_mean_file(built.mean) if built.mean else None
+
+
+def _base_net(options, warn, notes):
+    """The base net, upgraded from a legacy format if need be; ``warn`` hears what it leaves unsaid."""
     loaded = read_net(options.net)
     if loaded.upgraded_from:
         notes.append(f"upgraded the legacy {loaded.upgraded_from} net to the current layer format")
-    net = loaded.net
-    for line in preprocessing_warnings(options, net) if warn else ():
+    for line in preprocessing_warnings(options, loaded.net) if warn else ():
         warn(line)
+    return loaded.net
+
+
+def _wire_data(net, options, dataset, notes):
+    """Wire ImageData layers on the lists (or keep the net's own); return the validation batch that covers the
+    validation images exactly once."""
     if not options.keep_data_layers:
         wire_image_data(net, options.data_settings, options.net)
         notes += fit_crop(net, bool(options.data_settings.resize), options.cache_features, options.net)
@@ -268,62 +320,44 @@ def _build(options, dataset, weights, weights_ref, caffe, memory, warn=None, bui
     test_batch, exact_notes = _exact_validation(net, dataset.val_count, options.net)
     notes += exact_notes
     notes += [python_layer_note(layer) for layer in net.layer if layer.type == PYTHON]
-    plan = _lmdb_plan(net, options, dataset) if build_databases else None
-    mean = _resolve_mean_file(net, options, dataset)
-    _set_scale(net, options.data_settings.scale)
-    num_classes = len(dataset.classes)
+    return test_batch
+
+
+def _retarget(net, options, num_classes, notes):
+    """Freeze, retarget the class-count layers to ``num_classes``, and apply the learning-rate rules."""
     if options.freeze_upto or options.freeze_from:
         notes += freeze(net, options.freeze_upto, options.freeze_from, options.net).summary()
     notes += retarget_head(net, num_classes, None, options.head_name, options.head_lr_mult, options.net).summary()
     notes += drop_unscorable_accuracies(net, num_classes)
     if options.lr_rules:
         notes += apply_lr_rules(net, options.lr_rules).summary()
-    channels, height, width = _input_geometry(net, dataset, options.data_settings, net_dir=Path(options.net).parent)
-    if plan:
-        read_from_lmdb(net, {TRAIN: TRAIN_DB, TEST: VAL_DB})
-    deploy = deploy_net(net, channels, height, width)
-    input_shape = [1, channels, height, width]
+
+
+def _check_net(net, options, input_shape, weights, memory, notes):
+    """Refuse a net Caffe would refuse; check ``weights`` (None: not written yet) against it, and what caching
+    its trunk needs."""
     check_runs(net, input_shape, options.net)
-    if weights_ref == weights:
+    if weights is not None:
         notes += preflight(net, weights, input_shape, allow_unrelated=memory.force)
     if options.cache_features:
         notes += check_cacheable(net, options.net)
-    schedule, solver_text, base_lr, solver = _solver(options, net, dataset, test_batch)
-    if memory.budget is not None and not options.cache_features:
-        notes += memory.note(training_check(net, solver.type, input_shape, weights if weights_ref == weights else None,
-                                            options.device, solver.iter_size, memory.budget, options.net))
-    built = build_databases(plan) if plan else None  # the longest step, once every check has passed
-    if built:
-        notes += built.notes
-        _check_first_datum(net, dataset, options.data_settings, built.folder, (channels, height, width))
-        mean = read_mean_file(built.mean) if built.mean else mean
-    copies = dataset.copy_names() if options.copy_data else {}
-    if options.copy_data:
-        copies[weights] = weights_ref = WEIGHTS_COPY
-    files = {
-        "train_val.prototxt": to_text(net),
-        "deploy.prototxt": to_text(deploy),
-        "solver.prototxt": solver_text,
-        "labels.txt": dataset.labels_text(),
-        **wrapper_scripts(caffe, weights_ref, options.device.gpu_flag, num_classes, notes),
-    }
+
+
+def _run_files(net, deploy, solver_text, dataset, copies, scripts):
+    """{name: text} of the run directory's nets, solver, labels, scripts and lists (but its manifest)."""
+    files = {TRAIN_VAL: to_text(net), DEPLOY: to_text(deploy), SOLVER: solver_text, "labels.txt": dataset.labels_text(),
+             **scripts}
     if isinstance(dataset, Dataset):
         files["train.txt"] = dataset.list_text("train", copies)
         files["val.txt"] = dataset.list_text("val", copies)
-    computed_mean = bool(built and built.mean)
-    manifest = replace(_manifest(options, weights, weights_ref, dataset, schedule,
-                                 mean.path if mean and not computed_mean else None),
-                       base_lr=base_lr, input_shape=tuple(input_shape),
-                       preprocessing=_preprocessing(net, mean, plan if built else None),
-                       **_lmdb_fields(plan, computed_mean) if built else {}, **_cache_fields(options))
-    moves = {}
-    if built:
-        moves = {built.folder / name: name for database in plan.databases
-                 for name in (database.name, database.record_name)}
-    files.update(manifest_file(manifest))
-    if mean:
-        copies[mean.path] = MEAN_FILE
-    return _Build(files, copies, manifest, notes, moves)
+    return files
+
+
+def _database_moves(built, plan):
+    """{built path: name in the run directory} of the databases built for ``plan`` (none when none were)."""
+    if not built:
+        return {}
+    return {built.folder / name: name for database in plan.databases for name in (database.name, database.record_name)}
 
 
 def _preprocessing(net, mean, plan):
