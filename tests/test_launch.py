@@ -237,7 +237,7 @@ def test_sigint_sent_to_caffe_itself_counts_as_an_interruption(caffe, images, tm
 
 def test_events_and_curves_can_be_read_while_it_trains(caffe, images, tmp_path):
     """events.jsonl and curves.csv are the run directory's account of a run going on, line by line."""
-    run = prepare(images, tmp_path / "run", epochs=30)
+    run = prepare(images, tmp_path / "run", epochs=100)  # still training when curves.png is first redrawn
     launch = launch_until(run, 0)
     wait_for(lambda: len(_test_events(run)) >= 3, "three test passes in events.jsonl")
     during = _test_events(run)

@@ -168,13 +168,16 @@ class _Curves:
             self.drawer.start()
 
     def _draw(self):
-        while self.wanted.wait() and not self.closing.is_set():
+        """Redraw at most every CURVES_EVERY_S, the first time as long after the first test pass: a short run is
+        drawn once, when it ends."""
+        while not self.closing.wait(CURVES_EVERY_S):
+            if not self.wanted.is_set():
+                continue
             self.wanted.clear()
             try:
                 plot_curves(self.latest, self.run_dir / CURVES_PNG)
             except CaffegenError:  # a full disk: the final curves, written as the run ends, say so
                 return
-            self.closing.wait(CURVES_EVERY_S)
 
 
 def _stop_and_log(process, log, unlogged=None):
