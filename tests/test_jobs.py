@@ -1,6 +1,7 @@
 """Preparing jobs without running Caffe: data, solver arithmetic, wiring, scripts, the run directory."""
 
 import json
+import re
 
 import pytest
 from conftest import DIGITS, ZOO, assert_one_line_error
@@ -271,6 +272,18 @@ class TestPrepare:
         assert list(deploy.layer[0].input_param.shape[0].dim) == [1, 1, 28, 28]
         solver = read_solver(run / "solver.prototxt")
         assert solver.max_iter == 2 * manifest["schedule"]["iters_per_epoch"] and solver.solver_mode == solver.CPU
+
+    @pytest.mark.parametrize("extra, words", [
+        ({"freeze_from": "fc1"}, "give --freeze-upto or --freeze-from, not both"),
+        ({"cache_batch": 8}, "--cache-batch sets the mini-batch of the feature extraction"),
+        ({"encoded": True}, "--encoded needs --lmdb"),
+        ({"lmdb": True, "cache_features": True}, "--cache-features reads each image once"),
+    ])
+    def test_options_that_do_not_go_together_are_one_line_for_python_callers_too(self, tmp_path, extra, words):
+        data = write_images(tmp_path / "images", {"x": 6, "y": 4}, size=(28, 28))
+        with pytest.raises(CaffegenError, match=re.escape(words)):
+            prepare(self.options(data, **extra), tmp_path / "run")
+        assert not (tmp_path / "run").exists()
 
     def test_freeze_from_names_the_classifier_of_the_base_net(self, tmp_path):
         data = write_images(tmp_path / "images", {"x": 3, "y": 3})

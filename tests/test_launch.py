@@ -239,7 +239,9 @@ def test_events_and_curves_can_be_read_while_it_trains(caffe, images, tmp_path):
     """events.jsonl and curves.csv are the run directory's account of a run going on, line by line."""
     run = prepare(images, tmp_path / "run", epochs=100)  # still training when curves.png is first redrawn
     launch = launch_until(run, 0)
-    wait_for(lambda: len(_test_events(run)) >= 3, "three test passes in events.jsonl")
+    # events.jsonl hears of a test pass just before curves.csv is rewritten with it
+    wait_for(lambda: len(_test_events(run)) >= 3 and len(_tested_rows(run)) >= 3,
+             "three test passes in events.jsonl and curves.csv")
     during = _test_events(run)
     rows_during = curve_rows(run)
     wait_for(lambda: (run / "curves.png").exists(), "curves.png")
@@ -263,6 +265,11 @@ def test_events_and_curves_can_be_read_while_it_trains(caffe, images, tmp_path):
     stopped_at = stderr.split("snapshot: ")[1].split(";")[0]
     assert Path(stopped_at).name in {Path(path).name for path in written}
     assert all(event["time"] >= events[0]["time"] for event in events)
+
+
+def _tested_rows(run):
+    """The rows of curves.csv with a test result, as it is now (missing before the first test pass)."""
+    return [row for row in curve_rows(run) if row.get("test/accuracy")] if (run / "curves.csv").exists() else []
 
 
 def _test_events(run):

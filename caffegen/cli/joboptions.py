@@ -1,6 +1,6 @@
 """The options that describe a fine-tuning job, shared by prepare and sweep, and the JobOptions they make."""
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import click
 
@@ -110,24 +110,20 @@ def job_from_options(params, target, echo):
     With --model, the zoo model is downloaded (or found downloaded) first, and gives the net, the
     weights and the preprocessing the options leave unsaid.
     """
-    if params["freeze_upto"] and params["freeze_from"]:
-        raise CaffegenError("give --freeze-upto or --freeze-from, not both")
     from caffegen.job.zoo import with_zoo_model
     from caffegen.net.lr_rules import parse_lr_rules
     from caffegen.net.wiring import DataSettings
-    fetched = _zoo_model(params)
-    if params["cache_batch"] and not params["cache_features"]:
-        raise CaffegenError("--cache-batch sets the mini-batch of the feature extraction: give it with --cache-features")
-    if params["cache_features"] and params["engine"] == OPENCV:
-        from caffegen.run.opencv import opencv_dnn
-        opencv_dnn()
     resize = params["resize"]
     settings = DataSettings(params["batch_size"], params["val_batch_size"], (resize * 2)[:2] if resize else None,
                             params["mean_value"] or (), params["scale"])
     given = {field.name: params[field.name] for field in fields(JobOptions)
              if field.name in params and field.name not in CONVERTED}
-    options = JobOptions(**given, data_settings=settings, device=target.planned_device(echo),
-                         lr_rules=parse_lr_rules(params["lr_rules"]))
+    options = JobOptions(**given, data_settings=settings, lr_rules=parse_lr_rules(params["lr_rules"])).check()
+    fetched = _zoo_model(params)  # once the options are known to go together
+    if params["cache_features"] and params["engine"] == OPENCV:
+        from caffegen.run.opencv import opencv_dnn
+        opencv_dnn()
+    options = replace(options, device=target.planned_device(echo))
     return with_zoo_model(options, fetched) if fetched else options
 
 

@@ -64,10 +64,7 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
     standard output. Exit code after training here: 0 when every run ended well, 1 when one did not,
     130 after Ctrl-C.
     """
-    from caffegen.job.device import Device
-    from caffegen.run.lmdb import DatabaseBuilder
-    from caffegen.run.target import memory_budget, resolve_target
-    from caffegen.strategies.sweep import collect, combinations, prepare_sweep, run_here, run_on_gpus
+    from caffegen.strategies.sweep import collect, run_here, run_on_gpus
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     if collect_dir:
         if output or slurm or gpus:
@@ -76,28 +73,42 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
         return
     _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit)
     gpu_ids = _gpu_ids(gpus)
-    target = resolve_target(params["caffe_path"], gpu_ids[0] if gpu_ids else params["gpu"], required=not slurm)
-    if gpu_ids and target.cpu_only:
-        raise CaffegenError(f"{target.caffe} is a CPU-only build and cannot use --gpus {gpus}; drop --gpus to train "
-                            "the runs one after another on the CPU")
+    target = _sweep_target(params, gpus, gpu_ids, slurm)
+    runs = _prepared_runs(params, learning_rates, output, force, gpus, slurm, target, echo)
+    if slurm:
+        _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, echo)
+        return
+    # Per GPU, or here, each run on the device it was prepared for.
+    errors = run_on_gpus(output, runs, gpu_ids, target.caffe, echo) if gpu_ids else \
+        run_here(output, runs, replace(target, device=None), echo)
+    rows = _show(collect(output, runs, errors), output, echo)
+    statuses = {row["status"] for row in rows}
+    ctx.exit(130 if "interrupted" in statuses else 0 if statuses == {"ok"} else 1)
+
+
+def _prepared_runs(params, learning_rates, output, force, gpus, slurm, target, echo):
+    """Prepare one run per freeze point × learning rate in ``output``; return the SweepRuns."""
+    from caffegen.job.device import Device
+    from caffegen.run.lmdb import DatabaseBuilder
+    from caffegen.run.target import memory_budget
+    from caffegen.strategies.sweep import combinations, prepare_sweep
     options = job_from_options(params, target, echo)
     planned = combinations(options, _names(params["freeze_upto"], "--freeze-upto"),
                            _names(params["freeze_from"], "--freeze-from"), learning_rates)
     # Each run trains alone on its device here; Slurm's nodes are not this machine.
     budget = None if slurm else memory_budget(Device.parse(gpus) if gpus else options.device)
     databases = DatabaseBuilder(target.required(), echo) if options.lmdb else None
-    runs = prepare_sweep(planned, output, force, target.caffe or "caffe", echo, budget=budget, databases=databases)
-    if slurm:
-        _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, echo)
-        return
-    if gpu_ids:
-        errors = run_on_gpus(output, runs, gpu_ids, target.caffe, echo)
-    else:
-        # Each run on the device it was prepared for.
-        errors = run_here(output, runs, replace(target, device=None), echo)
-    rows = _show(collect(output, runs, errors), output, echo)
-    statuses = {row["status"] for row in rows}
-    ctx.exit(130 if "interrupted" in statuses else 0 if statuses == {"ok"} else 1)
+    return prepare_sweep(planned, output, force, target.caffe or "caffe", echo, budget=budget, databases=databases)
+
+
+def _sweep_target(params, gpus, gpu_ids, slurm):
+    """The Caffe and device of the sweep: the first of --gpus, which a CPU-only Caffe refuses."""
+    from caffegen.run.target import resolve_target
+    target = resolve_target(params["caffe_path"], gpu_ids[0] if gpu_ids else params["gpu"], required=not slurm)
+    if gpu_ids and target.cpu_only:
+        raise CaffegenError(f"{target.caffe} is a CPU-only build and cannot use --gpus {gpus}; drop --gpus to train "
+                            "the runs one after another on the CPU")
+    return target
 
 
 def _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit):

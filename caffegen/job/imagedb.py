@@ -15,10 +15,10 @@ from pathlib import Path
 
 from caffegen.errors import CaffegenError
 from caffegen.io.lists import list_line
+from caffegen.job.options import MEAN_IMAGE  # noqa: F401 (where the databases' options are read)
 
 TRAIN_DB, VAL_DB = "train_lmdb", "val_lmdb"
 ENCODE_TYPES = ("png", "jpg")
-MEAN_IMAGE = "image"  # --mean image: the mean of the training database, by compute_image_mean
 
 
 @dataclass(frozen=True)

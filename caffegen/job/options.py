@@ -17,6 +17,7 @@ TASKS = (CLASSIFICATION, SEGMENTATION)
 # What computes the trunk features of a cached run: Caffe, OpenCV DNN, or OpenCV where it can (else Caffe).
 CAFFE, OPENCV, AUTO = "caffe", "opencv", "auto"
 ENGINES = (AUTO, CAFFE, OPENCV)
+MEAN_IMAGE = "image"  # --mean image: the mean of the training database, by compute_image_mean
 
 
 @dataclass
@@ -72,6 +73,33 @@ class JobOptions:
     def __post_init__(self):
         if not isinstance(self.device, Device):
             self.device = Device.parse(self.device)
+
+    def check(self):
+        """Refuse, in one line, options that do not go together: the command line and Python callers alike."""
+        for refused, message in self._refusals():
+            if refused:
+                raise CaffegenError(message)
+        return self
+
+    def _refusals(self):
+        lmdb = [
+            (self.cache_features, "--lmdb speeds up reading the images at every epoch; --cache-features reads each "
+                                  "image once, so it gains nothing from a database: drop one of them"),
+            (self.keep_data_layers, "--keep-data-layers keeps the base net's data layers, --lmdb builds new ones: "
+                                    "drop one of them"),
+            (self.task == SEGMENTATION, "--lmdb builds databases of labelled images; --task segmentation reads "
+                                        "images and masks with its own data layers: drop --lmdb"),
+            (self.mean == MEAN_IMAGE and (self.mean_file or self.data_settings.mean_value),
+             "give one of --mean image, --mean-file and --mean-value"),
+        ]
+        without_lmdb = f"{'--encoded' if self.encoded else '--mean image'} needs --lmdb: it is about the LMDBs that " \
+                       "convert_imageset builds"
+        return [
+            (self.freeze_upto and self.freeze_from, "give --freeze-upto or --freeze-from, not both"),
+            (self.cache_batch and not self.cache_features,
+             "--cache-batch sets the mini-batch of the feature extraction: give it with --cache-features"),
+            *(lmdb if self.lmdb else [(self.encoded or self.mean == MEAN_IMAGE, without_lmdb)]),
+        ]
 
 
 @dataclass

@@ -60,9 +60,7 @@ def extract(plan, target, device=None, echo=None, show_progress=None, seed=1, ba
         with tqdm(total=sum(plan.images.values()), unit="img", desc="trunk features",
                   disable=None if show_progress is None else not show_progress, dynamic_ncols=True) as bar:
             bar.update(sum(len(chunk.lines) for chunk in done))
-            for chunk in todo:
-                _compute(target, plan, chunk, nets[chunk.name], store.path, engine, device, batch_size)
-                bar.update(len(chunk.lines))
+            _compute_all(todo, bar, target, plan, nets, store.path, engine, device, batch_size)
         for chunk in store.work:  # parts left of chunks computed whole
             remove_parts(store.path, chunk)
         store.engine = stored_engine(store, CAFFE if engine is None else OPENCV, source)
@@ -115,6 +113,13 @@ def extract_shard(plan, target, shard, shards, device=None, echo=None, show_prog
         echo(f"shard {shard}/{shards}: computed {images} images in {len(todo)} part{'s' * (len(todo) > 1)} with "
              f"{CAFFE if engine is None else OPENCV}")
     return store, images
+
+
+def _compute_all(chunks, bar, target, plan, nets, store, engine, device, batch_size):
+    """Compute ``chunks`` one after another, each counted on the progress ``bar`` once done."""
+    for chunk in chunks:
+        _compute(target, plan, chunk, nets[chunk.name], store, engine, device, batch_size)
+        bar.update(len(chunk.lines))
 
 
 def _compute(target, plan, chunk, net, store, engine, device, batch_size):
