@@ -72,5 +72,9 @@ class Terminated(BaseException):
     """SIGTERM came: raised wherever the command is, so that it unwinds; no ``except Exception`` stops it.
 
     The command line exits 143 on it. A launch that is training lets Caffe snapshot and stop first,
-    then raises it (:mod:`caffegen.run.runner`).
+    then raises it with the run's ``result`` (:mod:`caffegen.run.runner`), for its callers to record.
     """
+
+    def __init__(self, result=None):
+        super().__init__()
+        self.result = result

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import DIGITS, assert_one_line_error, copy_run, gpu_caffe, run_caffegen, wait_for
 
+from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.prototxt import read_solver
 from caffegen.run import runner
 
@@ -115,10 +116,24 @@ def test_sigterm_stops_caffe_with_a_snapshot_and_leaves_nothing_running(caffe, i
     # Caffe's output was followed to its end: its snapshot is an event too, and the run's result is recorded.
     events = [json.loads(line) for line in _read(run / "events.jsonl").splitlines()]
     models = [event["path"] for event in events if event["event"] == "snapshot" and event["kind"] == "weights"]
-    assert models and f"Snapshotting to binary proto file {models[-1]}" in log.splitlines()[-4]
+    snapshotted = [line for line in log.splitlines() if "Snapshotting to binary proto file" in line]
+    assert models and snapshotted[-1].endswith(f"Snapshotting to binary proto file {models[-1]}")
     result = json.loads((run / "result.json").read_text())
     assert result["interrupted"] and result["final_model"] == models[-1]
 
+
+
+def test_sigterm_during_a_cached_runs_head_training_still_records_the_merged_model(caffe, images, tmp_path):
+    """The head's snapshot alone holds no trunk: the run's model is final.caffemodel, merged on the way out."""
+    run = prepare(images, tmp_path / "run", "--cache-features", "--engine", "caffe", epochs=60)
+    launch = launch_until(run, 40)
+    launch.send_signal(signal.SIGTERM)
+    _, stderr = launch.communicate(timeout=90)
+    assert launch.returncode == 143 and stderr.strip().splitlines()[-1] == "caffegen: terminated", stderr
+    result = json.loads((run / "result.json").read_text())
+    assert result["interrupted"] and result["final_model"] == "final.caffemodel" and result["cache"]["boundary"]
+    merged = {layer.name for layer in read_caffemodel(run / "final.caffemodel").layers}
+    assert {"conv1", "conv2"} <= merged
 
 def test_one_launch_per_run_directory(caffe, images, tmp_path):
     """A second launch, or a prepare --force, while one trains: refused naming the first; the first goes on."""

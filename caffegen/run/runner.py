@@ -70,7 +70,7 @@ def run_caffe_train(caffe, arguments, run_dir, history, echo, show_progress, mem
                           time.monotonic() - started)
     _finish(result, run_dir)
     if terminations:
-        raise Terminated()
+        raise Terminated(result)
     return result
 
 

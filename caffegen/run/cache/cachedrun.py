@@ -3,6 +3,7 @@
 import time
 from dataclasses import dataclass, replace
 
+from caffegen.errors import Terminated
 from caffegen.io.prototxt import read_solver
 from caffegen.job.memorycheck import extraction_batch
 from caffegen.job.rundir import write_result
@@ -70,18 +71,26 @@ def run_cached(run, target, echo=None, show_progress=None):
     """
     started = time.monotonic()
     features = extract_features(run, target, echo, show_progress)
-    plan, store, reused, extracted = features.plan, features.store, features.reused, features.seconds
-    arguments = write_head(plan, store, features.solver, features.gpu)
-    result = run_caffe_train(target.caffe, arguments, run.path, [], echo or (lambda line: None), show_progress)
-    trained = result.seconds
+    arguments = write_head(features.plan, features.store, features.solver, features.gpu)
+    try:
+        result = run_caffe_train(target.caffe, arguments, run.path, [], echo or (lambda line: None), show_progress)
+    except Terminated as terminated:  # the head stopped with a snapshot: the run's model is still the merged one
+        _record_cached(run, features, terminated.result, started)
+        raise
+    return _record_cached(run, features, result, started)
+
+
+def _record_cached(run, features, result, started):
+    """Merge final.caffemodel from the head's last snapshot and record the run's result with its timings."""
+    plan, store, trained = features.plan, features.store, result.seconds
     if result.final_model and result.exit_code in (0, INTERRUPTED):
         result.final_model = merge_model(plan, result.final_model)
     result.seconds = time.monotonic() - started
-    timings = {"extract_seconds": round(extracted, 3), "train_seconds": round(trained, 3), "reused": reused,
-               "store": str(store.path), "engine": store.engine, "engine_asked": plan.engine,
-               "boundary": plan.boundary,
+    timings = {"extract_seconds": round(features.seconds, 3), "train_seconds": round(trained, 3),
+               "reused": features.reused, "store": str(store.path), "engine": store.engine,
+               "engine_asked": plan.engine, "boundary": plan.boundary,
                "feature_shape": list(plan.feature_shape), "bytes": plan.bytes}
-    origin = f"reused from {store.path}" if reused else f"computed into {store.path}"
+    origin = f"reused from {store.path}" if features.reused else f"computed into {store.path}"
     result.notes.append(f"trunk features: {timings['extract_seconds']:.1f} s with {store.engine} ({origin}); "
                         f"head training: {trained:.1f} s")
     write_result(run.path, replace(result_summary(result, run.path), cache=timings))
