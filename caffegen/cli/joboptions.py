@@ -7,8 +7,8 @@ import click
 from caffegen.cli.options import ZOO_SOURCE_OPTIONS, number_list
 from caffegen.defaults import CACHE_BATCH, EPOCHS, GPU_CACHE_BATCH, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
-from caffegen.job.imagedb import ENCODE_TYPES, MEAN_IMAGE
-from caffegen.job.options import ENGINES, OPENCV, TASKS, JobOptions
+from caffegen.job.imagedb import ENCODE_TYPES
+from caffegen.job.options import ENGINES, MEAN_IMAGE, OPENCV, TASKS, JobOptions
 
 # Click options that JobOptions receives in another form (the data settings and the device are no click options).
 CONVERTED = {"lr_rules"}

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from caffegen.errors import CaffegenError
 from caffegen.io.lists import list_line
-from caffegen.job.options import MEAN_IMAGE  # noqa: F401 (where the databases' options are read)
 
 TRAIN_DB, VAL_DB = "train_lmdb", "val_lmdb"
 ENCODE_TYPES = ("png", "jpg")

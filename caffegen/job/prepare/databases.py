@@ -6,7 +6,8 @@ built, and the checks of what was built."""
 from caffegen.errors import CaffegenError
 from caffegen.io.files import temp_folder
 from caffegen.io.meanfile import read_mean_file
-from caffegen.job.imagedb import MEAN_IMAGE, TRAIN_DB, VAL_DB, plan_databases
+from caffegen.job.imagedb import TRAIN_DB, VAL_DB, plan_databases
+from caffegen.job.options import MEAN_IMAGE
 from caffegen.job.prepare.geometry import input_channels, input_geometry
 from caffegen.net.wiring import data_layers
 

@@ -9,7 +9,7 @@ from caffegen.errors import CaffegenError
 from caffegen.io.datasources import first_input
 from caffegen.io.meanfile import read_mean_file
 from caffegen.job.dataset import Dataset
-from caffegen.job.imagedb import MEAN_IMAGE
+from caffegen.job.options import MEAN_IMAGE
 from caffegen.job.prepare.inputs import existing_file
 from caffegen.net.wiring import data_layers
 
