@@ -191,7 +191,7 @@ def plan_cache(run):
     """Find the trunk, the cached blob and the cache's size for a prepared run (a :class:`RunDir` or its path)."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     run_dir = run.path
-    path = run_dir / "train_val.prototxt"
+    path = run.train_val
     net = read_net(path).net
     warnings = check_cacheable(net, path)
     views = {phase: NetView(net, phase, path=path) for phase in (TRAIN, TEST)}

@@ -184,7 +184,7 @@ def cached_extraction(net_path, budget):
 
 def run_check(run, budget, device):
     """The MemoryCheck of training the prepared :class:`RunDir` ``run`` on ``device``."""
-    solver = read_solver(run / "solver.prototxt")
-    net = read_net(run / "train_val.prototxt").net
+    solver = read_solver(run.solver)
+    net = read_net(run.train_val).net
     return training_check(net, solver.type, list(run.input_shape), run.weights(), device, solver.iter_size, budget,
-                          run / "train_val.prototxt")
+                          run.train_val)

@@ -24,10 +24,9 @@ from caffegen.errors import CaffegenError
 from caffegen.io.files import unused_name
 from caffegen.io.prototxt import read_net
 from caffegen.job.options import CLASSIFICATION, TASKS
-from caffegen.job.rundir import RunDir, inside, is_run_dir
+from caffegen.job.rundir import DEPLOY, RunDir, inside, is_run_dir
 from caffegen.net.netview import TEST, NetView
 
-DEPLOY = "deploy.prototxt"
 LABELS = "labels.txt"
 PREPROCESSING = "preprocessing.json"
 BUNDLE_WEIGHTS = "model.caffemodel"
@@ -99,7 +98,7 @@ def _from_run(run, weights):
     preprocessing = dict(model_run.manifest.preprocessing)
     if preprocessing.get("mean_file"):
         preprocessing["mean_file"] = str(inside(model_run.path, preprocessing["mean_file"], "the manifest's mean file"))
-    return TrainedModel(model_run / DEPLOY, _existing(weights) if weights else run.trained_weights(),
+    return TrainedModel(model_run.deploy, _existing(weights) if weights else run.trained_weights(),
                         list(run.manifest.classes), preprocessing, model_run.input_shape, run.path, model_run,
                         model_run.manifest.task)
 

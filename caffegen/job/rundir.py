@@ -28,7 +28,6 @@ CURVES_CSV, CURVES_PNG = "curves.csv", "curves.png"
 LAUNCH_LOCK = ".launch.lock"  # held by the caffegen launch training in the run directory
 EVAL_DIR = "eval"  # where caffegen evaluate writes by default
 TRAIN_VAL, DEPLOY, SOLVER, LOG = "train_val.prototxt", "deploy.prototxt", "solver.prototxt", "train.log"
-FEATURES_DIR = "features"  # a cached run's own feature store
 
 
 class RunDir:
@@ -52,17 +51,11 @@ class RunDir:
         return str(self.path)
 
     manifest_path = property(lambda self: self.path / MANIFEST)
-    result_path = property(lambda self: self.path / RESULT)
     train_val = property(lambda self: self.path / TRAIN_VAL)
     deploy = property(lambda self: self.path / DEPLOY)
     solver = property(lambda self: self.path / SOLVER)
-    log = property(lambda self: self.path / LOG)
     lists = property(lambda self: [self.path / name for name in LISTS])
-    events = property(lambda self: self.path / EVENTS)
-    curves = property(lambda self: (self.path / CURVES_CSV, self.path / CURVES_PNG))
     snapshots = property(lambda self: self.path / SNAPSHOT_DIR)
-    eval_dir = property(lambda self: self.path / EVAL_DIR)
-    features = property(lambda self: self.path / FEATURES_DIR)
 
     @functools.cached_property
     def cache_plan(self):

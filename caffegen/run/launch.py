@@ -9,15 +9,7 @@ the lists, and the weights against the net. Then :mod:`caffegen.run.runner` runs
 from caffegen.errors import CaffegenError
 from caffegen.io.prototxt import read_net
 from caffegen.job.memorycheck import run_check
-from caffegen.job.rundir import (
-    SNAPSHOT_DIR,
-    SNAPSHOT_NAME,
-    RunDir,
-    newest_snapshot,
-    read_result,
-    recorded_path,
-    write_result,
-)
+from caffegen.job.rundir import SNAPSHOT_NAME, RunDir, newest_snapshot, read_result, recorded_path, write_result
 from caffegen.job.scripts import caffe_arguments
 from caffegen.net.inspect import preflight
 from caffegen.run.cache import run_cached
@@ -74,7 +66,7 @@ def launch_stages(run, target, resume, echo, show_progress):
             results.append(finished)
             continue
         echo(f"stage {number}/{len(entries)}: {_stage_words(entry)}")
-        resumable = resume and any((stage.path / SNAPSHOT_DIR).glob("*.solverstate"))
+        resumable = resume and any(stage.snapshots.glob("*.solverstate"))
         result = launch_run(stage, target, resumable, echo, show_progress)
         results.append(result)
         if result.exit_code != 0:
@@ -115,7 +107,7 @@ def _joined(run_dir, results, offsets):
 
 def preflight_weights(run, weights, echo):
     """Check the weights against the run's net before Caffe spends minutes loading them."""
-    for warning in preflight(read_net(run.path / "train_val.prototxt").net, weights, list(run.input_shape),
+    for warning in preflight(read_net(run.train_val).net, weights, list(run.input_shape),
                              allow_unrelated=True):
         echo(warning)
 

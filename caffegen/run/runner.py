@@ -7,7 +7,6 @@ Ctrl-C asks Caffe to snapshot and stop (``-sigint_effect stop``).
 """
 
 import contextlib
-import itertools
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from caffegen.errors import CaffegenError, Terminated, cannot_write
 from caffegen.io.quoting import sh_command
 from caffegen.job.manifest import RunResult
-from caffegen.job.rundir import CURVES_CSV, CURVES_PNG, EVENTS, newest_snapshot, relative_record, write_result
+from caffegen.job.rundir import CURVES_CSV, CURVES_PNG, EVENTS, LOG, newest_snapshot, relative_record, write_result
 from caffegen.run.caffelog import LogWatcher, TestResult, parse_log
 from caffegen.run.curves import plot_curves, write_curves_csv
 from caffegen.run.diagnose import Diagnosis
@@ -94,7 +93,7 @@ def _follow(process, watcher, run_dir, history, echo, show_progress):
     """Follow Caffe's output to its end, into train.log, events.jsonl, the progress shown and the curves;
     return (the first diagnosis, Caffe's exit code)."""
     diagnosis = None
-    with (run_dir / "train.log").open("ab", buffering=0) as log, EventLog(run_dir / EVENTS) as event_log, \
+    with (run_dir / LOG).open("ab", buffering=0) as log, EventLog(run_dir / EVENTS) as event_log, \
             _Curves(run_dir, history) as curves, _progress(watcher, show_progress, echo) as progress:
 
         def take(events):
@@ -104,14 +103,12 @@ def _follow(process, watcher, run_dir, history, echo, show_progress):
             progress.show(watcher, events)
             curves.refresh(watcher, events)
 
-        unlogged = None  # a line read but not yet in train.log, when caffegen is stopped in between
         try:
-            for unlogged in process.stdout:
-                _log(log, unlogged, run_dir)
-                line, unlogged = unlogged, None
+            for line in process.stdout:
+                _log(log, line, run_dir)
                 take(watcher.feed(line))
-        except BaseException:  # caffegen itself is ending (SIGTERM, a full disk): Caffe snapshots and stops
-            _stop_and_log(process, log, unlogged)
+        except BaseException:  # caffegen itself is ending (a full disk): Caffe snapshots and stops
+            _stop_and_log(process, log)
             raise
         take(watcher.close())
         code = process.wait()
@@ -135,7 +132,7 @@ def _log(log, line, run_dir):
     try:
         log.write(line.encode("utf-8", errors="replace"))
     except OSError as error:
-        raise cannot_write(error, run_dir / "train.log") from None
+        raise cannot_write(error, run_dir / LOG) from None
 
 
 class _Curves:
@@ -180,16 +177,15 @@ class _Curves:
                 return
 
 
-def _stop_and_log(process, log, unlogged=None):
+def _stop_and_log(process, log):
     """Stop a Caffe that caffegen is leaving: it snapshots first, as on Ctrl-C, and what it says on the way goes
-    to train.log (after the ``unlogged`` line caffegen had read) where the disk still takes it. It is killed if it
-    has not ended within STOP_WAIT_S."""
+    to train.log where the disk still takes it. It is killed if it has not ended within STOP_WAIT_S."""
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
     killer = threading.Timer(STOP_WAIT_S, process.kill)
     killer.start()
     try:
-        for line in itertools.chain([unlogged] if unlogged else [], process.stdout):
+        for line in process.stdout:
             with contextlib.suppress(OSError):
                 log.write(line.encode("utf-8", errors="replace"))
         process.wait()
@@ -318,7 +314,7 @@ def _resumable(run_dir):
 
 def earlier_records(run_dir, upto):
     """The records of a run's train.log before iteration ``upto``, where a resumed run takes over."""
-    log = Path(run_dir) / "train.log"
+    log = Path(run_dir) / LOG
     if not log.is_file():
         return []
     with log.open(encoding="utf-8", errors="replace") as lines:
@@ -350,8 +346,8 @@ def summary_lines(result, run_dir):
         lines.append(f"interrupted at iteration {result.watcher.iteration}{where}; "
                      f"continue with: {sh_command('caffegen', 'launch', run_dir, '--resume')}")
     lines += result.notes
-    log = Path(run_dir) / "train.log"
-    logs = log if log.exists() else Path(run_dir) / "stage*" / "train.log"
+    log = Path(run_dir) / LOG
+    logs = log if log.exists() else Path(run_dir) / "stage*" / LOG
     lines.append(f"{result.seconds:.1f} s; log: {logs}"
                  + (f"; curves: {Path(run_dir) / 'curves.png'}" if result.records else ""))
     return lines

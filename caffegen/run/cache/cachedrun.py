@@ -61,7 +61,7 @@ def _planned(run, target, echo):
         echo(line)
     batch = extraction_batch(plan, device, memory_budget(device))
     echo(batch.line())
-    return device, plan, read_solver(run.path / "solver.prototxt"), batch.size
+    return device, plan, read_solver(run.solver), batch.size
 
 
 def run_cached(run, target, echo=None, show_progress=None):
