@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "caffegen"
 # Lowest first: a module may import its own layer and the layers below it.
 LAYERS = ("io", "net", "job", "run", "strategies", "cli")
 # Modules at the package's root that every layer may import; they import no layer themselves.
-SHARED = {"caffegen", "caffegen.errors", "caffegen.defaults"}
+SHARED = {"caffegen", "caffegen.errors", "caffegen.defaults", "caffegen.reporting"}
 # Libraries that only some layers may use: the wire and text formats, templates, and child processes.
 CONFINED = {
     "google.protobuf.text_format": {"io"},

@@ -20,6 +20,7 @@ from caffegen.job.prepare import JobOptions, prepare
 from caffegen.job.rundir import RunDir
 from caffegen.net.netview import TEST, NetView
 from caffegen.net.wiring import DataSettings
+from caffegen.reporting import PlainReporter
 from caffegen.run.cache import FEATURES, FINAL_MODEL, HEAD_NET, run_cached, write_trimmed_weights
 from caffegen.run.launch import launch
 from caffegen.run.target import Target
@@ -210,12 +211,22 @@ def cached(caffe, images, tmp_path_factory):
     """A prepared digits job, frozen up to conv2, trained on cached features with real Caffe."""
     run = prepare_run(images, tmp_path_factory.mktemp("cached") / "run")
     lines = []
-    result = run_cached(RunDir(run), Target(caffe), lines.append, show_progress=False)
+    result = run_cached(RunDir(run), Target(caffe), PlainReporter(lines.append))
     assert result.exit_code == 0, (run / "train.log").read_text()[-3000:]
     return run, result, lines
 
 
 class TestCachedRun:
+    def test_each_chunk_computed_is_an_event_of_the_run(self, cached):
+        run, result, _ = cached
+        events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+        chunks = [event for event in events if event["event"] == "chunk_computed"]
+        assert sorted(event["chunk"] for event in chunks) == ["train_0000", "val_0000"]
+        assert sum(event["images"] for event in chunks) == sum(plan_cache(run).images.values())
+        assert all(event["engine"] in ("caffe", "opencv") and event["seconds"] > 0 for event in chunks)
+        kinds = [event["event"] for event in events]
+        assert kinds.index("chunk_computed") < kinds.index("test_result")  # the head trains on them after
+
     def test_reports_size_before_extracting_and_equals_the_files(self, cached):
         run, _, lines = cached
         plan = plan_cache(run)
@@ -277,7 +288,7 @@ class TestCachedRun:
 def reused(run, caffe):
     """Run the cached job again; return whether it reused the features, checking that it says so."""
     lines = []
-    assert run_cached(RunDir(run), Target(caffe), lines.append, show_progress=False).exit_code == 0
+    assert run_cached(RunDir(run), Target(caffe), PlainReporter(lines.append)).exit_code == 0
     said = any(line.startswith("reusing the cached features") for line in lines)
     assert json.loads((run / "result.json").read_text())["cache"]["reused"] is said
     return said
@@ -311,8 +322,8 @@ def test_cached_and_uncached_training_agree_when_nothing_is_random(caffe, images
         net_path = run / "train_val.prototxt"
         net_path.write_text(net_path.read_text().replace("shuffle: true", "shuffle: false"))
         runs[kind] = run
-    assert launch(runs["uncached"], Target(caffe), show_progress=False).exit_code == 0
-    assert run_cached(RunDir(runs["cached"]), Target(caffe), None, show_progress=False).exit_code == 0
+    assert launch(runs["uncached"], Target(caffe)).exit_code == 0
+    assert run_cached(RunDir(runs["cached"]), Target(caffe)).exit_code == 0
     uncached, cached_rows = curves(runs["uncached"]), curves(runs["cached"])
     assert [row["iteration"] for row in uncached] == [row["iteration"] for row in cached_rows]
     for column in ("loss", "test/accuracy", "test/loss"):
@@ -333,7 +344,7 @@ def test_a_missing_image_is_reported(caffe, images, tmp_path):
     missing = (run / "val.txt").read_text().splitlines()[3].rpartition(" ")[0]
     Path(missing).unlink()
     with pytest.raises(CaffegenError, match=f"computing the features of val_0000 failed.*{missing.rpartition('/')[2]}"):
-        run_cached(RunDir(run), Target(caffe), None, show_progress=False)
+        run_cached(RunDir(run), Target(caffe))
 
 
 def test_prepare_and_launch_with_cache_features(cli, caffe, images, tmp_path):
@@ -386,7 +397,7 @@ def test_a_mean_file_is_subtracted_in_the_store_too(caffe, images, tmp_path):
     text = text.replace("transform_param { scale: 0.00390625 }",
                         'transform_param { scale: 0.00390625 mean_file: "mean.binaryproto" }')
     run = prepare_run(images, tmp_path / "run", text, cache_features=True, mean_file=tmp_path / "mean.binaryproto")
-    result = run_cached(RunDir(run), Target(caffe), None, show_progress=False)
+    result = run_cached(RunDir(run), Target(caffe))
     assert result.exit_code == 0, (run / "features" / "extract.log").read_text()[-2000:]
     assert (run / "features" / "mean.binaryproto").read_bytes() == mean.SerializeToString()
     log = (run / "features" / "extract.log").read_text()
@@ -414,7 +425,8 @@ def test_many_chunks_keep_list_order_and_an_interrupted_extraction_resumes(caffe
     (run / FEATURES / "cache.json").unlink()
     (run / FEATURES / "train_0002.h5").unlink()
     lines = []
-    store, reused = cache.extract(plan_cache(run), Target(caffe), echo=lines.append, seed=1, batch_size=7)
+    store, reused = cache.extract(plan_cache(run), Target(caffe), reporter=PlainReporter(lines.append), seed=1,
+                                  batch_size=7)
     assert "resuming: 4 of 5 chunks of features are already computed" in lines and not reused
     after = {path.name: path.stat().st_mtime_ns for path in (run / FEATURES).glob("*.h5")}
     assert {name for name in after if after[name] != before.get(name)} == {"train_0002.h5"}

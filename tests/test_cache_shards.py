@@ -16,6 +16,7 @@ from caffegen.defaults import CACHE_BATCH
 from caffegen.io.locks import waiting_lock
 from caffegen.job.cacheplan import plan_cache
 from caffegen.job.options import CAFFE, OPENCV
+from caffegen.reporting import PlainReporter
 from caffegen.run import cache
 from caffegen.run.cache import FEATURES, FINAL_MODEL, STORE_RECORD
 from caffegen.run.shards import Part, merge_parts, parse_shard, shard_parts
@@ -127,14 +128,16 @@ def test_shards_in_any_order_resume_and_merge_into_the_unsharded_features(caffe,
     # A shard run again (its array cancelled, resubmitted) keeps what it computed.
     stamps = {path: path.stat().st_mtime_ns for path in store.path.glob("*.rows-*.h5")}
     lines = []
-    assert cache.extract_shard(plan, target, 0, 3, echo=lines.append, seed=1, batch_size=7)[1] == 0
+    heard = PlainReporter(lines.append)
+    assert cache.extract_shard(plan, target, 0, 3, reporter=heard, seed=1, batch_size=7)[1] == 0
     assert any(line.startswith("shard 0/3: ") and "parts are already computed" in line for line in lines)
     assert stamps == {path: path.stat().st_mtime_ns for path in store.path.glob("*.rows-*.h5")}
     cache.extract_shard(plan, target, 1, 3, seed=1, batch_size=7)
     computed = (store.path / "extract.log").read_text().count("Successfully extracted the features!")
 
     lines = []
-    store, reused = cache.extract(plan, target, echo=lines.append, seed=1, batch_size=7)
+    heard = PlainReporter(lines.append)
+    store, reused = cache.extract(plan, target, reporter=heard, seed=1, batch_size=7)
     assert not reused and "merged the shards' parts of 5 chunks of features" in lines
     assert (store.path / "extract.log").read_text().count("Successfully extracted the features!") == computed
     assert not list(store.path.glob("*.rows-*"))
@@ -153,17 +156,19 @@ def test_a_chunk_not_covered_by_parts_is_computed_whole(caffe, images, unsharded
     folder = cache.feature_store(plan, 1).path
     folder.mkdir(parents=True)
     lines = []
+    heard = PlainReporter(lines.append)
     signal.signal(signal.SIGALRM, lambda *_: pytest.fail(f"the shard waited for another shard: {lines}"))
     signal.alarm(300)
     try:
         with waiting_lock(folder / cache.STORE_LOCK, lambda: lines.append("waiting"), shared=True):  # another shard
-            store, _ = cache.extract_shard(plan, target, 0, 2, echo=lines.append, seed=1, batch_size=7)
+            store, _ = cache.extract_shard(plan, target, 0, 2, reporter=heard, seed=1, batch_size=7)
     finally:
         signal.alarm(0)
     assert not any(line.startswith("waiting") for line in lines)  # shards do not wait for each other
     # The second shard never ran.
     lines = []
-    cache.extract(plan, target, echo=lines.append, seed=1, batch_size=7)
+    heard = PlainReporter(lines.append)
+    cache.extract(plan, target, reporter=heard, seed=1, batch_size=7)
     assert "merged the shards' parts of 2 chunks of features" in lines
     assert "resuming: 2 of 5 chunks of features are already computed" in lines
     assert_same_features(store.path, unsharded)
@@ -174,8 +179,9 @@ def test_opencv_shards_check_their_first_mini_batch_and_say_what_computed_them(c
     runs = {kind: prepare_run(images, tmp_path / kind, engine=OPENCV, cache_features=True) for kind in ("sharded", "whole")}
     target = Target(caffe)
     lines = []
+    heard = PlainReporter(lines.append)
     for shard in range(2):
-        cache.extract_shard(plan_cache(runs["sharded"]), target, shard, 2, echo=lines.append, seed=1)
+        cache.extract_shard(plan_cache(runs["sharded"]), target, shard, 2, reporter=heard, seed=1)
     assert sum(line.startswith("OpenCV DNN ") and " agrees with Caffe" in line for line in lines) == 2, lines
     store, _ = cache.extract(plan_cache(runs["sharded"]), target, seed=1)
     whole, _ = cache.extract(plan_cache(runs["whole"]), target, seed=1)

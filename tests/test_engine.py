@@ -20,6 +20,7 @@ from caffegen.job.prepare import JobOptions, prepare
 from caffegen.job.rundir import RunDir
 from caffegen.net.netview import TEST, NetView
 from caffegen.net.shapes import infer_shapes
+from caffegen.reporting import PlainReporter
 from caffegen.run import cache
 from caffegen.run.cache import engine_check, run_cached
 from caffegen.run.opencv import FEATURE_TOLERANCE
@@ -183,7 +184,7 @@ def trained(caffe, images, tmp_path_factory):
     for engine in ("auto", "caffe"):
         run = prepare_digits(images, tmp_path_factory.mktemp(engine) / "run", engine)
         lines = []
-        result = run_cached(run, Target(caffe), lines.append, show_progress=False)
+        result = run_cached(run, Target(caffe), PlainReporter(lines.append))
         assert result.exit_code == 0, (run.path / "train.log").read_text()[-2000:]
         runs[engine] = run, lines
     return runs
@@ -212,7 +213,7 @@ def test_opencv_features_equal_caffe_features(trained):
 def test_a_layer_known_to_differ_keeps_auto_on_caffe(caffe, images, tmp_path):
     lines = []
     extracted = cache.extract_features(prepare_digits(images, tmp_path / "run", "auto", LRN_NET), Target(caffe),
-                                       lines.append, show_progress=False)
+                                       PlainReporter(lines.append))
     assert extracted.store.engine == "caffe"
     assert "computing the features with Caffe: OpenCV DNN ignores k: 2 of LRN 'norm1' (it adds 1), so its " \
            "features would differ from Caffe's" in lines
@@ -221,7 +222,7 @@ def test_a_layer_known_to_differ_keeps_auto_on_caffe(caffe, images, tmp_path):
 def test_opencv_asked_for_refuses_a_layer_known_to_differ(caffe, images, tmp_path):
     run = prepare_digits(images, tmp_path / "run", "opencv", LRN_NET)
     with pytest.raises(CaffegenError, match=r"ignores k: 2 of LRN 'norm1'") as error:
-        cache.extract_features(run, Target(caffe), show_progress=False)
+        cache.extract_features(run, Target(caffe))
     assert "\n" not in str(error.value)
 
 
@@ -232,7 +233,7 @@ def test_the_first_batch_comparison_falls_back_to_caffe(caffe, images, tmp_path,
     for engine in ("auto", "opencv", "caffe"):
         lines = []
         run = prepare_digits(images, tmp_path / engine, engine, LRN_NET)
-        runs[engine] = cache.extract_features(run, Target(caffe), lines.append, show_progress=False), lines, run
+        runs[engine] = cache.extract_features(run, Target(caffe), PlainReporter(lines.append)), lines, run
     for engine in ("auto", "opencv"):
         extracted, lines, run = runs[engine]
         assert extracted.store.engine == "caffe"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import DIGITS, assert_one_line_error, copy_run, gpu_caffe, run_caffegen, wait_for
 
+from caffegen import reporting
 from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.prototxt import read_solver
-from caffegen.run import runner
 
 
 def prepare(images, run_dir, *extra, epochs=3):
@@ -95,7 +95,7 @@ def test_without_a_terminal_progress_is_a_line_per_test_pass(caffe, images, tmp_
 
 
 def test_without_a_terminal_a_line_comes_at_least_every_interval(caffe, images, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "PLAIN_EVERY_S", 0)  # every display line is then past the interval
+    monkeypatch.setattr(reporting, "PLAIN_EVERY_S", 0)  # every display line is then past the interval
     run = prepare(images, tmp_path / "run")
     result = run_caffegen("launch", run)
     shown = {int(line.split()[1].split("/")[0]) for line in result.stderr.splitlines()

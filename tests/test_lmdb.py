@@ -16,6 +16,7 @@ from PIL import Image
 from caffegen.io.schema import BVLC
 from caffegen.job.prepare import JobOptions, prepare
 from caffegen.net.wiring import DataSettings
+from caffegen.reporting import PlainReporter
 from caffegen.run.launch import launch
 from caffegen.run.lmdb import DatabaseBuilder
 from caffegen.run.target import Target
@@ -118,7 +119,7 @@ def test_the_same_images_and_seed_give_the_same_databases(caffe, image_folder, r
 
 def test_training_on_the_databases_runs(caffe, image_folder, tmp_path):
     job = prepare_lmdb(caffe, image_folder, tmp_path / "run", mean="image")
-    result = launch(job.run_dir, Target(caffe), show_progress=False)
+    result = launch(job.run_dir, Target(caffe))
     assert result.exit_code == 0
     assert all(math.isfinite(record["loss"]) for record in result.records if "loss" in record)
     assert (job.run_dir / "snapshots" / "ft_iter_1.caffemodel").is_file()
@@ -191,7 +192,7 @@ def test_a_job_caffe_would_refuse_is_refused_before_any_database_is_built(caffe,
 def test_the_runs_of_a_sweep_share_one_build_of_the_databases(caffe, image_folder, tmp_path):
     heard = []
     runs = prepare_sweep(combinations(job(image_folder, mean="image"), learning_rates=(0.01, 0.001)), tmp_path / "sweep",
-                         databases=DatabaseBuilder(Target(caffe), heard.append))
+                         databases=DatabaseBuilder(Target(caffe), PlainReporter(heard.append)))
     built = [line for line in heard if line.startswith("building")]
     assert built == ["building train_lmdb with convert_imageset: 24 images",
                      "building val_lmdb with convert_imageset: 6 images"]

@@ -10,6 +10,7 @@ from caffegen.errors import CaffegenError, CaffeNotFound
 from caffegen.job import cacheplan, rundir
 from caffegen.job.device import CPU, Device
 from caffegen.job.prepare import JobOptions, prepare
+from caffegen.reporting import PlainReporter
 from caffegen.run import target as target_module
 from caffegen.run.target import Target, resolve_target
 
@@ -45,12 +46,12 @@ class TestTarget:
     def test_cpu_only_caffe_plans_and_launches_on_the_cpu(self, caffe):
         target = resolve_target(str(caffe))
         lines = []
-        assert target.planned_device(lines.append) == CPU
-        assert target.launch_device(Device("0"), lines.append) == CPU
+        assert target.planned_device(PlainReporter(lines.append)) == CPU
+        assert target.launch_device(Device("0"), PlainReporter(lines.append)) == CPU
         assert lines == [f"{caffe} is a CPU-only build: training on the CPU",
                          f"{caffe} is a CPU-only build: training on the CPU instead of GPU 0"]
         with pytest.raises(CaffegenError, match="cannot use --gpu 1"):
-            resolve_target(str(caffe), "1").launch_device(CPU, lines.append)
+            resolve_target(str(caffe), "1").launch_device(CPU, PlainReporter(lines.append))
 
     def test_missing_caffe_is_allowed_only_when_not_required(self, monkeypatch, tmp_path):
         monkeypatch.setenv("PATH", str(tmp_path))
@@ -60,7 +61,7 @@ class TestTarget:
         target = resolve_target(required=False)
         assert target.caffe is None and target.cpu_only is None
         lines = []
-        assert target.planned_device(lines.append) == CPU and "no Caffe found yet" in lines[0]
+        assert target.planned_device(PlainReporter(lines.append)) == CPU and "no Caffe found yet" in lines[0]
         with pytest.raises(CaffeNotFound, match="no Caffe binary found"):
             target.required()
         with pytest.raises(CaffeNotFound):

@@ -65,6 +65,19 @@ def test_curves_are_joined_with_the_boundary(staged_run):
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_run_directory_tells_each_stage_and_its_training_as_events(staged_run):
+    run, _ = staged_run
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    stages = [(event["event"], event["stage"]) for event in events if event["event"].startswith("stage_")]
+    assert stages == [("stage_started", 1), ("stage_ended", 1), ("stage_started", 2), ("stage_ended", 2)]
+    boundary = json.loads((run / "manifest.json").read_text())["stages"][0]["max_iter"]
+    assert [event["first_iteration"] for event in events if event["event"] == "stage_started"] == [0, boundary]
+    second = [event["event"] for event in events].index("stage_started", 1)
+    tested = [event for event in events[second:] if event["event"] == "test_result"]
+    assert tested and tested == [json.loads(line) for line in (run / "stage2" / "events.jsonl").read_text().splitlines()
+                                 if json.loads(line)["event"] == "test_result"]
+
+
 def test_resume_skips_finished_stages(staged_run):
     run, _ = staged_run
     first_log = (run / "stage1" / "train.log").read_text()

@@ -160,16 +160,16 @@ class TestDownload:
     def test_downloads_verifies_and_then_uses_the_file_there(self, server, tmp_path):
         data = os.urandom(300_000)
         file = remote(server, "/a.bin", data, sha1=sha1(data))
-        first = fetch(file, tmp_path, progress=False)
+        first = fetch(file, tmp_path)
         assert first.downloaded and first.path.read_bytes() == data
         assert not (tmp_path / "a.bin.part").exists() and not record_path(first.path).exists()
-        second = fetch(file, tmp_path, progress=False)
+        second = fetch(file, tmp_path)
         assert not second.downloaded and len(server.requests) == 1
 
     def test_resumes_a_kept_part_with_a_range_request(self, server, tmp_path):
         data = os.urandom(200_000)
         (tmp_path / "a.bin.part").write_bytes(data[:70_000])
-        fetch(remote(server, "/a.bin", data, sha1=sha1(data)), tmp_path, progress=False)
+        fetch(remote(server, "/a.bin", data, sha1=sha1(data)), tmp_path)
         assert server.requests == [("/a.bin", "bytes=70000-")]
         assert (tmp_path / "a.bin").read_bytes() == data
 
@@ -177,14 +177,14 @@ class TestDownload:
         data = os.urandom(200_000)
         server.ignore_range.add("/a.bin")
         (tmp_path / "a.bin.part").write_bytes(data[:70_000])
-        fetch(remote(server, "/a.bin", data, sha1=sha1(data)), tmp_path, progress=False)
+        fetch(remote(server, "/a.bin", data, sha1=sha1(data)), tmp_path)
         assert (tmp_path / "a.bin").read_bytes() == data
 
     def test_a_dropped_connection_resumes_and_verifies(self, server, tmp_path):
         data = os.urandom(1_500_000)
         file = remote(server, "/big.bin", data, sha1=sha1(data))
         server.drop_once["/big.bin"] = 600_000
-        fetch(file, tmp_path, progress=False)
+        fetch(file, tmp_path)
         assert server.requests == [("/big.bin", None), ("/big.bin", "bytes=600000-")]
         assert (tmp_path / "big.bin").read_bytes() == data
 
@@ -194,9 +194,9 @@ class TestDownload:
         server.drop_once["/big.bin"] = 600_000
         with pytest.raises(CaffegenError, match=r"connection dropped after 600000 of 1500000 bytes.*run the command "
                                                 r"again to resume"):
-            fetch(file, tmp_path, progress=False, retries=0)
+            fetch(file, tmp_path, retries=0)
         assert (tmp_path / "big.bin.part").stat().st_size == 600_000 and not (tmp_path / "big.bin").exists()
-        fetch(file, tmp_path, progress=False, retries=0)
+        fetch(file, tmp_path, retries=0)
         assert server.requests[-1] == ("/big.bin", "bytes=600000-")
         assert (tmp_path / "big.bin").read_bytes() == data and not (tmp_path / "big.bin.part").exists()
 
@@ -204,7 +204,7 @@ class TestDownload:
         data = b"not the weights" * 1000
         file = remote(server, "/a.bin", data, sha1="0" * 40)
         with pytest.raises(CaffegenError) as raised:
-            fetch(file, tmp_path, progress=False)
+            fetch(file, tmp_path)
         message = str(raised.value)
         assert message.startswith(f"{server.url}/a.bin: checksum mismatch: expected sha1 {'0' * 40}, got {sha1(data)}")
         assert "kept at" in message and "\n" not in message
@@ -215,56 +215,56 @@ class TestDownload:
         (tmp_path / "a.bin").write_bytes(good[:-1] + b"X")  # damaged on disk
         file = remote(server, "/a.bin", b"bad" * 1000, sha1=sha1(good))
         with pytest.raises(CaffegenError, match="checksum mismatch"):
-            fetch(file, tmp_path, progress=False)
+            fetch(file, tmp_path)
         assert (tmp_path / "a.bin").read_bytes() == good[:-1] + b"X"  # what was there stays until a good one comes
         server.files["/a.bin"] = good
         (tmp_path / "a.bin.part").unlink()
-        fetch(file, tmp_path, progress=False)
+        fetch(file, tmp_path)
         assert (tmp_path / "a.bin").read_bytes() == good
 
     def test_a_resumed_part_that_fails_is_downloaded_again_from_the_start(self, server, tmp_path):
         data = os.urandom(100_000)
         (tmp_path / "a.bin.part").write_bytes(b"\0" * 10_000)  # a corrupt beginning
-        fetch(remote(server, "/a.bin", data, sha1=sha1(data)), tmp_path, progress=False)
+        fetch(remote(server, "/a.bin", data, sha1=sha1(data)), tmp_path)
         assert server.requests == [("/a.bin", "bytes=10000-"), ("/a.bin", None)]
         assert (tmp_path / "a.bin").read_bytes() == data
 
     def test_without_a_checksum_the_size_is_checked_and_the_first_sha256_recorded(self, server, tmp_path):
         data = os.urandom(50_000)
         file = remote(server, "/a.bin", data, size=len(data))
-        fetched = fetch(file, tmp_path, progress=False)
+        fetched = fetch(file, tmp_path)
         digest = hashlib.sha256(data).hexdigest()
         assert fetched.recorded_sha256 == digest
         assert record_path(fetched.path).read_text() == f"{digest}  a.bin\n"
         # Damaged on disk: found, and not used offline.
         fetched.path.write_bytes(b"\1" + data[1:])
         with pytest.raises(CaffegenError, match=f"expected sha256 {digest}.*run without --offline"):
-            fetch(file, tmp_path, offline=True, progress=False)
+            fetch(file, tmp_path, offline=True)
         # The publisher's file changed: the new download differs from the first one, and is refused.
         server.files["/a.bin"] = os.urandom(50_000)
         with pytest.raises(CaffegenError, match="differs from the first download"):
-            fetch(file, tmp_path, progress=False)
+            fetch(file, tmp_path)
         server.files["/a.bin"] = data
         (tmp_path / "a.bin.part").unlink()
-        assert fetch(file, tmp_path, progress=False).path.read_bytes() == data
+        assert fetch(file, tmp_path).path.read_bytes() == data
 
     def test_a_wrong_size_is_refused(self, server, tmp_path):
         file = remote(server, "/a.bin", b"x" * 10, size=11)
         with pytest.raises(CaffegenError, match="expected 11 bytes, got 10"):
-            fetch(file, tmp_path, progress=False)
+            fetch(file, tmp_path)
 
     def test_a_published_sha256_prefix_is_checked(self, server, tmp_path):
         data = b"mobilenet" * 100
         prefix = hashlib.sha256(data).hexdigest()[:8]
-        fetched = fetch(remote(server, "/m.bin", data, sha256=prefix), tmp_path, progress=False)
+        fetched = fetch(remote(server, "/m.bin", data, sha256=prefix), tmp_path)
         assert fetched.recorded_sha256 == hashlib.sha256(data).hexdigest()
         with pytest.raises(CaffegenError, match="expected sha256 00000000"):
-            fetch(remote(server, "/n.bin", data, sha256="00000000"), tmp_path, progress=False)
+            fetch(remote(server, "/n.bin", data, sha256="00000000"), tmp_path)
 
     def test_http_404(self, server, tmp_path):
         file = Remote(f"{server.url}/gone.caffemodel", "gone.caffemodel", sha1="0" * 40)
         with pytest.raises(CaffegenError) as raised:
-            fetch(file, tmp_path, progress=False)
+            fetch(file, tmp_path)
         assert str(raised.value).startswith(f"{server.url}/gone.caffemodel: HTTP 404 Not Found")
         assert "--mirror" in str(raised.value)
 
@@ -272,7 +272,7 @@ class TestDownload:
         file = Remote("http://127.0.0.1:9/a.caffemodel", "a.caffemodel", sha1="0" * 40)
         with pytest.raises(CaffegenError, match=r"^http://127.0.0.1:9/a.caffemodel: cannot connect \(.*\): check the "
                                                 r"network.*--offline"):
-            fetch(file, tmp_path, progress=False)
+            fetch(file, tmp_path)
 
     def test_offline_without_a_download(self, tmp_path):
         with pytest.raises(CaffegenError, match="not downloaded yet, and --offline is given"):
@@ -284,18 +284,18 @@ class TestDownload:
         (tmp_path / "a.bin.part").symlink_to("/dev/full")
         with pytest.raises(CaffegenError, match=r"a.bin: no space left on the device of .*a.bin.part .*free some "
                                                 r"space and run again to resume"):
-            fetch(remote(server, "/a.bin", os.urandom(2_000_000), size=2_000_000), tmp_path, progress=False)
+            fetch(remote(server, "/a.bin", os.urandom(2_000_000), size=2_000_000), tmp_path)
 
     def test_a_web_page_instead_of_the_file_is_named(self, server, tmp_path):
         page = b"<!DOCTYPE html><html><body>Sign in</body></html>"
         with pytest.raises(CaffegenError, match="the server sent a web page"):
-            fetch(remote(server, "/a.caffemodel", page, sha1="0" * 40), tmp_path, progress=False)
+            fetch(remote(server, "/a.caffemodel", page, sha1="0" * 40), tmp_path)
 
     def test_a_server_sending_more_than_the_catalogues_size_is_stopped_there(self, server, tmp_path):
         data = os.urandom(423_850)
         server.overflow["/a.bin"] = 50_000_000  # after the file, with no Content-Length
         with pytest.raises(CaffegenError) as raised:
-            fetch(remote(server, "/a.bin", data, size=len(data)), tmp_path, progress=False)
+            fetch(remote(server, "/a.bin", data, size=len(data)), tmp_path)
         message = str(raised.value)
         assert message.startswith(f"{server.url}/a.bin: expected 423850 bytes (the catalogue's size), but the server "
                                   "sent more (")
@@ -308,7 +308,7 @@ class TestDownload:
         data = os.urandom(423_850)
         server.announce["/a.bin"] = 52_000_000
         with pytest.raises(CaffegenError) as raised:
-            fetch(remote(server, "/a.bin", data, size=len(data)), tmp_path, progress=False)
+            fetch(remote(server, "/a.bin", data, size=len(data)), tmp_path)
         assert str(raised.value).startswith(f"{server.url}/a.bin: expected 423850 bytes (the catalogue's size), but "
                                             "the server announces 52000000: nothing was downloaded")
         assert list(tmp_path.iterdir()) == []
@@ -319,17 +319,17 @@ class TestDownload:
         server.overflow["/a.bin"] = 5_000_000
         with pytest.raises(CaffegenError, match=r"/a.bin: expected at most 400000 bytes \(the catalogue gives no "
                                                 r"size, and Caffe reads no larger file\), but the server sent more"):
-            fetch(file, tmp_path, progress=False, limits=Limits(max_size=400_000))
+            fetch(file, tmp_path, limits=Limits(max_size=400_000))
         assert list(tmp_path.iterdir()) == []
         del server.overflow["/a.bin"]
-        assert fetch(file, tmp_path, progress=False, limits=Limits(max_size=400_000)).path.read_bytes() == data
+        assert fetch(file, tmp_path, limits=Limits(max_size=400_000)).path.read_bytes() == data
 
     def test_a_trickling_server_is_stopped_and_the_download_resumes_later(self, server, tmp_path):
         data = os.urandom(1000)
         file = remote(server, "/slow.bin", data, sha1=sha1(data))
         server.drip["/slow.bin"] = 0.05  # 20 bytes a second, each read answered before any timeout
         with pytest.raises(CaffegenError) as raised:
-            fetch(file, tmp_path, progress=False, limits=Limits(min_rate=1024, rate_window_s=0.5))
+            fetch(file, tmp_path, limits=Limits(min_rate=1024, rate_window_s=0.5))
         part = part_path(tmp_path / "slow.bin")
         assert re.fullmatch(rf"{server.url}/slow.bin: the download stalled: \d+ bytes in the last [0-9.]+ s, under "
                             rf"the 1 KiB/s it needs; run the command again to resume from {part}, or fetch it "
@@ -337,19 +337,19 @@ class TestDownload:
         kept = part.stat().st_size
         assert 0 < kept < len(data)
         del server.drip["/slow.bin"]
-        assert fetch(file, tmp_path, progress=False).path.read_bytes() == data
+        assert fetch(file, tmp_path).path.read_bytes() == data
         assert server.requests[-1] == ("/slow.bin", f"bytes={kept}-")
 
     def test_a_redirect_loop_is_one_line(self, server, tmp_path):
         server.redirects.update({"/a.bin": "/b.bin", "/b.bin": "/a.bin"})
         with pytest.raises(CaffegenError) as raised:
-            fetch(Remote(f"{server.url}/a.bin", "a.bin", size=1), tmp_path, progress=False)
+            fetch(Remote(f"{server.url}/a.bin", "a.bin", size=1), tmp_path)
         assert re.fullmatch(rf"{server.url}/a.bin: the server redirects in a loop \(HTTP 302, the last to /\w.bin\): "
                             r"fix its URL in the catalogue, or fetch it from a mirror .*", str(raised.value))
 
     def test_a_server_that_never_answers(self, tmp_path):
         with silent() as url, pytest.raises(CaffegenError) as raised:
-            fetch(Remote(f"{url}/a.bin", "a.bin", size=1), tmp_path, progress=False, limits=Limits(timeout_s=0.5))
+            fetch(Remote(f"{url}/a.bin", "a.bin", size=1), tmp_path, limits=Limits(timeout_s=0.5))
         assert str(raised.value).startswith(f"{url}/a.bin: connected but got no answer within 0.5 s: the server is "
                                             "overloaded or down; try again later")
 
@@ -465,7 +465,7 @@ class TestZooCommands:
 
     def test_fetch_model_writes_inline_class_names(self, team, home):
         model = load_catalog([team["catalog"]]).find("lenet")
-        fetched = fetch_model(model, progress=False)
+        fetched = fetch_model(model)
         assert fetched.net.name == "lenet.prototxt" and fetched.mean_file is None
         assert read_class_names(fetched.class_names) == [str(digit) for digit in range(10)]
 
@@ -518,7 +518,7 @@ class TestPrepareModel:
 
     def test_cached_features_on_a_deploy_only_zoo_net_resize_to_its_input(self, team, home, images, tmp_path):
         model = load_catalog([team["catalog"]]).find("lenet")
-        fetched = fetch_model(model, progress=False)
+        fetched = fetch_model(model)
         options = with_zoo_model(JobOptions(net=None, weights=None, data=images, freeze_upto="conv1",
                                             cache_features=True), fetched)
         job = prepare(options, tmp_path / "run")

@@ -85,7 +85,7 @@ def corpus_folder():
     return corpus.folder
 
 
-def fetch_corpus(folder=None, mirror=None, remotes=None, progress=False):
+def fetch_corpus(folder=None, mirror=None, remotes=None, reporter=None):
     """Download every file of the manifest into ``folder`` (default: the cache), each verified; return the folder.
 
     ``mirror`` is a URL or a local folder laid out as the corpus is; files already there and whole are kept.
@@ -94,7 +94,7 @@ def fetch_corpus(folder=None, mirror=None, remotes=None, progress=False):
     folder = Path(folder) if folder else cache_folder()
     for remote in manifest_remotes() if remotes is None else remotes:
         url = mirror_url(mirror, *remote.name.split("/")) if mirror else None
-        fetch(remote, folder, url=url, progress=progress)
+        fetch(remote, folder, url=url, reporter=reporter)
     return folder
 
 
@@ -103,12 +103,13 @@ def main(argv=None):
     import argparse
 
     from caffegen.errors import CaffegenError
+    from caffegen.reporting import reporter_for_stderr
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--into", type=Path, help="folder to fill (default: the download cache)")
     parser.add_argument("--mirror", help="fetch from this URL or folder instead of each file's source")
     options = parser.parse_args(argv)
     try:
-        folder = fetch_corpus(options.into, options.mirror, progress=True)
+        folder = fetch_corpus(options.into, options.mirror, reporter=reporter_for_stderr())
     except CaffegenError as error:
         print(f"zoo_corpus: error: {error}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from caffegen.defaults import EPOCHS
+from caffegen.reporting import reporter_for_stderr
 
 
 @click.command("demo")
@@ -25,11 +26,11 @@ def demo_command(ctx, output, force, caffe_path):
     from caffegen.run.report import REPORT
     from caffegen.run.runner import summary_lines
     from caffegen.strategies.demo import run_demo
-    echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    result, metrics = run_demo(output, caffe_path, force, echo)
+    reporter = reporter_for_stderr()
+    result, metrics = run_demo(output, caffe_path, force, reporter)
     for line in summary_lines(result, output):
-        echo(line)
+        reporter.line(line)
     if metrics is not None:
         click.echo(f"evaluation: {metrics_line(metrics)}")
-        echo(f"demo done: {EPOCHS} epochs with the trunk frozen; report: {Path(output) / EVAL_DIR / REPORT}")
+        reporter.line(f"demo done: {EPOCHS} epochs with the trunk frozen; report: {Path(output) / EVAL_DIR / REPORT}")
     ctx.exit(result.exit_code)

@@ -6,6 +6,7 @@ import click
 
 from caffegen.cli.options import device_options
 from caffegen.errors import CaffegenError
+from caffegen.reporting import reporter_for_stderr
 
 
 @click.command("evaluate")
@@ -33,7 +34,7 @@ def evaluate_command(model_path, data, list_file, weights, skip_bad, output, for
     from caffegen.run.evaluate import evaluate_to, evaluation_images, metrics_line
     from caffegen.run.report import REPORT
     from caffegen.run.target import resolve_target
-    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    reporter = reporter_for_stderr()
     if data and list_file:
         raise CaffegenError("give --data or --list, not both")
     model = load_model(model_path, weights)
@@ -42,9 +43,9 @@ def evaluate_command(model_path, data, list_file, weights, skip_bad, output, for
     out_dir = Path(output) if output else model.source / EVAL_DIR
     if out_dir.exists() and not force:
         raise CaffegenError("exists; pass --force to replace it, or choose another folder with -o", out_dir)
-    images = evaluation_images(model, data, list_file, skip_bad, echo)
+    images = evaluation_images(model, data, list_file, skip_bad, reporter.line)
     target = resolve_target(caffe_path, gpu)
-    device = target.launch_device(model.run.device if model.run else CPU, echo)
-    metrics = evaluate_to(target, model, images, out_dir, batch_size, device, echo)
+    device = target.launch_device(model.run.device if model.run else CPU, reporter)
+    metrics = evaluate_to(target, model, images, out_dir, batch_size, device, reporter)
     click.echo(metrics_line(metrics))
-    echo(f"report: {out_dir / REPORT}")
+    reporter.line(f"report: {out_dir / REPORT}")

@@ -5,6 +5,7 @@ import json
 import click
 
 from caffegen.errors import CaffegenError
+from caffegen.reporting import reporter_for_stderr
 
 CHECK_IMAGES = 50
 
@@ -33,7 +34,7 @@ def export_command(run_dir, output, weights, force, check_opencv_, check_images,
     from caffegen.run.opencv import check_opencv
     from caffegen.run.report import METRICS
     from caffegen.run.target import resolve_target
-    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    reporter = reporter_for_stderr()
     model = load_model(run_dir, weights)
     if model.run is None:
         raise CaffegenError("already a bundle: export takes a run directory", run_dir)
@@ -42,11 +43,11 @@ def export_command(run_dir, output, weights, force, check_opencv_, check_images,
     if metrics:
         metrics = {key: value for key, value in metrics.items() if key != "per_class"}
     bundle = export_bundle(model, output, force, metrics)
-    echo(f"wrote {bundle}")
+    reporter.line(f"wrote {bundle}")
     if check_opencv_:
         images = evaluation_images(model)[:check_images]
         check = check_opencv(resolve_target(caffe_path, "cpu"), load_model(bundle), [path for path, _ in images],
-                             echo=echo)
+                             reporter=reporter)
         click.echo(check.line())
         if not check.passed:
             raise CaffegenError("OpenCV DNN and Caffe disagree on this model: ship it for Caffe only, or see which "

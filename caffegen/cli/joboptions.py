@@ -104,7 +104,7 @@ def job_options(command):
     return command
 
 
-def job_from_options(params, target, echo):
+def job_from_options(params, target, reporter):
     """JobOptions from the parsed job options, for the device ``target`` plans: every field named alike is copied.
 
     With --model, the zoo model is downloaded (or found downloaded) first, and gives the net, the
@@ -119,15 +119,15 @@ def job_from_options(params, target, echo):
     given = {field.name: params[field.name] for field in fields(JobOptions)
              if field.name in params and field.name not in CONVERTED}
     options = JobOptions(**given, data_settings=settings, lr_rules=parse_lr_rules(params["lr_rules"])).check()
-    fetched = _zoo_model(params)  # once the options are known to go together
+    fetched = _zoo_model(params, reporter)  # once the options are known to go together
     if params["cache_features"] and params["engine"] == OPENCV:
         from caffegen.run.opencv import opencv_dnn
         opencv_dnn()
-    options = replace(options, device=target.planned_device(echo))
+    options = replace(options, device=target.planned_device(reporter))
     return with_zoo_model(options, fetched) if fetched else options
 
 
-def _zoo_model(params):
+def _zoo_model(params, reporter):
     """The zoo model --model names, downloaded and verified; None without --model."""
     if not params["model"]:
         if not (params["net"] and params["weights"]):
@@ -137,4 +137,4 @@ def _zoo_model(params):
         raise CaffegenError("give --model or --net/--weights, not both: --model brings its own net and weights")
     from caffegen.io.zoo import fetch_model, load_catalog
     model = load_catalog(params["catalogs"]).find(params["model"])
-    return fetch_model(model, mirror=params["mirror"], offline=params["offline"])
+    return fetch_model(model, mirror=params["mirror"], offline=params["offline"], reporter=reporter)

@@ -7,6 +7,7 @@ import click
 from caffegen.errors import CaffegenError
 from caffegen.io.quoting import sh_command
 from caffegen.job.rundir import RunDir
+from caffegen.reporting import reporter_for_stderr
 
 
 @click.command("launch")
@@ -44,29 +45,29 @@ def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, 
     from caffegen.run.runner import summary_lines
     from caffegen.run.shards import parse_shard
     from caffegen.run.target import resolve_target
-    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    reporter = reporter_for_stderr()
     _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit)
     if slurm:
         _launch_on_slurm(cached_run(run_dir, resume, "--slurm"), shards, slurm_opts, caffe_path, gpu, evaluate_after,
-                         no_submit, echo)
+                         no_submit, reporter)
         return
     if features_only:
         run, target = cached_run(run_dir, resume, "--features-only"), resolve_target(caffe_path, gpu)
         if shard:
             number, count = parse_shard(shard)
-            store, images, seconds = extract_features_shard(run, target, number, count, echo)
-            echo(f"trunk features, shard {shard}: {seconds:.1f} s ({images} images computed) in {store.path}")
+            store, images, seconds = extract_features_shard(run, target, number, count, reporter)
+            reporter.line(f"trunk features, shard {shard}: {seconds:.1f} s ({images} images computed) in {store.path}")
             return
-        features = extract_features(run, target, echo)
-        echo(f"trunk features: {features.seconds:.1f} s ({'reused' if features.reused else 'computed'}) "
-             f"in {features.store.path}")
+        features = extract_features(run, target, reporter)
+        reporter.line(f"trunk features: {features.seconds:.1f} s ({'reused' if features.reused else 'computed'}) "
+                      f"in {features.store.path}")
         return
     target = resolve_target(caffe_path, gpu)
-    result = launch(run_dir, target, resume, echo)
+    result = launch(run_dir, target, resume, reporter)
     for line in summary_lines(result, run_dir):
-        echo(line)
+        reporter.line(line)
     if evaluate_after and result.exit_code == 0:
-        echo(f"evaluation: {metrics_line(evaluate_validation(target, run_dir, echo=echo))}")
+        reporter.line(f"evaluation: {metrics_line(evaluate_validation(target, run_dir, reporter=reporter))}")
     ctx.exit(result.exit_code)
 
 
@@ -92,21 +93,21 @@ def cached_run(run_dir, resume, option="--features-only"):
     return run
 
 
-def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, no_submit, echo):
+def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, no_submit, reporter):
     from caffegen.strategies.cluster import default_shards, pin_cache_batch, submit_cluster, write_cluster_scripts
     shards = shards or default_shards(run)
     features, head = write_cluster_scripts(run, shards, slurm_opts, caffe_path, gpu, evaluate_after)
     batch = f"every shard runs {pin_cache_batch(run).line()}, recorded in {run.manifest_path}"
     if no_submit:
-        echo(batch)
-        echo(f"wrote {features} ({shards} shards) and {head}; submit them with: {sh_command('sbatch', features)}, "
-             f"then: {sh_command('sbatch', '--dependency=afterok:JOB', head)} (JOB: the first job's id)")
+        reporter.line(batch)
+        reporter.line(f"wrote {features} ({shards} shards) and {head}; submit them with: {sh_command('sbatch', features)}, "
+                      f"then: {sh_command('sbatch', '--dependency=afterok:JOB', head)} (JOB: the first job's id)")
         return
     array, job = submit_cluster(features, head)
-    echo(batch)
+    reporter.line(batch)
     click.echo(job)
-    echo(f"submitted the trunk features as job array {array} ({shards} shards); "
-         f"logs: {Path(run.path) / f'slurm-features-{array}_*.out'}")
-    echo(f"submitted the head's training as job {job}, to start when every shard succeeded; "
-         f"log: {Path(run.path) / f'slurm-head-{job}.out'}")
-    echo(f"follow them with: squeue -j {array},{job}")
+    reporter.line(f"submitted the trunk features as job array {array} ({shards} shards); "
+                  f"logs: {Path(run.path) / f'slurm-features-{array}_*.out'}")
+    reporter.line(f"submitted the head's training as job {job}, to start when every shard succeeded; "
+                  f"log: {Path(run.path) / f'slurm-head-{job}.out'}")
+    reporter.line(f"follow them with: squeue -j {array},{job}")

@@ -11,6 +11,7 @@ from caffegen.cli.options import device_options
 from caffegen.errors import CaffegenError
 from caffegen.io.tables import text_table
 from caffegen.job.options import SEGMENTATION
+from caffegen.reporting import reporter_for_stderr
 
 
 @click.command("predict")
@@ -34,18 +35,18 @@ def predict_command(model_path, images, top_k, weights, as_json, as_csv, output,
     from caffegen.job.model import load_model
     from caffegen.run.predict import predict, predict_masks
     from caffegen.run.target import resolve_target
-    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    reporter = reporter_for_stderr()
     model = load_model(model_path, weights)
     target = resolve_target(caffe_path, gpu)
-    device = target.launch_device(model.run.device if model.run else CPU, echo)
+    device = target.launch_device(model.run.device if model.run else CPU, reporter)
     if model.task == SEGMENTATION:
         out_dir = Path(output or "masks")
         if out_dir.exists() and not force:
             raise CaffegenError("exists; pass --force to replace it, or choose another folder with -o", out_dir)
-        written = predict_masks(target, model, images, out_dir, batch_size, device, echo)
+        written = predict_masks(target, model, images, out_dir, batch_size, device, reporter)
         click.echo(f"wrote {len(written)} mask(s) to {out_dir}")
         return
-    predictions = predict(target, model, images, min(top_k, len(model.classes)), batch_size, device, echo)
+    predictions = predict(target, model, images, min(top_k, len(model.classes)), batch_size, device, reporter)
     if as_json:
         click.echo(json.dumps([{"path": str(p.path), "top": [{"class": name, "probability": probability}
                                                              for name, probability in p.top]}

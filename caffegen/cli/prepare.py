@@ -5,6 +5,7 @@ import click
 from caffegen.cli.joboptions import job_from_options, job_options
 from caffegen.cli.options import report
 from caffegen.io.quoting import sh_command
+from caffegen.reporting import reporter_for_stderr
 
 
 @click.command("prepare")
@@ -28,15 +29,15 @@ def prepare_command(stages, output, force, **params):
     from caffegen.job.prepare import prepare
     from caffegen.run.lmdb import DatabaseBuilder
     from caffegen.run.target import memory_budget, resolve_target
-    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    reporter = reporter_for_stderr()
     target = resolve_target(params["caffe_path"], params["gpu"], required=False)
-    options = job_from_options(params, target, echo)
-    databases = DatabaseBuilder(target.required(), echo) if options.lmdb else None
-    job = prepare(options, output, force=force, caffe=target.caffe or "caffe", warn=echo,
+    options = job_from_options(params, target, reporter)
+    databases = DatabaseBuilder(target.required(), reporter) if options.lmdb else None
+    job = prepare(options, output, force=force, caffe=target.caffe or "caffe", warn=reporter.line,
                   stages=parse_stages(stages) if stages else (), budget=memory_budget(options.device),
                   databases=databases)
     report(job.notes)
     images = job.manifest.images
-    echo(f"prepared {job.run_dir}: {len(job.manifest.classes)} classes, {images.train} training and "
-         f"{images.val} validation images, {job.manifest.schedule.max_iter} iterations")
-    echo(f"run it with: {sh_command('caffegen', 'launch', job.run_dir)}")
+    reporter.line(f"prepared {job.run_dir}: {len(job.manifest.classes)} classes, {images.train} training and "
+                  f"{images.val} validation images, {job.manifest.schedule.max_iter} iterations")
+    reporter.line(f"run it with: {sh_command('caffegen', 'launch', job.run_dir)}")

@@ -9,6 +9,7 @@ from caffegen.cli.joboptions import job_from_options, job_options
 from caffegen.cli.options import number_list
 from caffegen.errors import CaffegenError
 from caffegen.io.quoting import sh_command
+from caffegen.reporting import reporter_for_stderr
 
 
 def _optional(*names):
@@ -65,40 +66,40 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
     130 after Ctrl-C.
     """
     from caffegen.strategies.sweep import collect, run_here, run_on_gpus
-    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    reporter = reporter_for_stderr()
     if collect_dir:
         if output or slurm or gpus:
             raise CaffegenError("--collect DIR gathers an existing sweep: give it without -o, --slurm or --gpus")
-        _show(collect(collect_dir), collect_dir, echo)
+        _show(collect(collect_dir), collect_dir, reporter)
         return
     _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit)
     gpu_ids = _gpu_ids(gpus)
     target = _sweep_target(params, gpus, gpu_ids, slurm)
-    runs = _prepared_runs(params, learning_rates, output, force, gpus, slurm, target, echo)
+    runs = _prepared_runs(params, learning_rates, output, force, gpus, slurm, target, reporter)
     if slurm:
-        _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, echo)
+        _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, reporter)
         return
     # Per GPU, or here, each run on the device it was prepared for.
-    errors = run_on_gpus(output, runs, gpu_ids, target.caffe, echo) if gpu_ids else \
-        run_here(output, runs, replace(target, device=None), echo)
-    rows = _show(collect(output, runs, errors), output, echo)
+    errors = run_on_gpus(output, runs, gpu_ids, target.caffe, reporter) if gpu_ids else \
+        run_here(output, runs, replace(target, device=None), reporter)
+    rows = _show(collect(output, runs, errors), output, reporter)
     statuses = {row["status"] for row in rows}
     ctx.exit(130 if "interrupted" in statuses else 0 if statuses == {"ok"} else 1)
 
 
-def _prepared_runs(params, learning_rates, output, force, gpus, slurm, target, echo):
+def _prepared_runs(params, learning_rates, output, force, gpus, slurm, target, reporter):
     """Prepare one run per freeze point × learning rate in ``output``; return the SweepRuns."""
     from caffegen.job.device import Device
     from caffegen.run.lmdb import DatabaseBuilder
     from caffegen.run.target import memory_budget
     from caffegen.strategies.sweep import combinations, prepare_sweep
-    options = job_from_options(params, target, echo)
+    options = job_from_options(params, target, reporter)
     planned = combinations(options, _names(params["freeze_upto"], "--freeze-upto"),
                            _names(params["freeze_from"], "--freeze-from"), learning_rates)
     # Each run trains alone on its device here; Slurm's nodes are not this machine.
     budget = None if slurm else memory_budget(Device.parse(gpus) if gpus else options.device)
-    databases = DatabaseBuilder(target.required(), echo) if options.lmdb else None
-    return prepare_sweep(planned, output, force, target.caffe or "caffe", echo, budget=budget, databases=databases)
+    databases = DatabaseBuilder(target.required(), reporter) if options.lmdb else None
+    return prepare_sweep(planned, output, force, target.caffe or "caffe", reporter, budget=budget, databases=databases)
 
 
 def _sweep_target(params, gpus, gpu_ids, slurm):
@@ -137,29 +138,29 @@ def _gpu_ids(gpus):
     return ids
 
 
-def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):
+def _submit(output, runs, slurm_opts, caffe_path, no_submit, reporter):
     from caffegen.strategies.slurm import submit
     from caffegen.strategies.sweep import write_slurm_scripts
     features, script = write_slurm_scripts(output, runs, slurm_opts, caffe_path)
     if no_submit:
         if features:
-            echo(f"wrote {features}: compute the shared trunk features first: {sh_command('sbatch', features)}")
+            reporter.line(f"wrote {features}: compute the shared trunk features first: {sh_command('sbatch', features)}")
         after = ["--dependency=afterok:JOB"] if features else []
-        echo(f"wrote {script} ({len(runs)} tasks); submit it with: {sh_command('sbatch', *after, script)}"
-             + (" (JOB: the features job's id)" if features else ""))
+        reporter.line(f"wrote {script} ({len(runs)} tasks); submit it with: {sh_command('sbatch', *after, script)}"
+                      + (" (JOB: the features job's id)" if features else ""))
         return
     after = submit(features) if features else None
     if after:
-        echo(f"submitted the trunk features as job array {after}; the runs start when it succeeds")
+        reporter.line(f"submitted the trunk features as job array {after}; the runs start when it succeeds")
     job_id = submit(script, after)
     click.echo(job_id)
-    echo(f"submitted job array {job_id} ({len(runs)} tasks); logs: {Path(output) / f'slurm-{job_id}_*.out'}")
-    echo(f"gather the results with: {sh_command('caffegen', 'sweep', '--collect', output)}")
+    reporter.line(f"submitted job array {job_id} ({len(runs)} tasks); logs: {Path(output) / f'slurm-{job_id}_*.out'}")
+    reporter.line(f"gather the results with: {sh_command('caffegen', 'sweep', '--collect', output)}")
 
 
-def _show(rows, sweep_dir, echo):
+def _show(rows, sweep_dir, reporter):
     from caffegen.strategies.sweep import PLOT, TABLE, table_lines
     for line in table_lines(rows):
         click.echo(line)
-    echo(f"table: {Path(sweep_dir) / TABLE}; plot: {Path(sweep_dir) / PLOT}")
+    reporter.line(f"table: {Path(sweep_dir) / TABLE}; plot: {Path(sweep_dir) / PLOT}")
     return rows

@@ -65,8 +65,9 @@ def get_command(name, output, catalogs, mirror, offline):
     Files already downloaded are verified and kept; a file is replaced only by one that passes.
     """
     from caffegen.io.zoo import fetch_model, load_catalog, read_class_names
+    from caffegen.reporting import reporter_for_stderr
     model = load_catalog(catalogs).find(name)
-    fetched = fetch_model(model, mirror=mirror, offline=offline)
+    fetched = fetch_model(model, mirror=mirror, offline=offline, reporter=reporter_for_stderr())
     for role, file in fetched.files.items():
         remote = model.remotes().get(role)
         click.echo(f"{role}: {file.path} ({_bytes(file.path.stat().st_size)}, {_how(remote, file)})", err=True)

@@ -15,7 +15,6 @@ import http.client
 import os
 import re
 import shutil
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from tqdm import tqdm
-
 from caffegen import __version__
 from caffegen.errors import CaffegenError
 from caffegen.io.files import file_digest, write_atomic
+from caffegen.reporting import SilentReporter
 
 HOME_VARIABLE = "CAFFEGEN_HOME"
 PART = ".part"
@@ -121,7 +119,7 @@ def part_path(path):
     return Path(path).with_name(Path(path).name + PART)
 
 
-def fetch(remote, folder, url=None, offline=False, progress=True, retries=RETRIES, limits=LIMITS):
+def fetch(remote, folder, url=None, offline=False, reporter=None, retries=RETRIES, limits=LIMITS):
     """The verified file ``remote`` in ``folder``: the one there if it passes, else a download from ``url``.
 
     ``url`` defaults to the remote's own (a mirror's otherwise). ``offline`` uses only what is there.
@@ -140,11 +138,11 @@ def fetch(remote, folder, url=None, offline=False, progress=True, retries=RETRIE
                             f"from {url} {MIRROR_HINT}", target)
     _make_folder(target.parent)
     part = part_path(target)
-    resumed = _download(url, part, remote, progress, retries, limits)
+    resumed = _download(url, part, remote, reporter or SilentReporter(), retries, limits)
     problem = problem_with(remote, part, record_path(target))
     if problem and resumed:  # the part kept from before may be what is wrong: try once from the start
         part.unlink()
-        _download(url, part, remote, progress, retries, limits)
+        _download(url, part, remote, reporter or SilentReporter(), retries, limits)
         problem = problem_with(remote, part, record_path(target))
     if problem:
         raise CaffegenError(f"{url}: {problem}{_html_hint(part)}; the download is kept at {part}: delete it to "
@@ -194,12 +192,12 @@ class _DroppedError(Exception):
     """The connection ended before the whole file came."""
 
 
-def _download(url, part, remote, progress, retries, limits):
+def _download(url, part, remote, reporter, retries, limits):
     """Download ``url`` into ``part``, resuming what it holds; return whether it resumed a kept part."""
     resumed = part.is_file() and part.stat().st_size > 0
     for attempt in range(retries + 1):
         try:
-            _transfer(url, part, remote, progress, limits)
+            _transfer(url, part, remote, reporter, limits)
             return resumed
         except _DroppedError as dropped:
             if attempt == retries:
@@ -207,7 +205,7 @@ def _download(url, part, remote, progress, retries, limits):
                                     f"again to resume from {part}, {MIRROR_HINT}") from None
 
 
-def _transfer(url, part, remote, progress, limits):
+def _transfer(url, part, remote, reporter, limits):
     cap = remote.size if remote.size is not None else limits.max_size
     have = part.stat().st_size if part.is_file() else 0
     if have > cap:  # a part kept from before that is already too long: start again
@@ -241,17 +239,17 @@ def _transfer(url, part, remote, progress, limits):
         if total is not None and total > cap:
             raise CaffegenError(f"{url}: {_expected(remote, cap)}, but the server announces {total}: nothing was "
                                 f"downloaded; check the file's URL and size in the catalogue, {MIRROR_HINT}")
-        _stream(response, part, mode, url, (have, total, cap), remote, progress, limits)
+        _stream(response, part, mode, url, (have, total, cap), remote, reporter, limits)
     got = part.stat().st_size
     if total is not None and got < total:
         raise _DroppedError(f"after {got} of {total} bytes")
 
 
-def _stream(response, part, mode, url, sizes, remote, progress, limits):
+def _stream(response, part, mode, url, sizes, remote, reporter, limits):
     have, total, cap = sizes
     pace = _Pace(limits, have)
     try:
-        with open(part, mode) as out, _bar(remote.name, have, total, progress) as bar:
+        with open(part, mode) as out, reporter.progress(total, "B", remote.name, initial=have) as bar:
             while True:
                 block = _read(response, out)
                 if not block:
@@ -260,7 +258,7 @@ def _stream(response, part, mode, url, sizes, remote, progress, limits):
                 if came > cap:
                     break
                 out.write(block)
-                bar.update(len(block))
+                bar.advance(len(block))
                 pace.check(came, url, part)
     except OSError as error:
         if error.errno == errno.ENOSPC:
@@ -273,11 +271,6 @@ def _stream(response, part, mode, url, sizes, remote, progress, limits):
     part.unlink()  # cut at the expected size, it would look whole
     raise CaffegenError(f"{url}: {_expected(remote, cap)}, but the server sent more ({came} bytes when stopped): "
                         f"nothing was kept; check the file's URL and size in the catalogue, {MIRROR_HINT}")
-
-
-def _bar(name, have, total, progress):
-    return tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr,
-                disable=None if progress else True)
 
 
 def _read(response, out):

@@ -294,7 +294,7 @@ def model_folder(model, home=None):
     return (Path(home) if home else cache_home()) / "zoo" / model.name
 
 
-def fetch_model(model, home=None, mirror=None, offline=False, progress=True, roles=ROLES, environ=None):
+def fetch_model(model, home=None, mirror=None, offline=False, reporter=None, roles=ROLES, environ=None):
     """Download what of ``model`` is missing (from ``mirror`` if given, else ``$CAFFEGEN_ZOO_MIRROR`` or its
     own URLs) and verify what is there; return where each file is."""
     environ = os.environ if environ is None else environ
@@ -304,7 +304,7 @@ def fetch_model(model, home=None, mirror=None, offline=False, progress=True, rol
     for role, remote in model.remotes().items():
         if role in roles:
             url = mirror_url(mirror, model.name, remote.name) if mirror else None
-            files[role] = fetch(remote, folder, url, offline=offline, progress=progress)
+            files[role] = fetch(remote, folder, url, offline=offline, reporter=reporter)
     if isinstance(model.class_names, tuple) and "class_names" in roles:
         path = folder / INLINE_NAMES
         text = "".join(f"{name}\n" for name in model.class_names)

@@ -132,7 +132,7 @@ class RunDir:
         raise CaffegenError(f"no trained model here yet; train it first with: "
                             f"{sh_command('caffegen', 'launch', self.path)}", self.path)
 
-    def match_solver_mode(self, device, echo):
+    def match_solver_mode(self, device, reporter):
         """Make solver_mode agree with ``device``: Caffe takes GPU mode from the solver when -gpu is absent."""
         path = self.solver
         solver = read_solver(path)
@@ -140,7 +140,7 @@ class RunDir:
         if solver.solver_mode != mode:
             solver.solver_mode = mode
             write_atomic(path, to_text(solver))
-            echo(f"set solver_mode to {'CPU' if device.is_cpu else 'GPU'} in {path.name}")
+            reporter.line(f"set solver_mode to {'CPU' if device.is_cpu else 'GPU'} in {path.name}")
 
     def check_labels(self):
         """Refuse lists with labels the classifier cannot score: Caffe's release builds do not check them."""
@@ -229,11 +229,11 @@ def relative_record(run_dir, path):
     return _lexical(path).relative_to(_lexical(run_dir)).as_posix()
 
 
-def newest_snapshot(run_dir, echo=None):
+def newest_snapshot(run_dir, reporter=None):
     """The complete solver state with the highest iteration in the run's snapshot folder.
 
     A snapshot written when the disk filled up, or when Caffe was killed, is cut short: it and its
-    caffemodel must both be whole, or the one before is taken, which ``echo`` hears of.
+    caffemodel must both be whole, or the one before is taken, which ``reporter`` hears of.
     """
     states = sorted(((int(match.group(1)), path) for path in (Path(run_dir) / SNAPSHOT_DIR).glob("*.solverstate")
                      if (match := SNAPSHOT_NAME.search(path.name))), reverse=True)
@@ -243,8 +243,8 @@ def newest_snapshot(run_dir, echo=None):
         problem = _snapshot_problem(state)
         if problem is None:
             return state
-        if echo:
-            echo(f"{state.relative_to(Path(run_dir))}: {problem}: not resumed from")
+        if reporter:
+            reporter.line(f"{state.relative_to(Path(run_dir))}: {problem}: not resumed from")
     raise CaffegenError(f"nothing to resume: every .solverstate in {SNAPSHOT_DIR}/ is incomplete", run_dir)
 
 

@@ -18,6 +18,7 @@ from caffegen.job.model import load_model
 from caffegen.job.options import CLASSIFICATION, SEGMENTATION
 from caffegen.job.rundir import EVAL_DIR
 from caffegen.job.segmentation import checked_mask, pair_images, read_pairs
+from caffegen.reporting import SilentReporter
 from caffegen.run.forward import forward_images
 from caffegen.run.report import write_evaluation
 
@@ -141,23 +142,23 @@ def evaluation_images(model, data=None, list_file=None, skip_bad=False, warn=Non
     return pair_images(data) if data else read_pairs(model.run.path)
 
 
-def evaluate(target, model, images, batch_size=FORWARD_BATCH, device=None, echo=None):
+def evaluate(target, model, images, batch_size=FORWARD_BATCH, device=None, reporter=None):
     """The Evaluation of ``model`` (a TrainedModel) on ``images``, [(path, label)], computed by real Caffe."""
     if model.task == SEGMENTATION:
-        return evaluate_segmentation(target, model, images, batch_size, device, echo)
+        return evaluate_segmentation(target, model, images, batch_size, device, reporter)
     blob = model.output_blob
     paths = [path for path, _ in images]
-    probabilities = forward_images(target, model, paths, [blob], batch_size, device, echo)[blob]
+    probabilities = forward_images(target, model, paths, [blob], batch_size, device, reporter)[blob]
     if probabilities.shape[1] != len(model.classes):
         raise CaffegenError(f"the model outputs {probabilities.shape[1]} values per image but labels.txt names "
                             f"{len(model.classes)} classes", model.deploy)
     return Evaluation(model.classes, paths, np.array([label for _, label in images]), probabilities)
 
 
-def segment(target, model, paths, batch_size=FORWARD_BATCH, device=None, echo=None):
+def segment(target, model, paths, batch_size=FORWARD_BATCH, device=None, reporter=None):
     """(N, K, H, W) per-pixel probabilities of the segmentation ``model`` over the image files ``paths``."""
     blob = model.output_blob
-    flat = forward_images(target, model, paths, [blob], batch_size, device, echo)[blob]
+    flat = forward_images(target, model, paths, [blob], batch_size, device, reporter)[blob]
     height, width = model.input_shape[2:]
     if flat.shape[1] != len(model.classes) * height * width:
         raise CaffegenError(f"the model outputs {flat.shape[1]} values per image, not {len(model.classes)} classes × "
@@ -165,28 +166,28 @@ def segment(target, model, paths, batch_size=FORWARD_BATCH, device=None, echo=No
     return flat.reshape(len(paths), len(model.classes), height, width)
 
 
-def evaluate_segmentation(target, model, pairs, batch_size=FORWARD_BATCH, device=None, echo=None):
+def evaluate_segmentation(target, model, pairs, batch_size=FORWARD_BATCH, device=None, reporter=None):
     """The SegmentationEvaluation of ``model`` on ``pairs`` [(image, mask)], computed by real Caffe."""
     hint = f"the model segments {len(model.classes)} classes"
     masks = np.stack([checked_mask(mask, model.input_shape[2:], len(model.classes), hint) for _, mask in pairs])
-    probabilities = segment(target, model, [image for image, _ in pairs], batch_size, device, echo)
+    probabilities = segment(target, model, [image for image, _ in pairs], batch_size, device, reporter)
     return SegmentationEvaluation(model.classes, [image for image, _ in pairs], [mask for _, mask in pairs], masks,
                                   probabilities)
 
 
-def evaluate_to(target, model, images, out_dir, batch_size=FORWARD_BATCH, device=None, echo=None):
+def evaluate_to(target, model, images, out_dir, batch_size=FORWARD_BATCH, device=None, reporter=None):
     """Evaluate ``model`` on ``images`` and write the evaluation's files into ``out_dir``; return its metrics."""
-    evaluation = evaluate(target, model, images, batch_size, device, echo)
+    evaluation = evaluate(target, model, images, batch_size, device, reporter)
     curves = model.source / "curves.png" if model.run else None
     return write_evaluation(evaluation, out_dir, model, curves)
 
 
-def evaluate_validation(target, run, device=None, echo=None):
+def evaluate_validation(target, run, device=None, reporter=None):
     """Evaluate a trained run (a path or RunDir) on its validation images into its eval/ (replaced); return the metrics."""
     model = load_model(run)
     images = evaluation_images(model)
-    device = device or target.launch_device(model.run.device, echo or (lambda line: None))
-    return evaluate_to(target, model, images, model.source / EVAL_DIR, device=device, echo=echo)
+    device = device or target.launch_device(model.run.device, reporter or SilentReporter())
+    return evaluate_to(target, model, images, model.source / EVAL_DIR, device=device, reporter=reporter)
 
 
 def metrics_line(metrics):

@@ -21,6 +21,7 @@ from caffegen.io.lists import list_line
 from caffegen.io.prototxt import to_text
 from caffegen.io.segdata import read_image_size
 from caffegen.net.wiring import image_input_net
+from caffegen.reporting import SilentReporter
 from caffegen.run.caffelog import parse_log
 
 LIST = "images.txt"
@@ -68,14 +69,14 @@ def _reason(output):
     return lines[-1] if lines else "no output"
 
 
-def forward_images(target, model, paths, blobs, batch_size=FORWARD_BATCH, device=None, echo=None, workdir=None):
+def forward_images(target, model, paths, blobs, batch_size=FORWARD_BATCH, device=None, reporter=None, workdir=None):
     """{blob: array (len(paths), values per image)} of ``model`` (a TrainedModel) over the image files ``paths``.
 
     The images are preprocessed as the model's validation images were in training; images whose
-    size the model cannot take as they are are resized to its input size, which ``echo`` notes once.
+    size the model cannot take as they are are resized to its input size, which ``reporter`` notes once.
     """
     paths = [Path(path).resolve() for path in paths]
-    resize = _needed_resize(model, paths, echo or (lambda line: None))
+    resize = _needed_resize(model, paths, reporter or SilentReporter())
     tmp = unused_name(workdir, "caffegen-forward-")
     try:
         tmp.mkdir(mode=0o700)
@@ -104,7 +105,7 @@ def _keep_only(folder, log):
             path.unlink()
 
 
-def _needed_resize(model, paths, echo):
+def _needed_resize(model, paths, reporter):
     """The (H, W) to resize every image to, when some could not be fed as training fed them, else None."""
     if model.preprocessing.get("resize"):
         return None
@@ -114,6 +115,6 @@ def _needed_resize(model, paths, echo):
     unfit = [size for size in sizes if (size[0] < crop or size[1] < crop if crop else size != (height, width))]
     if not unfit:
         return None
-    echo(f"{len(unfit)} image size(s) differ from the model's input of {height}×{width} "
-         f"(for example {unfit[0][0]}×{unfit[0][1]}): resizing every image to {height}×{width}")
+    reporter.line(f"{len(unfit)} image size(s) differ from the model's input of {height}×{width} "
+                  f"(for example {unfit[0][0]}×{unfit[0][1]}): resizing every image to {height}×{width}")
     return height, width

@@ -19,6 +19,7 @@ from pathlib import Path
 from caffegen.errors import CaffegenError
 from caffegen.io.datasources import record_count
 from caffegen.io.files import file_sha256, temp_folder, write_atomic
+from caffegen.reporting import SilentReporter
 
 UNREADABLE = re.compile(r"Could not open or find file (.+)$")
 PROCESSED = re.compile(r"Processed (\d+) files")  # convert_imageset logs it every 1,000 images
@@ -37,9 +38,9 @@ class BuiltDatabases:
 class DatabaseBuilder:
     """Builds a job's LMDBs with the tools beside one Caffe (a :class:`~caffegen.run.target.Target`)."""
 
-    def __init__(self, target, echo=None):
+    def __init__(self, target, reporter=None):
         self.target = target
-        self.echo = echo or (lambda line: None)
+        self.reporter = reporter or SilentReporter()
 
     def __call__(self, plan, folder, reusable=()):
         """Build ``plan`` (an LmdbPlan) into ``folder``; link what a run directory of ``reusable`` holds unchanged."""
@@ -51,7 +52,7 @@ class DatabaseBuilder:
                 notes.append(f"{database.name}: its {database.count} images are unchanged since it was built in "
                              f"{sources[database.name].name}/; reused it, convert_imageset not run")
             else:
-                self.echo(f"building {database.name} with convert_imageset: {database.count} images")
+                self.reporter.line(f"building {database.name} with convert_imageset: {database.count} images")
                 self._convert(database, folder)
         mean = self._mean(plan, folder, sources[plan.train.name]) if plan.mean else None
         for database in plan.databases:
@@ -92,7 +93,7 @@ class DatabaseBuilder:
         def hear(line):
             done = PROCESSED.search(line)
             if done and int(done.group(1)) % step == 0:
-                self.echo(f"{database.name}: {done.group(1)} of {database.count} images")
+                self.reporter.line(f"{database.name}: {done.group(1)} of {database.count} images")
         return hear
 
     def _mean(self, plan, folder, source):
@@ -105,7 +106,7 @@ class DatabaseBuilder:
         if recorded and (source / MEAN_NAME).is_file() and file_sha256(source / MEAN_NAME) == recorded:
             shutil.copyfile(source / MEAN_NAME, mean)
             return mean
-        self.echo(f"computing the mean image of {plan.train.name} with compute_image_mean")
+        self.reporter.line(f"computing the mean image of {plan.train.name} with compute_image_mean")
         _run([str(self.target.tool("compute_image_mean")), "--backend=lmdb", str(folder / plan.train.name),
               str(mean)], "compute_image_mean")
         return mean

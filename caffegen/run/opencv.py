@@ -88,11 +88,11 @@ class EngineCheck:
                 f"max |Δ probability| {self.max_difference:.2e} (tolerance {self.tolerance:.0e})")
 
 
-def check_opencv(target, model, paths, device=None, echo=None):
+def check_opencv(target, model, paths, device=None, reporter=None):
     """Compare OpenCV's probabilities for ``model`` with real Caffe's on the images ``paths``."""
     opencv_dnn()
     input_blob, output = model.input_blob, model.output_blob
-    blobs = forward_images(target, model, paths, [input_blob, output], device=device, echo=echo)
+    blobs = forward_images(target, model, paths, [input_blob, output], device=device, reporter=reporter)
     inputs = blobs[input_blob].reshape(len(paths), *model.input_shape[1:])
     found = opencv_forward(model.deploy, model.weights, input_blob, inputs, output)
     return EngineCheck(len(paths), float(np.abs(found.reshape(blobs[output].shape) - blobs[output]).max()))

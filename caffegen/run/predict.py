@@ -8,6 +8,7 @@ from caffegen.errors import CaffegenError
 from caffegen.io.files import built_beside
 from caffegen.io.segdata import write_mask_png
 from caffegen.job.dataset import image_problem
+from caffegen.reporting import SilentReporter
 from caffegen.run.evaluate import segment
 from caffegen.run.forward import forward_images
 
@@ -40,41 +41,41 @@ def image_files(arguments):
     return found, skipped
 
 
-def _readable_images(arguments, echo):
-    """The image files named by ``arguments``, with the skipped ones told to ``echo``; none at all is an error."""
+def _readable_images(arguments, reporter):
+    """The image files named by ``arguments``, with the skipped ones told to ``reporter``; none at all is an error."""
     paths, skipped = image_files(arguments)
     if not paths:
         reasons = "; ".join(f"{path}: {why}" for path, why in skipped) or "the folders hold no image files"
         raise CaffegenError(f"no readable images to predict on ({reasons})")
     for path, why in skipped:
-        echo(f"skipped {path}: {why}")
+        reporter.line(f"skipped {path}: {why}")
     return paths
 
 
-def predict_masks(target, model, arguments, out_dir, batch_size=FORWARD_BATCH, device=None, echo=None):
+def predict_masks(target, model, arguments, out_dir, batch_size=FORWARD_BATCH, device=None, reporter=None):
     """Write the segmentation ``model``'s mask of each image named by ``arguments`` into ``out_dir``; return the files.
 
     Each mask is a palette PNG named after its image, coloured with PASCAL VOC's colour map (its
     pixel values are the classes). The folder is built beside its place, so it is never half-written.
     """
-    paths = _readable_images(arguments, echo or (lambda line: None))
+    paths = _readable_images(arguments, reporter or SilentReporter())
     stems = [path.stem for path in paths]
     repeated = next((stem for stem in stems if stems.count(stem) > 1), None)
     if repeated:
         raise CaffegenError(f"two images are named '{repeated}': their masks would share {repeated}.png; "
                             "predict on them separately")
-    predicted = segment(target, model, paths, batch_size, device, echo).argmax(axis=1)
+    predicted = segment(target, model, paths, batch_size, device, reporter).argmax(axis=1)
     with built_beside(Path(out_dir)) as staging:
         for stem, mask in zip(stems, predicted):
             write_mask_png(staging / f"{stem}.png", mask)
     return [Path(out_dir) / f"{stem}.png" for stem in stems]
 
 
-def predict(target, model, arguments, top_k=5, batch_size=FORWARD_BATCH, device=None, echo=None):
+def predict(target, model, arguments, top_k=5, batch_size=FORWARD_BATCH, device=None, reporter=None):
     """The Predictions of ``model`` (a TrainedModel) for the images named by ``arguments``."""
-    paths = _readable_images(arguments, echo or (lambda line: None))
+    paths = _readable_images(arguments, reporter or SilentReporter())
     blob = model.output_blob
-    probabilities = forward_images(target, model, paths, [blob], batch_size, device, echo)[blob]
+    probabilities = forward_images(target, model, paths, [blob], batch_size, device, reporter)[blob]
     ranked = (-probabilities).argsort(axis=1, kind="stable")[:, :top_k]
     return [Prediction(path, [(model.classes[j], float(row[j])) for j in order])
             for path, row, order in zip(paths, probabilities, ranked)]

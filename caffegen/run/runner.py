@@ -10,13 +10,10 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from tqdm import tqdm
 
 from caffegen.errors import CaffegenError, Terminated, cannot_write
 from caffegen.io.quoting import sh_command
@@ -25,11 +22,9 @@ from caffegen.job.rundir import CURVES_CSV, CURVES_PNG, EVENTS, LOG, newest_snap
 from caffegen.run.caffelog import LogWatcher, TestResult, parse_log
 from caffegen.run.curves import plot_curves, write_curves_csv
 from caffegen.run.diagnose import Diagnosis
-from caffegen.run.events import EventLog
 
 INTERRUPTED = 130
 DIAGNOSED = 3
-PLAIN_EVERY_S = 30  # without a live bar, a progress line at least this often
 CURVES_EVERY_S = 10  # curves.png is redrawn at a test pass at most this often while the run goes on
 STOP_WAIT_S = 60  # how long a Caffe stopped because caffegen ends may take to snapshot
 
@@ -49,7 +44,7 @@ class LaunchResult:
     notes: list = field(default_factory=list)
 
 
-def run_caffe_train(caffe, arguments, run_dir, history, echo, show_progress, memory=None):
+def run_caffe_train(caffe, arguments, run_dir, history, reporter, memory=None):
     """Run ``caffe`` with ``arguments`` in ``run_dir``, after the ``history`` of records of an earlier run.
 
     ``memory`` is caffegen's estimate of the run's memory and its fix, for an out-of-memory diagnosis.
@@ -63,7 +58,7 @@ def run_caffe_train(caffe, arguments, run_dir, history, echo, show_progress, mem
                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
     interrupts, terminations = [], []
     with _signals_stop(process, interrupts, terminations):
-        diagnosis, code = _follow(process, watcher, run_dir, history, echo, show_progress)
+        diagnosis, code = _follow(process, watcher, run_dir, history, reporter)
     stopped = bool(interrupts) or watcher.stopped_early  # Ctrl-C here, or a SIGINT sent to Caffe itself
     result = LaunchResult(code, code, watcher, history + watcher.records, diagnosis, stopped,
                           time.monotonic() - started)
@@ -89,18 +84,19 @@ def _signals_stop(process, interrupts, terminations):
             signal.signal(signum, handler)
 
 
-def _follow(process, watcher, run_dir, history, echo, show_progress):
+def _follow(process, watcher, run_dir, history, reporter):
     """Follow Caffe's output to its end, into train.log, events.jsonl, the progress shown and the curves;
     return (the first diagnosis, Caffe's exit code)."""
     diagnosis = None
-    with (run_dir / LOG).open("ab", buffering=0) as log, EventLog(run_dir / EVENTS) as event_log, \
-            _Curves(run_dir, history) as curves, _progress(watcher, show_progress, echo) as progress:
+    with (run_dir / LOG).open("ab", buffering=0) as log, reporter.recording(run_dir / EVENTS), \
+            _Curves(run_dir, history) as curves, reporter.progress(watcher.max_iter, "iter", "iteration") as progress:
 
         def take(events):
             nonlocal diagnosis
-            event_log.write(events)
+            for event in events:
+                reporter.event(event)
             diagnosis = _watch(events, diagnosis, process)
-            progress.show(watcher, events)
+            _show(progress, watcher, events)
             curves.refresh(watcher, events)
 
         try:
@@ -199,62 +195,13 @@ def _interrupt(process, interrupts):
         process.send_signal(signal.SIGINT if len(interrupts) == 1 else signal.SIGTERM)
 
 
-def _progress(watcher, show, echo):
-    """How the run's progress is shown: a live bar on a terminal (or with ``show``), else a plain line at every
-    test pass and at least every PLAIN_EVERY_S seconds (to ``echo``), so that a log or a pipe sees it move."""
-    on_terminal = sys.stderr.isatty() if show is None else show
-    if on_terminal:
-        return _Bar(watcher)
-    return _Lines(echo if show is None else None)
-
-
-class _Bar:
-    """tqdm's bar: iteration of max_iter, with the latest loss and validation accuracy."""
-
-    def __init__(self, watcher):
-        self.bar = tqdm(total=watcher.max_iter or 0, unit="iter", dynamic_ncols=True, leave=True, file=sys.stderr)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.bar.close()
-
-    def show(self, watcher, events):
-        if watcher.max_iter and self.bar.total != watcher.max_iter:
-            self.bar.total = watcher.max_iter
-            self.bar.refresh()
-        if watcher.iteration is not None and watcher.iteration > self.bar.n:
-            self.bar.update(watcher.iteration - self.bar.n)
-            self.bar.set_postfix(_figures(watcher), refresh=False)
-
-
-class _Lines:
-    """Plain progress lines, for a terminal nobody watches live: at every test pass, and every PLAIN_EVERY_S."""
-
-    def __init__(self, echo):
-        self.echo, self.last_line = echo, time.monotonic()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def show(self, watcher, events):
-        if self.echo is None:
-            return
-        tests = [event.iteration for event in events if isinstance(event, TestResult)]
-        if tests:
-            self._line(tests[-1], watcher)
-        elif watcher.iteration is not None and time.monotonic() - self.last_line >= PLAIN_EVERY_S:
-            self._line(watcher.iteration, watcher)
-
-    def _line(self, iteration, watcher):
-        self.last_line = time.monotonic()
-        figures = ", ".join(f"{name} {value}" for name, value in _figures(watcher).items())
-        of = f"/{watcher.max_iter}" if watcher.max_iter else ""
-        self.echo(f"iteration {iteration}{of}" + (f": {figures}" if figures else ""))
+def _show(progress, watcher, events):
+    """Move the progress to Caffe's iteration, with the latest figures; a test pass is a milestone."""
+    tested = [event.iteration for event in events if isinstance(event, TestResult)]
+    if tested:
+        progress.show(tested[-1], _figures(watcher), True, watcher.max_iter)
+    elif watcher.iteration is not None:
+        progress.show(watcher.iteration, _figures(watcher), False, watcher.max_iter)
 
 
 def _figures(watcher):

@@ -44,20 +44,20 @@ class Target:
         raise CaffegenError(f"Caffe's {name} tool is not beside {caffe}; install a complete Caffe with "
                             "`caffegen install-caffe`, or pass --caffe of a build that has its tools")
 
-    def planned_device(self, echo):
+    def planned_device(self, reporter):
         """The device to prepare a job for: the one asked for (a GPU only of a Caffe that can use one), else a GPU
         when this Caffe can use one."""
         if self.device is not None:
             self._refuse_gpu_of_cpu_only("prepare for the CPU, or pass --caffe of a build with CUDA")
             if not self.device.is_cpu and self.caffe is None:
-                echo(f"no Caffe found yet: preparing for GPU {self.device} as asked; unverified whether the Caffe "
-                     "that trains it can use a GPU")
+                reporter.line(f"no Caffe found yet: preparing for GPU {self.device} as asked; unverified whether "
+                              "the Caffe that trains it can use a GPU")
             return self.device
         if self.caffe is None:
-            echo("no Caffe found yet: preparing for CPU (pass --gpu 0 to train on a GPU)")
+            reporter.line("no Caffe found yet: preparing for CPU (pass --gpu 0 to train on a GPU)")
             return CPU
         if self.cpu_only:
-            echo(f"{self.caffe} is a CPU-only build: training on the CPU")
+            reporter.line(f"{self.caffe} is a CPU-only build: training on the CPU")
             return CPU
         return Device("0")
 
@@ -67,12 +67,12 @@ class Target:
             raise CaffegenError(f"{self.caffe} is a CPU-only build and cannot use --gpu {self.device}; drop --gpu "
                                 f"to {instead}")
 
-    def launch_device(self, planned, echo):
+    def launch_device(self, planned, reporter):
         """The device a run trains on: the one asked for, else ``planned``; a CPU-only Caffe never gets -gpu."""
         wanted = self.device or planned
         if not wanted.is_cpu and self.cpu_only:
             self._refuse_gpu_of_cpu_only("train on the CPU")
-            echo(f"{self.caffe} is a CPU-only build: training on the CPU instead of GPU {planned}")
+            reporter.line(f"{self.caffe} is a CPU-only build: training on the CPU instead of GPU {planned}")
             return CPU
         return wanted
 

@@ -14,6 +14,7 @@ from caffegen.io.resources import resource_dir
 from caffegen.job.device import CPU
 from caffegen.job.prepare import JobOptions, prepare
 from caffegen.job.rundir import RunDir
+from caffegen.reporting import SilentReporter
 from caffegen.run.evaluate import evaluate_validation
 from caffegen.run.install import default_prefix, install_caffe
 from caffegen.run.launch import launch_run
@@ -24,40 +25,40 @@ NEW_TASK = range(5, 10)
 FREEZE_UPTO = "conv2"
 
 
-def ensure_caffe(caffe, echo):
+def ensure_caffe(caffe, reporter):
     """The Caffe to train with on the CPU, installed into the user prefix when none is found."""
     try:
         return resolve_target(caffe, CPU.name)
     except CaffeNotFound:
         if caffe:
             raise
-        echo(f"Caffe not found: installing a CPU build of Caffe 1.0 into {default_prefix()} (once, about 20 s)")
-        return Target(install_caffe(log=echo), CPU)
+        reporter.line(f"Caffe not found: installing a CPU build of Caffe 1.0 into {default_prefix()} (once, about 20 s)")
+        return Target(install_caffe(log=reporter.line), CPU)
 
 
-def run_demo(out_dir, caffe=None, force=False, echo=None, show_progress=None):
+def run_demo(out_dir, caffe=None, force=False, reporter=None):
     """Fine-tune the bundled digits model to new digits in ``out_dir`` and evaluate it.
 
     Returns the launch result and the evaluation's metrics (None when training failed).
     """
-    echo = echo or (lambda line: None)
+    reporter = reporter or SilentReporter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise CaffegenError("exists; pass --force to replace it, or choose another directory with -o", out_dir)
-    target = ensure_caffe(caffe, echo)
+    target = ensure_caffe(caffe, reporter)
     base = resource_dir("models") / "digits"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
         count = write_digit_images(Path(tmp), NEW_TASK)
-        echo(f"wrote {count} images of the digits {NEW_TASK[0]}–{NEW_TASK[-1]} (the base model knows 0–4)")
+        reporter.line(f"wrote {count} images of the digits {NEW_TASK[0]}–{NEW_TASK[-1]} (the base model knows 0–4)")
         options = JobOptions(net=base / "train_val.prototxt", weights=base / "digits.caffemodel", data=Path(tmp),
                              freeze_upto=FREEZE_UPTO, copy_data=True, device=CPU)
-        job = prepare(options, out_dir, force=force, caffe=target.caffe, warn=echo)
+        job = prepare(options, out_dir, force=force, caffe=target.caffe, warn=reporter.line)
     for note in job.notes:
-        echo(note)
-    echo(f"prepared {out_dir}; training on the CPU")
-    result = launch_run(RunDir(out_dir), target, False, echo, show_progress)
+        reporter.line(note)
+    reporter.line(f"prepared {out_dir}; training on the CPU")
+    result = launch_run(RunDir(out_dir), target, False, reporter)
     if result.exit_code != 0:
         return result, None
-    echo("evaluating the trained model on the validation images")
-    return result, evaluate_validation(target, out_dir, echo=echo)
+    reporter.line("evaluating the trained model on the validation images")
+    return result, evaluate_validation(target, out_dir, reporter=reporter)

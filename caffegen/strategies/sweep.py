@@ -23,6 +23,7 @@ from caffegen.io.locks import refuse_if_held, sole_lock
 from caffegen.io.tables import text_table
 from caffegen.job.prepare import prepare
 from caffegen.job.rundir import EVAL_DIR, RunDir, read_result, refuse_if_launched
+from caffegen.reporting import SilentReporter
 from caffegen.run.cache import store_of
 from caffegen.run.evaluate import evaluate_validation, metrics_line
 from caffegen.run.launch import launch
@@ -92,7 +93,7 @@ def _run_name(upto, start, lr):
     return UNSAFE_NAME.sub("-", "_".join(part for part in parts if part)) or "run"
 
 
-def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share_features=True, budget=None,
+def prepare_sweep(planned, out_dir, force=False, caffe="caffe", reporter=None, share_features=True, budget=None,
                   databases=None):
     """Prepare every run of ``planned`` (from :func:`combinations`) and ``sweep.json`` in ``out_dir``.
 
@@ -103,7 +104,7 @@ def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share
     With --lmdb, ``databases`` (a DatabaseBuilder) builds the first run's LMDBs, and the other runs hard-link
     them (as they do those of the sweep directory replaced, while the images are unchanged).
     """
-    echo = echo or (lambda line: None)
+    reporter = reporter or SilentReporter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise CaffegenError("sweep directory exists; pass --force to replace it, or gather it with --collect",
@@ -114,7 +115,7 @@ def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share
         runs, reusable = [], [out_dir / run.run_dir for run, _ in planned]
         for run, options in planned:
             runs.append(_prepare_run(run, replace(options, feature_store=shared if options.cache_features else None),
-                                     staging, caffe, echo, budget, force, databases, reusable))
+                                     staging, caffe, reporter, budget, force, databases, reusable))
             reusable.insert(0, staging / run.run_dir)
         _write_sweep_file(staging, runs)
     return runs
@@ -139,11 +140,11 @@ def _sweep_busy(sweep_dir, what):
                                      f"or stop it, before you {what}", sweep_dir)
 
 
-def _prepare_run(run, options, staging, caffe, echo, budget, force, databases, reusable):
-    job = prepare(options, staging / run.run_dir, force, caffe, echo, budget=budget, databases=databases,
+def _prepare_run(run, options, staging, caffe, reporter, budget, force, databases, reusable):
+    job = prepare(options, staging / run.run_dir, force, caffe, reporter, budget=budget, databases=databases,
                   reuse_from=reusable)
     lr = job.manifest.base_lr
-    echo(f"prepared {run.run_dir}: freeze {run.freeze}, base_lr {lr:g}, {job.manifest.schedule.max_iter} iterations")
+    reporter.line(f"prepared {run.run_dir}: freeze {run.freeze}, base_lr {lr:g}, {job.manifest.schedule.max_iter} iterations")
     return replace(run, lr=lr)
 
 
@@ -168,71 +169,71 @@ def load_sweep(sweep_dir):
         raise CaffegenError(f"unreadable sweep file ({error}); prepare the sweep again", path) from None
 
 
-def run_here(sweep_dir, runs, target=None, echo=None, show_progress=None):
+def run_here(sweep_dir, runs, target=None, reporter=None):
     """Launch and evaluate the runs one after another with ``target``; return {run_dir: error} for runs refused.
 
     A failing run does not stop the others; Ctrl-C stops the run in progress and the sweep.
     """
-    echo = echo or (lambda line: None)
+    reporter = reporter or SilentReporter()
     target = (target or resolve_target()).required()
     with _training_here(sweep_dir):
-        return _run_each(sweep_dir, runs, target, echo, show_progress)
+        return _run_each(sweep_dir, runs, target, reporter)
 
 
-def _run_each(sweep_dir, runs, target, echo, show_progress):
+def _run_each(sweep_dir, runs, target, reporter):
     errors = {}
     for number, run in enumerate(runs, start=1):
-        echo(f"[{number}/{len(runs)}] {run.run_dir}")
+        reporter.line(f"[{number}/{len(runs)}] {run.run_dir}")
         try:
             run_dir = RunDir(Path(sweep_dir) / run.run_dir)
-            result = launch(run_dir, target, echo=echo, show_progress=show_progress)
+            result = launch(run_dir, target, reporter=reporter)
             for line in summary_lines(result, run_dir.path):
-                echo(line)
+                reporter.line(line)
             if result.exit_code == 0:
-                echo(f"evaluation: {metrics_line(evaluate_validation(target, run_dir, echo=echo))}")
+                reporter.line(f"evaluation: {metrics_line(evaluate_validation(target, run_dir, reporter=reporter))}")
         except CaffegenError as error:
             errors[run.run_dir] = str(error)
-            echo(f"caffegen: error: {error}")
+            reporter.line(f"caffegen: error: {error}")
             continue
         if result.interrupted:
-            echo("interrupted: the remaining runs are not started")
+            reporter.line("interrupted: the remaining runs are not started")
             break
     return errors
 
 
-def run_on_gpus(sweep_dir, runs, gpus, caffe=None, echo=None, poll_seconds=1.0):
+def run_on_gpus(sweep_dir, runs, gpus, caffe=None, reporter=None, poll_seconds=1.0):
     """Launch the runs as ``caffegen launch --gpu ID`` processes, one per GPU at a time.
 
     Each process writes its report to ``launch.log`` in its run directory. Returns
     {run_dir: error} for runs that ended without a result. Ctrl-C lets the running ones
     snapshot and stop, and starts no more.
     """
-    echo = echo or (lambda line: None)
+    reporter = reporter or SilentReporter()
     sweep_dir = Path(sweep_dir)
     with _training_here(sweep_dir):
-        return _run_per_gpu(sweep_dir, runs, gpus, caffe, echo, poll_seconds)
+        return _run_per_gpu(sweep_dir, runs, gpus, caffe, reporter, poll_seconds)
 
 
-def _run_per_gpu(sweep_dir, runs, gpus, caffe, echo, poll_seconds):
+def _run_per_gpu(sweep_dir, runs, gpus, caffe, reporter, poll_seconds):
     pending, running, errors = list(runs), {}, {}
     try:
         while pending or running:
             for slot, gpu in enumerate(gpus):
                 if slot not in running and pending:
-                    running[slot] = _start_launch(sweep_dir, pending.pop(0), gpu, caffe, echo)
-            _reap(sweep_dir, running, errors, echo)
+                    running[slot] = _start_launch(sweep_dir, pending.pop(0), gpu, caffe, reporter)
+            _reap(sweep_dir, running, errors, reporter)
             time.sleep(poll_seconds)
     except KeyboardInterrupt:  # Ctrl-C reached the launches too, from the terminal
-        _stop_running(sweep_dir, running, errors, echo, signal_them=False)
+        _stop_running(sweep_dir, running, errors, reporter, signal_them=False)
     except BaseException:  # SIGTERM, which reached this process only: each launch stops its Caffe on its own
-        _stop_running(sweep_dir, running, errors, echo, signal_them=True)
+        _stop_running(sweep_dir, running, errors, reporter, signal_them=True)
         raise
     return errors
 
 
-def _stop_running(sweep_dir, running, errors, echo, signal_them):
+def _stop_running(sweep_dir, running, errors, reporter, signal_them):
     """Let the running launches snapshot and stop (SIGTERM them first where they did not hear the stop)."""
-    echo("interrupted: waiting for the running runs to snapshot and stop; the remaining runs are not started")
+    reporter.line("interrupted: waiting for the running runs to snapshot and stop; the remaining runs are not started")
     for _, _, process in running.values():  # all of them first: none trains on while another one stops
         if signal_them and process.poll() is None:
             process.terminate()
@@ -241,20 +242,20 @@ def _stop_running(sweep_dir, running, errors, echo, signal_them):
         _record_exit(sweep_dir / run.run_dir, process, errors)
 
 
-def _start_launch(sweep_dir, run, gpu, caffe, echo):
+def _start_launch(sweep_dir, run, gpu, caffe, reporter):
     run_dir = sweep_dir / run.run_dir
     command = launch_command("--evaluate", run_dir=run_dir, caffe=caffe, gpu=gpu)
-    echo(f"GPU {gpu}: started {run.run_dir}")
+    reporter.line(f"GPU {gpu}: started {run.run_dir}")
     with open(run_dir / LAUNCH_LOG, "w", encoding="utf-8") as log:
         return run, gpu, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def _reap(sweep_dir, running, errors, echo):
+def _reap(sweep_dir, running, errors, reporter):
     for slot, (run, gpu, process) in list(running.items()):
         if process.poll() is not None:
             del running[slot]
             _record_exit(sweep_dir / run.run_dir, process, errors)
-            echo(f"GPU {gpu}: {run.run_dir} ended with exit code {process.returncode}")
+            reporter.line(f"GPU {gpu}: {run.run_dir} ended with exit code {process.returncode}")
 
 
 def _record_exit(run_dir, process, errors):

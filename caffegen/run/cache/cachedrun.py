@@ -6,7 +6,8 @@ from dataclasses import dataclass, replace
 from caffegen.errors import Terminated
 from caffegen.io.prototxt import read_solver
 from caffegen.job.memorycheck import extraction_batch
-from caffegen.job.rundir import write_result
+from caffegen.job.rundir import EVENTS, write_result
+from caffegen.reporting import SilentReporter
 from caffegen.run.cache.extraction import extract, extract_shard
 from caffegen.run.cache.head import merge_model, write_head
 from caffegen.run.cache.store import FeatureStore, feature_store
@@ -31,49 +32,52 @@ def store_of(run):
     return feature_store(run.cache_plan, _seed(read_solver(run.solver)))
 
 
-def extract_features(run, target, echo=None, show_progress=None):
+def extract_features(run, target, reporter=None):
     """Compute the trunk features of :class:`RunDir` ``run`` into its store, or reuse them; train nothing."""
-    echo = echo or (lambda line: None)
-    device, plan, solver, batch = _planned(run, target, echo)
+    reporter = reporter or SilentReporter()
+    device, plan, solver, batch = _planned(run, target, reporter)
     started = time.monotonic()
-    store, reused = extract(plan, target, device, echo, show_progress, _seed(solver), batch)
+    with reporter.recording(run.path / EVENTS):
+        store, reused = extract(plan, target, device, reporter, _seed(solver), batch)
     run.record(features_engine=store.engine)
     return CachedFeatures(plan, store, reused, time.monotonic() - started, solver, device.gpu_flag)
 
 
-def extract_features_shard(run, target, shard, shards, echo=None, show_progress=None):
+def extract_features_shard(run, target, shard, shards, reporter=None):
     """Compute shard ``shard`` of ``shards`` of :class:`RunDir` ``run``'s trunk features, as one task of a job array;
     return (the FeatureStore, the images computed, the seconds taken)."""
-    echo = echo or (lambda line: None)
-    device, plan, solver, batch = _planned(run, target, echo)
+    reporter = reporter or SilentReporter()
+    device, plan, solver, batch = _planned(run, target, reporter)
     started = time.monotonic()
-    store, images = extract_shard(plan, target, shard, shards, device, echo, show_progress, _seed(solver), batch)
+    with reporter.recording(run.path / EVENTS):
+        store, images = extract_shard(plan, target, shard, shards, device, reporter, _seed(solver), batch)
     return store, images, time.monotonic() - started
 
 
-def _planned(run, target, echo):
+def _planned(run, target, reporter):
     """(the device, the CachePlan, the solver, the mini-batch) of a cached run, its labels checked and its plan
     and mini-batch told."""
-    device = target.launch_device(run.device, echo)
+    device = target.launch_device(run.device, reporter)
     run.check_labels()
     plan = run.cache_plan
     for line in plan.warnings + plan.notes + [plan.describe()]:
-        echo(line)
+        reporter.line(line)
     batch = extraction_batch(plan, device, memory_budget(device))
-    echo(batch.line())
+    reporter.line(batch.line())
     return device, plan, read_solver(run.solver), batch.size
 
 
-def run_cached(run, target, echo=None, show_progress=None):
+def run_cached(run, target, reporter=None):
     """Cache the trunk's features of :class:`RunDir` ``run``, train the head on them, and merge final.caffemodel.
 
     ``target`` is the Caffe to run and the device asked for, as ``launch`` resolved them.
     """
     started = time.monotonic()
-    features = extract_features(run, target, echo, show_progress)
+    reporter = reporter or SilentReporter()
+    features = extract_features(run, target, reporter)
     arguments = write_head(features.plan, features.store, features.solver, features.gpu)
     try:
-        result = run_caffe_train(target.caffe, arguments, run.path, [], echo or (lambda line: None), show_progress)
+        result = run_caffe_train(target.caffe, arguments, run.path, [], reporter)
     except Terminated as terminated:  # the head stopped with a snapshot: the run's model is still the merged one
         _record_cached(run, features, terminated.result, started)
         raise

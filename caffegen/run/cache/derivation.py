@@ -26,7 +26,7 @@ class Source:
     layers: list  # names, in the order the trunk runs them
 
 
-def derivation(plan, store, echo):
+def derivation(plan, store, reporter):
     """The Source to compute ``store`` from, when one exists and saves enough work; says which and why."""
     source = _shallower_store(plan, store)
     if source is None:
@@ -36,13 +36,13 @@ def derivation(plan, store, echo):
     whole, rest = (_cost(plan, names) for names in (trunk, source.layers))
     words = f"'{plan.boundary}' from the cached '{source.record['boundary']}' of {source.path}"
     if whole is None or rest is None:
-        echo(f"not deriving {words}: the cost of the layers is unknown")
+        reporter.line(f"not deriving {words}: the cost of the layers is unknown")
         return None
     saving = f"{_millions(rest)} multiply-adds per image instead of {_millions(whole)}"
     if rest > DERIVE_SHARE * whole:
-        echo(f"not deriving {words}: not worth it, {saving}")
+        reporter.line(f"not deriving {words}: not worth it, {saving}")
         return None
-    echo(f"deriving {words}: {saving}")
+    reporter.line(f"deriving {words}: {saving}")
     return source
 
 

@@ -45,7 +45,7 @@ class OpenCVTrunk:
     output: str
 
 
-def checked_engine(target, plan, store, nets, todo, device, batch_size, echo, derived):
+def checked_engine(target, plan, store, nets, todo, device, batch_size, reporter, derived):
     """The OpenCVTrunk to compute the features with, or None for Caffe.
 
     OpenCV when asked for (with ``auto``: when it is installed and reads the trunk), and only when
@@ -54,7 +54,7 @@ def checked_engine(target, plan, store, nets, todo, device, batch_size, echo, de
     if plan.engine == CAFFE or not todo:
         return None
     if derived:
-        echo("computing the features with Caffe: they start from a shallower trunk's stored features")
+        reporter.line("computing the features with Caffe: they start from a shallower trunk's stored features")
         return None
     try:
         check, trunk = engine_check(target, nets[todo[0].name], STORE_WEIGHTS, todo[0].lines[:batch_size],
@@ -63,12 +63,12 @@ def checked_engine(target, plan, store, nets, todo, device, batch_size, echo, de
     except CaffegenError as error:
         if plan.engine == OPENCV:
             raise
-        echo(f"computing the features with Caffe: {error.message}")
+        reporter.line(f"computing the features with Caffe: {error.message}")
         return None
     if not check.passed:
-        echo(f"{check.line()}: computing all the features with Caffe instead")
+        reporter.line(f"{check.line()}: computing all the features with Caffe instead")
         return None
-    echo(check.line())
+    reporter.line(check.line())
     return trunk
 
 

@@ -2,13 +2,15 @@
 store), or one shard's parts of them."""
 
 import json
-
-from tqdm import tqdm
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from caffegen.defaults import CACHE_BATCH
 from caffegen.io.files import write_atomic
 from caffegen.job.options import CAFFE, OPENCV
 from caffegen.net.netview import TRAIN
+from caffegen.reporting import SilentReporter
 from caffegen.run.cache.derivation import derivation, derived_files, derived_net
 from caffegen.run.cache.engine_caffe import run_chunk_caffe
 from caffegen.run.cache.engine_opencv import checked_engine, run_chunk_opencv
@@ -26,22 +28,23 @@ from caffegen.run.cache.weights import write_trimmed_weights
 from caffegen.run.shards import merge_parts, remove_parts, shard_parts
 
 
-def extract(plan, target, device=None, echo=None, show_progress=None, seed=1, batch_size=CACHE_BATCH):
+def extract(plan, target, device=None, reporter=None, seed=1, batch_size=CACHE_BATCH):
     """Run the trunk over every image once into its store; return (the FeatureStore, whether it was reused).
 
     Runs sharing a store wait for each other: the first computes, the others reuse. Chunks an
     interrupted extraction finished are kept and not computed again.
     """
-    echo = echo or (lambda line: None)
+    reporter = reporter or SilentReporter()
     store = feature_store(plan, seed)
     store.path.mkdir(parents=True, exist_ok=True)
-    with store_lock(store, echo):
+    with store_lock(store, reporter):
         if store.complete():
             store.engine = json.loads((store.path / STORE_RECORD).read_text(encoding="utf-8")).get("computed_by", CAFFE)
-            echo(f"reusing the cached features in {store.path} (computed with {store.engine})")
+            reporter.line(f"reusing the cached features in {store.path} (computed with {store.engine})")
+            reporter.event(FeaturesReused(str(store.path), store.engine))
             return store, True
         (store.path / STORE_RECORD).unlink(missing_ok=True)
-        source = derivation(plan, store, echo)
+        source = derivation(plan, store, reporter)
         nets = store.nets if source is None else {chunk.name: derived_net(plan, store, source, chunk)
                                                   for chunk in store.work}
         files = store.files if source is None else derived_files(plan, store, source)
@@ -51,16 +54,17 @@ def extract(plan, target, device=None, echo=None, show_progress=None, seed=1, ba
         merged = [chunk for chunk in store.work if not (store.path / chunk.path(".h5")).is_file()
                   and merge_parts(store.path, chunk, feature_shapes(plan))]
         if merged:
-            echo(f"merged the shards' parts of {len(merged)} chunks of features")
+            reporter.line(f"merged the shards' parts of {len(merged)} chunks of features")
         done = [chunk for chunk in store.work if (store.path / chunk.path(".h5")).is_file()]
         if done:
-            echo(f"resuming: {len(done)} of {len(store.work)} chunks of features are already computed")
+            reporter.line(f"resuming: {len(done)} of {len(store.work)} chunks of features are already computed")
         todo = [chunk for chunk in store.work if chunk not in done]
-        engine = checked_engine(target, plan, store, nets, todo, device, batch_size, echo, derived=source is not None)
-        with tqdm(total=sum(plan.images.values()), unit="img", desc="trunk features",
-                  disable=None if show_progress is None else not show_progress, dynamic_ncols=True) as bar:
-            bar.update(sum(len(chunk.lines) for chunk in done))
-            _compute_all(todo, bar, target, plan, nets, store.path, engine, device, batch_size)
+        engine = checked_engine(target, plan, store, nets, todo, device, batch_size, reporter,
+                                derived=source is not None)
+        with reporter.progress(sum(plan.images.values()), "img", "trunk features",
+                               initial=sum(len(chunk.lines) for chunk in done)) as progress:
+            _compute_all(todo, Computing(target, plan, nets, store.path, engine, device, batch_size), progress,
+                         reporter)
         for chunk in store.work:  # parts left of chunks computed whole
             remove_parts(store.path, chunk)
         store.engine = stored_engine(store, CAFFE if engine is None else OPENCV, source)
@@ -75,7 +79,7 @@ def _write_trunk(plan, store, layers):
     write_trimmed_weights(plan.weights, store.path / STORE_WEIGHTS, layers, plan.param_shapes)
 
 
-def extract_shard(plan, target, shard, shards, device=None, echo=None, show_progress=None, seed=1,
+def extract_shard(plan, target, shard, shards, device=None, reporter=None, seed=1,
                   batch_size=CACHE_BATCH):
     """Compute shard ``shard`` of ``shards`` of the store's features into its parts; return (the FeatureStore,
     the images computed).
@@ -84,18 +88,19 @@ def extract_shard(plan, target, shard, shards, device=None, echo=None, show_prog
     they for it. A part already computed is kept; shards compute from the images, never from a
     shallower trunk's store. Each shard checks OpenCV against Caffe on its own first mini-batch.
     """
-    echo = echo or (lambda line: None)
+    reporter = reporter or SilentReporter()
     store = feature_store(plan, seed)
     store.path.mkdir(parents=True, exist_ok=True)
-    with store_lock(store, echo, shared=True):
+    with store_lock(store, reporter, shared=True):
         if store.complete():
-            echo(f"shard {shard}/{shards}: the features in {store.path} are already computed")
+            reporter.line(f"shard {shard}/{shards}: the features in {store.path} are already computed")
             return store, 0
         parts = shard_parts(store.work, shard, shards, batch_size)
         missing = [part for part in parts if not (store.path / part.chunk.path(".h5")).is_file()
                    and not (store.path / f"{part.name}.h5").is_file()]
         if len(missing) < len(parts):
-            echo(f"shard {shard}/{shards}: {len(parts) - len(missing)} of its {len(parts)} parts are already computed")
+            reporter.line(f"shard {shard}/{shards}: {len(parts) - len(missing)} of its {len(parts)} parts are already "
+                          "computed")
         if not missing:
             return store, 0
         _write_trunk(plan, store, plan.trunk_names)
@@ -103,32 +108,70 @@ def extract_shard(plan, target, shard, shards, device=None, echo=None, show_prog
         nets = {part.name: _part_net(store.nets[part.chunk.name], part) for part in missing}
         for part in todo:
             write_atomic(store.path / part.path(".txt"), "".join(line.text() for line in part.lines))
-        engine = checked_engine(target, plan, store, nets, todo, device, batch_size, echo, derived=False)
+        engine = checked_engine(target, plan, store, nets, todo, device, batch_size, reporter, derived=False)
         images = sum(len(part.lines) for part in todo)
-        with tqdm(total=images, unit="img", desc=f"shard {shard}/{shards}",
-                  disable=None if show_progress is None else not show_progress, dynamic_ncols=True) as bar:
-            for part in todo:
-                _compute(target, plan, part, nets[part.name], store.path, engine, device, batch_size)
-                bar.update(len(part.lines))
-        echo(f"shard {shard}/{shards}: computed {images} images in {len(todo)} part{'s' * (len(todo) > 1)} with "
-             f"{CAFFE if engine is None else OPENCV}")
+        with reporter.progress(images, "img", f"shard {shard}/{shards}") as progress:
+            _compute_all(todo, Computing(target, plan, nets, store.path, engine, device, batch_size), progress,
+                         reporter)
+        reporter.line(f"shard {shard}/{shards}: computed {images} images in {len(todo)} "
+                      f"part{'s' * (len(todo) > 1)} with {CAFFE if engine is None else OPENCV}")
     return store, images
 
 
-def _compute_all(chunks, bar, target, plan, nets, store, engine, device, batch_size):
-    """Compute ``chunks`` one after another, each counted on the progress ``bar`` once done."""
+@dataclass
+class FeaturesReused:
+    """A store's features were already computed (by ``engine``) and are read as they are."""
+
+    store: str
+    engine: str
+
+
+@dataclass
+class ChunkComputed:
+    """One chunk of trunk features (or one shard's part of it) computed into its store."""
+
+    chunk: str
+    phase: str
+    images: int
+    engine: str
+    seconds: float
+    store: str
+
+
+@dataclass(frozen=True)
+class Computing:
+    """What computes chunks: the Caffe and device, the plan, each chunk's net, the store, and the OpenCV trunk
+    (``engine``) when it agreed with Caffe, else None for Caffe itself."""
+
+    target: object
+    plan: object
+    nets: dict
+    store: Path
+    engine: object
+    device: object
+    batch_size: int
+
+    def compute(self, chunk):
+        """Compute ``chunk``'s features into its HDF5 file."""
+        if self.engine is None:
+            run_chunk_caffe(self.target, self.plan, chunk, self.nets[chunk.name], self.store, self.device,
+                            self.batch_size)
+        else:
+            run_chunk_opencv(self.plan, chunk, self.nets[chunk.name], self.store, self.engine, self.batch_size)
+
+    @property
+    def engine_name(self):
+        return CAFFE if self.engine is None else OPENCV
+
+
+def _compute_all(chunks, computing, progress, reporter):
+    """Compute ``chunks`` one after another, each counted on ``progress`` and told as an event once done."""
     for chunk in chunks:
-        _compute(target, plan, chunk, nets[chunk.name], store, engine, device, batch_size)
-        bar.update(len(chunk.lines))
-
-
-def _compute(target, plan, chunk, net, store, engine, device, batch_size):
-    """Compute ``chunk``'s features into its HDF5 file: with Caffe, or with OpenCV when ``engine`` (an OpenCVTrunk)
-    is given."""
-    if engine is None:
-        run_chunk_caffe(target, plan, chunk, net, store, device, batch_size)
-    else:
-        run_chunk_opencv(plan, chunk, net, store, engine, batch_size)
+        started = time.monotonic()
+        computing.compute(chunk)
+        reporter.event(ChunkComputed(chunk.name, chunk.phase, len(chunk.lines), computing.engine_name,
+                                     round(time.monotonic() - started, 3), str(computing.store)))
+        progress.advance(len(chunk.lines))
 
 
 def _part_net(net, part):

@@ -153,11 +153,11 @@ def store_record(plan, store):
             "bytes": plan.bytes, **store.inputs, "computed_by": store.engine, "chunks": store.layer_digests}
 
 
-def store_lock(store, echo, shared=False):
+def store_lock(store, reporter, shared=False):
     """The feature store's lock, taken in turns with the other runs computing its features."""
     path = store.path / STORE_LOCK
-    return waiting_lock(path, lambda: echo(f"waiting for another run that is computing the features in {store.path}"),
-                        shared)
+    waiting = f"waiting for another run that is computing the features in {store.path}"
+    return waiting_lock(path, lambda: reporter.line(waiting), shared)
 
 
 def add_reshape(net, bottom, top, dims):
