@@ -23,7 +23,8 @@ from caffegen.net.shapes import infer_shapes
 from caffegen.reporting import PlainReporter
 from caffegen.run import cache
 from caffegen.run.cache import engine_check, run_cached
-from caffegen.run.opencv import FEATURE_TOLERANCE
+from caffegen.run.engines.agreement import FEATURE_TOLERANCE
+from caffegen.run.engines.opencv import OPENCV_DIFFERS
 from caffegen.run.target import Target
 
 # Real photos scikit-learn ships (427×640 JPEGs): Caffe and OpenCV decode, resize and crop them.
@@ -228,7 +229,7 @@ def test_opencv_asked_for_refuses_a_layer_known_to_differ(caffe, images, tmp_pat
 
 def test_the_first_batch_comparison_falls_back_to_caffe(caffe, images, tmp_path, monkeypatch):
     """With the LRN left off the list, the first mini-batch shows the difference and Caffe computes everything."""
-    monkeypatch.delitem(cache.OPENCV_DIFFERS, "LRN")
+    monkeypatch.delitem(OPENCV_DIFFERS, "LRN")
     runs = {}
     for engine in ("auto", "opencv", "caffe"):
         lines = []
@@ -271,3 +272,10 @@ def test_auto_without_opencv_uses_caffe_and_says_why(caffe, images, without_cv2,
     assert launched.returncode == 0, launched.stderr
     assert "computing the features with Caffe: OpenCV is not installed: pip install" in launched.stderr
     assert json.loads((run / "result.json").read_text())["cache"]["engine"] == "caffe"
+
+
+def test_every_engine_an_option_names_is_caffe_auto_or_one_of_the_table():
+    from caffegen.job.options import AUTO, CAFFE, ENGINES as NAMED
+    from caffegen.run.engines import ENGINES
+    assert set(NAMED) == {AUTO, CAFFE} | set(ENGINES)
+    assert all(engine.name == name for name, engine in ENGINES.items())

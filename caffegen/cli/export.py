@@ -30,8 +30,8 @@ def export_command(run_dir, output, weights, force, check_opencv_, check_images,
     from caffegen.job.bundle import export_bundle
     from caffegen.job.model import load_model
     from caffegen.job.rundir import EVAL_DIR
+    from caffegen.run.engines.agreement import check_opencv
     from caffegen.run.evaluate import evaluation_images
-    from caffegen.run.opencv import check_opencv
     from caffegen.run.report import METRICS
     from caffegen.run.target import resolve_target
     reporter = reporter_for_stderr()

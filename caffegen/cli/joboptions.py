@@ -121,7 +121,7 @@ def job_from_options(params, target, reporter):
     options = JobOptions(**given, data_settings=settings, lr_rules=parse_lr_rules(params["lr_rules"])).check()
     fetched = _zoo_model(params, reporter)  # once the options are known to go together
     if params["cache_features"] and params["engine"] == OPENCV:
-        from caffegen.run.opencv import opencv_dnn
+        from caffegen.run.engines.opencv import opencv_dnn
         opencv_dnn()
     options = replace(options, device=target.planned_device(reporter))
     return with_zoo_model(options, fetched) if fetched else options

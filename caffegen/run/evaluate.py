@@ -1,6 +1,6 @@
 """Evaluating a trained classifier or segmentation net with real Caffe: predictions over labelled images and metrics.
 
-Caffe computes the probabilities (:mod:`caffegen.run.forward`); scikit-learn the metrics. The
+Caffe computes the probabilities (:mod:`caffegen.run.engines.caffe`); scikit-learn the metrics. The
 mean class accuracy is the mean of the per-class recalls, so a large class cannot hide a bad one.
 A segmentation is scored over pixels (those labelled 255 left out): pixel accuracy, and the
 intersection over union of each class, whose mean over the classes present is the mean IoU.
@@ -19,7 +19,7 @@ from caffegen.job.options import CLASSIFICATION, SEGMENTATION
 from caffegen.job.rundir import EVAL_DIR
 from caffegen.job.segmentation import checked_mask, pair_images, read_pairs
 from caffegen.reporting import SilentReporter
-from caffegen.run.forward import forward_images
+from caffegen.run.engines.caffe import forward_images
 from caffegen.run.report import write_evaluation
 
 TOP_K = 5

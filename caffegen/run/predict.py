@@ -9,8 +9,8 @@ from caffegen.io.files import built_beside
 from caffegen.io.segdata import write_mask_png
 from caffegen.job.dataset import image_problem
 from caffegen.reporting import SilentReporter
+from caffegen.run.engines.caffe import forward_images
 from caffegen.run.evaluate import segment
-from caffegen.run.forward import forward_images
 
 
 @dataclass(frozen=True)

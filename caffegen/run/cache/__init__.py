@@ -32,7 +32,7 @@ them into chunked HDF5 a slice at a time. The trunk's blobs are first written to
 """
 
 from caffegen.run.cache.cachedrun import CachedFeatures, extract_features, extract_features_shard, run_cached, store_of
-from caffegen.run.cache.engine_opencv import OPENCV_DIFFERS, engine_check, opencv_trunk
+from caffegen.run.cache.engine_checked import engine_check, engine_trunk
 from caffegen.run.cache.extraction import extract, extract_shard
 from caffegen.run.cache.head import FINAL_MODEL, HEAD_NET, HEAD_WEIGHTS, head_net, head_solver, merge_model, write_head
 from caffegen.run.cache.store import (
@@ -50,8 +50,8 @@ from caffegen.run.cache.store import (
 from caffegen.run.cache.weights import write_trimmed_weights
 
 __all__ = [
-    "CachedFeatures", "extract_features", "extract_features_shard", "run_cached", "store_of", "OPENCV_DIFFERS",
-    "engine_check", "opencv_trunk", "extract", "extract_shard", "FINAL_MODEL", "HEAD_NET", "HEAD_WEIGHTS",
+    "CachedFeatures", "extract_features", "extract_features_shard", "run_cached", "store_of",
+    "engine_check", "engine_trunk", "extract", "extract_shard", "FINAL_MODEL", "HEAD_NET", "HEAD_WEIGHTS",
     "head_net", "head_solver", "merge_model", "write_head", "FEATURES", "STORE_LOCK", "STORE_LOG", "STORE_RECORD",
     "STORE_WEIGHTS", "Chunk", "FeatureStore", "chunks", "feature_store", "trunk_net", "write_trimmed_weights",
 ]

@@ -6,7 +6,7 @@ from caffegen.errors import CaffegenError
 from caffegen.io.featuredb import feature_slices, write_features_h5
 from caffegen.job.options import CAFFE
 from caffegen.run.cache.store import FEATURE_DATASET, LABEL_DATASET, STORE_LOG, STORE_WEIGHTS, feature_shapes
-from caffegen.run.forward import run_extract_features
+from caffegen.run.engines.caffe import run_extract_features
 from caffegen.run.shards import COMPUTED_BY
 
 

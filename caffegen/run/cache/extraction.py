@@ -8,12 +8,12 @@ from pathlib import Path
 
 from caffegen.defaults import CACHE_BATCH
 from caffegen.io.files import write_atomic
-from caffegen.job.options import CAFFE, OPENCV
+from caffegen.job.options import CAFFE
 from caffegen.net.netview import TRAIN
 from caffegen.reporting import SilentReporter
 from caffegen.run.cache.derivation import derivation, derived_files, derived_net
 from caffegen.run.cache.engine_caffe import run_chunk_caffe
-from caffegen.run.cache.engine_opencv import checked_engine, run_chunk_opencv
+from caffegen.run.cache.engine_checked import checked_engine, run_chunk_engine
 from caffegen.run.cache.store import (
     STORE_RECORD,
     STORE_WEIGHTS,
@@ -67,7 +67,7 @@ def extract(plan, target, device=None, reporter=None, seed=1, batch_size=CACHE_B
                          reporter)
         for chunk in store.work:  # parts left of chunks computed whole
             remove_parts(store.path, chunk)
-        store.engine = stored_engine(store, CAFFE if engine is None else OPENCV, source)
+        store.engine = stored_engine(store, CAFFE if engine is None else engine.engine, source)
         write_atomic(store.path / STORE_RECORD, json.dumps(store_record(plan, store)) + "\n")
     return store, False
 
@@ -86,7 +86,7 @@ def extract_shard(plan, target, shard, shards, device=None, reporter=None, seed=
 
     Shards of one store run at once under a shared lock, so an unsharded extraction waits for them and
     they for it. A part already computed is kept; shards compute from the images, never from a
-    shallower trunk's store. Each shard checks OpenCV against Caffe on its own first mini-batch.
+    shallower trunk's store. Each shard checks its engine against Caffe on its own first mini-batch.
     """
     reporter = reporter or SilentReporter()
     store = feature_store(plan, seed)
@@ -114,7 +114,7 @@ def extract_shard(plan, target, shard, shards, device=None, reporter=None, seed=
             _compute_all(todo, Computing(target, plan, nets, store.path, engine, device, batch_size), progress,
                          reporter)
         reporter.line(f"shard {shard}/{shards}: computed {images} images in {len(todo)} "
-                      f"part{'s' * (len(todo) > 1)} with {CAFFE if engine is None else OPENCV}")
+                      f"part{'s' * (len(todo) > 1)} with {CAFFE if engine is None else engine.engine}")
     return store, images
 
 
@@ -140,8 +140,8 @@ class ChunkComputed:
 
 @dataclass(frozen=True)
 class Computing:
-    """What computes chunks: the Caffe and device, the plan, each chunk's net, the store, and the OpenCV trunk
-    (``engine``) when it agreed with Caffe, else None for Caffe itself."""
+    """What computes chunks: the Caffe and device, the plan, each chunk's net, the store, and the engine's Trunk
+    (``engine``) when one agreed with Caffe, else None for Caffe itself."""
 
     target: object
     plan: object
@@ -157,11 +157,11 @@ class Computing:
             run_chunk_caffe(self.target, self.plan, chunk, self.nets[chunk.name], self.store, self.device,
                             self.batch_size)
         else:
-            run_chunk_opencv(self.plan, chunk, self.nets[chunk.name], self.store, self.engine, self.batch_size)
+            run_chunk_engine(self.plan, chunk, self.nets[chunk.name], self.store, self.engine, self.batch_size)
 
     @property
     def engine_name(self):
-        return CAFFE if self.engine is None else OPENCV
+        return CAFFE if self.engine is None else self.engine.engine
 
 
 def _compute_all(chunks, computing, progress, reporter):

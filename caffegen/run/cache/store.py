@@ -55,7 +55,7 @@ class FeatureStore:
     nets: dict  # {chunk name: the trunk net that computes it from the images}
     files: dict  # {name in the store: text}: the chunks' lists and trunk nets
     inputs: dict  # digests of what feeds the trunk: lists, image versions (and mean file), weights; the engine
-    engine: str = None  # what computed the features, once they are: caffe or opencv
+    engine: str = None  # what computed the features, once they are: caffe or an engine's name
 
     @functools.cached_property
     def layer_digests(self):
