@@ -275,7 +275,8 @@ def test_auto_without_opencv_uses_caffe_and_says_why(caffe, images, without_cv2,
 
 
 def test_every_engine_an_option_names_is_caffe_auto_or_one_of_the_table():
-    from caffegen.job.options import AUTO, CAFFE, ENGINES as NAMED
+    from caffegen.job.options import AUTO, CAFFE
+    from caffegen.job.options import ENGINES as NAMED
     from caffegen.run.engines import ENGINES
     assert set(NAMED) == {AUTO, CAFFE} | set(ENGINES)
     assert all(engine.name == name for name, engine in ENGINES.items())
