@@ -1,6 +1,7 @@
 """evaluate, predict and export on real runs of the bundled model, with real Caffe and OpenCV DNN 4.x."""
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -258,6 +259,8 @@ def test_export_folder_and_archive(cli, trained, evaluated, tmp_path):
                                                          "model.caffemodel", "preprocessing.json"]
     info = json.loads((bundle / "info.json").read_text())
     assert info["metrics"]["top1"] == json.loads((evaluated[0] / "metrics.json").read_text())["top1"]
+    assert info["formats"] == ["caffe"] and sorted(info["sha256"]) == ["deploy.prototxt", "model.caffemodel"]
+    assert info["sha256"]["model.caffemodel"] == hashlib.sha256((bundle / "model.caffemodel").read_bytes()).hexdigest()
     assert (bundle / "labels.txt").read_text().split() == ["5", "6", "7", "8", "9"]
     assert_one_line_error(cli("export", trained, "-o", bundle), "exists", "--force")
     archive = tmp_path / "model.tar.gz"
@@ -267,6 +270,13 @@ def test_export_folder_and_archive(cli, trained, evaluated, tmp_path):
     predictions = [json.loads(cli("predict", source, evaluated_image(evaluated), "--json").stdout)[0]
                    for source in (trained, bundle, archive)]
     assert predictions[0] == predictions[1] == predictions[2]
+
+
+@pytest.mark.parametrize("formats, words", [("tflite", "tflite: choose from caffe"), (",", "none given: choose from")])
+def test_export_refuses_a_format_it_does_not_write(cli, trained, tmp_path, formats, words):
+    result = cli("export", trained, "-o", tmp_path / "bundle", "--format", formats)
+    assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "bundle").exists()
 
 
 @pytest.mark.parametrize("change, words", [

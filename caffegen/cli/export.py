@@ -6,6 +6,7 @@ import click
 
 from caffegen.errors import CaffegenError
 from caffegen.reporting import reporter_for_stderr
+from caffegen.run.export.formats import CAFFE_FORMAT, FORMATS
 
 CHECK_IMAGES = 50
 
@@ -15,23 +16,26 @@ CHECK_IMAGES = 50
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str),
               help="The bundle to write: a folder, or a FILE.tar.gz.")
 @click.option("--weights", type=click.Path(path_type=str), help="Weights to ship (default: the run's trained model).")
+@click.option("--format", "formats", default=CAFFE_FORMAT, show_default=True, callback=lambda ctx, param, value:
+              parse_formats(value), help="The formats to put in the bundle, comma-separated: "
+              + "; ".join(f"{name}: {exporter.description}" for name, exporter in FORMATS.items()) + ".")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--check-opencv", "check_opencv_", is_flag=True,
               help="Load the bundle with OpenCV DNN (4.x) and compare its probabilities with real Caffe's.")
 @click.option("--check-images", type=click.IntRange(min=1), default=CHECK_IMAGES, show_default=True,
               help="Validation images the OpenCV check compares on.")
 @click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary (for --check-opencv).")
-def export_command(run_dir, output, weights, force, check_opencv_, check_images, caffe_path):
+def export_command(run_dir, output, weights, formats, force, check_opencv_, check_images, caffe_path):
     """Write RUN's trained model as deploy.prototxt, model.caffemodel, labels.txt, preprocessing.json, README.md.
 
     The mean file comes along when the model subtracts one; info.json records where the model
     comes from and, when `caffegen evaluate` has run, its metrics.
     """
-    from caffegen.job.bundle import export_bundle
     from caffegen.job.model import load_model
     from caffegen.job.rundir import EVAL_DIR
     from caffegen.run.engines.agreement import check_opencv
     from caffegen.run.evaluate import evaluation_images
+    from caffegen.run.export.bundle import export_bundle
     from caffegen.run.report import METRICS
     from caffegen.run.target import resolve_target
     reporter = reporter_for_stderr()
@@ -42,7 +46,7 @@ def export_command(run_dir, output, weights, force, check_opencv_, check_images,
     metrics = json.loads(evaluated.read_text(encoding="utf-8")) if evaluated.is_file() else None
     if metrics:
         metrics = {key: value for key, value in metrics.items() if key != "per_class"}
-    bundle = export_bundle(model, output, force, metrics)
+    bundle = export_bundle(model, output, force, metrics, formats)
     reporter.line(f"wrote {bundle}")
     if check_opencv_:
         images = evaluation_images(model)[:check_images]
@@ -52,3 +56,13 @@ def export_command(run_dir, output, weights, force, check_opencv_, check_images,
         if not check.passed:
             raise CaffegenError("OpenCV DNN and Caffe disagree on this model: ship it for Caffe only, or see which "
                                 "layer differs with OpenCV's own tools")
+
+
+def parse_formats(value):
+    """The formats ``--format`` names (``caffe,onnx``), each once, in order; an unknown one is a usage error."""
+    names = list(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+    unknown = [name for name in names if name not in FORMATS]
+    if unknown or not names:
+        raise click.BadParameter(f"{', '.join(unknown) or 'none given'}: choose from {', '.join(FORMATS)}")
+    return tuple(names)
+

@@ -1,0 +1,26 @@
+"""The table of a bundle's formats, one :class:`Exporter` each; light to import, so that ``--help`` lists them."""
+
+import importlib
+from dataclasses import dataclass
+
+CAFFE_FORMAT = "caffe"
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """One format of a bundle: what it is for, and its writer (``module:function``, imported when it writes)."""
+
+    name: str
+    description: str
+    writer: str
+
+    def write(self, model, folder, **options):
+        """Write ``model``'s files of this format into ``folder``; return {role: file name}."""
+        module, function = self.writer.split(":")
+        return getattr(importlib.import_module(module), function)(model, folder, **options)
+
+
+FORMATS = {
+    CAFFE_FORMAT: Exporter(CAFFE_FORMAT, "deploy.prototxt + model.caffemodel (Caffe, OpenCV DNN, edge toolchains)",
+                           "caffegen.run.export.caffe:write_caffe"),
+}
