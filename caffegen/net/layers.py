@@ -38,7 +38,7 @@ class LayerType:
     class_root: bool = False  # it reads class scores at the end of a class axis (a Softmax)
     class_bottoms: tuple = ()  # the bottoms through which it keeps its input's classes (ALL_BOTTOMS: every one)
     random: bool = False  # its output in training is a fresh draw at every iteration
-    min_bottoms: int = 1
+    min_bottoms: int = 1  # the fewest bottoms Caffe sets it up with
     needs_top: bool = True  # every layer Caffe knows writes a blob but Silence (a loss gets one if it has none)
     fixed_axes: bool = False  # its own settings fix its output's axes, whatever its input's size
     prefetches: bool = False  # BasePrefetchingDataLayer: holds data_param { prefetch } batches
