@@ -39,7 +39,7 @@ from caffegen.io.caffemodel import read_caffemodel, write_caffemodel  # noqa: E4
 from caffegen.io.prototxt import read_net, to_text  # noqa: E402
 from caffegen.io.schema import BVLC  # noqa: E402
 from caffegen.io.tables import text_table  # noqa: E402
-from caffegen.net.head import find_classifiers  # noqa: E402
+from caffegen.net.classaxis import find_classifiers  # noqa: E402
 from caffegen.net.memory import (  # noqa: E402
     extraction_memory,
     format_bytes,

@@ -16,9 +16,11 @@ from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.prototxt import parse_text, read_net, read_text, to_text
 from caffegen.io.schema import BVLC, load_fork_schema
-from caffegen.net.head import find_class_axes, find_classifiers, retarget_head, retarget_layer
+from caffegen.net.classaxis import find_class_axes, find_classifiers
+from caffegen.net.head import retarget_head
 from caffegen.net.lint import lint
 from caffegen.net.netview import PHASE_NUMBERS, TEST, TRAIN, NetView
+from caffegen.net.retarget import retarget_layer
 from caffegen.net.shapes import infer_shapes
 
 FCN8S = ZOO / "fcn_voc8s/train.prototxt"

@@ -17,7 +17,7 @@ from conftest import wait_for
 
 from caffegen.errors import CaffegenError, CaffeNotFound
 from caffegen.run import install, locate
-from caffegen.run.install import default_prefix, install_caffe, libcaffe_path
+from caffegen.run.install import apt, default_prefix, install_caffe, libcaffe_path, wrappers
 from caffegen.run.locate import caffe_is_cpu_only, find_caffe
 
 QUIET_GLOG = dict(os.environ, GLOG_logtostderr="1")
@@ -289,7 +289,7 @@ def test_find_caffe_explains_what_it_searched(monkeypatch, tmp_path):
 
 def test_unreachable_archive_gives_a_one_line_error(monkeypatch, tmp_path):
     # Nothing listens on port 9 of this machine: the connection is refused at once.
-    monkeypatch.setattr(install, "_mirrors", lambda: ["http://127.0.0.1:9/debian"])
+    monkeypatch.setattr(apt, "mirrors", lambda: ["http://127.0.0.1:9/debian"])
     with pytest.raises(CaffegenError) as raised:
         install_caffe(tmp_path / "prefix", log=lambda line: None)
     message = str(raised.value)
@@ -311,7 +311,7 @@ def test_openblas_gets_its_avx512_kernels_where_the_cpu_has_them(caffe):
     if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= set(flags):
         assert core([str(caffe)]) == "SkylakeX"
     else:
-        assert core([str(caffe)]) == core(install._loader_command(caffe.parent.parent, "caffe"))
+        assert core([str(caffe)]) == core(wrappers.loader_command(caffe.parent.parent, "caffe"))
     assert core([str(caffe)], OPENBLAS_CORETYPE="Haswell") == "Haswell", "a core the user names is left alone"
 
 

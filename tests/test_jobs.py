@@ -278,6 +278,7 @@ class TestPrepare:
         ({"cache_batch": 8}, "--cache-batch sets the mini-batch of the feature extraction"),
         ({"encoded": True}, "--encoded needs --lmdb"),
         ({"lmdb": True, "cache_features": True}, "--cache-features reads each image once"),
+        ({"task": "detection"}, "task 'detection' is none of classification, segmentation"),
     ])
     def test_options_that_do_not_go_together_are_one_line_for_python_callers_too(self, tmp_path, extra, words):
         data = write_images(tmp_path / "images", {"x": 6, "y": 4}, size=(28, 28))

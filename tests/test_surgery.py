@@ -7,8 +7,9 @@ from google.protobuf import text_format
 from caffegen.errors import CaffegenError
 from caffegen.io.prototxt import read_net, to_text
 from caffegen.io.schema import BVLC
+from caffegen.net.classaxis import find_classifiers
 from caffegen.net.freeze import freeze
-from caffegen.net.head import find_classifiers, retarget_head
+from caffegen.net.head import retarget_head
 from caffegen.net.layers import learnable_blob_count
 from caffegen.net.lint import count_classes, lint
 from caffegen.net.netview import TEST, TRAIN, NetView

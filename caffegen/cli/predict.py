@@ -3,6 +3,7 @@
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -10,7 +11,7 @@ import click
 from caffegen.cli.options import device_options
 from caffegen.errors import CaffegenError
 from caffegen.io.tables import text_table
-from caffegen.job.options import SEGMENTATION
+from caffegen.job.options import CLASSIFICATION, SEGMENTATION
 from caffegen.reporting import reporter_for_stderr
 
 
@@ -33,25 +34,48 @@ def predict_command(model_path, images, top_k, weights, as_json, as_csv, output,
     """
     from caffegen.job.device import CPU
     from caffegen.job.model import load_model
-    from caffegen.run.predict import predict, predict_masks
     from caffegen.run.target import resolve_target
     reporter = reporter_for_stderr()
     model = load_model(model_path, weights)
     target = resolve_target(caffe_path, gpu)
     device = target.launch_device(model.run.device if model.run else CPU, reporter)
-    if model.task == SEGMENTATION:
-        out_dir = Path(output or "masks")
-        if out_dir.exists() and not force:
-            raise CaffegenError("exists; pass --force to replace it, or choose another folder with -o", out_dir)
-        written = predict_masks(target, model, images, out_dir, batch_size, device, reporter)
-        click.echo(f"wrote {len(written)} mask(s) to {out_dir}")
-        return
-    predictions = predict(target, model, images, min(top_k, len(model.classes)), batch_size, device, reporter)
-    if as_json:
+    asked = Asked(images, top_k, as_json, as_csv, output, force, batch_size)
+    SHOWN[model.task](target, model, device, asked, reporter)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the command line asks of a prediction beside the model: the images and how to give the results."""
+
+    images: tuple
+    top_k: int
+    as_json: bool
+    as_csv: bool
+    output: str
+    force: bool
+    batch_size: int
+
+
+def _write_masks(target, model, device, asked, reporter):
+    """A segmentation's predictions: one mask PNG per image, in --output."""
+    from caffegen.run.predict import predict_masks
+    out_dir = Path(asked.output or "masks")
+    if out_dir.exists() and not asked.force:
+        raise CaffegenError("exists; pass --force to replace it, or choose another folder with -o", out_dir)
+    written = predict_masks(target, model, asked.images, out_dir, asked.batch_size, device, reporter)
+    click.echo(f"wrote {len(written)} mask(s) to {out_dir}")
+
+
+def _print_top_classes(target, model, device, asked, reporter):
+    """A classifier's predictions: each image's top classes, as a table, JSON or CSV."""
+    from caffegen.run.predict import predict
+    predictions = predict(target, model, asked.images, min(asked.top_k, len(model.classes)), asked.batch_size,
+                          device, reporter)
+    if asked.as_json:
         click.echo(json.dumps([{"path": str(p.path), "top": [{"class": name, "probability": probability}
                                                              for name, probability in p.top]}
                                for p in predictions], indent=2))
-    elif as_csv:
+    elif asked.as_csv:
         writer = csv.writer(sys.stdout)
         k = len(predictions[0].top)
         writer.writerow(["path"] + [f"top{i}_{what}" for i in range(1, k + 1) for what in ("label", "probability")])
@@ -62,6 +86,10 @@ def predict_command(model_path, images, top_k, weights, as_json, as_csv, output,
         rows = [[_shown(p.path)] + [f"{name} {probability:.3f}" for name, probability in p.top] for p in predictions]
         for line in text_table(header, rows):
             click.echo(line)
+
+
+# How each task's predictions are given.
+SHOWN = {CLASSIFICATION: _print_top_classes, SEGMENTATION: _write_masks}
 
 
 def _shown(path):

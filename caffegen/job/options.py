@@ -13,7 +13,14 @@ from caffegen.net.wiring import DataSettings
 
 CLASSIFICATION = "classification"
 SEGMENTATION = "segmentation"
-TASKS = (CLASSIFICATION, SEGMENTATION)
+# Each task, with why --lmdb cannot build its databases (None where it can). A new task is an entry here and
+# in the tables of job/prepare (PREPARERS), run/evaluate (EVALUATIONS), run/report (REPORTS) and cli/predict.
+LMDB_REFUSALS = {
+    CLASSIFICATION: None,
+    SEGMENTATION: "--lmdb builds databases of labelled images; --task segmentation reads images and masks with its "
+                  "own data layers: drop --lmdb",
+}
+TASKS = tuple(LMDB_REFUSALS)
 # What computes the trunk features of a cached run: Caffe, OpenCV DNN, or OpenCV where it can (else Caffe).
 CAFFE, OPENCV, AUTO = "caffe", "opencv", "auto"
 ENGINES = (AUTO, CAFFE, OPENCV)
@@ -82,19 +89,20 @@ class JobOptions:
         return self
 
     def _refusals(self):
+        task_refusal = LMDB_REFUSALS.get(self.task)
         lmdb = [
             (self.cache_features, "--lmdb speeds up reading the images at every epoch; --cache-features reads each "
                                   "image once, so it gains nothing from a database: drop one of them"),
             (self.keep_data_layers, "--keep-data-layers keeps the base net's data layers, --lmdb builds new ones: "
                                     "drop one of them"),
-            (self.task == SEGMENTATION, "--lmdb builds databases of labelled images; --task segmentation reads "
-                                        "images and masks with its own data layers: drop --lmdb"),
+            (task_refusal, task_refusal),
             (self.mean == MEAN_IMAGE and (self.mean_file or self.data_settings.mean_value),
              "give one of --mean image, --mean-file and --mean-value"),
         ]
         without_lmdb = f"{'--encoded' if self.encoded else '--mean image'} needs --lmdb: it is about the LMDBs that " \
                        "convert_imageset builds"
         return [
+            (self.task not in TASKS, f"task {self.task!r} is none of {', '.join(TASKS)}"),
             (self.freeze_upto and self.freeze_from, "give --freeze-upto or --freeze-from, not both"),
             (self.cache_batch and not self.cache_features,
              "--cache-batch sets the mini-batch of the feature extraction: give it with --cache-features"),

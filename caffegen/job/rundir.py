@@ -16,7 +16,7 @@ from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.io.quoting import sh_command
 from caffegen.job.device import Device
 from caffegen.job.manifest import Manifest, RunResult, read_record
-from caffegen.net.head import classifier_outputs
+from caffegen.net.classaxis import classifier_outputs
 
 MANIFEST = "manifest.json"
 SNAPSHOT_DIR = "snapshots"

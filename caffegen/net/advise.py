@@ -9,7 +9,7 @@ pretraining data.
 - large, different: fine-tune everything, longer and at the original learning rate.
 
 The freeze points come from the net's TRAIN data flow, not from layer names: the classifier is
-found by :func:`caffegen.net.head.find_classifiers`, the bottleneck is the layer whose output reaches
+found by :func:`caffegen.net.classaxis.find_classifiers`, the bottleneck is the layer whose output reaches
 it through parameter-free layers, and block boundaries are the layers every path from the data
 to the classifier goes through.
 """
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from caffegen.defaults import FINE_TUNE_LR, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
 from caffegen.io.quoting import sh_command
-from caffegen.net.head import find_classifiers
+from caffegen.net.classaxis import find_classifiers
 from caffegen.net.layers import learnable_blob_count, num_output_param
 from caffegen.net.netview import TRAIN, NetView
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from caffegen.errors import CaffegenError
 from caffegen.io.lists import read_list
-from caffegen.net.head import classifier_outputs, find_class_axes
+from caffegen.net.classaxis import classifier_outputs, find_class_axes
 from caffegen.net.layers import is_frozen, learnable_blob_count, unknown_type
 from caffegen.net.netview import TEST, TRAIN, NetView
 from caffegen.net.shapes import likely_blob

@@ -33,7 +33,7 @@ left out. ``bench/memory_estimate.py`` measures real Caffe and prints the estima
 from dataclasses import dataclass, field
 
 from caffegen.io.schema import BVLC
-from caffegen.net.layers import BATCH_PARAMS
+from caffegen.net.layers import BATCH_PARAMS, PREFETCHING_TYPES, SHARING_TYPES
 from caffegen.net.netview import TEST, TRAIN, NetView
 from caffegen.net.shapes import conv_setup, infer_shapes, product, unknown
 
@@ -44,10 +44,6 @@ FLOAT_BYTES = 4
 BASELINE_BYTES = 75 << 20
 # On a GPU: the CUDA context and cuBLAS's handles, on the device (not measured here).
 GPU_BASELINE_BYTES = 400 << 20
-# BasePrefetchingDataLayer's batches: data_param { prefetch } (default 4), read by every such layer.
-PREFETCHING_TYPES = {"Data", "ImageData", "WindowData"}
-# Layers whose top shares its bottom's data (and, but for Split, its diff).
-SHARING_TYPES = {"Flatten", "Reshape"}
 # Copies of the parameters each solver holds (history_, and update_/temp_ where its update uses them),
 # and how many of them a snapshot saves (its history_).
 HISTORY_COPIES = {"SGD": (1, 1), "Nesterov": (2, 1), "AdaGrad": (2, 1), "RMSProp": (2, 1), "AdaDelta": (4, 2),

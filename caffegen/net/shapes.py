@@ -12,13 +12,20 @@ from dataclasses import dataclass, field
 from difflib import get_close_matches
 
 from caffegen.errors import CaffegenError, did_you_mean
-from caffegen.net.layers import ELEMENTWISE_TYPES, LOSS_TYPES, learnable_blob_count, priors_per_location, unknown_type
+from caffegen.net.layers import (
+    AXES_FIXED_TYPES,
+    ELEMENTWISE_TYPES,
+    LOSS_TYPES,
+    MIN_BOTTOMS,
+    NO_TOP_TYPES,
+    learnable_blob_count,
+    priors_per_location,
+    unknown_type,
+)
 from caffegen.net.netview import TEST, TRAIN, NetView
 
 IMAGE_SIZE_HINT = "pass --input-shape N,C,H,W"
 MAX_AXES = 32  # Caffe's kMaxBlobAxes
-# Layers whose output's axes their own settings fix, whatever their input's size.
-AXES_FIXED_TYPES = {"Convolution", "Deconvolution", "InnerProduct"}
 AUTOMATIC_TOP = "(automatic)"
 
 
@@ -791,6 +798,3 @@ RULES = {
     "DetectionOutput": _detection_output, "DetectionEvaluate": _detection_evaluate,
 }
 RULES.update({layer_type: _same_shape for layer_type in ELEMENTWISE_TYPES})
-NO_TOP_TYPES = {"Silence"}  # every other layer Caffe knows writes at least one blob (a loss gets one if it has none)
-MIN_BOTTOMS = {"Parameter": 0, "BatchReindex": 2, "Crop": 2, "PriorBox": 2, "MultiBoxLoss": 4, "DetectionOutput": 3,
-               "DetectionEvaluate": 2}

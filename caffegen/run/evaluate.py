@@ -135,17 +135,28 @@ def intersection_over_union(counts):
 
 def evaluation_images(model, data=None, list_file=None, skip_bad=False, warn=None):
     """What to evaluate ``model`` on: [(image, label)], or [(image, mask)] for a segmentation; the run's val set by default."""
-    if model.task != SEGMENTATION:
-        return labelled_images(model.classes, data, list_file, model.run and model.run.path, skip_bad, warn)
+    return EVALUATIONS[model.task].images(model, data, list_file, skip_bad, warn)
+
+
+def _labelled_images(model, data, list_file, skip_bad, warn):
+    """[(image, label)] of ``data`` or ``list_file``, or of the run's validation list."""
+    return labelled_images(model.classes, data, list_file, model.run and model.run.path, skip_bad, warn)
+
+
+def _image_mask_pairs(model, data, list_file, skip_bad, warn):
+    """[(image, mask)] of ``data`` (images/ and masks/), or of the run's validation pairs."""
     if list_file:
         raise CaffegenError("--list names class labels; evaluate a segmentation on --data DIR (images/ and masks/)")
     return pair_images(data) if data else read_pairs(model.run.path)
 
 
 def evaluate(target, model, images, batch_size=FORWARD_BATCH, device=None, reporter=None):
-    """The Evaluation of ``model`` (a TrainedModel) on ``images``, [(path, label)], computed by real Caffe."""
-    if model.task == SEGMENTATION:
-        return evaluate_segmentation(target, model, images, batch_size, device, reporter)
+    """The evaluation of ``model`` (a TrainedModel) on ``images``, [(path, label or mask)], computed by real Caffe."""
+    return EVALUATIONS[model.task].evaluate(target, model, images, batch_size, device, reporter)
+
+
+def evaluate_classifier(target, model, images, batch_size=FORWARD_BATCH, device=None, reporter=None):
+    """The Evaluation of the classifier ``model`` on ``images``, [(path, label)], computed by real Caffe."""
     blob = model.output_blob
     paths = [path for path, _ in images]
     probabilities = forward_images(target, model, paths, [blob], batch_size, device, reporter)[blob]
@@ -192,9 +203,30 @@ def evaluate_validation(target, run, device=None, reporter=None):
 
 def metrics_line(metrics):
     """The headline figures of an evaluation, in one line."""
-    if metrics.get("task") == SEGMENTATION:
-        return (f"pixel accuracy {metrics['pixel_accuracy']:.4f}, mean IoU {metrics['mean_iou']:.4f} "
-                f"on {metrics['images']} images")
+    return EVALUATIONS.get(metrics.get("task"), EVALUATIONS[CLASSIFICATION]).headline(metrics)
+
+
+def _classification_line(metrics):
     top5 = f", top-5 {metrics['top5']:.4f}" if "top5" in metrics else ""
     return (f"top-1 {metrics['top1']:.4f}{top5}, mean class accuracy {metrics['mean_class_accuracy']:.4f} "
             f"on {metrics['images']} images")
+
+
+def _segmentation_line(metrics):
+    return (f"pixel accuracy {metrics['pixel_accuracy']:.4f}, mean IoU {metrics['mean_iou']:.4f} "
+            f"on {metrics['images']} images")
+
+
+@dataclass(frozen=True)
+class TaskEvaluation:
+    """How a task is evaluated: the images it is scored on, their evaluation by Caffe, and its headline."""
+
+    images: object  # (model, data, list_file, skip_bad, warn) -> [(image, label or mask)]
+    evaluate: object  # (target, model, images, batch_size, device, reporter) -> an evaluation
+    headline: object  # (metrics) -> one line
+
+
+EVALUATIONS = {
+    CLASSIFICATION: TaskEvaluation(_labelled_images, evaluate_classifier, _classification_line),
+    SEGMENTATION: TaskEvaluation(_image_mask_pairs, evaluate_segmentation, _segmentation_line),
+}

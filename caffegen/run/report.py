@@ -12,6 +12,7 @@ import base64
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from caffegen.defaults import IGNORE_LABEL
 from caffegen.io.files import built_beside
 from caffegen.io.segdata import voc_palette
 from caffegen.io.templates import render_template
-from caffegen.job.options import SEGMENTATION
+from caffegen.job.options import CLASSIFICATION, SEGMENTATION
 from caffegen.run.plots import plain_text
 
 MISTAKES_SHOWN = 16
@@ -33,14 +34,12 @@ PREDICTIONS, METRICS, CONFUSION_CSV, CONFUSION_PNG, MISTAKES_PNG, SHEET_PNG, REP
 def write_evaluation(evaluation, out_dir, model, curves=None):
     """Write the evaluation's files into the folder ``out_dir``; return its metrics."""
     metrics = evaluation.metrics()
+    report = REPORTS[evaluation.task]
     with built_beside(out_dir) as staging:
-        segmentation = evaluation.task == SEGMENTATION
-        (_write_image_scores if segmentation else _write_predictions)(evaluation, staging / PREDICTIONS)
+        report.predictions(evaluation, staging / PREDICTIONS)
         (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         _write_confusion_csv(evaluation, staging / CONFUSION_CSV)
-        plots = {CONFUSION_PNG: confusion_png(evaluation)}
-        plots.update({SHEET_PNG: contact_sheet_png(evaluation)} if segmentation else
-                     {MISTAKES_PNG: mistakes_png(evaluation)})
+        plots = {CONFUSION_PNG: confusion_png(evaluation), report.sheet: report.draw_sheet(evaluation)}
         for name, data in plots.items():
             (staging / name).write_bytes(data)
         if curves is not None and Path(curves).is_file():
@@ -115,7 +114,7 @@ def confusion_png(evaluation):
                       color="white" if shares[row, column] > 0.5 else "black", fontsize=8)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    pixels = f", {int(counts.sum())} pixels" if evaluation.task == SEGMENTATION else ""
+    pixels = f", {int(counts.sum())} pixels" if REPORTS[evaluation.task].counts_pixels else ""
     axis.set_title(f"Confusion matrix ({len(evaluation.paths)} images{pixels})")
     return _png(figure)
 
@@ -180,3 +179,19 @@ def _report_html(metrics, plots, model):
     settings.update(weights=str(model.weights), preprocessing=model.preprocessing)
     return render_template("report.html.j2", metrics=metrics, images=images, source=str(model.source),
                            settings={key: json.dumps(value) for key, value in settings.items() if value is not None})
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """What an evaluation folder of a task holds beside its metrics: its predictions.csv and its contact sheet."""
+
+    predictions: object  # (evaluation, path): writes predictions.csv
+    sheet: str  # the contact sheet's file name
+    draw_sheet: object  # (evaluation) -> the contact sheet's PNG
+    counts_pixels: bool  # whether its confusion matrix counts pixels rather than images
+
+
+REPORTS = {
+    CLASSIFICATION: TaskReport(_write_predictions, MISTAKES_PNG, mistakes_png, counts_pixels=False),
+    SEGMENTATION: TaskReport(_write_image_scores, SHEET_PNG, contact_sheet_png, counts_pixels=True),
+}

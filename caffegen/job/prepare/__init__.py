@@ -9,10 +9,11 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
-from caffegen.job.options import ENGINES, SEGMENTATION, JobOptions, Stage, parse_stages
+from caffegen.job.options import CLASSIFICATION, ENGINES, SEGMENTATION, JobOptions, Stage, parse_stages
 from caffegen.job.prepare.build import Checks, PreparedJob, build_run
 from caffegen.job.prepare.databases import check_lmdb_options, scratch_beside
 from caffegen.job.prepare.inputs import apply_strategy, existing_file, job_dataset, with_defaults, zoo_note
+from caffegen.job.prepare.request import Request
 from caffegen.job.prepare.variants import prepare_segmentation, prepare_stages
 from caffegen.job.prepare.writing import planned_cache, write_run_dir
 from caffegen.job.rundir import refuse_if_launched
@@ -38,24 +39,40 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), 
     options.check()
     check_lmdb_options(options, stages, databases)
     weights = existing_file(options.weights, "weights")
-    if options.task == SEGMENTATION:
-        return prepare_segmentation(options, run_dir, weights, caffe, stages, force)
-    dataset = job_dataset(options, warn)
+    request = Request(run_dir, weights, caffe, force, warn, tuple(stages), budget, databases, tuple(reuse_from))
+    return PREPARERS[options.task](options, request)
+
+
+def _prepare_classification(options, request):
+    """Write a classification run directory: one run, or one per stage."""
+    dataset = job_dataset(options, request.warn)
     options, notes = apply_strategy(options, dataset)
     options = with_defaults(options)
     notes += zoo_note(options)
-    say = warn or notes.append
-    memory = Checks(budget, force, options.net)
-    if not stages:
-        with scratch_beside(run_dir) if options.lmdb else nullcontext() as scratch:
-            build_databases = None
-            if options.lmdb:
-                reusable = ([run_dir] if run_dir.is_dir() else []) + list(reuse_from)
-                build_databases = lambda plan: databases(plan, scratch, reusable)  # noqa: E731
-            build = build_run(options, dataset, weights, weights, caffe, memory, say, build_databases)
-            check = planned_cache(memory, options.device, build) if options.cache_features else None
-            build.notes += write_run_dir(run_dir, build.files, build.copies, check, build.moves) or []
-        return PreparedJob(run_dir, build.manifest, notes + build.notes)
-    job = prepare_stages(options, stages, dataset, weights, run_dir, caffe, memory, say)
-    job.notes[:0] = notes
-    return job
+    say = request.warn or notes.append
+    memory = Checks(request.budget, request.force, options.net)
+    if request.stages:
+        job = prepare_stages(options, request.stages, dataset, request.weights, request.run_dir, request.caffe,
+                             memory, say)
+        job.notes[:0] = notes
+        return job
+    build = _build_one(options, request, dataset, memory, say)
+    return PreparedJob(request.run_dir, build.manifest, notes + build.notes)
+
+
+def _build_one(options, request, dataset, memory, say):
+    """Build and write the one run of ``request``, its LMDBs built in a scratch folder beside it."""
+    run_dir, weights = request.run_dir, request.weights
+    with scratch_beside(run_dir) if options.lmdb else nullcontext() as scratch:
+        build_databases = None
+        if options.lmdb:
+            reusable = ([run_dir] if run_dir.is_dir() else []) + list(request.reuse_from)
+            build_databases = lambda plan: request.databases(plan, scratch, reusable)  # noqa: E731
+        build = build_run(options, dataset, weights, weights, request.caffe, memory, say, build_databases)
+        check = planned_cache(memory, options.device, build) if options.cache_features else None
+        build.notes += write_run_dir(run_dir, build.files, build.copies, check, build.moves) or []
+    return build
+
+
+# How each task's run directory is prepared.
+PREPARERS = {CLASSIFICATION: _prepare_classification, SEGMENTATION: prepare_segmentation}

@@ -31,11 +31,12 @@ from caffegen.job.solver import (
 )
 from caffegen.job.zoo import preprocessing_warnings
 from caffegen.net.freeze import freeze
-from caffegen.net.head import drop_unscorable_accuracies, retarget_head
+from caffegen.net.head import retarget_head
 from caffegen.net.inspect import preflight
 from caffegen.net.layers import PYTHON, python_layer_note
 from caffegen.net.lr_rules import apply_lr_rules
 from caffegen.net.netview import TEST, TRAIN
+from caffegen.net.retarget import drop_unscorable_accuracies
 from caffegen.net.shapes import check_runs
 from caffegen.net.wiring import (
     DataSettings,

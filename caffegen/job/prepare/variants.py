@@ -40,13 +40,14 @@ def prepare_stages(options, stages, dataset, weights, run_dir, caffe, memory, wa
     return PreparedJob(run_dir, manifest, notes)
 
 
-def prepare_segmentation(options, run_dir, weights, caffe, stages, force):
-    """Write a segmentation run directory (:mod:`caffegen.job.segmentation`)."""
-    if stages or options.strategy:
+def prepare_segmentation(options, request):
+    """Write the segmentation run directory of ``request`` (:mod:`caffegen.job.segmentation`)."""
+    if request.stages or options.strategy:
         raise CaffegenError("--stages and --strategy do not combine with --task segmentation yet")
-    build = build_segmentation(with_defaults(options), weights, caffe, force)
+    weights = request.weights
+    build = build_segmentation(with_defaults(options), weights, request.caffe, request.force)
     manifest = replace(run_manifest(with_defaults(options), weights, weights, build.dataset, build.schedule, None),
                        **build.manifest)
     build.files.update(manifest_file(manifest))
-    write_run_dir(run_dir, build.files, {}, build.write_data)
-    return PreparedJob(run_dir, manifest, build.notes)
+    write_run_dir(request.run_dir, build.files, {}, build.write_data)
+    return PreparedJob(request.run_dir, manifest, build.notes)
