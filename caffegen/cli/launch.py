@@ -1,6 +1,5 @@
 """``caffegen launch``: run a prepared fine-tuning job with real Caffe and watch it, here or on Slurm."""
 
-from pathlib import Path
 
 import click
 
@@ -94,6 +93,7 @@ def cached_run(run_dir, resume, option="--features-only"):
 
 def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, no_submit, echo):
     from caffegen.strategies.cluster import default_shards, pin_cache_batch, submit_cluster, write_cluster_scripts
+    from caffegen.strategies.slurm import FEATURES_SCRIPT, HEAD_SCRIPT, log_name
     shards = shards or default_shards(run)
     features, head = write_cluster_scripts(run, shards, slurm_opts, caffe_path, gpu, evaluate_after)
     batch = f"every shard runs {pin_cache_batch(run).line()}, recorded in {run.manifest_path}"
@@ -106,7 +106,7 @@ def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, n
     echo(batch)
     click.echo(job)
     echo(f"submitted the trunk features as job array {array} ({shards} shards); "
-         f"logs: {Path(run.path) / f'slurm-features-{array}_*.out'}")
+         f"logs: {run.path / log_name(FEATURES_SCRIPT, array, '*')}")
     echo(f"submitted the head's training as job {job}, to start when every shard succeeded; "
-         f"log: {Path(run.path) / f'slurm-head-{job}.out'}")
+         f"log: {run.path / log_name(HEAD_SCRIPT, job)}")
     echo(f"follow them with: squeue -j {array},{job}")

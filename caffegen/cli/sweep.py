@@ -138,7 +138,7 @@ def _gpu_ids(gpus):
 
 
 def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):
-    from caffegen.strategies.slurm import submit
+    from caffegen.strategies.slurm import SWEEP_SCRIPT, log_name, submit
     from caffegen.strategies.sweep import write_slurm_scripts
     features, script = write_slurm_scripts(output, runs, slurm_opts, caffe_path)
     if no_submit:
@@ -153,7 +153,8 @@ def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):
         echo(f"submitted the trunk features as job array {after}; the runs start when it succeeds")
     job_id = submit(script, after)
     click.echo(job_id)
-    echo(f"submitted job array {job_id} ({len(runs)} tasks); logs: {Path(output) / f'slurm-{job_id}_*.out'}")
+    echo(f"submitted job array {job_id} ({len(runs)} tasks); "
+         f"logs: {Path(output) / log_name(SWEEP_SCRIPT, job_id, '*')}")
     echo(f"gather the results with: {sh_command('caffegen', 'sweep', '--collect', output)}")
 
 

@@ -13,12 +13,12 @@ from caffegen.io.lists import read_list
 from caffegen.job.cacheplan import LISTS
 from caffegen.job.memorycheck import extraction_batch
 from caffegen.run.target import memory_budget
+from caffegen.strategies.childlaunch import launch_command
 from caffegen.strategies.slurm import (
     FEATURES_SCRIPT,
     HEAD_SCRIPT,
     check_sbatch,
     check_slurm,
-    launch_command,
     submit,
     write_sbatch_script,
 )
@@ -54,7 +54,7 @@ def write_cluster_scripts(run, shards, sbatch_options=(), caffe=None, gpu=None, 
     head = write_sbatch_script(
         run.path, HEAD_SCRIPT, "head", launch_command(*(["--evaluate"] if evaluate else []), **child),
         "A cached fine-tuning run: it merges the shards' features, trains the head and writes final.caffemodel",
-        sbatch_options, dependency=f"--dependency=afterok:JOB (JOB: the id of {FEATURES_SCRIPT}'s job) ")
+        sbatch_options, after=FEATURES_SCRIPT)
     return features, head
 
 

@@ -30,14 +30,8 @@ from caffegen.run.plots import plain_text
 from caffegen.run.report import METRICS
 from caffegen.run.runner import summary_lines
 from caffegen.run.target import resolve_target
-from caffegen.strategies.slurm import (
-    FEATURES_SCRIPT,
-    SWEEP_SCRIPT,
-    UNSAFE_NAME,
-    check_slurm,
-    launch_command,
-    write_sbatch_script,
-)
+from caffegen.strategies.childlaunch import launch_command
+from caffegen.strategies.slurm import FEATURES_SCRIPT, SWEEP_SCRIPT, UNSAFE_NAME, check_slurm, write_sbatch_script
 
 SWEEP = "sweep.json"
 TABLE = "results.csv"
@@ -291,15 +285,15 @@ def write_slurm_scripts(sweep_dir, runs, sbatch_options=(), caffe=None):
                                 "task i computes the trunk features shared by the runs of store i")
     array = _write_array(sweep_dir, SWEEP_SCRIPT, "runs", runs, sbatch_options,
                          launch_command("--evaluate", caffe=caffe), "task i launches run i of sweep.json",
-                         f"--dependency=afterok:JOB (JOB: the id of {FEATURES_SCRIPT}'s job) " if groups else "")
+                         FEATURES_SCRIPT if groups else None)
     return features, array
 
 
-def _write_array(sweep_dir, name, role, runs, sbatch_options, command, purpose, dependency=""):
+def _write_array(sweep_dir, name, role, runs, sbatch_options, command, purpose, after=None):
     """Write the job array ``name``, whose task i runs ``command`` on run i of ``runs``."""
     return write_sbatch_script(sweep_dir, name, role, command, f"A fine-tuning sweep: {purpose}", sbatch_options,
                                tasks=len(runs), task_argument='"${RUNS[$SLURM_ARRAY_TASK_ID]}"',
-                               runs=[sweep_dir / run.run_dir for run in runs], dependency=dependency,
+                               runs=[sweep_dir / run.run_dir for run in runs], after=after,
                                notes=["Gather the results from this folder with: caffegen sweep --collect ."])
 
 
