@@ -16,8 +16,8 @@ from conftest import DIGITS, ROOT, assert_one_line_error, run_caffegen, wait_for
 from caffegen.job.prepare import JobOptions
 from caffegen.job.rundir import RunDir, newest_snapshot
 from caffegen.run.cache import store_of
-from caffegen.strategies import sweep as sweep_module
 from caffegen.strategies.sweep import collect, combinations, plot_sweep, prepare_sweep, run_on_gpus
+from caffegen.strategies.sweep import here as sweep_here
 
 BASE_MODEL = ("--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -140,8 +140,8 @@ def test_a_sweep_stopped_by_sigterm_stops_its_launches(caffe, images, tmp_path, 
         if all(log.is_file() and "Iteration 20 " in log.read_text() for log in logs):
             raise Stopped()
 
-    monkeypatch.setattr(sweep_module.time, "sleep", stop_once_training)
-    monkeypatch.setattr(sweep_module.subprocess, "Popen", recording(sweep_module.subprocess.Popen, started))
+    monkeypatch.setattr(sweep_here.time, "sleep", stop_once_training)
+    monkeypatch.setattr(sweep_here.subprocess, "Popen", recording(sweep_here.subprocess.Popen, started))
     with pytest.raises(Stopped):
         run_on_gpus(out, runs, ["cpu", "cpu"], caffe)
     assert len(started) == 2 and all(process.poll() is not None for process in started)
