@@ -138,8 +138,8 @@ def _gpu_ids(gpus):
 
 
 def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):
-    from caffegen.strategies.slurm import SWEEP_SCRIPT, log_name, submit
-    from caffegen.strategies.sweep import write_slurm_scripts
+    from caffegen.strategies.slurm import SWEEP_SCRIPT, log_name
+    from caffegen.strategies.sweep import submit_sweep, write_slurm_scripts
     features, script = write_slurm_scripts(output, runs, slurm_opts, caffe_path)
     if no_submit:
         if features:
@@ -148,10 +148,9 @@ def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):
         echo(f"wrote {script} ({len(runs)} tasks); submit it with: {sh_command('sbatch', *after, script)}"
              + (" (JOB: the features job's id)" if features else ""))
         return
-    after = submit(features) if features else None
+    after, job_id = submit_sweep(features, script)
     if after:
         echo(f"submitted the trunk features as job array {after}; the runs start when it succeeds")
-    job_id = submit(script, after)
     click.echo(job_id)
     echo(f"submitted job array {job_id} ({len(runs)} tasks); "
          f"logs: {Path(output) / log_name(SWEEP_SCRIPT, job_id, '*')}")

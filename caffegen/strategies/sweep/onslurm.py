@@ -8,7 +8,7 @@ from pathlib import Path
 from caffegen.job.rundir import RunDir
 from caffegen.run.cache import store_of
 from caffegen.strategies.childlaunch import launch_command
-from caffegen.strategies.slurm import FEATURES_SCRIPT, SWEEP_SCRIPT, check_slurm, write_sbatch_script
+from caffegen.strategies.slurm import FEATURES_SCRIPT, SWEEP_SCRIPT, check_slurm, submit, write_sbatch_script
 
 
 def feature_groups(sweep_dir, runs):
@@ -26,7 +26,7 @@ def write_slurm_scripts(sweep_dir, runs, sbatch_options=(), caffe=None):
 
     Task i of ``slurm.sh`` launches run i. When runs cache their features, task j of
     ``slurm_features.sh`` first computes the features of the j-th distinct trunk, once for all
-    the runs that share it; ``slurm.sh`` is then submitted to start after it (``slurm.submit``).
+    the runs that share it; ``slurm.sh`` is then submitted to start after it (:func:`submit_sweep`).
     """
     check_slurm(sweep_dir, sbatch_options)
     sweep_dir = Path(sweep_dir).resolve()
@@ -48,3 +48,10 @@ def _write_array(sweep_dir, name, role, runs, sbatch_options, command, purpose, 
                                tasks=len(runs), task_argument='"${RUNS[$SLURM_ARRAY_TASK_ID]}"',
                                runs=[sweep_dir / run.run_dir for run in runs], after=after,
                                notes=["Gather the results from this folder with: caffegen sweep --collect ."])
+
+
+def submit_sweep(features, runs_script):
+    """Submit the shared trunk features' job array, if any, then the runs' to start when it succeeded; return both
+    job ids (the first None without features)."""
+    after = submit(features) if features else None
+    return after, submit(runs_script, after)
