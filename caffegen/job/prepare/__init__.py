@@ -54,8 +54,8 @@ def prepare(options, run_dir, force=False, caffe="caffe", warn=None, stages=(), 
                 build_databases = lambda plan: databases(plan, scratch, reusable)  # noqa: E731
             build = build_run(options, dataset, weights, weights, caffe, memory, say, build_databases)
             check = planned_cache(memory, options.device, build) if options.cache_features else None
-            build.notes += write_run_dir(run_dir, build.files, build.copies, check, build.moves) or []
-        return PreparedJob(run_dir, build.manifest, notes + build.notes)
+            cache_notes, plan = write_run_dir(run_dir, build.files, build.copies, check, build.moves) or ([], None)
+        return PreparedJob(run_dir, build.manifest, notes + build.notes + cache_notes, plan)
     job = prepare_stages(options, stages, dataset, weights, run_dir, caffe, memory, say)
     job.notes[:0] = notes
     return job

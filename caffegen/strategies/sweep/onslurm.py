@@ -12,11 +12,14 @@ from caffegen.strategies.slurm import FEATURES_SCRIPT, SWEEP_SCRIPT, check_slurm
 
 
 def feature_groups(sweep_dir, runs):
-    """{feature store: [the runs reading it]} for the sweep's cached runs, in the order of ``runs``."""
+    """{feature store: [the runs reading it]} for the sweep's cached runs, in the order of ``runs``; a run's cache
+    plan is the one prepare worked out when the SweepRun carries it."""
     groups = {}
     for run in runs:
         run_dir = RunDir(Path(sweep_dir) / run.run_dir)
         if run_dir.caches_features:
+            if run.cache_plan is not None:
+                run_dir.cache_plan = run.cache_plan  # the RunDir's own, so it is not worked out again
             groups.setdefault(store_of(run_dir).path, []).append(run)
     return groups
 

@@ -6,7 +6,7 @@ sweep that trains its runs here from being replaced.
 """
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from caffegen.errors import CaffegenError
 from caffegen.io.files import built_beside, write_atomic
 from caffegen.io.locks import refuse_if_held, sole_lock
 from caffegen.job.prepare import prepare
-from caffegen.job.rundir import refuse_if_launched
+from caffegen.job.rundir import RunDir, refuse_if_launched
 from caffegen.strategies.slurm import UNSAFE_NAME
 
 SWEEP = "sweep.json"
@@ -32,6 +32,8 @@ class SweepRun:
     freeze_upto: str = None
     freeze_from: str = None
     lr: float = None
+    # A cached run's CachePlan as prepare worked it out, when this process prepared the run; None: work it out.
+    cache_plan: object = field(default=None, compare=False, repr=False)
 
     @property
     def freeze(self):
@@ -90,7 +92,7 @@ def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share
                                      staging, caffe, echo, budget, force, databases, reusable))
             reusable.insert(0, staging / run.run_dir)
         _write_sweep_file(staging, runs)
-    return runs
+    return [_in_place(out_dir, run) for run in runs]
 
 
 def _refuse_if_running(sweep_dir):
@@ -117,7 +119,14 @@ def _prepare_run(run, options, staging, caffe, echo, budget, force, databases, r
                   reuse_from=reusable)
     lr = job.manifest.base_lr
     echo(f"prepared {run.run_dir}: freeze {run.freeze}, base_lr {lr:g}, {job.manifest.schedule.max_iter} iterations")
-    return replace(run, lr=lr)
+    return replace(run, lr=lr, cache_plan=job.cache_plan)
+
+
+def _in_place(sweep_dir, run):
+    """``run`` with its cache plan moved to where its run directory lies now that the sweep took its place."""
+    if run.cache_plan is None:
+        return run
+    return replace(run, cache_plan=run.cache_plan.moved_to(RunDir(sweep_dir / run.run_dir)))
 
 
 def _write_sweep_file(sweep_dir, runs):
