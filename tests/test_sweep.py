@@ -207,6 +207,18 @@ def test_slurm_script_gives_each_task_its_run(caffe, images, tmp_path):
     assert printed_row(collected.stdout, "upto-fc1")[-2:] == ["not", "finished"]
 
 
+def test_a_slurm_sweep_checks_its_runs_against_the_memory_asked_of_a_node(images, tmp_path):
+    out = tmp_path / "sweep"
+    refused = sweep(images, out, "--freeze-upto", "conv1", "--gpu", "cpu", "--slurm", "--no-submit",
+                    "--slurm-opt=--mem=1")
+    assert_one_line_error(refused, "training (TRAIN net at batch 32 + TEST net at batch 1) peaks at about",
+                          "more than the 1.0 MB of the node's memory asked for (--mem=1)")
+    assert not out.exists()
+    done = sweep(images, out, "--freeze-upto", "conv1", "--slurm", "--no-submit", "--slurm-opt=--mem=4G")
+    assert done.returncode == 0, done.stderr
+    assert "#SBATCH --mem=4G" in (out / "slurm.sh").read_text().splitlines()
+
+
 def test_a_sweep_still_training_is_not_replaced(caffe, images, tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", *BASE_MODEL, "--gpu", "cpu", "--data", images, "--epochs", 30, "--freeze-upto", "conv1,fc1",

@@ -96,7 +96,7 @@ def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, n
     from caffegen.strategies.slurm import FEATURES_SCRIPT, HEAD_SCRIPT, log_name
     shards = shards or default_shards(run)
     features, head = write_cluster_scripts(run, shards, slurm_opts, caffe_path, gpu, evaluate_after)
-    batch = f"every shard runs {pin_cache_batch(run).line()}, recorded in {run.manifest_path}"
+    batch = f"every shard runs {pin_cache_batch(run, slurm_opts).line()}, recorded in {run.manifest_path}"
     if no_submit:
         echo(batch)
         echo(f"wrote {features} ({shards} shards) and {head}; submit them with: {sh_command('sbatch', features)}, "

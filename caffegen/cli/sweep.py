@@ -74,7 +74,7 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
     _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit)
     gpu_ids = _gpu_ids(gpus)
     target = _sweep_target(params, gpus, gpu_ids, slurm)
-    runs = _prepared_runs(params, learning_rates, output, force, gpus, slurm, target, echo)
+    runs = _prepared_runs(params, learning_rates, output, force, gpus, slurm_opts if slurm else None, target, echo)
     if slurm:
         _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, echo)
         return
@@ -86,17 +86,20 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
     ctx.exit(130 if "interrupted" in statuses else 0 if statuses == {"ok"} else 1)
 
 
-def _prepared_runs(params, learning_rates, output, force, gpus, slurm, target, echo):
-    """Prepare one run per freeze point × learning rate in ``output``; return the SweepRuns."""
+def _prepared_runs(params, learning_rates, output, force, gpus, sbatch_options, target, echo):
+    """Prepare one run per freeze point × learning rate in ``output``, for Slurm with ``sbatch_options`` when
+    given; return the SweepRuns."""
     from caffegen.job.device import Device
     from caffegen.run.lmdb import DatabaseBuilder
     from caffegen.run.target import memory_budget
+    from caffegen.strategies.slurm import node_budget
     from caffegen.strategies.sweep import combinations, prepare_sweep
     options = job_from_options(params, target, echo)
     planned = combinations(options, _names(params["freeze_upto"], "--freeze-upto"),
                            _names(params["freeze_from"], "--freeze-from"), learning_rates)
-    # Each run trains alone on its device here; Slurm's nodes are not this machine.
-    budget = None if slurm else memory_budget(Device.parse(gpus) if gpus else options.device)
+    # Each run trains alone on its device here, or on a node whose memory only the sbatch options tell.
+    budget = memory_budget(Device.parse(gpus) if gpus else options.device) if sbatch_options is None else \
+        node_budget(sbatch_options, options.device)
     databases = DatabaseBuilder(target.required(), echo) if options.lmdb else None
     return prepare_sweep(planned, output, force, target.caffe or "caffe", echo, budget=budget, databases=databases)
 

@@ -1,8 +1,12 @@
-"""Slurm: the names of the scripts, the one writer of job arrays and jobs, their logs, and their submission.
+"""Slurm: the names of the scripts, the one writer of job arrays and jobs, their logs, their submission, and the
+memory a run may take on a node.
 
 Sweeps and cached runs write their scripts through :func:`write_sbatch_script`, whose tasks run the
 command :func:`caffegen.strategies.childlaunch.launch_command` builds. Every path and option in a
 script is quoted by :mod:`caffegen.io.quoting`; its comments name no input.
+
+A node is not this machine, so its memory is never read here: :func:`node_budget` is the one rule
+for sweeps (their runs' memory checks) and cached runs (their shards' mini-batch) alike.
 """
 
 import re
@@ -14,11 +18,28 @@ from caffegen.errors import CaffegenError
 from caffegen.io.files import write_atomic
 from caffegen.io.quoting import sbatch_value, sh_command, sh_word
 from caffegen.io.templates import render_template
+from caffegen.net.memory import MemoryBudget
 
 UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 SWEEP_SCRIPT = "slurm.sh"
 FEATURES_SCRIPT = "slurm_features.sh"
 HEAD_SCRIPT = "slurm_head.sh"
+# sbatch's --mem: the memory of each node, in megabytes unless a K, M, G or T follows; 0 asks for all of it.
+MEM_OPTION = re.compile(r"--mem[=\s]\s*(\d+)([KMGT]?)B?", re.IGNORECASE)
+MEM_UNITS = {"K": 1 << 10, "": 1 << 20, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def node_budget(sbatch_options, device):
+    """What a run may take on a Slurm node: on the CPU, the ``--mem`` its sbatch options ask for (the last one);
+    otherwise unknown (a GPU's memory, --mem-per-cpu, no --mem), so nothing is refused and an extraction runs its
+    default mini-batch."""
+    if not device.is_cpu:
+        return MemoryBudget(None, "the free memory of a Slurm node's GPU is not known here")
+    asked = [option.strip() for option in sbatch_options if MEM_OPTION.fullmatch(option.strip())]
+    size = MEM_OPTION.fullmatch(asked[-1]) if asked else None
+    if size is None or int(size[1]) == 0:
+        return MemoryBudget(None, "a Slurm node's memory is not known here: ask for it with --slurm-opt --mem=SIZE")
+    return MemoryBudget(int(size[1]) * MEM_UNITS[size[2].upper()], f"the node's memory asked for ({asked[-1]})")
 
 
 def check_slurm(folder, sbatch_options=()):
