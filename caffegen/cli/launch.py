@@ -3,6 +3,7 @@
 
 import click
 
+from caffegen.cli.options import CAFFE_OPTION, gpu_option, slurm_options
 from caffegen.errors import CaffegenError
 from caffegen.io.quoting import sh_command
 from caffegen.job.rundir import RunDir
@@ -11,22 +12,18 @@ from caffegen.job.rundir import RunDir
 @click.command("launch")
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(path_type=str))
 @click.option("--resume", is_flag=True, help="Continue from the newest .solverstate of the run.")
-@click.option("--gpu", metavar="ID|all|cpu", help="0, 0,1, all or cpu (default: as prepared).")
-@click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary.")
+@gpu_option("as prepared")
+@CAFFE_OPTION
 @click.option("--features-only", is_flag=True,
               help="With a run prepared with --cache-features: compute (or reuse) its trunk features, train nothing.")
 @click.option("--shard", metavar="I/N",
               help="With --features-only: compute shard I of N (from 0) of the features, as a task of --slurm's array.")
 @click.option("--evaluate", "evaluate_after", is_flag=True,
               help="When training ends well, evaluate the model on the validation images (RUN_DIR/eval).")
-@click.option("--slurm", is_flag=True,
-              help="With a run prepared with --cache-features: compute its features in a Slurm job array, one task "
-                   "per shard, then train the head in a job after it.")
+@slurm_options("With a run prepared with --cache-features: compute its features in a Slurm job array, one task per "
+               "shard, then train the head in a job after it.", "both jobs' scripts")
 @click.option("--shards", type=click.IntRange(min=1), metavar="N",
               help="With --slurm: the number of shards (default: one per 1,000 images, at most 64).")
-@click.option("--slurm-opt", "slurm_opts", multiple=True, metavar="OPTION",
-              help="With --slurm: an sbatch option for both jobs, such as --partition=cpu. Repeatable.")
-@click.option("--no-submit", is_flag=True, help="With --slurm: write the scripts without submitting them.")
 @click.pass_context
 def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, evaluate_after, slurm, shards,
                    slurm_opts, no_submit):

@@ -3,7 +3,7 @@
 import click
 
 from caffegen.cli.joboptions import job_from_options, job_options
-from caffegen.cli.options import report
+from caffegen.cli.options import force_option, report
 from caffegen.io.quoting import sh_command
 
 
@@ -13,9 +13,8 @@ from caffegen.io.quoting import sh_command
               help="Staged fine-tuning, e.g. 'upto=fc7,lr=0.001,epochs=5;from=conv4,lr=0.0001,epochs=5': "
                    "each stage starts from the one before.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="The run directory to create.")
-@click.option("--force", is_flag=True,
-              help="Replace an existing run directory, and prepare a job whose estimated memory exceeds the "
-                   "machine's (RAM available, or the GPU's free memory).")
+@force_option("Replace an existing run directory, and prepare a job whose estimated memory exceeds the machine's "
+              "(RAM available, or the GPU's free memory).")
 def prepare_command(stages, output, force, **params):
     """Prepare a fine-tuning run: wired nets, epoch-based solver, image lists, train.sh/.bat, manifest.
 

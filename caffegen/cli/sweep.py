@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from caffegen.cli.joboptions import job_from_options, job_options
-from caffegen.cli.options import number_list
+from caffegen.cli.options import force_option, number_list, slurm_options
 from caffegen.errors import CaffegenError
 from caffegen.io.quoting import sh_command
 
@@ -37,14 +37,11 @@ def _names(value, option):
 @click.option("--lr", "learning_rates", callback=number_list(float, positive=True), metavar="LR[,LR…]",
               help="Learning rates to try, one run each per freeze point (default: as --base-lr).")
 @click.option("-o", "--output", type=click.Path(path_type=str), help="The sweep directory to create.")
-@click.option("--force", is_flag=True,
-              help="Replace an existing sweep directory, and prepare runs whose estimated memory exceeds the "
-                   "machine's (RAM available, or the GPUs' free memory).")
+@force_option("Replace an existing sweep directory, and prepare runs whose estimated memory exceeds the machine's "
+              "(RAM available, or the GPUs' free memory; with --slurm, the --mem asked for).")
 @click.option("--gpus", metavar="ID[,ID…]", help="Train here on these GPUs, one run per GPU at a time.")
-@click.option("--slurm", is_flag=True, help="Write slurm.sh, a job array with one task per run, and submit it.")
-@click.option("--slurm-opt", "slurm_opts", multiple=True, metavar="OPTION",
-              help="An sbatch option for slurm.sh, such as --partition=gpu or --gres=gpu:1. Repeatable.")
-@click.option("--no-submit", is_flag=True, help="With --slurm: write slurm.sh without submitting it.")
+@slurm_options("Write slurm.sh, a job array with one task per run, and submit it.",
+               "slurm.sh (and slurm_features.sh with --cache-features)")
 @click.option("--collect", "collect_dir", metavar="DIR", type=click.Path(path_type=str),
               help="Gather the results of the sweep in DIR (after Slurm, or any time).")
 @click.pass_context
