@@ -27,6 +27,7 @@ def prepare_command(stages, output, force, **params):
     from caffegen.job.prepare import prepare
     from caffegen.run.lmdb import DatabaseBuilder
     from caffegen.run.target import memory_budget, resolve_target
+    from caffegen.strategies.childlaunch import USER_CAFFEGEN, launch_command
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     target = resolve_target(params["caffe_path"], params["gpu"], required=False)
     options = job_from_options(params, target, echo)
@@ -38,4 +39,5 @@ def prepare_command(stages, output, force, **params):
     images = job.manifest.images
     echo(f"prepared {job.run_dir}: {len(job.manifest.classes)} classes, {images.train} training and "
          f"{images.val} validation images, {job.manifest.schedule.max_iter} iterations")
-    echo(f"run it with: {sh_command('caffegen', 'launch', job.run_dir)}")
+    next_step = launch_command(run_dir=job.run_dir, caffe=params["caffe_path"], program=USER_CAFFEGEN)
+    echo(f"run it with: {sh_command(*next_step)}")
