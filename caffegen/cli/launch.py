@@ -5,7 +5,6 @@ import click
 
 from caffegen.cli.options import CAFFE_OPTION, gpu_option, slurm_options
 from caffegen.errors import CaffegenError
-from caffegen.io.quoting import sh_command
 from caffegen.job.rundir import RunDir
 
 
@@ -90,14 +89,14 @@ def cached_run(run_dir, resume, option="--features-only"):
 
 def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, no_submit, echo):
     from caffegen.strategies.cluster import default_shards, pin_cache_batch, submit_cluster, write_cluster_scripts
-    from caffegen.strategies.slurm import FEATURES_SCRIPT, HEAD_SCRIPT, log_name
+    from caffegen.strategies.slurm import FEATURES_SCRIPT, HEAD_SCRIPT, log_name, sbatch_line
     shards = shards or default_shards(run)
     features, head = write_cluster_scripts(run, shards, slurm_opts, caffe_path, gpu, evaluate_after)
     batch = f"every shard runs {pin_cache_batch(run, slurm_opts).line()}, recorded in {run.manifest_path}"
     if no_submit:
         echo(batch)
-        echo(f"wrote {features} ({shards} shards) and {head}; submit them with: {sh_command('sbatch', features)}, "
-             f"then: {sh_command('sbatch', '--dependency=afterok:JOB', head)} (JOB: the first job's id)")
+        echo(f"wrote {features} ({shards} shards) and {head}; submit them with: {sbatch_line(features)}, "
+             f"then: {sbatch_line(head, after_job=True)} (JOB: the first job's id)")
         return
     array, job = submit_cluster(features, head)
     echo(batch)

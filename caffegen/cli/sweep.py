@@ -138,14 +138,13 @@ def _gpu_ids(gpus):
 
 
 def _submit(output, runs, slurm_opts, caffe_path, no_submit, echo):
-    from caffegen.strategies.slurm import SWEEP_SCRIPT, log_name
+    from caffegen.strategies.slurm import SWEEP_SCRIPT, log_name, sbatch_line
     from caffegen.strategies.sweep import submit_sweep, write_slurm_scripts
     features, script = write_slurm_scripts(output, runs, slurm_opts, caffe_path)
     if no_submit:
         if features:
-            echo(f"wrote {features}: compute the shared trunk features first: {sh_command('sbatch', features)}")
-        after = ["--dependency=afterok:JOB"] if features else []
-        echo(f"wrote {script} ({len(runs)} tasks); submit it with: {sh_command('sbatch', *after, script)}"
+            echo(f"wrote {features}: compute the shared trunk features first: {sbatch_line(features)}")
+        echo(f"wrote {script} ({len(runs)} tasks); submit it with: {sbatch_line(script, after_job=bool(features))}"
              + (" (JOB: the features job's id)" if features else ""))
         return
     after, job_id = submit_sweep(features, script)

@@ -77,12 +77,17 @@ def log_name(script_name, job, task=None):
     return f"{Path(script_name).stem.replace('_', '-')}-{job}{f'_{task}' if task else ''}.out"
 
 
+def sbatch_line(script, after_job=False):
+    """The command line that submits ``script`` by hand, after the job JOB (an id to fill in) when ``after_job``."""
+    return sh_command("sbatch", *(["--dependency=afterok:JOB"] if after_job else []), script)
+
+
 def check_sbatch(script):
     """The sbatch program, or a one-line error saying where to submit ``script`` instead."""
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise CaffegenError(f"sbatch not found: run this on a Slurm login node, or submit {script} there "
-                            f"with: {sh_command('sbatch', script)}")
+                            f"with: {sbatch_line(script)}")
     return sbatch
 
 
