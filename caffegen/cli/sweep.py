@@ -88,15 +88,11 @@ def _prepared_runs(params, learning_rates, output, force, gpus, sbatch_options, 
     given; return the SweepRuns."""
     from caffegen.job.device import Device
     from caffegen.run.lmdb import DatabaseBuilder
-    from caffegen.run.target import memory_budget
-    from caffegen.strategies.slurm import node_budget
-    from caffegen.strategies.sweep import combinations, prepare_sweep
+    from caffegen.strategies.sweep import combinations, prepare_sweep, sweep_budget
     options = job_from_options(params, target, echo)
     planned = combinations(options, _names(params["freeze_upto"], "--freeze-upto"),
                            _names(params["freeze_from"], "--freeze-from"), learning_rates)
-    # Each run trains alone on its device here, or on a node whose memory only the sbatch options tell.
-    budget = memory_budget(Device.parse(gpus) if gpus else options.device) if sbatch_options is None else \
-        node_budget(sbatch_options, options.device)
+    budget = sweep_budget(Device.parse(gpus) if gpus else options.device, sbatch_options)
     databases = DatabaseBuilder(target.required(), echo) if options.lmdb else None
     return prepare_sweep(planned, output, force, target.caffe or "caffe", echo, budget=budget, databases=databases)
 

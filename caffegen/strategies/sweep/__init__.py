@@ -10,9 +10,17 @@ ended).
 
 from caffegen.strategies.sweep.here import LAUNCH_LOG, run_here, run_on_gpus
 from caffegen.strategies.sweep.onslurm import feature_groups, submit_sweep, write_slurm_scripts
-from caffegen.strategies.sweep.plan import SHARED_FEATURES, SWEEP, SweepRun, combinations, load_sweep, prepare_sweep
+from caffegen.strategies.sweep.plan import (
+    SHARED_FEATURES,
+    SWEEP,
+    SweepRun,
+    combinations,
+    load_sweep,
+    prepare_sweep,
+    sweep_budget,
+)
 from caffegen.strategies.sweep.results import PLOT, TABLE, collect, plot_sweep, table_lines
 
 __all__ = ["LAUNCH_LOG", "PLOT", "SHARED_FEATURES", "SWEEP", "TABLE", "SweepRun", "collect", "combinations",
            "feature_groups", "load_sweep", "plot_sweep", "prepare_sweep", "run_here", "run_on_gpus", "submit_sweep",
-           "table_lines", "write_slurm_scripts"]
+           "sweep_budget", "table_lines", "write_slurm_scripts"]

@@ -16,7 +16,8 @@ from caffegen.io.files import built_beside, write_atomic
 from caffegen.io.locks import refuse_if_held, sole_lock
 from caffegen.job.prepare import prepare
 from caffegen.job.rundir import RunDir, refuse_if_launched
-from caffegen.strategies.slurm import UNSAFE_NAME
+from caffegen.run.target import memory_budget
+from caffegen.strategies.slurm import UNSAFE_NAME, node_budget
 
 SWEEP = "sweep.json"
 # The feature stores that the sweep's cached runs share, one per distinct trunk.
@@ -93,6 +94,13 @@ def prepare_sweep(planned, out_dir, force=False, caffe="caffe", echo=None, share
             reusable.insert(0, staging / run.run_dir)
         _write_sweep_file(staging, runs)
     return [_in_place(out_dir, run) for run in runs]
+
+
+def sweep_budget(device, sbatch_options=None):
+    """The memory each run of a sweep may take: on Slurm (with ``sbatch_options``) a node's, as
+    :func:`~caffegen.strategies.slurm.node_budget` knows it; else this machine's for ``device``, where each run
+    trains alone."""
+    return memory_budget(device) if sbatch_options is None else node_budget(sbatch_options, device)
 
 
 def _refuse_if_running(sweep_dir):
