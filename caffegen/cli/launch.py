@@ -1,6 +1,5 @@
 """``caffegen launch``: run a prepared fine-tuning job with real Caffe and watch it, here or on Slurm."""
 
-
 import click
 
 from caffegen.cli.options import CAFFE_OPTION, gpu_option, slurm_options
