@@ -89,18 +89,44 @@ def test_the_checker_resolves_relative_and_absolute_imports():
     assert [layer_of(name) for name in found] == ["run", "run", "job", "job", "net", "net"]
 
 
-# Modules of the command line that state shared options; every other one is one command's.
-CLI_OPTIONS = {"caffegen.cli", "caffegen.cli.options", "caffegen.cli.joboptions"}
+# The option groups of the command line: the only cli modules a command module may import. The package itself
+# (cli/__init__.py, the command table and main) is no option group, and every other module is one command's.
+OPTION_GROUPS = {"caffegen.cli.options", "caffegen.cli.joboptions"}
 COMMAND_MODULES = [path for path in MODULES if module_name(path).startswith("caffegen.cli.")
-                   and module_name(path) not in CLI_OPTIONS]
+                   and module_name(path) not in OPTION_GROUPS]
+CLI_MODULES = {module_name(path) for path in MODULES if layer_of(module_name(path)) == "cli"}
+
+
+def cli_imports(text, module):
+    """The cli modules whose names ``text``, the source of ``module``, uses: ``from caffegen.cli import x`` uses the
+    module x where there is one, else a name of the package (cli/__init__.py)."""
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        names = [name for name, _ in imports_in(ast.unparse(node), module)]
+        if isinstance(node, ast.ImportFrom):
+            base, taken = names[0], names[1:]
+            if base == "caffegen.cli":  # its modules, or names that cli/__init__.py defines
+                names = [name if name in CLI_MODULES else base for name in taken]
+            else:  # from a cli module, that module whatever names it gives; from above the cli, what is taken
+                names = [base] if base in CLI_MODULES else taken
+        yield from ((name, node.lineno) for name in names if name in CLI_MODULES)
 
 
 @pytest.mark.parametrize("path", COMMAND_MODULES, ids=module_name)
-def test_a_command_module_imports_no_other_command_module(path):
+def test_a_command_module_imports_only_the_option_groups_of_the_cli(path):
     own = module_name(path)
-    others = {f"line {line}: {'.'.join(name.split('.')[:3])}" for name, line in imports(path)
-              if name.startswith("caffegen.cli.") and ".".join(name.split(".")[:3]) not in CLI_OPTIONS | {own}}
-    assert not others, f"{own} imports another command's module (shared options go in cli/options.py): {others}"
+    others = {f"line {line}: {name}" for name, line in cli_imports(path.read_text(encoding="utf-8"), own)
+              if name not in OPTION_GROUPS | {own}}
+    assert not others, f"{own} imports a cli module that is no option group (shared options go in cli/options.py " \
+                       f"or cli/joboptions.py): {others}"
+
+
+def test_the_cli_check_sees_commands_and_the_package():
+    text = ("from caffegen.cli.options import report\nfrom caffegen.cli import joboptions, main\n"
+            "import caffegen.cli.sweep\nfrom . import launch\nfrom caffegen import cli\n")
+    found = [name for name, _ in cli_imports(text, "caffegen.cli.probe") if name not in OPTION_GROUPS]
+    assert found == ["caffegen.cli", "caffegen.cli.sweep", "caffegen.cli.launch", "caffegen.cli"]
 
 
 # The run directory's two records, read and written only where their schema lives.

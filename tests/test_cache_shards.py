@@ -15,12 +15,15 @@ from test_cache import prepare_run
 from caffegen.defaults import CACHE_BATCH
 from caffegen.io.locks import waiting_lock
 from caffegen.job.cacheplan import plan_cache
+from caffegen.job.device import CPU, Device
 from caffegen.job.options import CAFFE, OPENCV
+from caffegen.net.memory import MemoryBudget
 from caffegen.reporting import PlainReporter
 from caffegen.run import cache
 from caffegen.run.cache import FEATURES, FINAL_MODEL, STORE_RECORD
 from caffegen.run.shards import Part, merge_parts, parse_shard, shard_parts
 from caffegen.run.target import Target
+from caffegen.strategies.slurm import node_budget
 
 BASE_MODEL = ("--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel")
 
@@ -231,6 +234,28 @@ def test_the_scripts_name_each_shard_and_the_head_after_them(images, tmp_path):
     assert "sbatch --dependency=afterok:JOB" in done.stderr
     assert f"every shard runs feature extraction in mini-batches of {CACHE_BATCH} images" in done.stderr
     assert json.loads((run / "manifest.json").read_text())["cache_batch"] == CACHE_BATCH
+
+
+def test_a_node_budget_is_the_memory_asked_with_mem_on_the_cpu_only():
+    assert node_budget(["--partition=cpu", "--mem=2G"], CPU) == MemoryBudget(
+        2 << 30, "the node's memory asked for (--mem=2G)")
+    assert node_budget(["--mem=1", "--mem 512"], CPU).bytes == 512 << 20  # megabytes; the last one counts
+    assert node_budget(["--mem=300K"], CPU).bytes == 300 << 10
+    for options, device in ((["--mem=0"], CPU), (["--mem-per-cpu=2G"], CPU), ([], CPU), (["--mem=2G"], Device("0"))):
+        assert node_budget(options, device).bytes is None, options
+
+
+def test_the_shards_mini_batch_fits_the_memory_asked_of_a_node(images, tmp_path):
+    small = prepare_cached(images, tmp_path / "small")
+    done = run_caffegen("launch", small, "--slurm", "--no-submit", "--slurm-opt=--mem=1")
+    assert done.returncode == 0, done.stderr
+    assert ("every shard runs feature extraction in mini-batches of 1 images (not even one image fits the 1.0 MB "
+            "of the node's memory asked for (--mem=1))") in done.stderr
+    assert json.loads((small / "manifest.json").read_text())["cache_batch"] == 1
+    roomy = prepare_cached(images, tmp_path / "roomy")
+    done = run_caffegen("launch", roomy, "--slurm", "--no-submit", "--slurm-opt=--mem=4G")
+    assert f"mini-batches of {CACHE_BATCH} images (the default, within memory)" in done.stderr
+    assert json.loads((roomy / "manifest.json").read_text())["cache_batch"] == CACHE_BATCH
 
 
 def test_slurm_computes_the_shards_in_a_job_array_and_trains_the_head_after_it(slurm, caffe, images, tmp_path):

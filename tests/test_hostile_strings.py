@@ -14,8 +14,9 @@ from hostile import HOSTILE, HOSTILE_NAMES, pwned
 
 from caffegen.io.quoting import CannotQuote, python_string, sh_command
 from caffegen.job.scripts import render_train_sh
-from caffegen.strategies import slurm
-from caffegen.strategies.slurm import launch_command, write_sbatch_script
+from caffegen.strategies import childlaunch
+from caffegen.strategies.childlaunch import launch_command
+from caffegen.strategies.slurm import write_sbatch_script
 
 RECORDER = '#!/bin/sh\nprintf "%s\\0" "$@" > "$(dirname "$0")/argv"\n'
 
@@ -55,7 +56,7 @@ def test_train_sh_passes_hostile_paths_to_caffe_exactly(tmp_path, text):
 @pytest.mark.parametrize("text", HOSTILE_NAMES, ids=range(len(HOSTILE_NAMES)))
 def test_slurm_scripts_pass_hostile_paths_exactly_or_refuse_them(tmp_path, monkeypatch, text):
     caffegen = recorder(tmp_path / "caffegen")
-    monkeypatch.setattr(slurm, "CAFFEGEN", (str(caffegen),))
+    monkeypatch.setattr(childlaunch, "CAFFEGEN", (str(caffegen),))
     folder = tmp_path / "sweep" / text
     folder.mkdir(parents=True)
     caffe = tmp_path / "caffe" / text / "caffe"

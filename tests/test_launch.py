@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -291,3 +292,17 @@ def _test_events(run):
     """The test results in events.jsonl so far: every line there is whole, so each parses."""
     lines = _read(run / "events.jsonl").splitlines()
     return [event for event in map(json.loads, lines) if event["event"] == "test_result"]
+
+
+def test_the_launch_prepare_shows_passes_its_caffe_on_and_runs_as_shown(caffe, images, tmp_path):
+    run = tmp_path / "my run"
+    done = run_caffegen("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
+                        "--data", images, "--freeze-upto", "conv2", "--epochs", 1, "--caffe", caffe, "-o", run)
+    assert done.returncode == 0, done.stderr
+    shown = done.stderr.strip().splitlines()[-1]
+    assert shown.startswith("run it with: ")
+    words = shlex.split(shown.removeprefix("run it with: "))
+    assert words == ["caffegen", "launch", str(run), "--caffe", str(Path(caffe).resolve())]
+    launched = run_caffegen(*words[1:])
+    assert launched.returncode == 0, launched.stderr
+    assert "Optimization Done." in (run / "train.log").read_text()

@@ -13,11 +13,20 @@ import numpy as np
 import pytest
 from conftest import DIGITS, ROOT, assert_one_line_error, run_caffegen, wait_for
 
+from caffegen.job import cacheplan
 from caffegen.job.prepare import JobOptions
 from caffegen.job.rundir import RunDir, newest_snapshot
 from caffegen.run.cache import store_of
-from caffegen.strategies import sweep as sweep_module
-from caffegen.strategies.sweep import collect, combinations, plot_sweep, prepare_sweep, run_on_gpus
+from caffegen.strategies.sweep import (
+    collect,
+    combinations,
+    feature_groups,
+    plot_sweep,
+    prepare_sweep,
+    run_on_gpus,
+    write_slurm_scripts,
+)
+from caffegen.strategies.sweep import here as sweep_here
 
 BASE_MODEL = ("--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -140,8 +149,8 @@ def test_a_sweep_stopped_by_sigterm_stops_its_launches(caffe, images, tmp_path, 
         if all(log.is_file() and "Iteration 20 " in log.read_text() for log in logs):
             raise Stopped()
 
-    monkeypatch.setattr(sweep_module.time, "sleep", stop_once_training)
-    monkeypatch.setattr(sweep_module.subprocess, "Popen", recording(sweep_module.subprocess.Popen, started))
+    monkeypatch.setattr(sweep_here.time, "sleep", stop_once_training)
+    monkeypatch.setattr(sweep_here.subprocess, "Popen", recording(sweep_here.subprocess.Popen, started))
     with pytest.raises(Stopped):
         run_on_gpus(out, runs, ["cpu", "cpu"], caffe)
     assert len(started) == 2 and all(process.poll() is not None for process in started)
@@ -196,6 +205,18 @@ def test_slurm_script_gives_each_task_its_run(caffe, images, tmp_path):
     assert first["status"] == third["status"] == "not finished" and first["best_accuracy"] == ""
     assert_real_result(second, out / "upto-conv2")
     assert printed_row(collected.stdout, "upto-fc1")[-2:] == ["not", "finished"]
+
+
+def test_a_slurm_sweep_checks_its_runs_against_the_memory_asked_of_a_node(images, tmp_path):
+    out = tmp_path / "sweep"
+    refused = sweep(images, out, "--freeze-upto", "conv1", "--gpu", "cpu", "--slurm", "--no-submit",
+                    "--slurm-opt=--mem=1")
+    assert_one_line_error(refused, "training (TRAIN net at batch 32 + TEST net at batch 1) peaks at about",
+                          "more than the 1.0 MB of the node's memory asked for (--mem=1)")
+    assert not out.exists()
+    done = sweep(images, out, "--freeze-upto", "conv1", "--slurm", "--no-submit", "--slurm-opt=--mem=4G")
+    assert done.returncode == 0, done.stderr
+    assert "#SBATCH --mem=4G" in (out / "slurm.sh").read_text().splitlines()
 
 
 def test_a_sweep_still_training_is_not_replaced(caffe, images, tmp_path):
@@ -322,6 +343,28 @@ def test_unshared_sweep_keeps_a_store_per_run(caffe, images, tmp_path):
         [tmp_path / "shared" / "features" / store_of(RunDir(tmp_path / "shared" / shared[0].run_dir)).key[:16]] * 2
     assert [store_of(RunDir(tmp_path / "alone" / run.run_dir)).path for run in alone] == \
         [tmp_path / "alone" / run.run_dir / "features" for run in alone]
+
+
+@pytest.mark.parametrize("copy_data", [False, True], ids=["images-in-place", "images-copied"])
+def test_the_slurm_scripts_group_the_runs_by_the_plans_prepare_worked_out(images, tmp_path, monkeypatch, copy_data):
+    options = JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=images,
+                         epochs=1, cache_features=True, copy_data=copy_data)
+    planned = combinations(options, ("conv1", "conv2"), (), (0.01, 0.005))
+    plans = []
+    monkeypatch.setattr(cacheplan, "plan_cache", recording(cacheplan.plan_cache, plans))
+    out = tmp_path / "sweep"
+    runs = prepare_sweep(planned, out)
+    assert len(plans) == 4  # one per run, as prepare checks it
+    features, _ = write_slurm_scripts(out, runs)
+    grouped = feature_groups(out, runs)
+    assert len(plans) == 4  # the scripts were written from the same plans
+    # The stores are those each run finds on its own, where it lies now.
+    found = {}
+    for run in runs:
+        found.setdefault(store_of(RunDir(out / run.run_dir)).path, []).append(run.run_dir)
+    assert {store: [run.run_dir for run in group] for store, group in grouped.items()} == found
+    assert len(found) == (4 if copy_data else 2)
+    assert "#SBATCH --array=0-%d" % (len(found) - 1) in features.read_text().splitlines()
 
 
 def test_slurm_computes_shared_features_in_a_job_the_runs_depend_on(slurm, caffe, images, tmp_path):

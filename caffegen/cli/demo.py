@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from caffegen.cli.options import CAFFE_OPTION, force_option
 from caffegen.defaults import EPOCHS
 from caffegen.reporting import reporter_for_stderr
 
@@ -11,8 +12,8 @@ from caffegen.reporting import reporter_for_stderr
 @click.command("demo")
 @click.option("-o", "--output", default="caffegen-demo", show_default=True, type=click.Path(path_type=str),
               help="The run directory to create.")
-@click.option("--force", is_flag=True, help="Replace an existing directory.")
-@click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary.")
+@force_option("Replace an existing directory.")
+@CAFFE_OPTION
 @click.pass_context
 def demo_command(ctx, output, force, caffe_path):
     """Fine-tune the bundled digits model (trained on 0–4) to the digits 5–9 with real Caffe.

@@ -4,7 +4,7 @@ from dataclasses import fields, replace
 
 import click
 
-from caffegen.cli.options import ZOO_SOURCE_OPTIONS, number_list
+from caffegen.cli.options import CAFFE_OPTION, ZOO_SOURCE_OPTIONS, gpu_option, number_list
 from caffegen.defaults import CACHE_BATCH, EPOCHS, GPU_CACHE_BATCH, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
 from caffegen.job.imagedb import ENCODE_TYPES
@@ -86,8 +86,8 @@ JOB_OPTIONS = [
     click.option("--solver-set", multiple=True, metavar="KEY=VALUE", help="Set any solver field. Repeatable."),
     click.option("--snapshot-every", type=click.IntRange(min=1), default=default("snapshot_every"), show_default=True,
                  help="Epochs between snapshots."),
-    click.option("--gpu", metavar="ID|all|cpu", help="0, 0,1, all or cpu (default: a GPU when Caffe can use one)."),
-    click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary."),
+    gpu_option("a GPU when Caffe can use one"),
+    CAFFE_OPTION,
     click.option("--lr-mult", "lr_rules", multiple=True, metavar="PATTERN=MULT",
                  help="lr_mult of the trainable layers whose names match PATTERN (glob; the most specific "
                       "wins; a bias gets twice MULT). Repeatable."),

@@ -1,11 +1,9 @@
 """``caffegen launch``: run a prepared fine-tuning job with real Caffe and watch it, here or on Slurm."""
 
-from pathlib import Path
-
 import click
 
+from caffegen.cli.options import CAFFE_OPTION, gpu_option, slurm_options
 from caffegen.errors import CaffegenError
-from caffegen.io.quoting import sh_command
 from caffegen.job.rundir import RunDir
 from caffegen.reporting import reporter_for_stderr
 
@@ -13,22 +11,18 @@ from caffegen.reporting import reporter_for_stderr
 @click.command("launch")
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(path_type=str))
 @click.option("--resume", is_flag=True, help="Continue from the newest .solverstate of the run.")
-@click.option("--gpu", metavar="ID|all|cpu", help="0, 0,1, all or cpu (default: as prepared).")
-@click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary.")
+@gpu_option("as prepared")
+@CAFFE_OPTION
 @click.option("--features-only", is_flag=True,
               help="With a run prepared with --cache-features: compute (or reuse) its trunk features, train nothing.")
 @click.option("--shard", metavar="I/N",
               help="With --features-only: compute shard I of N (from 0) of the features, as a task of --slurm's array.")
 @click.option("--evaluate", "evaluate_after", is_flag=True,
               help="When training ends well, evaluate the model on the validation images (RUN_DIR/eval).")
-@click.option("--slurm", is_flag=True,
-              help="With a run prepared with --cache-features: compute its features in a Slurm job array, one task "
-                   "per shard, then train the head in a job after it.")
+@slurm_options("With a run prepared with --cache-features: compute its features in a Slurm job array, one task per "
+               "shard, then train the head in a job after it.", "both jobs' scripts")
 @click.option("--shards", type=click.IntRange(min=1), metavar="N",
               help="With --slurm: the number of shards (default: one per 1,000 images, at most 64).")
-@click.option("--slurm-opt", "slurm_opts", multiple=True, metavar="OPTION",
-              help="With --slurm: an sbatch option for both jobs, such as --partition=cpu. Repeatable.")
-@click.option("--no-submit", is_flag=True, help="With --slurm: write the scripts without submitting them.")
 @click.pass_context
 def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, evaluate_after, slurm, shards,
                    slurm_opts, no_submit):
@@ -95,19 +89,20 @@ def cached_run(run_dir, resume, option="--features-only"):
 
 def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, no_submit, reporter):
     from caffegen.strategies.cluster import default_shards, pin_cache_batch, submit_cluster, write_cluster_scripts
+    from caffegen.strategies.slurm import FEATURES_SCRIPT, HEAD_SCRIPT, log_name, sbatch_line
     shards = shards or default_shards(run)
     features, head = write_cluster_scripts(run, shards, slurm_opts, caffe_path, gpu, evaluate_after)
-    batch = f"every shard runs {pin_cache_batch(run).line()}, recorded in {run.manifest_path}"
+    batch = f"every shard runs {pin_cache_batch(run, slurm_opts).line()}, recorded in {run.manifest_path}"
     if no_submit:
         reporter.line(batch)
-        reporter.line(f"wrote {features} ({shards} shards) and {head}; submit them with: {sh_command('sbatch', features)}, "
-                      f"then: {sh_command('sbatch', '--dependency=afterok:JOB', head)} (JOB: the first job's id)")
+        reporter.line(f"wrote {features} ({shards} shards) and {head}; submit them with: {sbatch_line(features)}, "
+                      f"then: {sbatch_line(head, after_job=True)} (JOB: the first job's id)")
         return
     array, job = submit_cluster(features, head)
     reporter.line(batch)
     click.echo(job)
     reporter.line(f"submitted the trunk features as job array {array} ({shards} shards); "
-                  f"logs: {Path(run.path) / f'slurm-features-{array}_*.out'}")
+                  f"logs: {run.path / log_name(FEATURES_SCRIPT, array, '*')}")
     reporter.line(f"submitted the head's training as job {job}, to start when every shard succeeded; "
-                  f"log: {Path(run.path) / f'slurm-head-{job}.out'}")
+                  f"log: {run.path / log_name(HEAD_SCRIPT, job)}")
     reporter.line(f"follow them with: squeue -j {array},{job}")

@@ -1,7 +1,9 @@
 """Options shared by the commands, and the reading and writing they imply.
 
-Command modules state their options here and import their work inside the command, so that
-``caffegen --help`` and each command load only what they use.
+Each option that several commands take is declared here once (``--caffe``, ``--gpu``, ``--force``,
+the device and Slurm groups; the job's options in :mod:`caffegen.cli.joboptions`) and composed by the
+commands. Command modules import their work inside the command, so that ``caffegen --help`` and
+each command load only what they use.
 """
 
 from pathlib import Path
@@ -120,9 +122,38 @@ def _same_file(a, b):
     return Path(a).resolve() == Path(b).resolve()
 
 
+# --caffe: the Caffe binary a command runs, found by itself when not given.
+CAFFE_OPTION = click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary.")
+
+
+def gpu_option(default, several=True):
+    """--gpu: the device a command runs on, ``default`` (in words) when not given; ``several``: more than one GPU."""
+    metavar, words = ("ID|all|cpu", "0, 0,1, all or cpu") if several else ("ID|cpu", "0 or cpu")
+    return click.option("--gpu", metavar=metavar, help=f"{words} (default: {default}).")
+
+
+def force_option(words):
+    """--force: replace what exists (and go beyond a check, where ``words``, its help, says so)."""
+    return click.option("--force", is_flag=True, help=words)
+
+
 def device_options(command):
     """--gpu and --caffe of the commands that run a trained model."""
-    command = click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary.")(command)
-    command = click.option("--gpu", metavar="ID|cpu", help="0 or cpu (default: as the run was prepared).")(command)
+    command = CAFFE_OPTION(command)
+    command = gpu_option("as the run was prepared", several=False)(command)
     return click.option("--batch-size", type=click.IntRange(min=1), default=FORWARD_BATCH, show_default=True,
                         help="Images per forward pass.")(command)
+
+
+def slurm_options(slurm_help, scripts):
+    """--slurm (``slurm_help``), --slurm-opt and --no-submit of the commands that write Slurm ``scripts`` (in words)
+    and submit them."""
+    def add(command):
+        command = click.option("--no-submit", is_flag=True,
+                               help=f"With --slurm: write {scripts} without submitting them.")(command)
+        command = click.option("--slurm-opt", "slurm_opts", multiple=True, metavar="OPTION",
+                               help=f"With --slurm: an sbatch option for {scripts}, such as --partition=gpu or "
+                                    "--gres=gpu:1 (--mem=SIZE also tells caffegen a node's memory). "
+                                    "Repeatable.")(command)
+        return click.option("--slurm", is_flag=True, help=slurm_help)(command)
+    return add

@@ -3,7 +3,7 @@
 import click
 
 from caffegen.cli.joboptions import job_from_options, job_options
-from caffegen.cli.options import report
+from caffegen.cli.options import force_option, report
 from caffegen.io.quoting import sh_command
 from caffegen.reporting import reporter_for_stderr
 
@@ -14,9 +14,8 @@ from caffegen.reporting import reporter_for_stderr
               help="Staged fine-tuning, e.g. 'upto=fc7,lr=0.001,epochs=5;from=conv4,lr=0.0001,epochs=5': "
                    "each stage starts from the one before.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="The run directory to create.")
-@click.option("--force", is_flag=True,
-              help="Replace an existing run directory, and prepare a job whose estimated memory exceeds the "
-                   "machine's (RAM available, or the GPU's free memory).")
+@force_option("Replace an existing run directory, and prepare a job whose estimated memory exceeds the machine's "
+              "(RAM available, or the GPU's free memory).")
 def prepare_command(stages, output, force, **params):
     """Prepare a fine-tuning run: wired nets, epoch-based solver, image lists, train.sh/.bat, manifest.
 
@@ -29,6 +28,7 @@ def prepare_command(stages, output, force, **params):
     from caffegen.job.prepare import prepare
     from caffegen.run.lmdb import DatabaseBuilder
     from caffegen.run.target import memory_budget, resolve_target
+    from caffegen.strategies.childlaunch import USER_CAFFEGEN, launch_command
     reporter = reporter_for_stderr()
     target = resolve_target(params["caffe_path"], params["gpu"], required=False)
     options = job_from_options(params, target, reporter)
@@ -40,4 +40,5 @@ def prepare_command(stages, output, force, **params):
     images = job.manifest.images
     reporter.line(f"prepared {job.run_dir}: {len(job.manifest.classes)} classes, {images.train} training and "
                   f"{images.val} validation images, {job.manifest.schedule.max_iter} iterations")
-    reporter.line(f"run it with: {sh_command('caffegen', 'launch', job.run_dir)}")
+    next_step = launch_command(run_dir=job.run_dir, caffe=params["caffe_path"], program=USER_CAFFEGEN)
+    reporter.line(f"run it with: {sh_command(*next_step)}")

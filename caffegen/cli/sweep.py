@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from caffegen.cli.joboptions import job_from_options, job_options
-from caffegen.cli.options import number_list
+from caffegen.cli.options import force_option, number_list, slurm_options
 from caffegen.errors import CaffegenError
 from caffegen.io.quoting import sh_command
 from caffegen.reporting import reporter_for_stderr
@@ -38,14 +38,11 @@ def _names(value, option):
 @click.option("--lr", "learning_rates", callback=number_list(float, positive=True), metavar="LR[,LR…]",
               help="Learning rates to try, one run each per freeze point (default: as --base-lr).")
 @click.option("-o", "--output", type=click.Path(path_type=str), help="The sweep directory to create.")
-@click.option("--force", is_flag=True,
-              help="Replace an existing sweep directory, and prepare runs whose estimated memory exceeds the "
-                   "machine's (RAM available, or the GPUs' free memory).")
+@force_option("Replace an existing sweep directory, and prepare runs whose estimated memory exceeds the machine's "
+              "(RAM available, or the GPUs' free memory; with --slurm, the --mem asked for).")
 @click.option("--gpus", metavar="ID[,ID…]", help="Train here on these GPUs, one run per GPU at a time.")
-@click.option("--slurm", is_flag=True, help="Write slurm.sh, a job array with one task per run, and submit it.")
-@click.option("--slurm-opt", "slurm_opts", multiple=True, metavar="OPTION",
-              help="An sbatch option for slurm.sh, such as --partition=gpu or --gres=gpu:1. Repeatable.")
-@click.option("--no-submit", is_flag=True, help="With --slurm: write slurm.sh without submitting it.")
+@slurm_options("Write slurm.sh, a job array with one task per run, and submit it.",
+               "slurm.sh (and slurm_features.sh with --cache-features)")
 @click.option("--collect", "collect_dir", metavar="DIR", type=click.Path(path_type=str),
               help="Gather the results of the sweep in DIR (after Slurm, or any time).")
 @click.pass_context
@@ -75,7 +72,7 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
     _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit)
     gpu_ids = _gpu_ids(gpus)
     target = _sweep_target(params, gpus, gpu_ids, slurm)
-    runs = _prepared_runs(params, learning_rates, output, force, gpus, slurm, target, reporter)
+    runs = _prepared_runs(params, learning_rates, output, force, gpus, slurm_opts if slurm else None, target, reporter)
     if slurm:
         _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, reporter)
         return
@@ -87,17 +84,16 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
     ctx.exit(130 if "interrupted" in statuses else 0 if statuses == {"ok"} else 1)
 
 
-def _prepared_runs(params, learning_rates, output, force, gpus, slurm, target, reporter):
-    """Prepare one run per freeze point × learning rate in ``output``; return the SweepRuns."""
+def _prepared_runs(params, learning_rates, output, force, gpus, sbatch_options, target, reporter):
+    """Prepare one run per freeze point × learning rate in ``output``, for Slurm with ``sbatch_options`` when
+    given; return the SweepRuns."""
     from caffegen.job.device import Device
     from caffegen.run.lmdb import DatabaseBuilder
-    from caffegen.run.target import memory_budget
-    from caffegen.strategies.sweep import combinations, prepare_sweep
+    from caffegen.strategies.sweep import combinations, prepare_sweep, sweep_budget
     options = job_from_options(params, target, reporter)
     planned = combinations(options, _names(params["freeze_upto"], "--freeze-upto"),
                            _names(params["freeze_from"], "--freeze-from"), learning_rates)
-    # Each run trains alone on its device here; Slurm's nodes are not this machine.
-    budget = None if slurm else memory_budget(Device.parse(gpus) if gpus else options.device)
+    budget = sweep_budget(Device.parse(gpus) if gpus else options.device, sbatch_options)
     databases = DatabaseBuilder(target.required(), reporter) if options.lmdb else None
     return prepare_sweep(planned, output, force, target.caffe or "caffe", reporter, budget=budget, databases=databases)
 
@@ -139,22 +135,22 @@ def _gpu_ids(gpus):
 
 
 def _submit(output, runs, slurm_opts, caffe_path, no_submit, reporter):
-    from caffegen.strategies.slurm import submit
-    from caffegen.strategies.sweep import write_slurm_scripts
+    from caffegen.strategies.slurm import SWEEP_SCRIPT, log_name, sbatch_line
+    from caffegen.strategies.sweep import submit_sweep, write_slurm_scripts
     features, script = write_slurm_scripts(output, runs, slurm_opts, caffe_path)
     if no_submit:
         if features:
-            reporter.line(f"wrote {features}: compute the shared trunk features first: {sh_command('sbatch', features)}")
-        after = ["--dependency=afterok:JOB"] if features else []
-        reporter.line(f"wrote {script} ({len(runs)} tasks); submit it with: {sh_command('sbatch', *after, script)}"
+            reporter.line(f"wrote {features}: compute the shared trunk features first: {sbatch_line(features)}")
+        reporter.line(f"wrote {script} ({len(runs)} tasks); submit it with: "
+                      f"{sbatch_line(script, after_job=bool(features))}"
                       + (" (JOB: the features job's id)" if features else ""))
         return
-    after = submit(features) if features else None
+    after, job_id = submit_sweep(features, script)
     if after:
         reporter.line(f"submitted the trunk features as job array {after}; the runs start when it succeeds")
-    job_id = submit(script, after)
     click.echo(job_id)
-    reporter.line(f"submitted job array {job_id} ({len(runs)} tasks); logs: {Path(output) / f'slurm-{job_id}_*.out'}")
+    reporter.line(f"submitted job array {job_id} ({len(runs)} tasks); "
+                  f"logs: {Path(output) / log_name(SWEEP_SCRIPT, job_id, '*')}")
     reporter.line(f"gather the results with: {sh_command('caffegen', 'sweep', '--collect', output)}")
 
 

@@ -25,7 +25,7 @@ without shuffle both read the images in list order), and Dropout layers after th
 with parameters, which move into the head and draw fresh masks on the cached features.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
@@ -85,6 +85,11 @@ class CachePlan:
     def bytes(self):
         """Bytes of the whole cache, training and validation images together (file headers aside)."""
         return self.bytes_per_image * sum(self.images.values())
+
+    def moved_to(self, run):
+        """This plan for :class:`RunDir` ``run``, the directory it was worked out in now in its place: the paths
+        change, nothing read from the files does."""
+        return replace(self, run_dir=run.path, weights=run.weights(), store_root=run.feature_store)
 
     def describe(self):
         """One line for the user: what is cached, and how much disk it takes."""

@@ -12,13 +12,13 @@ import math
 from caffegen.io.lists import read_list
 from caffegen.job.cacheplan import LISTS
 from caffegen.job.memorycheck import extraction_batch
-from caffegen.run.target import memory_budget
+from caffegen.strategies.childlaunch import launch_command
 from caffegen.strategies.slurm import (
     FEATURES_SCRIPT,
     HEAD_SCRIPT,
     check_sbatch,
     check_slurm,
-    launch_command,
+    node_budget,
     submit,
     write_sbatch_script,
 )
@@ -34,10 +34,11 @@ def default_shards(run):
     return max(1, min(MOST_SHARDS, math.ceil(images / SHARD_IMAGES)))
 
 
-def pin_cache_batch(run):
+def pin_cache_batch(run, sbatch_options=()):
     """Record in ``run``'s manifest the mini-batch every shard runs, so that all of them split the chunks alike:
-    its ``--cache-batch``, else the most that fit on this machine; return the ExtractionBatch."""
-    batch = extraction_batch(run.cache_plan, run.device, memory_budget(run.device))
+    its ``--cache-batch``, else the most that fit a node's memory as :func:`node_budget` knows it; return the
+    ExtractionBatch."""
+    batch = extraction_batch(run.cache_plan, run.device, node_budget(sbatch_options, run.device))
     if run.cache_batch is None:
         run.record(cache_batch=batch.size)
     return batch
@@ -54,7 +55,7 @@ def write_cluster_scripts(run, shards, sbatch_options=(), caffe=None, gpu=None, 
     head = write_sbatch_script(
         run.path, HEAD_SCRIPT, "head", launch_command(*(["--evaluate"] if evaluate else []), **child),
         "A cached fine-tuning run: it merges the shards' features, trains the head and writes final.caffemodel",
-        sbatch_options, dependency=f"--dependency=afterok:JOB (JOB: the id of {FEATURES_SCRIPT}'s job) ")
+        sbatch_options, after=FEATURES_SCRIPT)
     return features, head
 
 

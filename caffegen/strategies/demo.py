@@ -32,7 +32,8 @@ def ensure_caffe(caffe, reporter):
     except CaffeNotFound:
         if caffe:
             raise
-        reporter.line(f"Caffe not found: installing a CPU build of Caffe 1.0 into {default_prefix()} (once, about 20 s)")
+        reporter.line(f"Caffe not found: installing a CPU build of Caffe 1.0 into {default_prefix()} "
+                      "(once, about 20 s)")
         return Target(install_caffe(log=reporter.line), CPU)
 
 

@@ -56,12 +56,13 @@ def _prepare_classification(options, request):
                              memory, say)
         job.notes[:0] = notes
         return job
-    build = _build_one(options, request, dataset, memory, say)
-    return PreparedJob(request.run_dir, build.manifest, notes + build.notes)
+    build, plan = _build_one(options, request, dataset, memory, say)
+    return PreparedJob(request.run_dir, build.manifest, notes + build.notes, plan)
 
 
 def _build_one(options, request, dataset, memory, say):
-    """Build and write the one run of ``request``, its LMDBs built in a scratch folder beside it."""
+    """Build and write the one run of ``request``, its LMDBs built in a scratch folder beside it; return the build
+    and its cache plan (None for a run that caches no features)."""
     run_dir, weights = request.run_dir, request.weights
     with scratch_beside(run_dir) if options.lmdb else nullcontext() as scratch:
         build_databases = None
@@ -70,8 +71,9 @@ def _build_one(options, request, dataset, memory, say):
             build_databases = lambda plan: request.databases(plan, scratch, reusable)  # noqa: E731
         build = build_run(options, dataset, weights, weights, request.caffe, memory, say, build_databases)
         check = planned_cache(memory, options.device, build) if options.cache_features else None
-        build.notes += write_run_dir(run_dir, build.files, build.copies, check, build.moves) or []
-    return build
+        cache_notes, plan = write_run_dir(run_dir, build.files, build.copies, check, build.moves) or ([], None)
+        build.notes += cache_notes
+    return build, plan
 
 
 # How each task's run directory is prepared.

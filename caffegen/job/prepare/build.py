@@ -59,6 +59,7 @@ class PreparedJob:
     run_dir: Path
     manifest: Manifest
     notes: list
+    cache_plan: object = None  # a cached run's CachePlan, as worked out in the directory before it took its place
 
 
 @dataclass

@@ -9,14 +9,15 @@ from caffegen.job.rundir import SNAPSHOT_DIR, RunDir
 
 
 def planned_cache(memory, device, build):
-    """The check of a cached run's built directory: its cache plan, and its extraction's memory."""
+    """The check of a cached run's built directory: its cache plan, and its extraction's memory; it answers the
+    notes and the plan."""
     def check(staging):
         plan = RunDir(staging).cache_plan
         notes = [plan.describe()]
         if memory.budget is not None:
             batch = extraction_batch(plan, device, memory.budget)
             notes += [batch.line()] + memory.note(extraction_check(plan, device, memory.budget, batch.size))
-        return notes
+        return notes, plan
     return check
 
 
