@@ -33,9 +33,10 @@ class Reporter:
         self.write(text)
 
     def event(self, event):
-        """Append ``event`` (a dataclass) to every event log being recorded."""
+        """Append ``event`` (a dataclass) to every event log being recorded, the same line to each."""
+        line = event_line(event)
         for log in self.logs:
-            log.write([event])
+            log.append(line)
 
     @contextlib.contextmanager
     def recording(self, path):
@@ -181,10 +182,9 @@ class EventLog:
     def __exit__(self, *exc):
         os.close(self.fd)
 
-    def write(self, events):
-        """Append ``events``, each as one line written whole."""
-        for event in events:
-            try:
-                os.write(self.fd, event_line(event).encode("utf-8"))
-            except OSError as error:
-                raise cannot_write(error, self.path) from None
+    def append(self, line):
+        """Append one event's ``line``, written whole."""
+        try:
+            os.write(self.fd, line.encode("utf-8"))
+        except OSError as error:
+            raise cannot_write(error, self.path) from None

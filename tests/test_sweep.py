@@ -16,6 +16,7 @@ from conftest import DIGITS, ROOT, assert_one_line_error, run_caffegen, wait_for
 from caffegen.job import cacheplan
 from caffegen.job.prepare import JobOptions
 from caffegen.job.rundir import RunDir, newest_snapshot
+from caffegen.reporting import PlainReporter
 from caffegen.run.cache import store_of
 from caffegen.strategies.sweep import (
     collect,
@@ -124,7 +125,7 @@ def test_one_run_per_device_at_a_time(caffe, images, tmp_path):
     out = tmp_path / "sweep"
     runs = prepare_sweep(combinations(options, ("conv1", "conv2", "fc1")), out)
     events = []
-    errors = run_on_gpus(out, runs, ["cpu", "cpu"], caffe, events.append, poll_seconds=0.05)
+    errors = run_on_gpus(out, runs, ["cpu", "cpu"], caffe, PlainReporter(events.append), poll_seconds=0.05)
     assert errors == {}
     assert events[:2] == ["GPU cpu: started upto-conv1", "GPU cpu: started upto-conv2"]
     assert events[2].startswith("GPU cpu: upto-conv") and events[2].endswith("ended with exit code 0")
