@@ -22,10 +22,14 @@ def fold_and_check(target, plan, caffemodel, workdir, echo):
     feed = random_inputs(plan.inputs)
     before = _outputs(target, plan.net, caffemodel.path, feed, plan.outputs, workdir / "unfolded")
     after = _outputs(target, folded.net, weights, feed, plan.outputs, workdir / "folded")
-    for blob in plan.outputs:
-        check = compare_blob(blob, before[blob], after[blob], is_probability(plan.producers[blob]))
-        if not check.passed:
-            raise CaffegenError(f"folding BatchNorm changes Caffe's output '{blob}': {check.words()}; nothing written")
+    checks = [compare_blob(blob, before[blob], after[blob], is_probability(plan.producers[blob]))
+              for blob in plan.outputs]
+    worst = max(checks, key=lambda check: check.measure / check.tolerance)
+    if not worst.passed:
+        raise CaffegenError(f"folding BatchNorm changes Caffe's output '{worst.blob}': {worst.words()}; "
+                            "nothing written")
+    echo(f"folded {len(folding.folded)} BatchNorm: real Caffe runs the folded net as the original, largest "
+         f"difference '{worst.blob}' {worst.words()}")
     return folded, weights, tuple(folding.folded)
 
 

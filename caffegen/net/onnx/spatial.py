@@ -66,10 +66,13 @@ class _Windows:
 
     def __init__(self, kernel, stride, pad, sizes, pooled):
         self.kernel, self.stride, self.pad, self.sizes, self.pooled = kernel, stride, pad, sizes, pooled
-        self.end_pad = [(out - 1) * s + k - size - p for out, s, k, size, p in zip(pooled, stride, kernel, sizes, pad)]
-        if min(self.end_pad) < 0:
-            raise NotExpressible(f"its last window ends {-min(self.end_pad)} before the input does; "
-                                 "ONNX pads cannot be negative")
+        # Where Caffe drops a last window that would start in the padding, the last one kept may end before
+        # the input does: no padding at the end then, and ONNX's floor rounding finds the same windows.
+        self.end_pad = [max(0, (out - 1) * s + k - size - p)
+                        for out, s, k, size, p in zip(pooled, stride, kernel, sizes, pad)]
+        found = [(size + p + end - k) // s + 1 for size, p, end, k, s in zip(sizes, pad, self.end_pad, kernel, stride)]
+        if found != list(pooled):
+            raise NotExpressible(f"ONNX would pool {found} windows where Caffe pools {list(pooled)}")
 
     def divisors(self):
         """Caffe's AVE divisor of each output position: the window clipped to the padded input (H + pad)."""
