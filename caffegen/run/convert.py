@@ -22,7 +22,8 @@ class ConversionCheck:
     """What was written, and how far ONNX Runtime's outputs were from Caffe's."""
 
     output: Path
-    checks: tuple  # a BlobCheck per output of the net
+    checks: tuple  # a BlobCheck per output of the net, then per blob an output Softmax reads
+    outputs: int  # how many of the checks are outputs
     batch: int  # None: dynamic
     checked_batch: int
     folded: tuple = ()  # the BatchNorm layers folded
@@ -35,9 +36,11 @@ class ConversionCheck:
     def line(self):
         batch = f"batch {self.batch}" if self.batch else "dynamic batch"
         folded = f", {len(self.folded)} BatchNorm folded" if self.folded else ""
+        scores = len(self.checks) - self.outputs
+        scores = f" and the {scores} blob(s) their Softmax reads" if scores else ""
         return (f"wrote {self.output} (ONNX opset {OPSET}, {batch}{folded}): ONNX Runtime agrees with Caffe on "
-                f"{len(self.checks)} output(s) for a random input of {self.checked_batch}; largest difference: "
-                f"'{self.worst.blob}' {self.worst.words()}")
+                f"{self.outputs} output(s){scores} for a random input of {self.checked_batch}; largest "
+                f"difference: '{self.worst.blob}' {self.worst.words()}")
 
 
 def convert_to_onnx(deploy, weights, output, target, proto=None, batch=None, fold_bn=False, echo=None):
@@ -57,13 +60,15 @@ def convert_to_onnx(deploy, weights, output, target, proto=None, batch=None, fol
         if fold_bn:
             plan, weights, folded = fold_and_check(target, plan, caffemodel, work, echo or (lambda line: None))
             caffemodel = read_caffemodel(weights)
-        model = build_onnx(plan.layers, caffemodel, plan.inputs, plan.outputs, batch, net.name or "caffe")
+        model = build_onnx(plan.layers, caffemodel, plan.inputs, plan.checked, batch, net.name or "caffe")
         feed = random_inputs(plan.inputs)
-        checks = _checked(target, plan, weights, model, feed, plan.outputs, work / "outputs")
+        checks = _checked(target, plan, weights, model, feed, plan.checked, work / "outputs")
         if not all(check.passed for check in checks):
             raise _located(target, plan, weights, caffemodel, batch, feed, work / "layers")
+        del model.graph.output[len(plan.outputs):]  # the scores were outputs for the check only
         write_atomic(output, model.SerializeToString())
-    return ConversionCheck(Path(output), tuple(checks), batch, batch or CHECK_BATCH, tuple(folded))
+    return ConversionCheck(Path(output), tuple(checks), len(plan.outputs), batch, batch or CHECK_BATCH,
+                           tuple(folded))
 
 
 def _checked(target, plan, weights, model, feed, blobs, folder):

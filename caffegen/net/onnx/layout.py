@@ -25,6 +25,14 @@ class Layout:
     outputs: list
     producers: dict  # blob -> LayerShapes
 
+    @property
+    def checked(self):
+        """The outputs, and the scores each output Softmax reads: saturated probabilities would hide a difference."""
+        scores = [self.producers[blob].layer.bottom[0] for blob in self.outputs
+                  if self.producers[blob].type == "Softmax"]
+        return self.outputs + [blob for blob in scores if blob not in self.outputs and blob in self.producers
+                               and self.producers[blob].layer is not None]
+
 
 def layout(net, path=None):
     """The Layout of ``net`` (single assignment, batch set), refusing a layer Caffe or ONNX cannot run."""
