@@ -64,7 +64,7 @@ def build_onnx(layers, weights, inputs, outputs, batch=None, name="caffe"):
     ``inputs`` are the net's input blobs, ``outputs`` the blobs the graph gives out; ``weights`` is
     a Caffemodel; ``batch`` None leaves the batch axis dynamic (named N).
     """
-    from onnx import TensorProto, helper
+    from onnx import helper
     refuse_unconvertible(layers)
     graph = OnnxGraph()
     shapes = {blob: shape for result in layers for blob, shape in result.tops.items()}
@@ -72,16 +72,19 @@ def build_onnx(layers, weights, inputs, outputs, batch=None, name="caffe"):
     for result in layers:
         if result.layer is not None and result.type != INPUT:
             _convert(graph, result, shapes, weights)
-
-    def value(blob):
-        shape = shapes.get(blob)
-        dims = None if shape is None else [batch or BATCH] + list(shape[1:])
-        return helper.make_tensor_value_info(blob, TensorProto.FLOAT, dims)
-    onnx_graph = helper.make_graph(graph.nodes, name, [value(blob) for blob in inputs],
-                                   [value(blob) for blob in outputs], graph.initializers)
+    onnx_graph = helper.make_graph(graph.nodes, name, [_value_info(blob, shapes, batch) for blob in inputs],
+                                   [_value_info(blob, shapes, batch) for blob in outputs], graph.initializers)
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="caffegen")
     model.ir_version = IR_VERSION
     return model
+
+
+def _value_info(blob, shapes, batch):
+    """The graph input or output ``blob``: float, its first axis ``batch`` or dynamic (N)."""
+    from onnx import TensorProto, helper
+    shape = shapes.get(blob)
+    dims = None if shape is None else [batch or BATCH] + list(shape[1:])
+    return helper.make_tensor_value_info(blob, TensorProto.FLOAT, dims)
 
 
 def _convert(graph, result, shapes, weights):

@@ -41,7 +41,15 @@ def layout(net, path=None):
     rejected = next((result for result in layers if result.rejected), None)
     if rejected is not None:
         raise CaffegenError(f"layer '{rejected.name}': {rejected.note}", path)
+    if not view.inputs:
+        raise CaffegenError("no Input layer and no input fields: convert takes a deploy net, whose inputs are fed",
+                            path)
     refuse_unconvertible(layers, path)
+    unknown = next((result for result in layers if any(shape is None or None in shape
+                                                       for shape in result.tops.values())), None)
+    if unknown is not None:
+        raise CaffegenError(f"the shape of layer '{unknown.name}''s output is unknown"
+                            + (f": {unknown.note}" if unknown.note else ""), path)
     producers = {blob: result for result in layers for blob in result.tops}
     inputs = {blob: producers[blob].tops[blob] for blob in view.inputs}
     return Layout(net, layers, inputs, net_outputs(view), producers)

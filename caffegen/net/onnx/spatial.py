@@ -85,12 +85,15 @@ class _Windows:
 
 
 def _windows(param, sizes, pooled):
-    def values(name, single):
-        if param.HasField(f"{name}_h") or param.HasField(f"{name}_w"):
-            return [getattr(param, f"{name}_h"), getattr(param, f"{name}_w")]
-        return [single, single]
-    return _Windows(values("kernel", param.kernel_size), values("stride", param.stride), values("pad", param.pad),
-                    list(sizes), list(pooled))
+    return _Windows(_pool_values(param, "kernel", param.kernel_size), _pool_values(param, "stride", param.stride),
+                    _pool_values(param, "pad", param.pad), list(sizes), list(pooled))
+
+
+def _pool_values(param, name, single):
+    """A pooling setting per spatial axis: NAME_h and NAME_w, or one value for both."""
+    if param.HasField(f"{name}_h") or param.HasField(f"{name}_w"):
+        return [getattr(param, f"{name}_h"), getattr(param, f"{name}_w")]
+    return [single, single]
 
 
 def _average(graph, io, windows):
