@@ -120,6 +120,14 @@ def test_fold_bn_folds_what_it_can_and_agrees_with_caffe(caffe, tmp_path):
                                atol=1e-5)
 
 
+def test_batch_statistics_at_test_time_are_one_line(caffe, tmp_path):
+    text = BN_NET.replace('top: "bn2" }', 'top: "bn2" batch_norm_param { use_global_stats: false } }')
+    deploy, weights = model_files(tmp_path, text)
+    result = run_caffegen("convert", deploy, weights, "-o", tmp_path / "net.onnx", "--caffe", caffe)
+    assert_one_line_error(result, "cannot convert layer 'bn2' (BatchNorm) to ONNX: use_global_stats: false")
+    assert not (tmp_path / "net.onnx").exists()
+
+
 def test_missing_weights_are_one_line(caffe, tmp_path):
     deploy, _ = model_files(tmp_path, LEGACY_NET)
     _, other = model_files(tmp_path, BN_NET, "other")

@@ -7,8 +7,7 @@ fixed size (pooling's padding, Slice, Crop), never for the batch axis, which sta
 
 from caffegen.errors import CaffegenError
 from caffegen.net.onnx import activations, elementwise, normalization, shapeops, spatial
-from caffegen.net.onnx.graph import BATCH, LayerIO, OnnxGraph
-from caffegen.net.onnx.spatial import NotExpressible
+from caffegen.net.onnx.graph import BATCH, LayerIO, NotExpressible, OnnxGraph
 
 OPSET = 17  # ONNX Runtime 1.17 and every later one runs it; LRN, Softmax(axis), Pad-as-input are all there
 IR_VERSION = 8  # the IR version that opset 17 came with

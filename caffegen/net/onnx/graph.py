@@ -5,6 +5,10 @@ from dataclasses import dataclass
 BATCH = "N"  # the name of a dynamic batch dimension
 
 
+class NotExpressible(Exception):
+    """A layer whose settings ONNX cannot express: the reason, in words."""
+
+
 @dataclass
 class LayerIO:
     """What a converter needs of one Caffe layer: its message, its values in and out, their shapes, its blobs."""

@@ -1,5 +1,7 @@
 """BatchNorm, Scale, Bias and LRN as ONNX nodes."""
 
+from caffegen.net.onnx.graph import NotExpressible
+
 ACROSS_CHANNELS = 0  # caffe.LRNParameter.NormRegion
 
 
@@ -7,6 +9,9 @@ def batch_norm(graph, io):
     """Caffe's BatchNorm at test time: the stored mean and variance divided by the moving-average factor, and eps."""
     import numpy as np
     layer = io.layer
+    param = layer.batch_norm_param
+    if param.HasField("use_global_stats") and not param.use_global_stats:
+        raise NotExpressible("use_global_stats: false normalises each batch by its own statistics, at test too")
     mean, variance, factor = io.blobs
     factor = float(factor.reshape(-1)[0])
     factor = 0.0 if factor == 0 else 1.0 / factor  # Caffe's rule for a factor of 0
@@ -15,7 +20,7 @@ def batch_norm(graph, io):
               graph.constant(f"{layer.name}/beta", np.zeros(channels)),
               graph.constant(f"{layer.name}/mean", mean * factor),
               graph.constant(f"{layer.name}/variance", variance * factor)]
-    graph.node("BatchNormalization", inputs, layer.name, io.outputs[:1], epsilon=layer.batch_norm_param.eps)
+    graph.node("BatchNormalization", inputs, layer.name, io.outputs[:1], epsilon=param.eps)
 
 
 def scale(graph, io):

@@ -1,12 +1,9 @@
 """Convolution, Deconvolution, Pooling and InnerProduct as ONNX nodes, with Caffe's rounding and padding."""
 
+from caffegen.net.onnx.graph import NotExpressible
 from caffegen.net.shapes import conv_setup
 
 MAX, AVE = 0, 1  # caffe.PoolingParameter.PoolMethod
-
-
-class NotExpressible(Exception):
-    """A layer whose settings ONNX cannot express: the reason, in words."""
 
 
 def convolution(graph, io, transposed=False):
