@@ -30,7 +30,8 @@ layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 '''
 BN = ('layer {{ name: "{0}" type: "BatchNorm" bottom: "{1}" top: "{1}" }}\n'
       'layer {{ name: "{0}_scale" type: "Scale" bottom: "{1}" top: "{1}" scale_param {{ bias_term: true }} }}\n')
-# conv1's BatchNorm folds; conv2's output is also read by the Eltwise, so its BatchNorm stays.
+# conv1's and the (transposed) fc's BatchNorms fold; conv2's output is also read by the Eltwise, so its BatchNorm
+# stays.
 BN_NET = ('name: "bn"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 '
           'dim: 8 } } }\n'
           'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 '
@@ -40,8 +41,8 @@ BN_NET = ('name: "bn"\nlayer { name: "data" type: "Input" top: "data" input_para
           'kernel_size: 1 } }\n'
           'layer { name: "bn2" type: "BatchNorm" bottom: "conv2" top: "bn2" }\n'
           'layer { name: "sum" type: "Eltwise" bottom: "conv2" bottom: "bn2" top: "sum" }\n'
-          'layer { name: "fc" type: "InnerProduct" bottom: "sum" top: "fc" inner_product_param { num_output: 3 } }\n'
-          + BN.format("bn3", "fc"))
+          'layer { name: "fc" type: "InnerProduct" bottom: "sum" top: "fc" inner_product_param { num_output: 3 '
+          'transpose: true } }\n' + BN.format("bn3", "fc"))
 
 
 def model_files(folder, text, name="net"):

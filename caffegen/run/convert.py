@@ -60,9 +60,10 @@ def convert_to_onnx(deploy, weights, output, target, proto=None, batch=None, fol
         if fold_bn:
             plan, weights, folded = fold_and_check(target, plan, caffemodel, work, echo or (lambda line: None))
             caffemodel = read_caffemodel(weights)
-        model = build_onnx(plan.layers, caffemodel, plan.inputs, plan.checked, batch, net.name or "caffe")
+        checked = plan.checked
+        model = build_onnx(plan.layers, caffemodel, plan.inputs, checked, batch, net.name or "caffe")
         feed = random_inputs(plan.inputs)
-        checks = _checked(target, plan, weights, model, feed, plan.checked, work / "outputs")
+        checks = _checked(target, plan, weights, model, feed, checked, work / "outputs")
         if not all(check.passed for check in checks):
             raise _located(target, plan, weights, caffemodel, batch, feed, work / "layers")
         del model.graph.output[len(plan.outputs):]  # the scores were outputs for the check only
