@@ -21,7 +21,8 @@ def layer_arrays(layer_type, shapes, rng):
     fan_in = int(np.prod(shapes[0][1:])) or 1
     if layer_type == "InnerProduct" and len(shapes[0]) == 2:
         fan_in = max(shapes[0])
-    return [rng.normal(0, np.sqrt(2 / fan_in), shapes[0])] + [rng.normal(0, 0.1, shape) for shape in shapes[1:]]
+    weight = rng.standard_normal(shapes[0], dtype=np.float32) * np.float32(np.sqrt(2 / fan_in))
+    return [weight] + [rng.normal(0, 0.1, shape) for shape in shapes[1:]]
 
 
 def write_random_weights(net, path, seed=0):
