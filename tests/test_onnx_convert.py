@@ -121,6 +121,14 @@ def test_fold_bn_folds_what_it_can_and_agrees_with_caffe(caffe, tmp_path):
                                atol=1e-5)
 
 
+def test_fold_bn_without_a_batchnorm_converts_the_net_as_it_is(caffe, tmp_path):
+    deploy, weights = model_files(tmp_path, LEGACY_NET)
+    result = run_caffegen("convert", deploy, weights, "-o", tmp_path / "net.onnx", "--fold-bn", "--caffe", caffe)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "no BatchNorm to fold: converting the net as it is"
+    assert "folded" not in result.stdout
+
+
 def test_batch_statistics_at_test_time_are_one_line(caffe, tmp_path):
     text = BN_NET.replace('top: "bn2" }', 'top: "bn2" batch_norm_param { use_global_stats: false } }')
     deploy, weights = model_files(tmp_path, text)

@@ -16,6 +16,9 @@ def fold_and_check(target, plan, caffemodel, workdir, echo):
     folding = fold_batch_norms(plan.net, caffemodel)
     for name, why in folding.kept:
         echo(f"BatchNorm '{name}' left unfolded: {why}")
+    if not folding.folded:
+        echo("no BatchNorm to fold: converting the net as it is")
+        return plan, caffemodel.path, ()
     weights = workdir / FOLDED_WEIGHTS
     write_caffemodel(weights, folding.weights, plan.net.name)
     folded = layout(folding.net)
