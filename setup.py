@@ -28,7 +28,9 @@ setup(
     ],
     extras_require={
         "opencv": ["opencv-python-headless>=4.5,<5"],
-        "test": ["pytest>=7", "pytest-xdist>=3.5", "grpcio-tools==1.85.1", "opencv-python-headless>=4.5,<5"],
+        "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "grpcio-tools==1.85.1", "opencv-python-headless>=4.5,<5",
+                 "onnx>=1.15", "onnxruntime>=1.17"],
     },
     entry_points={"console_scripts": ["caffegen = caffegen.cli:main"]},
 )

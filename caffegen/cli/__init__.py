@@ -18,6 +18,7 @@ from caffegen.errors import FULL_OR_READ_ONLY, WRITE_ERRNOS, CaffegenError, Term
 # run or listed, so that a command loads no more than it uses.
 COMMANDS = {
     "advise": "caffegen.cli.advise:advise_command",
+    "convert": "caffegen.cli.convert:convert_command",
     "demo": "caffegen.cli.demo:demo_command",
     "evaluate": "caffegen.cli.evaluate:evaluate_command",
     "export": "caffegen.cli.export:export_command",
