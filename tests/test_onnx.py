@@ -9,8 +9,8 @@ from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.prototxt import parse_net
 from caffegen.net.onnx import build_onnx
 from caffegen.net.onnx.layout import layout, prepared_net
-from caffegen.run.onnxcheck import check_blobs, random_inputs
-from caffegen.run.onnxengine import onnxruntime_forward
+from caffegen.run.convert.agreement import check_blobs, random_inputs
+from caffegen.run.engines.onnxruntime import onnxruntime_forward
 from caffegen.run.target import Target
 
 INPUT = ('name: "cases"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 '

@@ -12,8 +12,8 @@ from conftest import DIGITS, assert_one_line_error, run_caffegen
 from caffegen.io.prototxt import parse_net
 from caffegen.net import onnx as converters
 from caffegen.net.onnx.normalization import lrn
-from caffegen.run.onnxcheck import random_inputs
-from caffegen.run.onnxengine import onnxruntime_forward
+from caffegen.run.convert.agreement import random_inputs
+from caffegen.run.engines.onnxruntime import onnxruntime_forward
 
 # The legacy input fields, an LRN with k: 2 and a classifier.
 LEGACY_NET = '''name: "legacy"

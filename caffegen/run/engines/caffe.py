@@ -15,16 +15,18 @@ from pathlib import Path
 
 from caffegen.defaults import FORWARD_BATCH
 from caffegen.errors import CaffegenError, cannot_write
-from caffegen.io.featuredb import read_feature_db
+from caffegen.io.featuredb import read_feature_db, write_features_h5
 from caffegen.io.files import unused_name
 from caffegen.io.lists import list_line
 from caffegen.io.prototxt import to_text
 from caffegen.io.segdata import read_image_size
+from caffegen.net.deployinputs import hdf5_input_net
 from caffegen.net.wiring import image_input_net
 from caffegen.reporting import SilentReporter
 from caffegen.run.caffelog import parse_log
 
 LIST = "images.txt"
+INPUTS, INPUT_LIST = "inputs.h5", "inputs.txt"  # input blobs, and the list HDF5Data reads them from
 
 
 def run_extract_features(target, net, weights, blobs, count, batch_size, workdir, device=None, name="forward"):
@@ -118,3 +120,16 @@ def _needed_resize(model, paths, reporter):
     reporter.line(f"{len(unfit)} image size(s) differ from the model's input of {height}×{width} "
                   f"(for example {unfit[0][0]}×{unfit[0][1]}): resizing every image to {height}×{width}")
     return height, width
+
+
+def caffe_forward(target, net, weights, inputs, blobs, workdir):
+    """{blob: float32 array (N, values per item)} of deploy ``net`` with ``weights`` fed ``inputs`` ({name: (N, …)}).
+
+    ``workdir`` receives the inputs, the net Caffe runs, its log and the blobs it writes.
+    """
+    count = len(next(iter(inputs.values())))
+    write_features_h5(workdir / INPUTS, {name: [values] for name, values in inputs.items()}, count,
+                      {name: values.shape[1:] for name, values in inputs.items()})
+    (workdir / INPUT_LIST).write_text(f"{workdir / INPUTS}\n", encoding="utf-8")
+    fed = hdf5_input_net(net, workdir / INPUT_LIST, count)
+    return extract_blobs(target, fed, weights, list(blobs), count, count, workdir)

@@ -12,9 +12,10 @@ from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.files import temp_folder, write_atomic
 from caffegen.net.onnx import OPSET, build_onnx
 from caffegen.net.onnx.layout import CHECK_BATCH, layout, prepared_net
-from caffegen.run.foldcheck import fold_and_check
-from caffegen.run.onnxcheck import check_blobs, first_difference, random_inputs
-from caffegen.run.onnxengine import onnx_modules
+from caffegen.reporting import SilentReporter
+from caffegen.run.convert.agreement import check_blobs, first_difference, random_inputs
+from caffegen.run.convert.fold import fold_and_check
+from caffegen.run.engines.onnxruntime import onnx_modules
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,16 @@ class ConversionCheck:
                 f"difference: '{self.worst.blob}' {self.worst.words()}")
 
 
-def convert_to_onnx(deploy, weights, output, target, proto=None, batch=None, fold_bn=False, echo=None):
+def convert_to_onnx(deploy, weights, output, target, proto=None, batch=None, fold_bn=False, reporter=None,
+                    force=False):
     """Convert ``deploy`` + ``weights`` to ONNX at ``output`` once ONNX Runtime agrees with real Caffe (``target``).
 
     ``batch`` fixes the batch axis (None: dynamic); ``fold_bn`` first folds each BatchNorm (and its Scale)
-    into the layer before it, checked by Caffe against the unfolded net. Returns a ConversionCheck.
+    into the layer before it, checked by Caffe against the unfolded net. An existing ``output`` is
+    replaced only with ``force``. Returns a ConversionCheck.
     """
+    if Path(output).exists() and not force:
+        raise CaffegenError("exists; pass --force to replace it, or choose another name with -o", output)
     onnx_modules()
     target.required()
     net = prepared_net(deploy, proto, batch)
@@ -58,7 +63,7 @@ def convert_to_onnx(deploy, weights, output, target, proto=None, batch=None, fol
     with temp_folder() as work:
         folded = ()
         if fold_bn:
-            plan, weights, folded = fold_and_check(target, plan, caffemodel, work, echo or (lambda line: None))
+            plan, weights, folded = fold_and_check(target, plan, caffemodel, work, reporter or SilentReporter())
             caffemodel = read_caffemodel(weights)
         checked = plan.checked
         model = build_onnx(plan.layers, caffemodel, plan.inputs, checked, batch, net.name or "caffe")

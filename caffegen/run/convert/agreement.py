@@ -1,16 +1,16 @@
 """ONNX Runtime against real Caffe on the same input blobs: every output compared, and the first layer that
 differs found by comparing every intermediate blob.
 
-The tolerances are those of the OpenCV check (``run/opencv.py``): probabilities within 1e-4, any other
+The tolerances are those of every engine check (``run/engines/agreement.py``): probabilities within 1e-4, any other
 value within 1e-4 of its own scale (max |value| of Caffe's), for the reasons given there.
 """
 
 from dataclasses import dataclass
 
 from caffegen.errors import CaffegenError
-from caffegen.run.hdf5forward import caffe_forward
-from caffegen.run.onnxengine import onnxruntime_forward
-from caffegen.run.opencv import FEATURE_TOLERANCE, PROBABILITY_TOLERANCE
+from caffegen.run.engines.agreement import FEATURE_TOLERANCE, PROBABILITY_TOLERANCE
+from caffegen.run.engines.caffe import caffe_forward
+from caffegen.run.engines.onnxruntime import onnxruntime_forward
 
 SEED = 0
 PROBABILITY_TYPES = {"Softmax"}

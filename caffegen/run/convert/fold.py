@@ -5,19 +5,19 @@ from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import write_caffemodel
 from caffegen.net.foldbn import fold_batch_norms
 from caffegen.net.onnx.layout import layout
-from caffegen.run.hdf5forward import caffe_forward
-from caffegen.run.onnxcheck import compare_blob, is_probability, random_inputs
+from caffegen.run.convert.agreement import compare_blob, is_probability, random_inputs
+from caffegen.run.engines.caffe import caffe_forward
 
 FOLDED_WEIGHTS = "folded.caffemodel"
 
 
-def fold_and_check(target, plan, caffemodel, workdir, echo):
+def fold_and_check(target, plan, caffemodel, workdir, reporter):
     """(Layout of the folded net, its weights' path, the BatchNorms folded), once Caffe ran both nets alike."""
     folding = fold_batch_norms(plan.net, caffemodel)
     for name, why in folding.kept:
-        echo(f"BatchNorm '{name}' left unfolded: {why}")
+        reporter.line(f"BatchNorm '{name}' left unfolded: {why}")
     if not folding.folded:
-        echo("no BatchNorm to fold: converting the net as it is")
+        reporter.line("no BatchNorm to fold: converting the net as it is")
         return plan, caffemodel.path, ()
     weights = workdir / FOLDED_WEIGHTS
     write_caffemodel(weights, folding.weights, plan.net.name)
@@ -31,8 +31,8 @@ def fold_and_check(target, plan, caffemodel, workdir, echo):
     if not worst.passed:
         raise CaffegenError(f"folding BatchNorm changes Caffe's output '{worst.blob}': {worst.words()}; "
                             "nothing written")
-    echo(f"folded {len(folding.folded)} BatchNorm: real Caffe runs the folded net as the original, largest "
-         f"difference '{worst.blob}' {worst.words()}")
+    reporter.line(f"folded {len(folding.folded)} BatchNorm: real Caffe runs the folded net as the original, "
+                  f"largest difference '{worst.blob}' {worst.words()}")
     return folded, weights, tuple(folding.folded)
 
 
