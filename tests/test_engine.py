@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from caffegen.net.shapes import infer_shapes
 from caffegen.reporting import PlainReporter
 from caffegen.run import cache
 from caffegen.run.cache import engine_check, run_cached
+from caffegen.run.engines import ENGINES
 from caffegen.run.engines.agreement import FEATURE_TOLERANCE
 from caffegen.run.engines.opencv import OPENCV_DIFFERS
 from caffegen.run.target import Target
@@ -182,7 +184,7 @@ def relative_difference(found, expected):
 def trained(caffe, images, tmp_path_factory):
     """The digits job trained on cached features, computed with ``auto`` and with ``caffe``."""
     runs = {}
-    for engine in ("auto", "caffe"):
+    for engine in ("auto", "caffe", "onnxruntime"):
         run = prepare_digits(images, tmp_path_factory.mktemp(engine) / "run", engine)
         lines = []
         result = run_cached(run, Target(caffe), PlainReporter(lines.append))
@@ -191,29 +193,52 @@ def trained(caffe, images, tmp_path_factory):
     return runs
 
 
-def test_auto_computes_with_opencv_and_records_it(trained):
+def test_auto_checks_every_engine_and_computes_with_the_fastest_that_agrees(trained):
     run, lines = trained["auto"]
-    assert any(line.startswith("OpenCV DNN") and f"agrees with Caffe on the first {CACHE_BATCH} images" in line for line in lines)
+    for title in ("OpenCV DNN", "ONNX Runtime"):
+        assert any(line.startswith(title) and f"agrees with Caffe on the first {CACHE_BATCH} images" in line
+                   for line in lines), lines
+    chosen = [line for line in lines if line.startswith("computing the features with ")]
+    rates = dict(re.findall(r"(\w+) (\d+) img/s", chosen[0]))
+    assert len(chosen) == 1 and set(rates) == {"opencv", "onnxruntime"}
+    engine = max(rates, key=lambda name: int(rates[name]))
+    assert chosen[0].startswith(f"computing the features with {engine}, the fastest that agrees")
     manifest = json.loads((run.path / "manifest.json").read_text())
-    assert (manifest["engine"], manifest["features_engine"]) == ("auto", "opencv")
+    assert (manifest["engine"], manifest["features_engine"]) == ("auto", engine)
     result = json.loads((run.path / "result.json").read_text())["cache"]
-    assert (result["engine"], result["engine_asked"]) == ("opencv", "auto")
-    assert json.loads((run.path / cache.FEATURES / cache.STORE_RECORD).read_text())["computed_by"] == "opencv"
+    assert (result["engine"], result["engine_asked"]) == (engine, "auto")
+    assert json.loads((run.path / cache.FEATURES / cache.STORE_RECORD).read_text())["computed_by"] == engine
 
 
-def test_opencv_features_equal_caffe_features(trained):
-    (opencv_run, _), (caffe_run, caffe_lines) = trained["auto"], trained["caffe"]
-    assert not any(line.startswith("OpenCV") for line in caffe_lines)
+@pytest.mark.parametrize("engine", ["auto", "onnxruntime"])
+def test_another_engines_features_equal_caffe_features(trained, engine):
+    (engine_run, _), (caffe_run, caffe_lines) = trained[engine], trained["caffe"]
+    assert not any(line.startswith(("OpenCV", "ONNX")) for line in caffe_lines)
     assert json.loads((caffe_run.path / "result.json").read_text())["cache"]["engine"] == "caffe"
-    (found, found_labels), (expected, labels) = features(opencv_run), features(caffe_run)
+    (found, found_labels), (expected, labels) = features(engine_run), features(caffe_run)
     assert found.shape == expected.shape and found.dtype == np.float32
     assert relative_difference(found, expected) <= FEATURE_TOLERANCE
     np.testing.assert_array_equal(found_labels, labels)
 
 
-def test_a_layer_known_to_differ_keeps_auto_on_caffe(caffe, images, tmp_path):
+def test_a_named_engine_is_used_once_it_agrees(trained):
+    run, lines = trained["onnxruntime"]
+    assert any(line.startswith("ONNX Runtime") and "agrees with Caffe" in line for line in lines)
+    assert not any(line.startswith("OpenCV") for line in lines)
+    assert json.loads((run.path / "result.json").read_text())["cache"]["engine"] == "onnxruntime"
+
+
+def test_a_layer_known_to_differ_keeps_auto_off_that_engine(caffe, images, tmp_path, monkeypatch):
+    """LRN with k: 2: OpenCV is not used, ONNX Runtime is; with OpenCV the only other engine, Caffe is."""
     lines = []
-    extracted = cache.extract_features(prepare_digits(images, tmp_path / "run", "auto", LRN_NET), Target(caffe),
+    extracted = cache.extract_features(prepare_digits(images, tmp_path / "both", "auto", LRN_NET), Target(caffe),
+                                       PlainReporter(lines.append))
+    assert extracted.store.engine == "onnxruntime"
+    assert "not used: OpenCV DNN ignores k: 2 of LRN 'norm1' (it adds 1), so its features would differ from " \
+           "Caffe's" in lines
+    monkeypatch.delitem(ENGINES, "onnxruntime")
+    lines = []
+    extracted = cache.extract_features(prepare_digits(images, tmp_path / "opencv", "auto", LRN_NET), Target(caffe),
                                        PlainReporter(lines.append))
     assert extracted.store.engine == "caffe"
     assert "computing the features with Caffe: OpenCV DNN ignores k: 2 of LRN 'norm1' (it adds 1), so its " \
@@ -230,6 +255,7 @@ def test_opencv_asked_for_refuses_a_layer_known_to_differ(caffe, images, tmp_pat
 def test_the_first_batch_comparison_falls_back_to_caffe(caffe, images, tmp_path, monkeypatch):
     """With the LRN left off the list, the first mini-batch shows the difference and Caffe computes everything."""
     monkeypatch.delitem(OPENCV_DIFFERS, "LRN")
+    monkeypatch.delitem(ENGINES, "onnxruntime")  # which computes this LRN as Caffe does
     runs = {}
     for engine in ("auto", "opencv", "caffe"):
         lines = []

@@ -8,7 +8,7 @@ from caffegen.cli.options import CAFFE_OPTION, ZOO_SOURCE_OPTIONS, gpu_option, n
 from caffegen.defaults import CACHE_BATCH, EPOCHS, GPU_CACHE_BATCH, HEAD_LR_MULT
 from caffegen.errors import CaffegenError
 from caffegen.job.imagedb import ENCODE_TYPES
-from caffegen.job.options import ENGINES, MEAN_IMAGE, OPENCV, TASKS, JobOptions
+from caffegen.job.options import AUTO, CAFFE, ENGINES, MEAN_IMAGE, TASKS, JobOptions
 
 # Click options that JobOptions receives in another form (the data settings and the device are no click options).
 CONVERTED = {"lr_rules"}
@@ -41,9 +41,9 @@ JOB_OPTIONS = [
     click.option("--cache-features", is_flag=True,
                  help="Push the images through the frozen trunk once and train the head on the stored features."),
     click.option("--engine", type=click.Choice(ENGINES), default=default("engine"), show_default=True,
-                 help="With --cache-features: what computes the trunk features; auto uses OpenCV DNN where it is "
-                      "installed and reads the trunk, else Caffe. OpenCV is checked against Caffe on the first "
-                      "mini-batch every time."),
+                 help="With --cache-features: what computes the trunk features; auto checks every installed "
+                      "engine that reads the trunk against Caffe on the first mini-batch and uses the fastest that "
+                      "agrees, else Caffe. A named engine is checked against Caffe every time too."),
     click.option("--cache-batch", type=click.IntRange(min=1), metavar="N",
                  help="With --cache-features: images per mini-batch of the extraction [default: the most, up to "
                       f"{CACHE_BATCH} on the CPU and {GPU_CACHE_BATCH} on a GPU, that the memory estimate fits in "
@@ -120,9 +120,9 @@ def job_from_options(params, target, reporter):
              if field.name in params and field.name not in CONVERTED}
     options = JobOptions(**given, data_settings=settings, lr_rules=parse_lr_rules(params["lr_rules"])).check()
     fetched = _zoo_model(params, reporter)  # once the options are known to go together
-    if params["cache_features"] and params["engine"] == OPENCV:
-        from caffegen.run.engines.opencv import opencv_dnn
-        opencv_dnn()
+    if params["cache_features"] and params["engine"] not in (AUTO, CAFFE):
+        from caffegen.run.engines import ENGINES as INSTALLABLE
+        INSTALLABLE[params["engine"]].title()  # refuses an engine that is not installed, before anything is written
     options = replace(options, device=target.planned_device(reporter))
     return with_zoo_model(options, fetched) if fetched else options
 

@@ -22,8 +22,8 @@ LMDB_REFUSALS = {
 }
 TASKS = tuple(LMDB_REFUSALS)
 # What computes the trunk features of a cached run: Caffe, OpenCV DNN, or OpenCV where it can (else Caffe).
-CAFFE, OPENCV, AUTO = "caffe", "opencv", "auto"
-ENGINES = (AUTO, CAFFE, OPENCV)
+CAFFE, OPENCV, ONNXRUNTIME, AUTO = "caffe", "opencv", "onnxruntime", "auto"
+ENGINES = (AUTO, CAFFE, OPENCV, ONNXRUNTIME)
 MEAN_IMAGE = "image"  # --mean image: the mean of the training database, by compute_image_mean
 
 

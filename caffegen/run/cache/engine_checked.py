@@ -71,9 +71,16 @@ def checked_engine(target, plan, store, nets, todo, device, batch_size, reporter
             reporter.line(verdict.line())
         else:
             reporter.line(f"{verdict.line()}: computing all the features with Caffe instead")
-    if not agreeing and unusable:
+    if unusable and not agreeing:
         reporter.line(f"computing the features with Caffe: {'; '.join(unusable)}")
-    return max(agreeing, key=lambda trunk: trunk.rate, default=None)
+    elif unusable:
+        reporter.line(f"not used: {'; '.join(unusable)}")
+    chosen = max(agreeing, key=lambda trunk: trunk.rate, default=None)
+    if chosen is not None and plan.engine not in ENGINES:
+        rates = ", ".join(f"{trunk.engine} {trunk.rate:.0f} img/s" for trunk in agreeing)
+        reporter.line(f"computing the features with {chosen.engine}, the fastest that agrees with Caffe on the first "
+                      f"mini-batch ({rates})")
+    return chosen
 
 
 class _FirstBatch:

@@ -10,7 +10,8 @@ otherwise than Caffe. A new engine is one module here and one entry in the table
 from dataclasses import dataclass
 from typing import Callable
 
-from caffegen.job.options import OPENCV
+from caffegen.job.options import ONNXRUNTIME, OPENCV
+from caffegen.run.engines.onnxruntime import OnnxRuntimeSession, onnxruntime_title
 from caffegen.run.engines.opencv import OPENCV_DIFFERS, OpenCVSession, opencv_title
 
 
@@ -32,4 +33,5 @@ class Engine:
 
 ENGINES = {
     OPENCV: Engine(OPENCV, opencv_title, OpenCVSession, OPENCV_DIFFERS),
+    ONNXRUNTIME: Engine(ONNXRUNTIME, onnxruntime_title, OnnxRuntimeSession, {}),
 }
