@@ -342,6 +342,33 @@ def test_the_bundle_readmes_opencv_code_gives_caffes_probabilities(cli, trained,
     assert done.stdout.strip() == expected
 
 
+def test_an_onnx_bundle_computes_what_caffe_computes_and_its_readme_code_runs(cli, trained, evaluated, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("cv2")
+    bundle = tmp_path / "bundle"
+    result = cli("export", trained, "-o", bundle, "--format", "caffe,onnx")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"wrote model\.onnx \(ONNX opset \d+, dynamic batch\): ONNX Runtime agrees with Caffe",
+                     result.stderr)
+    info = json.loads((bundle / "info.json").read_text())
+    assert info["formats"] == ["caffe", "onnx"] and "model.onnx" in info["sha256"]
+    readme = (bundle / "README.md").read_text()
+    code = re.search(r"```python\n(import cv2\nimport numpy as np\nimport onnxruntime.*?)```", readme, re.S).group(1)
+    image = evaluated_image(evaluated)
+    expected = json.loads(cli("predict", bundle, image, "--json").stdout)[0]["top"][0]["class"]
+    done = subprocess.run([sys.executable, "-c", code.replace("image.jpg", image)], cwd=bundle, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
+    only = tmp_path / "onnx-only"
+    assert cli("export", trained, "-o", only, "--format", "onnx").returncode == 0
+    assert sorted(path.name for path in only.iterdir()) == ["README.md", "info.json", "labels.txt", "model.onnx",
+                                                            "preprocessing.json"]
+    assert "readNetFromCaffe" not in (only / "README.md").read_text()
+    refused = cli("export", trained, "-o", tmp_path / "other", "--format", "onnx", "--check-opencv")
+    assert refused.returncode == 2 and "--check-opencv checks the caffe format" in refused.stderr
+
+
 def test_evaluate_predict_export_on_a_cached_run(cli, caffe, images, tmp_path):
     pytest.importorskip("cv2")
     run = tmp_path / "cached"

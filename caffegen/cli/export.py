@@ -4,6 +4,7 @@ import json
 
 import click
 
+from caffegen.cli.options import CAFFE_OPTION
 from caffegen.errors import CaffegenError
 from caffegen.reporting import reporter_for_stderr
 from caffegen.run.export.formats import CAFFE_FORMAT, FORMATS
@@ -24,12 +25,13 @@ CHECK_IMAGES = 50
               help="Load the bundle with OpenCV DNN (4.x) and compare its probabilities with real Caffe's.")
 @click.option("--check-images", type=click.IntRange(min=1), default=CHECK_IMAGES, show_default=True,
               help="Validation images the OpenCV check compares on.")
-@click.option("--caffe", "caffe_path", type=click.Path(path_type=str), help="The caffe binary (for --check-opencv).")
+@CAFFE_OPTION
 def export_command(run_dir, output, weights, formats, force, check_opencv_, check_images, caffe_path):
-    """Write RUN's trained model as deploy.prototxt, model.caffemodel, labels.txt, preprocessing.json, README.md.
+    """Write RUN's trained model in each --format, with labels.txt, preprocessing.json, info.json and README.md.
 
-    The mean file comes along when the model subtracts one; info.json records where the model
-    comes from and, when `caffegen evaluate` has run, its metrics.
+    caffe: deploy.prototxt and model.caffemodel (and the mean file when the model subtracts one);
+    onnx: model.onnx, written only once ONNX Runtime agrees with real Caffe. info.json records
+    where the model comes from, each file's SHA-256 and, when `caffegen evaluate` has run, its metrics.
     """
     from caffegen.job.model import load_model
     from caffegen.job.rundir import EVAL_DIR
@@ -39,6 +41,8 @@ def export_command(run_dir, output, weights, formats, force, check_opencv_, chec
     from caffegen.run.report import METRICS
     from caffegen.run.target import resolve_target
     reporter = reporter_for_stderr()
+    if check_opencv_ and CAFFE_FORMAT not in formats:
+        raise click.UsageError("--check-opencv checks the caffe format: add it to --format")
     model = load_model(run_dir, weights)
     if model.run is None:
         raise CaffegenError("already a bundle: export takes a run directory", run_dir)
@@ -46,12 +50,12 @@ def export_command(run_dir, output, weights, formats, force, check_opencv_, chec
     metrics = json.loads(evaluated.read_text(encoding="utf-8")) if evaluated.is_file() else None
     if metrics:
         metrics = {key: value for key, value in metrics.items() if key != "per_class"}
-    bundle = export_bundle(model, output, force, metrics, formats)
+    target = resolve_target(caffe_path, "cpu")
+    bundle = export_bundle(model, output, force, metrics, formats, target, reporter)
     reporter.line(f"wrote {bundle}")
     if check_opencv_:
         images = evaluation_images(model)[:check_images]
-        check = check_opencv(resolve_target(caffe_path, "cpu"), load_model(bundle), [path for path, _ in images],
-                             reporter=reporter)
+        check = check_opencv(target, load_model(bundle), [path for path, _ in images], reporter=reporter)
         click.echo(check.line())
         if not check.passed:
             raise CaffegenError("OpenCV DNN and Caffe disagree on this model: ship it for Caffe only, or see which "

@@ -7,8 +7,10 @@ says how to run the model, and info.json where it comes from, each file's SHA-25
 
 import json
 import os
+import shutil
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,32 +20,35 @@ from caffegen.io.files import built_beside, file_sha256
 from caffegen.io.quoting import python_string
 from caffegen.io.templates import render_template
 from caffegen.job.model import LABELS, PREPROCESSING
+from caffegen.reporting import SilentReporter
 from caffegen.run.export.formats import CAFFE_FORMAT, FORMATS
 
+MEAN_FILE = "mean.binaryproto"
 INFO, README = "info.json", "README.md"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
 
-def export_bundle(model, target, force=False, metrics=None, formats=(CAFFE_FORMAT,)):
+def export_bundle(model, target, force=False, metrics=None, formats=(CAFFE_FORMAT,), caffe=None, reporter=None):
     """Write the bundle of ``model`` (a TrainedModel) in ``formats`` to the folder or .tar.gz ``target``; return its
-    path."""
+    path. ``caffe`` (a Target) checks a format converted from the Caffe model."""
     target = Path(target)
+    writing = _Writing(model, metrics, formats, caffe, reporter or SilentReporter())
     if target.exists() and not force:
         raise CaffegenError("exists; pass --force to replace it, or choose another name with -o", target)
     if target.name.endswith(ARCHIVE_SUFFIXES):
-        return _archive(model, target, metrics, formats)
+        return _archive(writing, target)
     with built_beside(target) as staging:
-        _fill(staging, model, metrics, formats)
+        _fill(staging, writing)
     return target
 
 
-def _archive(model, target, metrics, formats):
+def _archive(writing, target):
     """The bundle as a .tar.gz whose one folder is named after the archive, written beside it and renamed."""
     name = target.name.removesuffix(".tar.gz").removesuffix(".tgz")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
-            _fill(Path(tmp) / name, model, metrics, formats)
+            _fill(Path(tmp) / name, writing)
             archive = Path(tmp) / target.name
             with tarfile.open(archive, "w:gz") as tar:
                 tar.add(Path(tmp) / name, arcname=name)
@@ -55,15 +60,28 @@ def _archive(model, target, metrics, formats):
     return target
 
 
-def _fill(folder, model, metrics, formats):
+@dataclass(frozen=True)
+class _Writing:
+    """What a bundle is written from: the model, its metrics, the formats, the Caffe that checks, the reporter."""
+
+    model: object
+    metrics: dict
+    formats: tuple
+    caffe: object
+    reporter: object
+
+
+def _fill(folder, writing):
+    model, metrics, formats = writing.model, writing.metrics, writing.formats
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for name in formats:
-        files.update(FORMATS[name].write(model, folder))
+        files.update(FORMATS[name].write(model, folder, writing.caffe, writing.reporter))
     (folder / LABELS).write_text("".join(f"{name}\n" for name in model.classes), encoding="utf-8")
     preprocessing = dict(model.preprocessing)
-    if "mean" in files:
-        preprocessing["mean_file"] = files["mean"]
+    if model.mean_file:  # preprocessing, whatever the format
+        shutil.copyfile(model.mean_file, folder / MEAN_FILE)
+        files["mean"] = preprocessing["mean_file"] = MEAN_FILE
     described = {"preprocessing": preprocessing, "input_shape": list(model.input_shape), "task": model.task}
     (folder / PREPROCESSING).write_text(json.dumps(described, indent=2) + "\n", encoding="utf-8")
     (folder / INFO).write_text(json.dumps(_info(folder, model, metrics, formats, files), indent=2) + "\n",
