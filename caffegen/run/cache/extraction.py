@@ -39,25 +39,10 @@ def extract(plan, target, device=None, reporter=None, seed=1, batch_size=CACHE_B
     store.path.mkdir(parents=True, exist_ok=True)
     with store_lock(store, reporter):
         if store.complete():
-            store.engine = json.loads((store.path / STORE_RECORD).read_text(encoding="utf-8")).get("computed_by", CAFFE)
-            reporter.line(f"reusing the cached features in {store.path} (computed with {store.engine})")
-            reporter.event(FeaturesReused(str(store.path), store.engine))
-            return store, True
+            return _reused(store, reporter), True
         (store.path / STORE_RECORD).unlink(missing_ok=True)
-        source = derivation(plan, store, reporter)
-        nets = store.nets if source is None else {chunk.name: derived_net(plan, store, source, chunk)
-                                                  for chunk in store.work}
-        files = store.files if source is None else derived_files(plan, store, source)
-        for name, text in files.items():
-            write_atomic(store.path / name, text)
-        _write_trunk(plan, store, plan.trunk_names if source is None else source.layers)
-        merged = [chunk for chunk in store.work if not (store.path / chunk.path(".h5")).is_file()
-                  and merge_parts(store.path, chunk, feature_shapes(plan))]
-        if merged:
-            reporter.line(f"merged the shards' parts of {len(merged)} chunks of features")
-        done = [chunk for chunk in store.work if (store.path / chunk.path(".h5")).is_file()]
-        if done:
-            reporter.line(f"resuming: {len(done)} of {len(store.work)} chunks of features are already computed")
+        source, nets = _store_written(plan, store, reporter)
+        done = _done_chunks(plan, store, reporter)
         todo = [chunk for chunk in store.work if chunk not in done]
         engine = checked_engine(target, plan, store, nets, todo, device, batch_size, reporter,
                                 derived=source is not None)
@@ -70,6 +55,39 @@ def extract(plan, target, device=None, reporter=None, seed=1, batch_size=CACHE_B
         store.engine = stored_engine(store, CAFFE if engine is None else engine.engine, source)
         write_atomic(store.path / STORE_RECORD, json.dumps(store_record(plan, store)) + "\n")
     return store, False
+
+
+def _reused(store, reporter):
+    """The complete ``store``, its engine read from its record and its reuse told."""
+    store.engine = json.loads((store.path / STORE_RECORD).read_text(encoding="utf-8")).get("computed_by", CAFFE)
+    reporter.line(f"reusing the cached features in {store.path} (computed with {store.engine})")
+    reporter.event(FeaturesReused(str(store.path), store.engine))
+    return store
+
+
+def _store_written(plan, store, reporter):
+    """Write the store's nets, lists and trunk (from the images, or from a shallower trunk's store when one can
+    serve); return (that shallower store or None, each chunk's net)."""
+    source = derivation(plan, store, reporter)
+    nets = store.nets if source is None else {chunk.name: derived_net(plan, store, source, chunk)
+                                              for chunk in store.work}
+    files = store.files if source is None else derived_files(plan, store, source)
+    for name, text in files.items():
+        write_atomic(store.path / name, text)
+    _write_trunk(plan, store, plan.trunk_names if source is None else source.layers)
+    return source, nets
+
+
+def _done_chunks(plan, store, reporter):
+    """The chunks already computed, once the shards' parts of the others are merged."""
+    merged = [chunk for chunk in store.work if not (store.path / chunk.path(".h5")).is_file()
+              and merge_parts(store.path, chunk, feature_shapes(plan))]
+    if merged:
+        reporter.line(f"merged the shards' parts of {len(merged)} chunks of features")
+    done = [chunk for chunk in store.work if (store.path / chunk.path(".h5")).is_file()]
+    if done:
+        reporter.line(f"resuming: {len(done)} of {len(store.work)} chunks of features are already computed")
+    return done
 
 
 def _write_trunk(plan, store, layers):
