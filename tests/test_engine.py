@@ -230,19 +230,15 @@ def test_a_named_engine_is_used_once_it_agrees(trained):
 
 def test_a_layer_known_to_differ_keeps_auto_off_that_engine(caffe, images, tmp_path, monkeypatch):
     """LRN with k: 2: OpenCV is not used, ONNX Runtime is; with OpenCV the only other engine, Caffe is."""
-    lines = []
-    extracted = cache.extract_features(prepare_digits(images, tmp_path / "both", "auto", LRN_NET), Target(caffe),
-                                       PlainReporter(lines.append))
-    assert extracted.store.engine == "onnxruntime"
-    assert "not used: OpenCV DNN ignores k: 2 of LRN 'norm1' (it adds 1), so its features would differ from " \
-           "Caffe's" in lines
-    monkeypatch.delitem(ENGINES, "onnxruntime")
-    lines = []
-    extracted = cache.extract_features(prepare_digits(images, tmp_path / "opencv", "auto", LRN_NET), Target(caffe),
-                                       PlainReporter(lines.append))
-    assert extracted.store.engine == "caffe"
-    assert "computing the features with Caffe: OpenCV DNN ignores k: 2 of LRN 'norm1' (it adds 1), so its " \
-           "features would differ from Caffe's" in lines
+    why = "OpenCV DNN ignores k: 2 of LRN 'norm1' (it adds 1), so its features would differ from Caffe's"
+    for folder, engine, told in (("both", "onnxruntime", f"not used: {why}"),
+                                 ("opencv", "caffe", f"computing the features with Caffe: {why}")):
+        if engine == "caffe":
+            monkeypatch.delitem(ENGINES, "onnxruntime")
+        lines = []
+        extracted = cache.extract_features(prepare_digits(images, tmp_path / folder, "auto", LRN_NET), Target(caffe),
+                                           PlainReporter(lines.append))
+        assert extracted.store.engine == engine and told in lines, lines
 
 
 def test_opencv_asked_for_refuses_a_layer_known_to_differ(caffe, images, tmp_path):

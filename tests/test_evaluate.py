@@ -329,17 +329,22 @@ def test_export_check_opencv_on_a_batchnorm_net(cli, trained, tmp_path):
     assert found and int(found.group(1)) == 50 and float(found.group(2)) < 1e-4, result.stdout
 
 
-def test_the_bundle_readmes_opencv_code_gives_caffes_probabilities(cli, trained, evaluated, tmp_path):
-    pytest.importorskip("cv2")
-    bundle = tmp_path / "bundle"
-    assert cli("export", trained, "-o", bundle).returncode == 0
-    code = re.search(r"```python\n(import cv2.*?)```", (bundle / "README.md").read_text(), re.S).group(1)
+def assert_readme_code_gives_caffes_class(cli, bundle, evaluated, start):
+    """The README's Python block that begins with ``start``, run on a validation image, prints Caffe's class."""
+    code = re.search(rf"```python\n({re.escape(start)}.*?)```", (bundle / "README.md").read_text(), re.S).group(1)
     image = evaluated_image(evaluated)
     expected = json.loads(cli("predict", bundle, image, "--json").stdout)[0]["top"][0]["class"]
     done = subprocess.run([sys.executable, "-c", code.replace("image.jpg", image)], cwd=bundle, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == expected
+
+
+def test_the_bundle_readmes_opencv_code_gives_caffes_probabilities(cli, trained, evaluated, tmp_path):
+    pytest.importorskip("cv2")
+    bundle = tmp_path / "bundle"
+    assert cli("export", trained, "-o", bundle).returncode == 0
+    assert_readme_code_gives_caffes_class(cli, bundle, evaluated, "import cv2\nimport numpy as np\n\nnet = ")
 
 
 def test_an_onnx_bundle_computes_what_caffe_computes_and_its_readme_code_runs(cli, trained, evaluated, tmp_path):
@@ -352,14 +357,8 @@ def test_an_onnx_bundle_computes_what_caffe_computes_and_its_readme_code_runs(cl
                      result.stderr)
     info = json.loads((bundle / "info.json").read_text())
     assert info["formats"] == ["caffe", "onnx"] and "model.onnx" in info["sha256"]
-    readme = (bundle / "README.md").read_text()
-    code = re.search(r"```python\n(import cv2\nimport numpy as np\nimport onnxruntime.*?)```", readme, re.S).group(1)
-    image = evaluated_image(evaluated)
-    expected = json.loads(cli("predict", bundle, image, "--json").stdout)[0]["top"][0]["class"]
-    done = subprocess.run([sys.executable, "-c", code.replace("image.jpg", image)], cwd=bundle, capture_output=True,
-                          text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == expected
+    assert_readme_code_gives_caffes_class(cli, bundle, evaluated,
+                                          "import cv2\nimport numpy as np\nimport onnxruntime\n")
     only = tmp_path / "onnx-only"
     assert cli("export", trained, "-o", only, "--format", "onnx").returncode == 0
     assert sorted(path.name for path in only.iterdir()) == ["README.md", "info.json", "labels.txt", "model.onnx",
