@@ -25,6 +25,20 @@ def ceil_mode_proto(path):
     return fork_proto(path, {"PoolingParameter": [f"optional bool ceil_mode = {number} [default = true];"]})
 
 
+def densenet_for_caffe(folder):
+    """The zoo's DenseNet-121 read through its fork's schema (written into ``folder``), its ceil_mode fields removed
+    so that BVLC Caffe reads it: its poolings then round up, as Caffe 1.0's always do."""
+    from conftest import ZOO
+
+    from caffegen.io.prototxt import parse_net, read_net, to_text
+    from caffegen.io.schema import load_fork_schema
+    schema = load_fork_schema(ceil_mode_proto(folder / "caffe.proto"))
+    net = read_net(ZOO / "densenet/DenseNet_121.prototxt", schema).net
+    for layer in net.layer:
+        layer.pooling_param.ClearField("ceil_mode")
+    return parse_net(to_text(net), "DenseNet_121.prototxt").net
+
+
 def ssd_proto(path):
     """SSD's schema, as far as tests/data/ssd_fork.proto copies it: its messages and the fields it adds."""
     fields, messages = {}, []

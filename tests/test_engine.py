@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import sklearn.datasets
 from conftest import DIGITS, ZOO, assert_one_line_error, run_caffegen_process
-from fork_schemas import ceil_mode_proto
+from fork_schemas import densenet_for_caffe
 
 from caffegen.defaults import CACHE_BATCH
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import write_caffemodel
 from caffegen.io.lists import ListLine
-from caffegen.io.prototxt import parse_net, read_net, to_text
-from caffegen.io.schema import BVLC, load_fork_schema
+from caffegen.io.prototxt import parse_net, read_net
+from caffegen.io.schema import BVLC
 from caffegen.job.prepare import JobOptions, prepare
 from caffegen.job.rundir import RunDir
 from caffegen.net.netview import TEST, NetView
@@ -103,16 +103,6 @@ def check_trunk(caffe, deploy, boundary, images, scale, folder):
     return check
 
 
-def densenet_for_caffe():
-    """The zoo's DenseNet-121 read through its fork's schema, its ceil_mode fields removed so that BVLC Caffe reads it:
-    its poolings then round up, as Caffe 1.0's always do."""
-    schema = load_fork_schema(ceil_mode_proto(Path(__import__("tempfile").mkdtemp()) / "caffe.proto"))
-    net = read_net(ZOO / "densenet/DenseNet_121.prototxt", schema).net
-    for layer in net.layer:
-        layer.pooling_param.ClearField("ceil_mode")
-    return parse_net(to_text(net), "DenseNet_121.prototxt").net
-
-
 @pytest.mark.zoo
 def test_zoo_trunks_agree_within_the_tolerance(caffe, tmp_path, capsys):
     rows = []
@@ -124,7 +114,7 @@ def test_zoo_trunks_agree_within_the_tolerance(caffe, tmp_path, capsys):
     folder = tmp_path / "densenet"
     folder.mkdir()
     rows.append(("DenseNet-121 (ceil_mode removed)", "pool5",
-                 check_trunk(caffe, densenet_for_caffe(), "pool5", 1, 1.0, folder)))
+                 check_trunk(caffe, densenet_for_caffe(folder), "pool5", 1, 1.0, folder)))
     with capsys.disabled():
         print(f"\n{'net':34} {'features':14} {'images':>6}  max |Δ| / max |caffe|")
         for name, boundary, check in rows:

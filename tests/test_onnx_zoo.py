@@ -5,7 +5,7 @@ import time
 import pytest
 from caffe_weights import write_random_weights
 from conftest import ZOO, run_caffegen, zoo_cases
-from fork_schemas import ssd_proto
+from fork_schemas import densenet_for_caffe, ssd_proto
 
 from caffegen.io.prototxt import read_net, to_text
 from caffegen.io.schema import BVLC, load_fork_schema
@@ -106,3 +106,23 @@ def test_mobilenet_ssd_converts_up_to_its_boxes_and_names_what_onnx_cannot(caffe
     with capsys.disabled():
         print(f"\nMobileNet-SSD up to its box convolutions: {seconds:.1f} s, {check.line()}")
     assert check.outputs == 12 and all(item.passed for item in check.checks)
+
+
+@pytest.mark.zoo
+def test_densenet_through_its_fork_schema_converts_and_agrees_with_caffe(caffe, tmp_path, capsys):
+    """DenseNet-121 is read through its fork's schema; BVLC Caffe checks it once its ceil_mode fields are gone
+    (Caffe 1.0's poolings always round up), with BatchNorm folded as an NPU toolchain asks."""
+    folder = tmp_path / "schema"
+    folder.mkdir()
+    net = densenet_for_caffe(folder)
+    check, seconds = converted(caffe, tmp_path, net, fold_bn=True, batch=1)
+    with capsys.disabled():
+        print(f"\nDenseNet-121 --fold-bn: {seconds:.1f} s, {check.line()}")
+    assert check.outputs >= 1 and all(item.passed for item in check.checks)
+    writer, after_convolution = {}, set()  # a BatchNorm after a concatenation has no layer to fold into
+    for layer in net.layer:
+        if layer.type == "BatchNorm" and writer.get(layer.bottom[0]) == "Convolution":
+            after_convolution.add(layer.name)
+        writer.update((top, layer.type) for top in layer.top)
+    assert set(check.folded) == after_convolution and len(after_convolution) == 59
+
