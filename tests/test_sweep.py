@@ -405,7 +405,8 @@ def features(store):
 
 def test_features_derived_from_opencv_features_record_both_engines(caffe, images, tmp_path):
     out = tmp_path / "sweep"
-    done = sweep(images, out, "--freeze-upto", "conv2,fc1", "--lr", "0.01", "--cache-features", epochs=1)
+    done = sweep(images, out, "--freeze-upto", "conv2,fc1", "--lr", "0.01", "--cache-features", "--engine", "opencv",
+                 epochs=1)
     assert done.returncode == 0, done.stderr
     assert "deriving 'fc1' from the cached 'pool2' of " in done.stderr
     shallow, deep = (cache_record(out / run) for run in ("upto-conv2_lr-0.01", "upto-fc1_lr-0.01"))
