@@ -92,7 +92,7 @@ def _record_cached(run, features, result, started):
     result.seconds = time.monotonic() - started
     timings = {"extract_seconds": round(features.seconds, 3), "train_seconds": round(trained, 3),
                "reused": features.reused, "store": str(store.path), "engine": store.engine,
-               "engine_asked": plan.engine, "boundary": plan.boundary,
+               "engine_asked": plan.engine, "engine_checks": store.engine_checks, "boundary": plan.boundary,
                "feature_shape": list(plan.feature_shape), "bytes": plan.bytes}
     origin = f"reused from {store.path}" if features.reused else f"computed into {store.path}"
     result.notes.append(f"trunk features: {timings['extract_seconds']:.1f} s with {store.engine} ({origin}); "

@@ -57,30 +57,44 @@ def checked_engine(target, plan, store, nets, todo, device, batch_size, reporter
         return None
     first = todo[0]
     check = _FirstBatch(target, nets[first.name], first.lines[:batch_size], plan, store.path, device, first.name)
-    agreeing, unusable = [], []
+    agreeing, store.engine_checks = [], {}
     for name in [plan.engine] if plan.engine in ENGINES else list(ENGINES):
-        try:
-            trunk, verdict = check.run(name)
-        except CaffegenError as error:
-            if plan.engine == name:
-                raise
-            unusable.append(error.message)
-            continue
-        if verdict.passed:
-            agreeing.append(trunk)
-            reporter.line(verdict.line())
-        else:
-            reporter.line(f"{verdict.line()}: computing all the features with Caffe instead")
-    if unusable and not agreeing:
-        reporter.line(f"computing the features with Caffe: {'; '.join(unusable)}")
-    elif unusable:
-        reporter.line(f"not used: {'; '.join(unusable)}")
+        trunk, store.engine_checks[name] = _tried(check, name, plan.engine == name, reporter)
+        agreeing += [trunk] if trunk else []
+    _tell_unused(store.engine_checks, agreeing, plan.engine in ENGINES, reporter)
     chosen = max(agreeing, key=lambda trunk: trunk.rate, default=None)
     if chosen is not None and plan.engine not in ENGINES:
         rates = ", ".join(f"{trunk.engine} {trunk.rate:.0f} img/s" for trunk in agreeing)
         reporter.line(f"computing the features with {chosen.engine}, the fastest that agrees with Caffe on the first "
                       f"mini-batch ({rates})")
     return chosen
+
+
+def _tried(check, name, asked, reporter):
+    """(the Trunk of engine ``name`` if it agrees with Caffe on the first mini-batch, else None; what was found, for
+    the run's record). An engine that cannot run the trunk is an error only when it was asked for by name."""
+    try:
+        trunk, verdict = check.run(name)
+    except CaffegenError as error:
+        if asked:
+            raise
+        return None, {"not_used": error.message}
+    record = {"agrees": verdict.passed, "max_difference": verdict.max_difference,
+              "images_per_s": round(trunk.rate, 1)}
+    if not verdict.passed:
+        record["not_used"] = f"{verdict.engine} differs from Caffe"
+    suffix = ": computing all the features with Caffe instead" if asked and not verdict.passed else ""
+    reporter.line(verdict.line() + suffix)
+    return (trunk if verdict.passed else None), record
+
+
+def _tell_unused(checks, agreeing, asked, reporter):
+    """One line on the engines not used and why, and on Caffe computing the features when none can."""
+    reasons = [record["not_used"] for record in checks.values() if "not_used" in record]
+    if agreeing and reasons:
+        reporter.line(f"not used: {'; '.join(reasons)}")
+    elif reasons and not asked:
+        reporter.line(f"computing the features with Caffe: {'; '.join(reasons)}")
 
 
 class _FirstBatch:

@@ -56,6 +56,7 @@ class FeatureStore:
     files: dict  # {name in the store: text}: the chunks' lists and trunk nets
     inputs: dict  # digests of what feeds the trunk: lists, image versions (and mean file), weights; the engine
     engine: str = None  # what computed the features, once they are: caffe or an engine's name
+    engine_checks: dict = None  # {engine: its first mini-batch against Caffe's, or why it was not used}
 
     @functools.cached_property
     def layer_digests(self):
