@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from caffegen.cli.options import device_options
+from caffegen.cli.options import device_options, force_option
 from caffegen.errors import CaffegenError
 from caffegen.reporting import reporter_for_stderr
 
@@ -17,7 +17,7 @@ from caffegen.reporting import reporter_for_stderr
 @click.option("--weights", type=click.Path(path_type=str), help="Weights to evaluate (default: the run's trained model).")
 @click.option("--skip-bad", is_flag=True, help="With --data: leave out files that are not readable images.")
 @click.option("-o", "--output", type=click.Path(path_type=str), help="The folder to write (default: RUN/eval).")
-@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@force_option("Replace an existing output folder.")
 @device_options
 def evaluate_command(model_path, data, list_file, weights, skip_bad, output, force, batch_size, gpu, caffe_path):
     """Run the trained model of RUN (a run directory or an exported bundle) over labelled images with Caffe.

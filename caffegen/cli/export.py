@@ -4,7 +4,7 @@ import json
 
 import click
 
-from caffegen.cli.options import CAFFE_OPTION
+from caffegen.cli.options import CAFFE_OPTION, force_option
 from caffegen.errors import CaffegenError
 from caffegen.reporting import reporter_for_stderr
 from caffegen.run.export.formats import CAFFE_FORMAT, FORMATS
@@ -20,7 +20,7 @@ CHECK_IMAGES = 50
 @click.option("--format", "formats", default=CAFFE_FORMAT, show_default=True, callback=lambda ctx, param, value:
               parse_formats(value), help="The formats to put in the bundle, comma-separated: "
               + "; ".join(f"{name}: {exporter.description}" for name, exporter in FORMATS.items()) + ".")
-@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@force_option("Replace an existing bundle.")
 @click.option("--check-opencv", "check_opencv_", is_flag=True,
               help="Load the bundle with OpenCV DNN (4.x) and compare its probabilities with real Caffe's.")
 @click.option("--check-images", type=click.IntRange(min=1), default=CHECK_IMAGES, show_default=True,

@@ -2,10 +2,12 @@
 
 import click
 
+from caffegen.cli.options import force_option
+
 
 @click.command("install-caffe")
 @click.option("--prefix", type=click.Path(path_type=str), help="Where to install (default: see below).")
-@click.option("--force", is_flag=True, help="Install again even when a working install is there.")
+@force_option("Install again even when a working install is there.")
 def install_caffe_command(prefix, force):
     """Install Debian 11's CPU-only Caffe 1.0 (with OpenBLAS) into a user prefix.
 

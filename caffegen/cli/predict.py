@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from caffegen.cli.options import device_options
+from caffegen.cli.options import device_options, force_option
 from caffegen.errors import CaffegenError
 from caffegen.io.tables import text_table
 from caffegen.job.options import CLASSIFICATION, SEGMENTATION
@@ -24,7 +24,7 @@ from caffegen.reporting import reporter_for_stderr
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
 @click.option("-o", "--output", type=click.Path(path_type=str),
               help="A segmentation model's folder of mask PNGs (default: ./masks).")
-@click.option("--force", is_flag=True, help="Replace an existing --output folder.")
+@force_option("Replace an existing --output folder.")
 @device_options
 def predict_command(model_path, images, top_k, weights, as_json, as_csv, output, force, batch_size, gpu, caffe_path):
     """Classify IMAGE files (or every image under DIR) with MODEL, a run directory or an exported bundle.
