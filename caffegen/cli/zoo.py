@@ -87,10 +87,13 @@ def _how(remote, file):
         return "inline in the catalogue"
     action = "downloaded" if file.downloaded else "already there"
     if remote.fully_checksummed:
-        return f"{action}, {remote.verified_by} verified" + (f" ({remote.checksum_from})" if remote.checksum_from else "")
-    checked = {"none": "", "size only": ", its size checked"}.get(remote.verified_by, f", its {remote.verified_by} checked")
+        source = f" ({remote.checksum_from})" if remote.checksum_from else ""
+        return f"{action}, {remote.verified_by} verified{source}"
+    checked = {"none": "", "size only": ", its size checked"}.get(remote.verified_by,
+                                                                  f", its {remote.verified_by} checked")
     if file.recorded_sha256:
-        return f"{action}{checked}; no full published checksum: recorded its sha256 {file.recorded_sha256} for later checks"
+        return (f"{action}{checked}; no full published checksum: recorded its sha256 {file.recorded_sha256} for "
+                "later checks")
     also = {"none": "", "size only": "its size and "}.get(remote.verified_by, f"its {remote.verified_by} and ")
     return f"{action}, checked: {also}the sha256 recorded at its first download"
 

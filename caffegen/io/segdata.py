@@ -52,7 +52,8 @@ def preprocessed_image(path, mean_value=(), scale=1.0):
 
 
 def write_pairs_h5(path, pairs, mean_value=(), scale=1.0):
-    """Write the (image, mask) ``pairs`` into the HDF5 file ``path``: ``data`` (N, 3, H, W) and ``label`` (N, 1, H, W)."""
+    """Write the (image, mask) ``pairs`` into the HDF5 file ``path``: ``data`` (N, 3, H, W) and ``label``
+    (N, 1, H, W)."""
     import h5py
     with h5py.File(path, "w") as out:
         first = preprocessed_image(pairs[0][0], mean_value, scale)

@@ -27,7 +27,8 @@ def segmentation_data_layers(net):
 
 
 def stated_mean(layer):
-    """The per-channel mean ``layer`` subtracts: its transform's mean_value, or the 'mean' of a Python layer's param_str."""
+    """The per-channel mean ``layer`` subtracts: its transform's mean_value, or the 'mean' of a Python layer's
+    param_str."""
     if layer.transform_param.mean_value:
         return list(layer.transform_param.mean_value)
     found = PYTHON_MEAN.search(layer.python_param.param_str) if layer.type == "Python" else None
