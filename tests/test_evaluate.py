@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DIGITS, assert_one_line_error, copy_run, run_caffegen, wait_for
+from conftest import DIGITS, assert_one_line_error, copy_run, run_caffegen, run_caffegen_process, wait_for
 from PIL import Image
 
 from caffegen.errors import CaffegenError
@@ -92,6 +92,51 @@ def test_evaluate_top1_equals_caffes_accuracy_layer(caffe, trained, evaluated):
     assert metrics["images"] == count
     assert metrics["top1"] == pytest.approx(accuracy, abs=1e-6)
     assert f"top-1 {metrics['top1']:.4f}" in result.stdout
+
+
+def test_another_engine_gives_caffes_top1_once_it_agrees(cli, trained, evaluated, tmp_path):
+    """ONNX Runtime computes every mini-batch after the first (of 8 images) once it agreed with Caffe on that one."""
+    pytest.importorskip("onnxruntime")
+    caffe_metrics = json.loads((evaluated[0] / "metrics.json").read_text())
+    assert caffe_metrics["engine"] == "caffe" and caffe_metrics["images_per_second"] > 0
+    result = cli("evaluate", trained, "-o", tmp_path / "eval", "--engine", "onnxruntime", "--batch-size", 8)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^ONNX Runtime [0-9.]+ agrees with Caffe on 8 images: max \|Δ probability\| ", result.stderr,
+                     re.M), result.stderr
+    assert re.search(r"^probabilities computed by onnxruntime at [0-9.]+ img/s$", result.stderr, re.M), result.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["engine"] == "onnxruntime" and metrics["images_per_second"] > 0
+    assert metrics["images"] > 8 and metrics["top1"] == caffe_metrics["top1"]
+    predicted = [row["predicted_label"] for row in csv.DictReader((tmp_path / "eval" / "predictions.csv").open())]
+    assert predicted == [row["predicted_label"] for row in csv.DictReader((evaluated[0] / "predictions.csv").open())]
+
+
+def test_predict_with_auto_says_which_engine_ran_and_why_not_the_others(cli, trained, evaluated):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    image = evaluated_image(evaluated)
+    caffe = json.loads(cli("predict", trained, image, "--json").stdout)[0]["top"]
+    result = cli("predict", trained, image, "--json", "--engine", "auto")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)[0]["top"]
+    assert [entry["class"] for entry in found] == [entry["class"] for entry in caffe]
+    assert max(abs(a["probability"] - b["probability"]) for a, b in zip(found, caffe)) <= 1e-4
+    chosen = re.search(r"^probabilities computed by (\w+) at [0-9.]+ img/s; not used: .*the others were slower on "
+                       r"the first mini-batch \((.*)\)$", result.stderr, re.M)
+    assert chosen, result.stderr
+    rates = dict(re.findall(r"(\w+) (\d+) img/s", chosen.group(2)))
+    assert set(rates) == {"opencv", "onnxruntime", "openvino"}
+    assert chosen.group(1) == max(rates, key=lambda name: int(rates[name]))
+
+
+def test_an_engine_not_installed_is_refused_in_one_line(trained, tmp_path):
+    folder = tmp_path / "no_openvino"
+    folder.mkdir()
+    (folder / "openvino.py").write_text("raise ImportError('No module named openvino')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+    result = run_caffegen_process("evaluate", trained, "-o", tmp_path / "eval", "--engine", "openvino", env=env)
+    assert_one_line_error(result, "OpenVINO is not installed: pip install 'caffegen[openvino]'")
+    assert not (tmp_path / "eval").exists()
 
 
 def test_evaluate_files_agree(evaluated):

@@ -34,8 +34,9 @@ def export_command(run_dir, output, weights, formats, force, check_opencv_, chec
     where the model comes from, each file's SHA-256 and, when `caffegen evaluate` has run, its metrics.
     """
     from caffegen.job.model import load_model
+    from caffegen.job.options import OPENCV
     from caffegen.job.rundir import EVAL_DIR
-    from caffegen.run.engines.agreement import check_opencv
+    from caffegen.run.engines.agreement import check_engine
     from caffegen.run.evaluate import evaluation_images
     from caffegen.run.export.bundle import export_bundle
     from caffegen.run.report import METRICS
@@ -55,7 +56,7 @@ def export_command(run_dir, output, weights, formats, force, check_opencv_, chec
     reporter.line(f"wrote {bundle}")
     if check_opencv_:
         images = evaluation_images(model)[:check_images]
-        check = check_opencv(target, load_model(bundle), [path for path, _ in images], reporter=reporter)
+        check = check_engine(OPENCV, target, load_model(bundle), [path for path, _ in images], reporter=reporter)
         click.echo(check.line())
         if not check.passed:
             raise CaffegenError("OpenCV DNN and Caffe disagree on this model: ship it for Caffe only, or see which "
