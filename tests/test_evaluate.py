@@ -414,6 +414,30 @@ def test_an_onnx_bundle_computes_what_caffe_computes_and_its_readme_code_runs(cl
     assert refused.returncode == 2 and "--check-opencv checks the caffe format" in refused.stderr
 
 
+def test_export_fold_bn_ships_the_folded_model_that_caffe_checked(cli, trained, evaluated, tmp_path):
+    pytest.importorskip("onnxruntime")
+    batch_norms = [layer.name for layer in read_net(trained / "deploy.prototxt").net.layer if layer.type == "BatchNorm"]
+    assert batch_norms
+    bundle = tmp_path / "bundle"
+    result = cli("export", trained, "-o", bundle, "--format", "caffe,onnx", "--fold-bn")
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"^folded {len(batch_norms)} BatchNorm: real Caffe runs the folded net as the original, "
+                     r"largest difference 'prob' max \|Δ\| [0-9.e+-]+ \(probabilities", result.stderr, re.M)
+    assert re.search(r"^wrote model\.onnx .*: ONNX Runtime agrees with Caffe", result.stderr, re.M)
+    info = json.loads((bundle / "info.json").read_text())
+    assert info["folded_batchnorm"] == batch_norms and "model.onnx" in info["sha256"]
+    folded = read_net(bundle / "deploy.prototxt").net
+    assert not any(layer.type in ("BatchNorm", "Scale") for layer in folded.layer)
+    assert folded.layer[0].input_param.shape[0].dim[0] == 1
+    images = [row["path"] for row in csv.DictReader((evaluated[0] / "predictions.csv").open())][:20]
+    found, expected = (json.loads(cli("predict", model, *images, "--json").stdout) for model in (bundle, trained))
+    assert max(abs(a["probability"] - b["probability"]) for x, y in zip(found, expected)
+               for a, b in zip(x["top"], y["top"])) <= 1e-4
+    unfolded = tmp_path / "unfolded"
+    assert cli("export", trained, "-o", unfolded).returncode == 0
+    assert "folded_batchnorm" not in json.loads((unfolded / "info.json").read_text())
+
+
 def test_evaluate_predict_export_on_a_cached_run(cli, caffe, images, tmp_path):
     pytest.importorskip("cv2")
     run = tmp_path / "cached"
