@@ -438,6 +438,22 @@ def test_export_fold_bn_ships_the_folded_model_that_caffe_checked(cli, trained, 
     assert "folded_batchnorm" not in json.loads((unfolded / "info.json").read_text())
 
 
+def test_the_bundle_readmes_openvino_code_gives_caffes_class(cli, trained, evaluated, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    pytest.importorskip("cv2")
+    bundle = tmp_path / "bundle"
+    assert cli("export", trained, "-o", bundle, "--format", "onnx").returncode == 0
+    code = re.search(r"```python\n(import cv2\nimport numpy as np\nimport openvino\n.*?)```",
+                     (bundle / "README.md").read_text(), re.S).group(1)
+    image = evaluated_image(evaluated)
+    expected = json.loads(cli("predict", trained, image, "--json").stdout)[0]["top"][0]["class"]
+    done = subprocess.run([sys.executable, "-c", code.replace("image.jpg", image)], cwd=bundle, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
+
+
 def test_evaluate_predict_export_on_a_cached_run(cli, caffe, images, tmp_path):
     pytest.importorskip("cv2")
     run = tmp_path / "cached"
