@@ -93,7 +93,10 @@ def _chosen(model, blobs, layer, first, engine, reporter):
             others.append(error.message)
             continue
         reporter.line(check.line())
-        (agreeing.append(candidate) if check.passed else others.append(f"{check.engine} differs from Caffe"))
+        if check.passed:
+            agreeing.append(candidate)
+        else:
+            others.append(f"{check.engine} differs from Caffe")
     chosen = max(agreeing, key=lambda candidate: candidate.rate, default=None)
     if chosen is not None and len(agreeing) > 1:
         rates = ", ".join(f"{candidate.name} {candidate.rate:.0f} img/s" for candidate in agreeing)
