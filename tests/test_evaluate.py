@@ -129,14 +129,27 @@ def test_predict_with_auto_says_which_engine_ran_and_why_not_the_others(cli, tra
     assert chosen.group(1) == max(rates, key=lambda name: int(rates[name]))
 
 
-def test_an_engine_not_installed_is_refused_in_one_line(trained, tmp_path):
-    folder = tmp_path / "no_openvino"
+def without(module, folder):
+    """An environment in which ``import module`` fails, as where it is not installed (for a process of its own)."""
     folder.mkdir()
-    (folder / "openvino.py").write_text("raise ImportError('No module named openvino')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
-    result = run_caffegen_process("evaluate", trained, "-o", tmp_path / "eval", "--engine", "openvino", env=env)
+    (folder / f"{module}.py").write_text(f"raise ImportError('No module named {module}')\n")
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+
+
+def test_an_engine_not_installed_is_refused_in_one_line(trained, tmp_path):
+    result = run_caffegen_process("evaluate", trained, "-o", tmp_path / "eval", "--engine", "openvino",
+                                  env=without("openvino", tmp_path / "no_openvino"))
     assert_one_line_error(result, "OpenVINO is not installed: pip install 'caffegen[openvino]'")
     assert not (tmp_path / "eval").exists()
+
+
+def test_auto_without_opencv_evaluates_with_caffe_and_says_why(trained, tmp_path):
+    result = run_caffegen_process("evaluate", trained, "-o", tmp_path / "eval", "--engine", "auto",
+                                  env=without("cv2", tmp_path / "no_cv2"))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^probabilities computed by caffe at [0-9.]+ img/s; not used: preprocessing the images for "
+                     r"another engine: OpenCV is not installed", result.stderr, re.M), result.stderr
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["engine"] == "caffe"
 
 
 def test_evaluate_files_agree(evaluated):

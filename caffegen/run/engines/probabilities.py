@@ -78,10 +78,13 @@ def model_probabilities(target, model, paths, engine=CAFFE, batch_size=FORWARD_B
 def _chosen(model, blobs, layer, first, engine, reporter):
     """(the _Candidate to compute the other images with, or None for Caffe; why each other was not used)."""
     inputs = blobs[model.input_blob].reshape(len(first), *model.input_shape[1:])
-    refused = _preprocessing_refused(inputs, layer, first)
-    if refused:
+    try:
+        refused = _preprocessing_refused(inputs, layer, first)
+    except CaffegenError as error:  # OpenCV, which reads the images for the other engines, is missing
         if engine in ENGINES:
-            raise CaffegenError(refused)
+            raise
+        refused = f"preprocessing the images for another engine: {error.message}"
+    if refused:
         return None, [refused]
     agreeing, others = [], []
     for name in [engine] if engine in ENGINES else list(ENGINES):
@@ -105,12 +108,9 @@ def _chosen(model, blobs, layer, first, engine, reporter):
 
 
 def _preprocessing_refused(inputs, layer, first):
-    """Why the images cannot be fed to another engine (OpenCV missing, or its preprocessing other than Caffe's data
-    layer's on the first mini-batch ``inputs``), or None."""
-    try:
-        preprocessed = caffe_input(layer, first, ".")
-    except CaffegenError as error:
-        return f"preprocessing the images for another engine: {error.message}"
+    """Why another engine cannot be fed the images: ImageData ``layer``'s preprocessing in numpy gives other input
+    blobs than Caffe's, ``inputs``, on the first mini-batch; or None."""
+    preprocessed = caffe_input(layer, first, ".")
     same = compare_features("caffegen's preprocessing", inputs.reshape(len(inputs), -1),
                             preprocessed.reshape(len(inputs), -1))
     return None if same.passed else f"{same.line()}, so another engine would be fed other images"
