@@ -29,8 +29,9 @@ setup(
     extras_require={
         "opencv": ["opencv-python-headless>=4.5,<5"],
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
+        "openvino": ["openvino>=2024.0", "onnx>=1.15"],
         "test": ["pytest>=7", "pytest-xdist>=3.5", "grpcio-tools==1.85.1", "opencv-python-headless>=4.5,<5",
-                 "onnx>=1.15", "onnxruntime>=1.17"],
+                 "onnx>=1.15", "onnxruntime>=1.17", "openvino>=2024.0"],
     },
     entry_points={"console_scripts": ["caffegen = caffegen.cli:main"]},
 )

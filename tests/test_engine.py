@@ -172,9 +172,10 @@ def relative_difference(found, expected):
 
 @pytest.fixture(scope="module")
 def trained(caffe, images, tmp_path_factory):
-    """The digits job trained on cached features, computed with ``auto`` and with ``caffe``."""
+    """The digits job trained on cached features, computed with ``auto``, ``caffe`` and each engine that converts to
+    ONNX."""
     runs = {}
-    for engine in ("auto", "caffe", "onnxruntime"):
+    for engine in ("auto", "caffe", "onnxruntime", "openvino"):
         run = prepare_digits(images, tmp_path_factory.mktemp(engine) / "run", engine)
         lines = []
         result = run_cached(run, Target(caffe), PlainReporter(lines.append))
@@ -185,12 +186,12 @@ def trained(caffe, images, tmp_path_factory):
 
 def test_auto_checks_every_engine_and_computes_with_the_fastest_that_agrees(trained):
     run, lines = trained["auto"]
-    for title in ("OpenCV DNN", "ONNX Runtime"):
+    for title in ("OpenCV DNN", "ONNX Runtime", "OpenVINO"):
         assert any(line.startswith(title) and f"agrees with Caffe on the first {CACHE_BATCH} images" in line
                    for line in lines), lines
     chosen = [line for line in lines if line.startswith("computing the features with ")]
     rates = dict(re.findall(r"(\w+) (\d+) img/s", chosen[0]))
-    assert len(chosen) == 1 and set(rates) == {"opencv", "onnxruntime"}
+    assert len(chosen) == 1 and set(rates) == {"opencv", "onnxruntime", "openvino"}
     engine = max(rates, key=lambda name: int(rates[name]))
     assert chosen[0].startswith(f"computing the features with {engine}, the fastest that agrees")
     manifest = json.loads((run.path / "manifest.json").read_text())
@@ -203,7 +204,7 @@ def test_auto_checks_every_engine_and_computes_with_the_fastest_that_agrees(trai
     assert all(abs(checked[name]["images_per_s"] - int(rate)) <= 1 for name, rate in rates.items())
 
 
-@pytest.mark.parametrize("engine", ["auto", "onnxruntime"])
+@pytest.mark.parametrize("engine", ["auto", "onnxruntime", "openvino"])
 def test_another_engines_features_equal_caffe_features(trained, engine):
     (engine_run, _), (caffe_run, caffe_lines) = trained[engine], trained["caffe"]
     assert not any(line.startswith(("OpenCV", "ONNX")) for line in caffe_lines)
@@ -214,24 +215,27 @@ def test_another_engines_features_equal_caffe_features(trained, engine):
     np.testing.assert_array_equal(found_labels, labels)
 
 
-def test_a_named_engine_is_used_once_it_agrees(trained):
-    run, lines = trained["onnxruntime"]
-    assert any(line.startswith("ONNX Runtime") and "agrees with Caffe" in line for line in lines)
-    assert not any(line.startswith("OpenCV") for line in lines)
-    assert json.loads((run.path / "result.json").read_text())["cache"]["engine"] == "onnxruntime"
+@pytest.mark.parametrize("engine, title", [("onnxruntime", "ONNX Runtime"), ("openvino", "OpenVINO")])
+def test_a_named_engine_is_used_once_it_agrees(trained, engine, title):
+    run, lines = trained[engine]
+    assert any(line.startswith(title) and "agrees with Caffe" in line for line in lines)
+    assert not any(line.startswith(("OpenCV", "ONNX", "OpenVINO")) and not line.startswith(title) for line in lines)
+    assert json.loads((run.path / "result.json").read_text())["cache"]["engine"] == engine
 
 
 def test_a_layer_known_to_differ_keeps_auto_off_that_engine(caffe, images, tmp_path, monkeypatch):
-    """LRN with k: 2: OpenCV is not used, ONNX Runtime is; with OpenCV the only other engine, Caffe is."""
+    """LRN with k: 2: OpenCV is not used, ONNX Runtime or OpenVINO is; with OpenCV the only other engine, Caffe
+    is."""
     why = "OpenCV DNN ignores k: 2 of LRN 'norm1' (it adds 1), so its features would differ from Caffe's"
-    for folder, engine, told in (("both", "onnxruntime", f"not used: {why}"),
-                                 ("opencv", "caffe", f"computing the features with Caffe: {why}")):
-        if engine == "caffe":
+    for folder, engines, told in (("both", ("onnxruntime", "openvino"), f"not used: {why}"),
+                                  ("opencv", ("caffe",), f"computing the features with Caffe: {why}")):
+        if engines == ("caffe",):
             monkeypatch.delitem(ENGINES, "onnxruntime")
+            monkeypatch.delitem(ENGINES, "openvino")
         lines = []
         extracted = cache.extract_features(prepare_digits(images, tmp_path / folder, "auto", LRN_NET), Target(caffe),
                                            PlainReporter(lines.append))
-        assert extracted.store.engine == engine and told in lines, lines
+        assert extracted.store.engine in engines and told in lines, lines
 
 
 def test_opencv_asked_for_refuses_a_layer_known_to_differ(caffe, images, tmp_path):
@@ -244,7 +248,8 @@ def test_opencv_asked_for_refuses_a_layer_known_to_differ(caffe, images, tmp_pat
 def test_the_first_batch_comparison_falls_back_to_caffe(caffe, images, tmp_path, monkeypatch):
     """With the LRN left off the list, the first mini-batch shows the difference and Caffe computes everything."""
     monkeypatch.delitem(OPENCV_DIFFERS, "LRN")
-    monkeypatch.delitem(ENGINES, "onnxruntime")  # which computes this LRN as Caffe does
+    monkeypatch.delitem(ENGINES, "onnxruntime")  # which compute this LRN as Caffe does
+    monkeypatch.delitem(ENGINES, "openvino")
     runs = {}
     for engine in ("auto", "opencv", "caffe"):
         lines = []
@@ -274,6 +279,19 @@ def test_opencv_asked_for_without_opencv_is_one_line(images, without_cv2, tmp_pa
                                   DIGITS / "digits.caffemodel", "--data", images, "--freeze-upto", "conv2",
                                   "--cache-features", "--engine", "opencv", "-o", tmp_path / "run", env=without_cv2)
     assert_one_line_error(result, "OpenCV is not installed", "pip install")
+    assert not (tmp_path / "run").exists()
+
+
+def test_openvino_asked_for_without_openvino_is_one_line(images, tmp_path):
+    folder = tmp_path / "no_openvino"
+    folder.mkdir()
+    (folder / "openvino.py").write_text("raise ImportError('No module named openvino')\n")
+    result = run_caffegen_process("prepare", "--net", DIGITS / "train_val.prototxt", "--weights",
+                                  DIGITS / "digits.caffemodel", "--data", images, "--freeze-upto", "conv2",
+                                  "--cache-features", "--engine", "openvino", "-o", tmp_path / "run",
+                                  env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                      filter(None, [str(folder), os.environ.get("PYTHONPATH")]))))
+    assert_one_line_error(result, "OpenVINO is not installed", "pip install 'caffegen[openvino]'")
     assert not (tmp_path / "run").exists()
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DIGITS, assert_one_line_error, copy_run, run_caffegen, wait_for
+from conftest import DIGITS, assert_one_line_error, copy_run, run_caffegen, run_caffegen_process, wait_for
 from PIL import Image
 
 from caffegen.errors import CaffegenError
@@ -92,6 +92,64 @@ def test_evaluate_top1_equals_caffes_accuracy_layer(caffe, trained, evaluated):
     assert metrics["images"] == count
     assert metrics["top1"] == pytest.approx(accuracy, abs=1e-6)
     assert f"top-1 {metrics['top1']:.4f}" in result.stdout
+
+
+def test_another_engine_gives_caffes_top1_once_it_agrees(cli, trained, evaluated, tmp_path):
+    """ONNX Runtime computes every mini-batch after the first (of 8 images) once it agreed with Caffe on that one."""
+    pytest.importorskip("onnxruntime")
+    caffe_metrics = json.loads((evaluated[0] / "metrics.json").read_text())
+    assert caffe_metrics["engine"] == "caffe" and caffe_metrics["images_per_second"] > 0
+    result = cli("evaluate", trained, "-o", tmp_path / "eval", "--engine", "onnxruntime", "--batch-size", 8)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^ONNX Runtime [0-9.]+ agrees with Caffe on 8 images: max \|Δ probability\| ", result.stderr,
+                     re.M), result.stderr
+    assert re.search(r"^probabilities computed by onnxruntime at [0-9.]+ img/s$", result.stderr, re.M), result.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["engine"] == "onnxruntime" and metrics["images_per_second"] > 0
+    assert metrics["images"] > 8 and metrics["top1"] == caffe_metrics["top1"]
+    predicted = [row["predicted_label"] for row in csv.DictReader((tmp_path / "eval" / "predictions.csv").open())]
+    assert predicted == [row["predicted_label"] for row in csv.DictReader((evaluated[0] / "predictions.csv").open())]
+
+
+def test_predict_with_auto_says_which_engine_ran_and_why_not_the_others(cli, trained, evaluated):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    image = evaluated_image(evaluated)
+    caffe = json.loads(cli("predict", trained, image, "--json").stdout)[0]["top"]
+    result = cli("predict", trained, image, "--json", "--engine", "auto")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)[0]["top"]
+    assert [entry["class"] for entry in found] == [entry["class"] for entry in caffe]
+    assert max(abs(a["probability"] - b["probability"]) for a, b in zip(found, caffe)) <= 1e-4
+    chosen = re.search(r"^probabilities computed by (\w+) at [0-9.]+ img/s; not used: .*the others were slower on "
+                       r"the first mini-batch \((.*)\)$", result.stderr, re.M)
+    assert chosen, result.stderr
+    rates = dict(re.findall(r"(\w+) (\d+) img/s", chosen.group(2)))
+    assert set(rates) == {"opencv", "onnxruntime", "openvino"}
+    assert chosen.group(1) == max(rates, key=lambda name: int(rates[name]))
+
+
+def without(module, folder):
+    """An environment in which ``import module`` fails, as where it is not installed (for a process of its own)."""
+    folder.mkdir()
+    (folder / f"{module}.py").write_text(f"raise ImportError('No module named {module}')\n")
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+
+
+def test_an_engine_not_installed_is_refused_in_one_line(trained, tmp_path):
+    result = run_caffegen_process("evaluate", trained, "-o", tmp_path / "eval", "--engine", "openvino",
+                                  env=without("openvino", tmp_path / "no_openvino"))
+    assert_one_line_error(result, "OpenVINO is not installed: pip install 'caffegen[openvino]'")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_auto_without_opencv_evaluates_with_caffe_and_says_why(trained, tmp_path):
+    result = run_caffegen_process("evaluate", trained, "-o", tmp_path / "eval", "--engine", "auto",
+                                  env=without("cv2", tmp_path / "no_cv2"))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^probabilities computed by caffe at [0-9.]+ img/s; not used: preprocessing the images for "
+                     r"another engine: OpenCV is not installed", result.stderr, re.M), result.stderr
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["engine"] == "caffe"
 
 
 def test_evaluate_files_agree(evaluated):
@@ -366,6 +424,46 @@ def test_an_onnx_bundle_computes_what_caffe_computes_and_its_readme_code_runs(cl
     assert "readNetFromCaffe" not in (only / "README.md").read_text()
     refused = cli("export", trained, "-o", tmp_path / "other", "--format", "onnx", "--check-opencv")
     assert refused.returncode == 2 and "--check-opencv checks the caffe format" in refused.stderr
+
+
+def test_export_fold_bn_ships_the_folded_model_that_caffe_checked(cli, trained, evaluated, tmp_path):
+    pytest.importorskip("onnxruntime")
+    batch_norms = [layer.name for layer in read_net(trained / "deploy.prototxt").net.layer if layer.type == "BatchNorm"]
+    assert batch_norms
+    bundle = tmp_path / "bundle"
+    result = cli("export", trained, "-o", bundle, "--format", "caffe,onnx", "--fold-bn")
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"^folded {len(batch_norms)} BatchNorm: real Caffe runs the folded net as the original, "
+                     r"largest difference 'prob' max \|Δ\| [0-9.e+-]+ \(probabilities", result.stderr, re.M)
+    assert re.search(r"^wrote model\.onnx .*: ONNX Runtime agrees with Caffe", result.stderr, re.M)
+    info = json.loads((bundle / "info.json").read_text())
+    assert info["folded_batchnorm"] == batch_norms and "model.onnx" in info["sha256"]
+    folded = read_net(bundle / "deploy.prototxt").net
+    assert not any(layer.type in ("BatchNorm", "Scale") for layer in folded.layer)
+    assert folded.layer[0].input_param.shape[0].dim[0] == 1
+    images = [row["path"] for row in csv.DictReader((evaluated[0] / "predictions.csv").open())][:20]
+    found, expected = (json.loads(cli("predict", model, *images, "--json").stdout) for model in (bundle, trained))
+    assert max(abs(a["probability"] - b["probability"]) for x, y in zip(found, expected)
+               for a, b in zip(x["top"], y["top"])) <= 1e-4
+    unfolded = tmp_path / "unfolded"
+    assert cli("export", trained, "-o", unfolded).returncode == 0
+    assert "folded_batchnorm" not in json.loads((unfolded / "info.json").read_text())
+
+
+def test_the_bundle_readmes_openvino_code_gives_caffes_class(cli, trained, evaluated, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    pytest.importorskip("cv2")
+    bundle = tmp_path / "bundle"
+    assert cli("export", trained, "-o", bundle, "--format", "onnx").returncode == 0
+    code = re.search(r"```python\n(import cv2\nimport numpy as np\nimport openvino\n.*?)```",
+                     (bundle / "README.md").read_text(), re.S).group(1)
+    image = evaluated_image(evaluated)
+    expected = json.loads(cli("predict", trained, image, "--json").stdout)[0]["top"][0]["class"]
+    done = subprocess.run([sys.executable, "-c", code.replace("image.jpg", image)], cwd=bundle, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
 
 
 def test_evaluate_predict_export_on_a_cached_run(cli, caffe, images, tmp_path):

@@ -134,6 +134,17 @@ def test_the_exported_bundle_records_the_task_and_evaluates(tuned, tmp_path):
     assert "mean IoU" in done.stdout
 
 
+def test_another_engine_segments_as_caffe_does(tuned, tmp_path):
+    pytest.importorskip("onnxruntime")
+    done = run_caffegen("evaluate", tuned["run"], "--engine", "onnxruntime", "--batch-size", 4, "-o", tmp_path / "eval")
+    assert done.returncode == 0, done.stderr
+    assert "ONNX Runtime" in done.stderr and "probabilities computed by onnxruntime at " in done.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["engine"] == "onnxruntime"
+    assert (metrics["pixel_accuracy"], metrics["mean_iou"]) == pytest.approx(
+        (tuned["after"]["pixel_accuracy"], tuned["after"]["mean_iou"]), abs=1e-3)
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A few image and mask pairs of 3 classes, and a caffemodel naming none of the net's layers."""

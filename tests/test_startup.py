@@ -13,7 +13,7 @@ from conftest import DIGITS
 from caffegen.cli import COMMANDS
 
 # Libraries that cost a command from a tenth of a second to seconds to import.
-HEAVY = ("sklearn", "scipy", "matplotlib", "cv2", "h5py", "lmdb", "onnx", "onnxruntime")
+HEAVY = ("sklearn", "scipy", "matplotlib", "cv2", "h5py", "lmdb", "onnx", "onnxruntime", "openvino")
 # What the help of every command needs none of either.
 NOT_FOR_HELP = HEAVY + ("numpy", "PIL", "jinja2", "tqdm")
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from caffegen.cli.options import device_options, force_option
+from caffegen.cli.options import device_options, engine_option, force_option
 from caffegen.errors import CaffegenError
 from caffegen.reporting import reporter_for_stderr
 
@@ -19,12 +19,15 @@ from caffegen.reporting import reporter_for_stderr
 @click.option("-o", "--output", type=click.Path(path_type=str), help="The folder to write (default: RUN/eval).")
 @force_option("Replace an existing output folder.")
 @device_options
-def evaluate_command(model_path, data, list_file, weights, skip_bad, output, force, batch_size, gpu, caffe_path):
+@engine_option
+def evaluate_command(model_path, data, list_file, weights, skip_bad, output, force, batch_size, gpu, caffe_path,
+                     engine):
     """Run the trained model of RUN (a run directory or an exported bundle) over labelled images with Caffe.
 
-    By default the run's validation images. Writes predictions.csv, metrics.json (top-1, top-5,
-    mean class accuracy, per-class precision/recall/F1), confusion.csv/.png, mistakes.png and a
-    self-contained report.html. A segmentation is scored over pixels: pixel accuracy, mean and
+    By default the run's validation images (--engine: another engine, once it agrees with Caffe on
+    the first mini-batch; metrics.json records which computed them, and how fast). Writes
+    predictions.csv, metrics.json (top-1, top-5, mean class accuracy, per-class precision/recall/F1),
+    confusion.csv/.png, mistakes.png and a self-contained report.html. A segmentation is scored over pixels: pixel accuracy, mean and
     per-class IoU, a confusion matrix of pixels, and contact_sheet.png (image, true and predicted
     mask) in place of mistakes.png.
     """
@@ -46,6 +49,6 @@ def evaluate_command(model_path, data, list_file, weights, skip_bad, output, for
     images = evaluation_images(model, data, list_file, skip_bad, reporter.line)
     target = resolve_target(caffe_path, gpu)
     device = target.launch_device(model.run.device if model.run else CPU, reporter)
-    metrics = evaluate_to(target, model, images, out_dir, batch_size, device, reporter)
+    metrics = evaluate_to(target, model, images, out_dir, batch_size, device, reporter, engine)
     click.echo(metrics_line(metrics))
     reporter.line(f"report: {out_dir / REPORT}")

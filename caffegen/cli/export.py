@@ -21,12 +21,15 @@ CHECK_IMAGES = 50
               parse_formats(value), help="The formats to put in the bundle, comma-separated: "
               + "; ".join(f"{name}: {exporter.description}" for name, exporter in FORMATS.items()) + ".")
 @force_option("Replace an existing bundle.")
+@click.option("--fold-bn", is_flag=True, help="Fold each BatchNorm (and the Scale after it) into the Convolution or "
+              "InnerProduct before it, in every format, once real Caffe computes the same outputs with the folded "
+              "model.")
 @click.option("--check-opencv", "check_opencv_", is_flag=True,
               help="Load the bundle with OpenCV DNN (4.x) and compare its probabilities with real Caffe's.")
 @click.option("--check-images", type=click.IntRange(min=1), default=CHECK_IMAGES, show_default=True,
               help="Validation images the OpenCV check compares on.")
 @CAFFE_OPTION
-def export_command(run_dir, output, weights, formats, force, check_opencv_, check_images, caffe_path):
+def export_command(run_dir, output, weights, formats, force, fold_bn, check_opencv_, check_images, caffe_path):
     """Write RUN's trained model in each --format, with labels.txt, preprocessing.json, info.json and README.md.
 
     caffe: deploy.prototxt and model.caffemodel (and the mean file when the model subtracts one);
@@ -34,8 +37,9 @@ def export_command(run_dir, output, weights, formats, force, check_opencv_, chec
     where the model comes from, each file's SHA-256 and, when `caffegen evaluate` has run, its metrics.
     """
     from caffegen.job.model import load_model
+    from caffegen.job.options import OPENCV
     from caffegen.job.rundir import EVAL_DIR
-    from caffegen.run.engines.agreement import check_opencv
+    from caffegen.run.engines.agreement import check_engine
     from caffegen.run.evaluate import evaluation_images
     from caffegen.run.export.bundle import export_bundle
     from caffegen.run.report import METRICS
@@ -51,11 +55,11 @@ def export_command(run_dir, output, weights, formats, force, check_opencv_, chec
     if metrics:
         metrics = {key: value for key, value in metrics.items() if key != "per_class"}
     target = resolve_target(caffe_path, "cpu")
-    bundle = export_bundle(model, output, force, metrics, formats, target, reporter)
+    bundle = export_bundle(model, output, force, metrics, formats, target, reporter, fold_bn)
     reporter.line(f"wrote {bundle}")
     if check_opencv_:
         images = evaluation_images(model)[:check_images]
-        check = check_opencv(target, load_model(bundle), [path for path, _ in images], reporter=reporter)
+        check = check_engine(OPENCV, target, load_model(bundle), [path for path, _ in images], reporter=reporter)
         click.echo(check.line())
         if not check.passed:
             raise CaffegenError("OpenCV DNN and Caffe disagree on this model: ship it for Caffe only, or see which "

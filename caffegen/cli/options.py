@@ -145,6 +145,15 @@ def device_options(command):
                         help="Images per forward pass.")(command)
 
 
+def engine_option(command):
+    """--engine of the commands that run a trained model: Caffe by default, another engine once it agrees with Caffe."""
+    from caffegen.job.options import CAFFE, ENGINES
+    return click.option("--engine", type=click.Choice(ENGINES), default=CAFFE, show_default=True,
+                        help="What computes the probabilities: Caffe; another engine, used once it agrees with Caffe "
+                             "on the first mini-batch (else Caffe, saying why); or auto, the fastest of the installed "
+                             "engines that agree.")(command)
+
+
 def slurm_options(slurm_help, scripts):
     """--slurm (``slurm_help``), --slurm-opt and --no-submit of the commands that write Slurm ``scripts`` (in words)
     and submit them."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from caffegen.cli.options import device_options, force_option
+from caffegen.cli.options import device_options, engine_option, force_option
 from caffegen.errors import CaffegenError
 from caffegen.io.tables import text_table
 from caffegen.job.options import CLASSIFICATION, SEGMENTATION
@@ -26,7 +26,9 @@ from caffegen.reporting import reporter_for_stderr
               help="A segmentation model's folder of mask PNGs (default: ./masks).")
 @force_option("Replace an existing --output folder.")
 @device_options
-def predict_command(model_path, images, top_k, weights, as_json, as_csv, output, force, batch_size, gpu, caffe_path):
+@engine_option
+def predict_command(model_path, images, top_k, weights, as_json, as_csv, output, force, batch_size, gpu, caffe_path,
+                    engine):
     """Classify IMAGE files (or every image under DIR) with MODEL, a run directory or an exported bundle.
 
     Images are preprocessed as the model was trained; unreadable files are reported and skipped.
@@ -39,7 +41,7 @@ def predict_command(model_path, images, top_k, weights, as_json, as_csv, output,
     model = load_model(model_path, weights)
     target = resolve_target(caffe_path, gpu)
     device = target.launch_device(model.run.device if model.run else CPU, reporter)
-    asked = Asked(images, top_k, as_json, as_csv, output, force, batch_size)
+    asked = Asked(images, top_k, as_json, as_csv, output, force, batch_size, engine)
     SHOWN[model.task](target, model, device, asked, reporter)
 
 
@@ -54,6 +56,7 @@ class Asked:
     output: str
     force: bool
     batch_size: int
+    engine: str
 
 
 def _write_masks(target, model, device, asked, reporter):
@@ -62,7 +65,7 @@ def _write_masks(target, model, device, asked, reporter):
     out_dir = Path(asked.output or "masks")
     if out_dir.exists() and not asked.force:
         raise CaffegenError("exists; pass --force to replace it, or choose another folder with -o", out_dir)
-    written = predict_masks(target, model, asked.images, out_dir, asked.batch_size, device, reporter)
+    written = predict_masks(target, model, asked.images, out_dir, asked.batch_size, device, reporter, asked.engine)
     click.echo(f"wrote {len(written)} mask(s) to {out_dir}")
 
 
@@ -70,7 +73,7 @@ def _print_top_classes(target, model, device, asked, reporter):
     """A classifier's predictions: each image's top classes, as a table, JSON or CSV."""
     from caffegen.run.predict import predict
     predictions = predict(target, model, asked.images, min(asked.top_k, len(model.classes)), asked.batch_size,
-                          device, reporter)
+                          device, reporter, asked.engine)
     if asked.as_json:
         click.echo(json.dumps([{"path": str(p.path), "top": [{"class": name, "probability": probability}
                                                              for name, probability in p.top]}

@@ -21,9 +21,9 @@ LMDB_REFUSALS = {
                   "own data layers: drop --lmdb",
 }
 TASKS = tuple(LMDB_REFUSALS)
-# What computes the trunk features of a cached run: Caffe, OpenCV DNN, or OpenCV where it can (else Caffe).
-CAFFE, OPENCV, ONNXRUNTIME, AUTO = "caffe", "opencv", "onnxruntime", "auto"
-ENGINES = (AUTO, CAFFE, OPENCV, ONNXRUNTIME)
+# What computes the trunk features of a cached run: Caffe, another engine, or the fastest that agrees (else Caffe).
+CAFFE, OPENCV, ONNXRUNTIME, OPENVINO, AUTO = "caffe", "opencv", "onnxruntime", "openvino", "auto"
+ENGINES = (AUTO, CAFFE, OPENCV, ONNXRUNTIME, OPENVINO)
 MEAN_IMAGE = "image"  # --mean image: the mean of the training database, by compute_image_mean
 
 

@@ -1,6 +1,7 @@
 """Evaluating a trained classifier or segmentation net with real Caffe: predictions over labelled images and metrics.
 
-Caffe computes the probabilities (:mod:`caffegen.run.engines.caffe`); scikit-learn the metrics. The
+Caffe computes the probabilities, or another engine once it agreed with Caffe on the first mini-batch
+(:mod:`caffegen.run.engines.probabilities`); scikit-learn the metrics. The
 mean class accuracy is the mean of the per-class recalls, so a large class cannot hide a bad one.
 A segmentation is scored over pixels (those labelled 255 left out): pixel accuracy, and the
 intersection over union of each class, whose mean over the classes present is the mean IoU.
@@ -15,11 +16,11 @@ from caffegen.defaults import FORWARD_BATCH, IGNORE_LABEL
 from caffegen.errors import CaffegenError
 from caffegen.job.dataset import labelled_images
 from caffegen.job.model import load_model
-from caffegen.job.options import CLASSIFICATION, SEGMENTATION
+from caffegen.job.options import CAFFE, CLASSIFICATION, SEGMENTATION
 from caffegen.job.rundir import EVAL_DIR
 from caffegen.job.segmentation import checked_mask, pair_images, read_pairs
 from caffegen.reporting import SilentReporter
-from caffegen.run.engines.caffe import forward_images
+from caffegen.run.engines.probabilities import model_probabilities
 from caffegen.run.report import write_evaluation
 
 TOP_K = 5
@@ -33,6 +34,7 @@ class Evaluation:
     paths: list
     labels: np.ndarray  # (N,) true labels
     probabilities: np.ndarray  # (N, K)
+    engine_run: object = None  # the EngineRun that computed the probabilities
     task = CLASSIFICATION
 
     @property
@@ -73,7 +75,7 @@ class Evaluation:
         metrics["per_class"] = [
             {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for name, p, r, f, s in zip(self.classes, precision, recall, f1, support)]
-        return metrics
+        return dict(metrics, **self.engine_run.record()) if self.engine_run else metrics
 
     def mistakes(self, count):
         """Indices of the ``count`` most confident wrong predictions, most confident first."""
@@ -90,6 +92,7 @@ class SegmentationEvaluation:
     mask_paths: list
     masks: np.ndarray  # (N, H, W) true classes, IGNORE_LABEL where ignored
     probabilities: np.ndarray  # (N, K, H, W)
+    engine_run: object = None  # the EngineRun that computed the probabilities
     task = SEGMENTATION
 
     @property
@@ -108,7 +111,8 @@ class SegmentationEvaluation:
         """Pixel accuracy, mean IoU over the classes present, and per-class IoU and pixel counts."""
         counts = self.confusion()
         ious = intersection_over_union(counts)
-        return {"task": self.task, "images": len(self.paths), "pixels": int(counts.sum()),
+        computed = self.engine_run.record() if self.engine_run else {}
+        return computed | {"task": self.task, "images": len(self.paths), "pixels": int(counts.sum()),
                 "pixel_accuracy": float(np.trace(counts) / max(counts.sum(), 1)),
                 "mean_iou": float(np.nanmean(ious)) if not np.isnan(ious).all() else 0.0,
                 "per_class": [{"class": name, "iou": None if np.isnan(iou) else float(iou),
@@ -150,45 +154,45 @@ def _image_mask_pairs(model, data, list_file, skip_bad, warn):
     return pair_images(data) if data else read_pairs(model.run.path)
 
 
-def evaluate(target, model, images, batch_size=FORWARD_BATCH, device=None, reporter=None):
-    """The evaluation of ``model`` (a TrainedModel) on ``images``, [(path, label or mask)], computed by real Caffe."""
-    return EVALUATIONS[model.task].evaluate(target, model, images, batch_size, device, reporter)
+def evaluate(target, model, images, batch_size=FORWARD_BATCH, device=None, reporter=None, engine=CAFFE):
+    """The evaluation of ``model`` (a TrainedModel) on ``images``, [(path, label or mask)], computed by ``engine``."""
+    return EVALUATIONS[model.task].evaluate(target, model, images, batch_size, device, reporter, engine)
 
 
-def evaluate_classifier(target, model, images, batch_size=FORWARD_BATCH, device=None, reporter=None):
-    """The Evaluation of the classifier ``model`` on ``images``, [(path, label)], computed by real Caffe."""
-    blob = model.output_blob
+def evaluate_classifier(target, model, images, batch_size=FORWARD_BATCH, device=None, reporter=None, engine=CAFFE):
+    """The Evaluation of the classifier ``model`` on ``images``, [(path, label)], computed by ``engine``."""
     paths = [path for path, _ in images]
-    probabilities = forward_images(target, model, paths, [blob], batch_size, device, reporter)[blob]
+    probabilities, run = model_probabilities(target, model, paths, engine, batch_size, device, reporter)
     if probabilities.shape[1] != len(model.classes):
         raise CaffegenError(f"the model outputs {probabilities.shape[1]} values per image but labels.txt names "
                             f"{len(model.classes)} classes", model.deploy)
-    return Evaluation(model.classes, paths, np.array([label for _, label in images]), probabilities)
+    return Evaluation(model.classes, paths, np.array([label for _, label in images]), probabilities, run)
 
 
-def segment(target, model, paths, batch_size=FORWARD_BATCH, device=None, reporter=None):
-    """(N, K, H, W) per-pixel probabilities of the segmentation ``model`` over the image files ``paths``."""
-    blob = model.output_blob
-    flat = forward_images(target, model, paths, [blob], batch_size, device, reporter)[blob]
+def segment(target, model, paths, batch_size=FORWARD_BATCH, device=None, reporter=None, engine=CAFFE):
+    """((N, K, H, W) per-pixel probabilities of the segmentation ``model`` over the image files ``paths``, the
+    EngineRun that computed them)."""
+    flat, run = model_probabilities(target, model, paths, engine, batch_size, device, reporter)
     height, width = model.input_shape[2:]
     if flat.shape[1] != len(model.classes) * height * width:
         raise CaffegenError(f"the model outputs {flat.shape[1]} values per image, not {len(model.classes)} classes × "
                             f"{height}×{width} pixels", model.deploy)
-    return flat.reshape(len(paths), len(model.classes), height, width)
+    return flat.reshape(len(paths), len(model.classes), height, width), run
 
 
-def evaluate_segmentation(target, model, pairs, batch_size=FORWARD_BATCH, device=None, reporter=None):
-    """The SegmentationEvaluation of ``model`` on ``pairs`` [(image, mask)], computed by real Caffe."""
+def evaluate_segmentation(target, model, pairs, batch_size=FORWARD_BATCH, device=None, reporter=None, engine=CAFFE):
+    """The SegmentationEvaluation of ``model`` on ``pairs`` [(image, mask)], computed by ``engine``."""
     hint = f"the model segments {len(model.classes)} classes"
     masks = np.stack([checked_mask(mask, model.input_shape[2:], len(model.classes), hint) for _, mask in pairs])
-    probabilities = segment(target, model, [image for image, _ in pairs], batch_size, device, reporter)
+    probabilities, run = segment(target, model, [image for image, _ in pairs], batch_size, device, reporter, engine)
     return SegmentationEvaluation(model.classes, [image for image, _ in pairs], [mask for _, mask in pairs], masks,
-                                  probabilities)
+                                  probabilities, run)
 
 
-def evaluate_to(target, model, images, out_dir, batch_size=FORWARD_BATCH, device=None, reporter=None):
-    """Evaluate ``model`` on ``images`` and write the evaluation's files into ``out_dir``; return its metrics."""
-    evaluation = evaluate(target, model, images, batch_size, device, reporter)
+def evaluate_to(target, model, images, out_dir, batch_size=FORWARD_BATCH, device=None, reporter=None, engine=CAFFE):
+    """Evaluate ``model`` on ``images`` with ``engine`` and write the evaluation's files into ``out_dir``; return its
+    metrics."""
+    evaluation = evaluate(target, model, images, batch_size, device, reporter, engine)
     curves = model.source / "curves.png" if model.run else None
     return write_evaluation(evaluation, out_dir, model, curves)
 
@@ -222,7 +226,7 @@ class TaskEvaluation:
     """How a task is evaluated: the images it is scored on, their evaluation by Caffe, and its headline."""
 
     images: object  # (model, data, list_file, skip_bad, warn) -> [(image, label or mask)]
-    evaluate: object  # (target, model, images, batch_size, device, reporter) -> an evaluation
+    evaluate: object  # (target, model, images, batch_size, device, reporter, engine) -> an evaluation
     headline: object  # (metrics) -> one line
 
 

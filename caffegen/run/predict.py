@@ -1,4 +1,5 @@
-"""Classifying or segmenting new images with a trained model and real Caffe, in batches, skipping what is no image."""
+"""Classifying or segmenting new images with a trained model and real Caffe (or another engine once it agrees with
+Caffe), in batches, skipping what is no image."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,8 +9,9 @@ from caffegen.errors import CaffegenError
 from caffegen.io.files import built_beside
 from caffegen.io.segdata import write_mask_png
 from caffegen.job.dataset import image_problem
+from caffegen.job.options import CAFFE
 from caffegen.reporting import SilentReporter
-from caffegen.run.engines.caffe import forward_images
+from caffegen.run.engines.probabilities import model_probabilities
 from caffegen.run.evaluate import segment
 
 
@@ -52,7 +54,8 @@ def _readable_images(arguments, reporter):
     return paths
 
 
-def predict_masks(target, model, arguments, out_dir, batch_size=FORWARD_BATCH, device=None, reporter=None):
+def predict_masks(target, model, arguments, out_dir, batch_size=FORWARD_BATCH, device=None, reporter=None,
+                  engine=CAFFE):
     """Write the segmentation ``model``'s mask of each image named by ``arguments`` into ``out_dir``; return the files.
 
     Each mask is a palette PNG named after its image, coloured with PASCAL VOC's colour map (its
@@ -64,18 +67,17 @@ def predict_masks(target, model, arguments, out_dir, batch_size=FORWARD_BATCH, d
     if repeated:
         raise CaffegenError(f"two images are named '{repeated}': their masks would share {repeated}.png; "
                             "predict on them separately")
-    predicted = segment(target, model, paths, batch_size, device, reporter).argmax(axis=1)
+    predicted = segment(target, model, paths, batch_size, device, reporter, engine)[0].argmax(axis=1)
     with built_beside(Path(out_dir)) as staging:
         for stem, mask in zip(stems, predicted):
             write_mask_png(staging / f"{stem}.png", mask)
     return [Path(out_dir) / f"{stem}.png" for stem in stems]
 
 
-def predict(target, model, arguments, top_k=5, batch_size=FORWARD_BATCH, device=None, reporter=None):
-    """The Predictions of ``model`` (a TrainedModel) for the images named by ``arguments``."""
+def predict(target, model, arguments, top_k=5, batch_size=FORWARD_BATCH, device=None, reporter=None, engine=CAFFE):
+    """The Predictions of ``model`` (a TrainedModel) for the images named by ``arguments``, computed by ``engine``."""
     paths = _readable_images(arguments, reporter or SilentReporter())
-    blob = model.output_blob
-    probabilities = forward_images(target, model, paths, [blob], batch_size, device, reporter)[blob]
+    probabilities, _ = model_probabilities(target, model, paths, engine, batch_size, device, reporter)
     ranked = (-probabilities).argsort(axis=1, kind="stable")[:, :top_k]
     return [Prediction(path, [(model.classes[j], float(row[j])) for j in order])
             for path, row, order in zip(paths, probabilities, ranked)]

@@ -10,9 +10,10 @@ otherwise than Caffe. A new engine is one module here and one entry in the table
 from dataclasses import dataclass
 from typing import Callable
 
-from caffegen.job.options import ONNXRUNTIME, OPENCV
+from caffegen.job.options import ONNXRUNTIME, OPENCV, OPENVINO
 from caffegen.run.engines.onnxruntime import OnnxRuntimeSession, onnxruntime_title
 from caffegen.run.engines.opencv import OPENCV_DIFFERS, OpenCVSession, opencv_title
+from caffegen.run.engines.openvino import OpenVINOSession, openvino_title
 
 
 @dataclass(frozen=True)
@@ -34,4 +35,5 @@ class Engine:
 ENGINES = {
     OPENCV: Engine(OPENCV, opencv_title, OpenCVSession, OPENCV_DIFFERS),
     ONNXRUNTIME: Engine(ONNXRUNTIME, onnxruntime_title, OnnxRuntimeSession, {}),
+    OPENVINO: Engine(OPENVINO, openvino_title, OpenVINOSession, {}),
 }

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from caffegen.defaults import FORWARD_BATCH
+from caffegen.run.engines import ENGINES
 from caffegen.run.engines.caffe import forward_images
-from caffegen.run.engines.opencv import opencv_dnn, opencv_forward, opencv_title
 
 # Probabilities are in [0, 1]. float32 carries about 7 digits; two engines summing the same
 # products in other orders (im2col + BLAS against OpenCV's own kernels) differ by about 1e-6 of
@@ -28,8 +29,9 @@ FEATURE_TOLERANCE = 1e-4
 
 @dataclass(frozen=True)
 class EngineCheck:
-    """How far OpenCV's probabilities are from Caffe's on some images."""
+    """How far an engine's probabilities are from Caffe's on some images."""
 
+    engine: str  # its title and version
     images: int
     max_difference: float
     tolerance: float = PROBABILITY_TOLERANCE
@@ -40,18 +42,39 @@ class EngineCheck:
 
     def line(self):
         verdict = "agrees with" if self.passed else "DIFFERS from"
-        return (f"{opencv_title()} {verdict} Caffe on {self.images} images: "
+        return (f"{self.engine} {verdict} Caffe on {self.images} images: "
                 f"max |Δ probability| {self.max_difference:.2e} (tolerance {self.tolerance:.0e})")
 
 
-def check_opencv(target, model, paths, device=None, reporter=None):
-    """Compare OpenCV's probabilities for ``model`` with real Caffe's on the images ``paths``."""
-    opencv_dnn()
+def compare_probabilities(engine, caffe, found):
+    """The EngineCheck of ``engine``'s probabilities ``found`` against Caffe's ``caffe`` (both (N, values))."""
+    if found.size != caffe.size:
+        return EngineCheck(engine, len(caffe), float("inf"))
+    return EngineCheck(engine, len(caffe), float(np.abs(found.reshape(caffe.shape) - caffe).max()))
+
+
+def output_layer(net, blob):
+    """The name of the last layer of ``net`` that writes ``blob``: what an engine's session is asked for."""
+    return [layer.name for layer in net.layer if blob in layer.top][-1]
+
+
+def session_forward(session, input_blob, inputs, output, batch_size=FORWARD_BATCH):
+    """The blob layer ``output`` writes, (N, values), computed by an engine's ``session`` a mini-batch at a time."""
+    return np.concatenate([session.forward(input_blob, inputs[start:start + batch_size], output)
+                           for start in range(0, len(inputs), batch_size)])
+
+
+def check_engine(name, target, model, paths, device=None, reporter=None):
+    """Compare engine ``name``'s probabilities for ``model`` with real Caffe's on the images ``paths``, both engines
+    fed the input blob Caffe's data layer made."""
+    engine = ENGINES[name]
+    title = engine.title()
     input_blob, output = model.input_blob, model.output_blob
     blobs = forward_images(target, model, paths, [input_blob, output], device=device, reporter=reporter)
     inputs = blobs[input_blob].reshape(len(paths), *model.input_shape[1:])
-    found = opencv_forward(model.deploy, model.weights, input_blob, inputs, output)
-    return EngineCheck(len(paths), float(np.abs(found.reshape(blobs[output].shape) - blobs[output]).max()))
+    session = engine.load(model.deploy, model.weights)
+    found = session_forward(session, input_blob, inputs, output_layer(model.deploy_net, output))
+    return compare_probabilities(title, blobs[output], found)
 
 
 @dataclass(frozen=True)

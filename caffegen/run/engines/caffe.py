@@ -71,14 +71,16 @@ def _reason(output):
     return lines[-1] if lines else "no output"
 
 
-def forward_images(target, model, paths, blobs, batch_size=FORWARD_BATCH, device=None, reporter=None, workdir=None):
+def forward_images(target, model, paths, blobs, batch_size=FORWARD_BATCH, device=None, reporter=None, workdir=None,
+                   sized=None):
     """{blob: array (len(paths), values per image)} of ``model`` (a TrainedModel) over the image files ``paths``.
 
-    The images are preprocessed as the model's validation images were in training; images whose
-    size the model cannot take as they are are resized to its input size, which ``reporter`` notes once.
+    The images are preprocessed as the model's validation images were in training; when some of
+    ``sized`` (default: ``paths``) have a size the model cannot take as it is, every image is resized
+    to its input size, which ``reporter`` notes once.
     """
     paths = [Path(path).resolve() for path in paths]
-    resize = _needed_resize(model, paths, reporter or SilentReporter())
+    resize = needed_resize(model, sized or paths, reporter or SilentReporter())
     tmp = unused_name(workdir, "caffegen-forward-")
     try:
         tmp.mkdir(mode=0o700)
@@ -107,7 +109,13 @@ def _keep_only(folder, log):
             path.unlink()
 
 
-def _needed_resize(model, paths, reporter):
+def image_data_layer(model, resize):
+    """The ImageData layer through which forward_images feeds ``model`` its images, resized to ``resize`` (H, W)."""
+    net = image_input_net(model.deploy_net, model.preprocessing, LIST, 1, resize)
+    return next(layer for layer in net.layer if layer.type == "ImageData")
+
+
+def needed_resize(model, paths, reporter):
     """The (H, W) to resize every image to, when some could not be fed as training fed them, else None."""
     if model.preprocessing.get("resize"):
         return None

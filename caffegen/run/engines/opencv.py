@@ -8,7 +8,6 @@ import re
 
 import numpy as np
 
-from caffegen.defaults import FORWARD_BATCH
 from caffegen.errors import CaffegenError
 
 INSTALL_HINT = "pip install 'opencv-python-headless<5'"
@@ -50,13 +49,6 @@ def opencv_batch(net, input_blob, inputs, output, deploy=None):
         return net.forward(output).reshape(len(inputs), -1)
     except cv2.error as error:
         raise CaffegenError(f"OpenCV cannot run the model: {_first_line(error)}", deploy) from None
-
-
-def opencv_forward(deploy, weights, input_blob, inputs, output, batch_size=FORWARD_BATCH):
-    """The blob ``output`` (N, values) OpenCV DNN computes from ``inputs`` (N, C, H, W) fed to ``input_blob``."""
-    net = opencv_net(deploy, weights)
-    return np.concatenate([opencv_batch(net, input_blob, inputs[start:start + batch_size], output, deploy)
-                           for start in range(0, len(inputs), batch_size)])
 
 
 def _first_line(error):

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from caffegen import __version__
 from caffegen.errors import WRITE_ERRNOS, CaffegenError, cannot_write
-from caffegen.io.files import built_beside, file_sha256
+from caffegen.io.files import built_beside, file_sha256, temp_folder
 from caffegen.io.quoting import python_string
 from caffegen.io.templates import render_template
 from caffegen.job.model import LABELS, PREPROCESSING
 from caffegen.reporting import SilentReporter
+from caffegen.run.export.folded import folded_model
 from caffegen.run.export.formats import CAFFE_FORMAT, FORMATS
 
 MEAN_FILE = "mean.binaryproto"
@@ -28,17 +29,21 @@ INFO, README = "info.json", "README.md"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
 
-def export_bundle(model, target, force=False, metrics=None, formats=(CAFFE_FORMAT,), caffe=None, reporter=None):
+def export_bundle(model, target, force=False, metrics=None, formats=(CAFFE_FORMAT,), caffe=None, reporter=None,
+                  fold_bn=False):
     """Write the bundle of ``model`` (a TrainedModel) in ``formats`` to the folder or .tar.gz ``target``; return its
-    path. ``caffe`` (a Target) checks a format converted from the Caffe model."""
-    target = Path(target)
-    writing = _Writing(model, metrics, formats, caffe, reporter or SilentReporter())
+    path. ``caffe`` (a Target) checks a format converted from the Caffe model; with ``fold_bn`` every format
+    carries the model with its BatchNorms folded, once ``caffe`` computed the same outputs with it."""
+    target, reporter = Path(target), reporter or SilentReporter()
     if target.exists() and not force:
         raise CaffegenError("exists; pass --force to replace it, or choose another name with -o", target)
-    if target.name.endswith(ARCHIVE_SUFFIXES):
-        return _archive(writing, target)
-    with built_beside(target) as staging:
-        _fill(staging, writing)
+    with temp_folder() as work:
+        model, folded = folded_model(model, caffe, work, reporter) if fold_bn else (model, None)
+        writing = _Writing(model, metrics, formats, caffe, reporter, folded)
+        if target.name.endswith(ARCHIVE_SUFFIXES):
+            return _archive(writing, target)
+        with built_beside(target) as staging:
+            _fill(staging, writing)
     return target
 
 
@@ -62,17 +67,19 @@ def _archive(writing, target):
 
 @dataclass(frozen=True)
 class _Writing:
-    """What a bundle is written from: the model, its metrics, the formats, the Caffe that checks, the reporter."""
+    """What a bundle is written from: the model, its metrics, the formats, the Caffe that checks, the reporter and
+    the BatchNorms folded (None: folding was not asked for)."""
 
     model: object
     metrics: dict
     formats: tuple
     caffe: object
     reporter: object
+    folded: tuple = None
 
 
 def _fill(folder, writing):
-    model, metrics, formats = writing.model, writing.metrics, writing.formats
+    model, formats = writing.model, writing.formats
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for name in formats:
@@ -84,8 +91,7 @@ def _fill(folder, writing):
         files["mean"] = preprocessing["mean_file"] = MEAN_FILE
     described = {"preprocessing": preprocessing, "input_shape": list(model.input_shape), "task": model.task}
     (folder / PREPROCESSING).write_text(json.dumps(described, indent=2) + "\n", encoding="utf-8")
-    (folder / INFO).write_text(json.dumps(_info(folder, model, metrics, formats, files), indent=2) + "\n",
-                               encoding="utf-8")
+    (folder / INFO).write_text(json.dumps(_info(folder, writing, files), indent=2) + "\n", encoding="utf-8")
     (folder / README).write_text(render_template("bundle_README.md.j2", preprocessing=preprocessing,
                                                  input_shape=list(model.input_shape), classes=len(model.classes),
                                                  input_blob=python_string(model.input_blob),
@@ -94,11 +100,15 @@ def _fill(folder, writing):
                                  encoding="utf-8")
 
 
-def _info(folder, model, metrics, formats, files):
-    """info.json: who made the bundle and when, from what, in which formats, each file's SHA-256, the metrics."""
+def _info(folder, writing, files):
+    """info.json: who made the bundle and when, from what, in which formats, each file's SHA-256, the metrics, and
+    the BatchNorms folded when folding was asked for."""
+    model = writing.model
     info = {"caffegen": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": str(model.source), "classes": len(model.classes), "formats": list(formats),
-            "sha256": {name: file_sha256(folder / name) for name in files.values()}, "metrics": metrics}
+            "source": str(model.source), "classes": len(model.classes), "formats": list(writing.formats),
+            "sha256": {name: file_sha256(folder / name) for name in files.values()}, "metrics": writing.metrics}
+    if writing.folded is not None:
+        info["folded_batchnorm"] = list(writing.folded)
     if "weights" in files:
         info["weights_sha256"] = info["sha256"][files["weights"]]
     return info
