@@ -53,7 +53,8 @@ def input_side(net):
 
 
 def trunk_of(deploy, boundary, side, scale, source):
-    """ImageData (photos resized to side+32, centre-cropped to side, mean and scale) and ``deploy`` up to ``boundary``."""
+    """ImageData (photos resized to side+32, centre-cropped to side, mean and scale) and ``deploy`` up to
+    ``boundary``."""
     net = BVLC.NetParameter(name=f"{deploy.name}_trunk")
     data = net.layer.add(name="data", type="ImageData", top=["data", "label"])
     data.image_data_param.source, data.image_data_param.batch_size = source, 1

@@ -14,7 +14,8 @@ from caffegen.reporting import reporter_for_stderr
 @click.option("--data", type=click.Path(path_type=str), help="Labelled images to evaluate on: one folder per class "
               "(a segmentation: images/ and masks/).")
 @click.option("--list", "list_file", type=click.Path(path_type=str), help="A Caffe list ('path label') to evaluate on.")
-@click.option("--weights", type=click.Path(path_type=str), help="Weights to evaluate (default: the run's trained model).")
+@click.option("--weights", type=click.Path(path_type=str),
+              help="Weights to evaluate (default: the run's trained model).")
 @click.option("--skip-bad", is_flag=True, help="With --data: leave out files that are not readable images.")
 @click.option("-o", "--output", type=click.Path(path_type=str), help="The folder to write (default: RUN/eval).")
 @force_option("Replace an existing output folder.")
@@ -27,9 +28,9 @@ def evaluate_command(model_path, data, list_file, weights, skip_bad, output, for
     By default the run's validation images (--engine: another engine, once it agrees with Caffe on
     the first mini-batch; metrics.json records which computed them, and how fast). Writes
     predictions.csv, metrics.json (top-1, top-5, mean class accuracy, per-class precision/recall/F1),
-    confusion.csv/.png, mistakes.png and a self-contained report.html. A segmentation is scored over pixels: pixel accuracy, mean and
-    per-class IoU, a confusion matrix of pixels, and contact_sheet.png (image, true and predicted
-    mask) in place of mistakes.png.
+    confusion.csv/.png, mistakes.png and a self-contained report.html. A segmentation is scored over
+    pixels: pixel accuracy, mean and per-class IoU, a confusion matrix of pixels, and
+    contact_sheet.png (image, true and predicted mask) in place of mistakes.png.
     """
     from caffegen.job.device import CPU
     from caffegen.job.model import load_model

@@ -68,7 +68,8 @@ class Evaluation:
         with warnings.catch_warnings():  # classes absent from the images are expected, not worth a warning
             warnings.simplefilter("ignore", UserWarning)
             mean_class_accuracy = float(balanced_accuracy_score(self.labels, self.predicted))
-        metrics = {"task": self.task, "images": len(self.paths), "top1": float(accuracy_score(self.labels, self.predicted)),
+        top1 = float(accuracy_score(self.labels, self.predicted))
+        metrics = {"task": self.task, "images": len(self.paths), "top1": top1,
                    "mean_class_accuracy": mean_class_accuracy}
         if len(self.classes) > TOP_K:  # with K ≤ 5 classes every label is in the top 5
             metrics["top5"] = float(top_k_accuracy_score(self.labels, self.probabilities, k=TOP_K, labels=labels))
@@ -138,7 +139,8 @@ def intersection_over_union(counts):
 
 
 def evaluation_images(model, data=None, list_file=None, skip_bad=False, warn=None):
-    """What to evaluate ``model`` on: [(image, label)], or [(image, mask)] for a segmentation; the run's val set by default."""
+    """What to evaluate ``model`` on: [(image, label)], or [(image, mask)] for a segmentation; the run's val set by
+    default."""
     return EVALUATIONS[model.task].images(model, data, list_file, skip_bad, warn)
 
 
@@ -198,7 +200,8 @@ def evaluate_to(target, model, images, out_dir, batch_size=FORWARD_BATCH, device
 
 
 def evaluate_validation(target, run, device=None, reporter=None):
-    """Evaluate a trained run (a path or RunDir) on its validation images into its eval/ (replaced); return the metrics."""
+    """Evaluate a trained run (a path or RunDir) on its validation images into its eval/ (replaced); return the
+    metrics."""
     model = load_model(run)
     images = evaluation_images(model)
     device = device or target.launch_device(model.run.device, reporter or SilentReporter())
