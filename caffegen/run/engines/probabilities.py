@@ -55,7 +55,7 @@ def model_probabilities(target, model, paths, engine=CAFFE, batch_size=FORWARD_B
     blob, started = model.output_blob, time.perf_counter()
     if engine == CAFFE:
         found = forward_images(target, model, paths, [blob], batch_size, device, reporter)[blob]
-        return found, _told(reporter, EngineRun(CAFFE, len(paths) / _since(started)))
+        return found, EngineRun(CAFFE, len(paths) / _since(started))  # as always: nothing to tell
     if engine in ENGINES:
         ENGINES[engine].title()  # refuses an engine that is not installed before Caffe runs
     first, rest = paths[:batch_size], paths[batch_size:]
