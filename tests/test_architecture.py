@@ -14,6 +14,7 @@ SHARED = {"caffegen", "caffegen.errors", "caffegen.defaults", "caffegen.reportin
 CONFINED = {
     "google.protobuf.text_format": {"io"},
     "jinja2": {"io"},
+    "onnx": {"io"},
     "subprocess": {"io", "run", "strategies"},  # io runs protoc on a fork's schema
     "urllib.request": {"io"},  # downloads: the zoo's verified, resumable fetch
 }

@@ -6,6 +6,7 @@ fixed size (pooling's padding, Slice, Crop), never for the batch axis, which sta
 """
 
 from caffegen.errors import CaffegenError
+from caffegen.io.onnxfile import onnx_model
 from caffegen.net.onnx import activations, elementwise, normalization, shapeops, spatial
 from caffegen.net.onnx.graph import BATCH, LayerIO, NotExpressible, OnnxGraph
 
@@ -63,7 +64,6 @@ def build_onnx(layers, weights, inputs, outputs, batch=None, name="caffe"):
     ``inputs`` are the net's input blobs, ``outputs`` the blobs the graph gives out; ``weights`` is
     a Caffemodel; ``batch`` None leaves the batch axis dynamic (named N).
     """
-    from onnx import helper
     refuse_unconvertible(layers)
     graph = OnnxGraph()
     shapes = {blob: shape for result in layers for blob, shape in result.tops.items()}
@@ -71,19 +71,14 @@ def build_onnx(layers, weights, inputs, outputs, batch=None, name="caffe"):
     for result in layers:
         if result.layer is not None and result.type != INPUT:
             _convert(graph, result, shapes, weights)
-    onnx_graph = helper.make_graph(graph.nodes, name, [_value_info(blob, shapes, batch) for blob in inputs],
-                                   [_value_info(blob, shapes, batch) for blob in outputs], graph.initializers)
-    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="caffegen")
-    model.ir_version = IR_VERSION
-    return model
+    return onnx_model(graph, [_value(blob, shapes, batch) for blob in inputs],
+                      [_value(blob, shapes, batch) for blob in outputs], OPSET, IR_VERSION, name)
 
 
-def _value_info(blob, shapes, batch):
-    """The graph input or output ``blob``: float, its first axis ``batch`` or dynamic (N)."""
-    from onnx import TensorProto, helper
+def _value(blob, shapes, batch):
+    """(``blob``, its dimensions): the first axis ``batch``, or dynamic (N)."""
     shape = shapes.get(blob)
-    dims = None if shape is None else [batch or BATCH] + list(shape[1:])
-    return helper.make_tensor_value_info(blob, TensorProto.FLOAT, dims)
+    return blob, None if shape is None else [batch or BATCH] + list(shape[1:])
 
 
 def _convert(graph, result, shapes, weights):

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from caffegen.io.onnxfile import OnnxNode
+
 BATCH = "N"  # the name of a dynamic batch dimension
 
 
@@ -45,9 +47,8 @@ class OnnxGraph:
     def constant(self, hint, values, dtype="float32"):
         """The name of a new initializer holding ``values`` (an array, or numbers)."""
         import numpy as np
-        from onnx import numpy_helper
         name = self.unique(hint)
-        self.initializers.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
+        self.initializers.append((name, np.asarray(values, dtype=dtype)))
         return name
 
     def shape_constant(self, hint, dims):
@@ -56,9 +57,8 @@ class OnnxGraph:
 
     def node(self, op, inputs, hint, outputs=None, **attributes):
         """Add an ``op`` node on ``inputs``; return its output's name (``outputs`` given: those names)."""
-        from onnx import helper
         names = outputs or [self.unique(f"{hint}/{op}")]
-        self.nodes.append(helper.make_node(op, list(inputs), names, name=self.unique(f"{hint}#{op}"), **attributes))
+        self.nodes.append(OnnxNode(op, list(inputs), list(names), self.unique(f"{hint}#{op}"), attributes))
         return names[0] if not outputs else names
 
     def copy(self, source, target, hint):

@@ -10,6 +10,7 @@ from pathlib import Path
 from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import read_caffemodel
 from caffegen.io.files import temp_folder, write_atomic
+from caffegen.io.onnxfile import keep_outputs
 from caffegen.net.onnx import OPSET, build_onnx
 from caffegen.net.onnx.layout import CHECK_BATCH, layout, prepared_net
 from caffegen.reporting import SilentReporter
@@ -71,7 +72,7 @@ def convert_to_onnx(deploy, weights, output, target, proto=None, batch=None, fol
         checks = _checked(target, plan, weights, model, feed, checked, work / "outputs")
         if not all(check.passed for check in checks):
             raise _located(target, plan, weights, caffemodel, batch, feed, work / "layers")
-        del model.graph.output[len(plan.outputs):]  # the scores were outputs for the check only
+        keep_outputs(model, len(plan.outputs))  # the scores were outputs for the check only
         write_atomic(output, model.SerializeToString())
     return ConversionCheck(Path(output), tuple(checks), len(plan.outputs), batch, batch or CHECK_BATCH,
                            tuple(folded))

@@ -3,16 +3,6 @@
 The graph gives out the blob a layer writes, by the layer's name, as OpenCV's sessions do; its batch is dynamic.
 """
 
-from caffegen.errors import CaffegenError
-
-
-def onnx_module(hint):
-    """The ``onnx`` module, refusing a missing one in one line that ends with the install ``hint``."""
-    try:
-        import onnx
-    except ImportError:
-        raise CaffegenError(f"onnx is not installed: {hint}") from None
-    return onnx
 
 
 class InMemoryOnnx:

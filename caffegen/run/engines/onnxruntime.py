@@ -1,6 +1,7 @@
 """ONNX Runtime as an engine: an ONNX model's outputs for given input blobs, on the CPU."""
 
 from caffegen.errors import CaffegenError
+from caffegen.io.onnxfile import model_bytes, onnx_module
 from caffegen.run.engines.inmemory import InMemoryOnnx, first_line
 
 INSTALL_HINT = "pip install 'caffegen[onnx]'"
@@ -8,11 +9,11 @@ INSTALL_HINT = "pip install 'caffegen[onnx]'"
 
 def onnx_modules():
     """The ``onnx`` and ``onnxruntime`` modules, refusing missing ones in one line."""
+    onnx = onnx_module(INSTALL_HINT)
     try:
-        import onnx
         import onnxruntime
-    except ImportError as error:
-        raise CaffegenError(f"{error.name} is not installed: {INSTALL_HINT}") from None
+    except ImportError:
+        raise CaffegenError(f"onnxruntime is not installed: {INSTALL_HINT}") from None
     return onnx, onnxruntime
 
 
@@ -22,12 +23,9 @@ def onnxruntime_forward(model, inputs, outputs):
     ``model`` is a path, the serialized bytes, or an ``onnx.ModelProto``.
     """
     import numpy as np
-    onnx, onnxruntime = onnx_modules()
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
+    _, onnxruntime = onnx_modules()
     try:
-        session = onnxruntime.InferenceSession(model if isinstance(model, bytes) else str(model),
-                                               providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(model_bytes(model), providers=["CPUExecutionProvider"])
         found = session.run(list(outputs), {name: np.ascontiguousarray(values, np.float32)
                                             for name, values in inputs.items()})
     except Exception as error:  # ONNX Runtime's own exception types are not importable by name

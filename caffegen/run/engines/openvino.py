@@ -5,7 +5,8 @@ asks for float32, the precision Caffe computes in.
 """
 
 from caffegen.errors import CaffegenError
-from caffegen.run.engines.inmemory import InMemoryOnnx, first_line, onnx_module
+from caffegen.io.onnxfile import onnx_module
+from caffegen.run.engines.inmemory import InMemoryOnnx, first_line
 
 INSTALL_HINT = "pip install 'caffegen[openvino]'"
 DEVICE = "CPU"
