@@ -164,10 +164,10 @@ def run(work, train, val, epochs):
     print(plan.describe())
 
     started = time.monotonic()
-    uncached = launch(runs["uncached"], Target(caffe), show_progress=False)
+    uncached = launch(runs["uncached"], Target(caffe))
     uncached_seconds = time.monotonic() - started
     started = time.monotonic()
-    cached = run_cached(RunDir(runs["cached"]), Target(caffe), None, show_progress=False)
+    cached = run_cached(RunDir(runs["cached"]), Target(caffe))
     cached_seconds = time.monotonic() - started
     if uncached.exit_code or cached.exit_code:
         sys.exit(f"a run failed: uncached exit {uncached.exit_code}, cached exit {cached.exit_code}")

@@ -43,6 +43,7 @@ from caffegen.job.prepare import JobOptions, prepare  # noqa: E402
 from caffegen.job.rundir import RunDir  # noqa: E402
 from caffegen.net.netview import TEST, TRAIN, NetView  # noqa: E402
 from caffegen.net.wiring import DataSettings  # noqa: E402
+from caffegen.reporting import PlainReporter  # noqa: E402
 from caffegen.run.cache import run_cached  # noqa: E402
 from caffegen.run.install import install_caffe  # noqa: E402
 from caffegen.run.target import Target  # noqa: E402
@@ -156,7 +157,7 @@ def cached_once(caffe, weights, images, run_dir, engine):
     prepare(job_options(weights, images, cache_features=True, engine=engine), run_dir)
     run = RunDir(run_dir)
     lines = []
-    result = run_cached(run, Target(Path(caffe)), echo=lines.append, show_progress=False)
+    result = run_cached(run, Target(Path(caffe)), PlainReporter(lines.append))
     if result.exit_code != 0:
         sys.exit("\n".join(lines[-20:]))
     cache = json.loads((run_dir / "result.json").read_text())["cache"]

@@ -22,6 +22,7 @@ from cache_features import BATCH, CLASSES, INPUT, MEAN, deterministic_caffenet, 
 
 from caffegen.job.prepare import JobOptions
 from caffegen.net.wiring import DataSettings
+from caffegen.reporting import PlainReporter
 from caffegen.run.install import install_caffe
 from caffegen.run.target import Target
 from caffegen.strategies.sweep import combinations, prepare_sweep, run_here
@@ -58,7 +59,7 @@ def run(work, images, epochs):
         runs = prepare_sweep(planned, sweep_dir, share_features=share)
         lines = []
         started = time.monotonic()
-        errors = run_here(sweep_dir, runs, Target(caffe), lines.append, show_progress=False)
+        errors = run_here(sweep_dir, runs, Target(caffe), PlainReporter(lines.append))
         seconds = time.monotonic() - started
         if errors:
             sys.exit(f"{kind} sweep: {errors}")
