@@ -13,15 +13,19 @@ own forward speed on the trunk at batches 1, 2, 4 and 8, before and after the ex
 (averaged). Each engine's features of the first round, from the published net and from the folded one,
 are compared with Caffe's from the published net, relative to their scale.
 
-Usage: python bench/engines.py [--images 2000] [--rounds 3] [--dir FOLDER]
+Beside them: the machine's own single-precision matrix-multiply rate (numpy, 4096², best of a few),
+as the practical limit, with each engine's GFLOP/s (2 × the trunk's multiply-adds × img/s) as a
+fraction of it; the cached ResNet-50 job against the uncached one, as ``bench/cache_scale.py``
+measures them (``--no-job`` leaves it out); and the ONNX conversion of every zoo net the tests
+convert, each checked against real Caffe (``--no-zoo`` leaves it out). The last line sums it up.
+
+Usage: python bench/engines.py [--images 2000] [--rounds 3] [--dir FOLDER] [--no-job] [--no-zoo]
 (run it on an idle machine: every figure is a speed)
 """
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
-from cache_scale import write_images  # noqa: E402
+from cache_scale import caffe_time, trunk, write_images  # noqa: E402
 from caffe_weights import write_random_weights  # noqa: E402
 from zoo_corpus import corpus_folder  # noqa: E402
 
@@ -40,9 +44,11 @@ from caffegen.defaults import CACHE_BATCH  # noqa: E402
 from caffegen.errors import CaffegenError  # noqa: E402
 from caffegen.io.caffemodel import read_caffemodel, write_caffemodel  # noqa: E402
 from caffegen.io.featuredb import read_feature_db  # noqa: E402
-from caffegen.io.prototxt import read_net, to_text  # noqa: E402
+from caffegen.io.prototxt import read_net  # noqa: E402
 from caffegen.io.schema import BVLC  # noqa: E402
 from caffegen.net.foldbn import fold_batch_norms  # noqa: E402
+from caffegen.net.netview import TEST, NetView  # noqa: E402
+from caffegen.net.shapes import infer_shapes  # noqa: E402
 from caffegen.net.singleassign import single_assignment  # noqa: E402
 from caffegen.run.cache.engine_checked import engine_trunk  # noqa: E402
 from caffegen.run.engines.agreement import compare_features  # noqa: E402
@@ -55,7 +61,6 @@ RESNET = "resnet/ResNet-50-deploy.prototxt"
 INPUT, BOUNDARY, MEAN = 224, "pool5", (104.0, 117.0, 123.0)
 CAFFE, OTHERS = "caffe", ("opencv", "onnxruntime", "openvino")
 TIME_BATCHES = (1, 2, 4, 8)
-TIMED_IMAGES = 24  # images each `caffe time` figure is measured over
 
 
 def trunk_net(deploy, source):
@@ -77,22 +82,6 @@ def folded(deploy, weights, folder):
     write_caffemodel(path, folding.weights, deploy.name)
     print(f"folded {len(folding.folded)} BatchNorm ({len(folding.kept)} kept)")
     return folding.net, path
-
-
-def caffe_time(caffe, deploy, folder, batch):
-    """Images a second of ``caffe time -phase TEST`` on ``deploy`` up to BOUNDARY at ``batch``."""
-    net = type(deploy)()
-    net.CopyFrom(deploy)
-    del net.layer[[layer.name for layer in net.layer].index(BOUNDARY) + 1:]
-    net.input_dim[0] = batch  # the published net states its input in the legacy input_dim fields
-    path = folder / f"time_{batch}.prototxt"
-    path.write_text(to_text(net))
-    iterations = str(max(3, TIMED_IMAGES // batch))
-    done = subprocess.run([str(caffe), "time", "-model", str(path), "-phase", "TEST", "-iterations", iterations],
-                          capture_output=True, text=True, env=dict(os.environ, GLOG_logtostderr="1"))
-    if done.returncode != 0:
-        sys.exit(done.stderr[-2000:])
-    return batch / float(re.search(r"Average Forward pass: ([0-9.]+) ms", done.stderr).group(1)) * 1000
 
 
 class CaffeConfiguration:
@@ -180,11 +169,63 @@ def table(rates, first, best_time):
     return lines
 
 
+def matmul_gflops(side=4096, tries=5):
+    """The machine's single-precision matrix-multiply rate: numpy's ``side``² product, the best of ``tries``."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((side, side), dtype=np.float32) for _ in range(2))
+    best = float("inf")
+    for _ in range(tries):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * side ** 3 / best / 1e9
+
+
+def trunk_multiply_adds(deploy):
+    """The multiply-adds of one image through ``deploy`` up to BOUNDARY, from the inferred shapes."""
+    net = trunk(deploy)
+    net.input_dim[0] = 1
+    return sum(result.multiply_adds or 0 for result in infer_shapes(NetView(net, TEST)))
+
+
+def cached_job_speedup(caffe, work, images):
+    """The uncached ResNet-50 job's time over the cached one's (``auto``), as bench/cache_scale.py measures them."""
+    import cache_scale
+    from cache_features import caffe_initialised
+    weights = caffe_initialised(caffe, (corpus_folder() / RESNET).read_text(), work / "init")
+    folder = work / "job_images"
+    cache_scale.write_images(folder, round(images / (1 - cache_scale.VAL)))
+    figures = cache_scale.measured_run(caffe, weights, folder, work / "run_cached", cache_scale.DEFAULT)
+    uncached, words = cache_scale.uncached_seconds(caffe, weights, folder, work / "run_uncached")
+    cached = figures["seconds"] + figures["head_seconds"]
+    print(f"{words}; cached with {figures['engine']}: {figures['seconds']:.0f} s extraction + "
+          f"{figures['head_seconds']:.0f} s head training = {cached:.0f} s")
+    return uncached / cached
+
+
+def zoo_conversions(caffe, work):
+    """(nets verified, nets converted, the largest difference relative to its tolerance's kind): every zoo net of
+    tests/test_onnx_zoo.py converted with random weights and checked against real Caffe."""
+    import test_onnx_zoo
+    verified, largest = 0, 0.0
+    for name, (path, side, fold_bn, batch) in test_onnx_zoo.ZOO_NETS.items():
+        folder = work / "zoo" / name.replace(" ", "_")
+        folder.mkdir(parents=True)
+        net = test_onnx_zoo.deploy_of(read_net(corpus_folder() / path).net, side)
+        check, seconds = test_onnx_zoo.converted(caffe, folder, net, fold_bn, batch)
+        verified += all(item.passed for item in check.checks)
+        largest = max(largest, check.worst.measure)
+        print(f"onnx {name}: {seconds:.1f} s, largest difference '{check.worst.blob}' {check.worst.words()}")
+    return verified, len(test_onnx_zoo.ZOO_NETS), largest
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path)
+    parser.add_argument("--no-job", action="store_true", help="leave out the cached job against the uncached one")
+    parser.add_argument("--no-zoo", action="store_true", help="leave out the ONNX conversions of the zoo")
     args = parser.parse_args()
     work = args.dir or Path(tempfile.mkdtemp(prefix="caffegen-bench-engines-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -194,10 +235,10 @@ def main():
     write_images(work / "images", args.images)
     paths = sorted((work / "images").rglob("*.jpg"))
     trunks = {False: (deploy, weights), True: folded(deploy, weights, work)}
-    before = {batch: caffe_time(caffe, deploy, work, batch) for batch in TIME_BATCHES}
+    before = {batch: caffe_time(caffe, trunk(deploy), work, batch) for batch in TIME_BATCHES}
     rates, first = measured(configurations(Target(caffe), trunks, work / "engines", paths[:CACHE_BATCH]), paths,
                             args.rounds)
-    after = {batch: caffe_time(caffe, deploy, work, batch) for batch in TIME_BATCHES}
+    after = {batch: caffe_time(caffe, trunk(deploy), work, batch) for batch in TIME_BATCHES}
     timed = {batch: (before[batch] + after[batch]) / 2 for batch in TIME_BATCHES}
     best = max(timed, key=timed.get)
     print(f"ResNet-50 through {BOUNDARY} at {INPUT}×{INPUT}, {args.images} images in {args.rounds} rounds, "
@@ -206,6 +247,25 @@ def main():
           + f" img/s (best: batch {best}, averaged before and after)")
     for line in table(rates, first, timed[best]):
         print(line)
+    limit, flops = matmul_gflops(), 2 * trunk_multiply_adds(deploy) / 1e9
+    print(f"matrix multiply (numpy, 4096², float32): {limit:.0f} GFLOP/s; the trunk: {flops:.2f} GFLOP an image")
+    for name in (CAFFE,) + OTHERS:
+        if (name, False) in rates:
+            print(f"{name}: {rates[name, False] * flops:.0f} GFLOP/s = {rates[name, False] * flops / limit:.0%} of it")
+    speedup = None if args.no_job else cached_job_speedup(caffe, work, args.images)
+    zoo = None if args.no_zoo else zoo_conversions(caffe, work)
+    print(last_line(rates, timed[best], limit, flops, speedup, zoo))
+
+
+def last_line(rates, best_time, limit, flops, speedup, zoo):
+    """``engines: fastest E at X img/s = Y× caffe time (Z% of the matrix-multiply rate); cached job speedup S×;
+    onnx verified on N/N zoo nets, largest difference D``."""
+    (fastest, _), rate = max(((key, rate) for key, rate in rates.items() if not key[1]), key=lambda item: item[1])
+    job = f"cached job speedup {speedup:.1f}×" if speedup else "cached job not measured"
+    onnx = (f"onnx verified on {zoo[0]}/{zoo[1]} zoo nets, largest difference {zoo[2]:.1e}" if zoo
+            else "zoo conversions not run")
+    return (f"engines: fastest {fastest} at {rate:.1f} img/s = {rate / best_time:.2f}× caffe time "
+            f"({rate * flops / limit:.0%} of the matrix-multiply rate); {job}; {onnx}")
 
 
 if __name__ == "__main__":

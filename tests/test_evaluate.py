@@ -387,11 +387,12 @@ def test_export_check_opencv_on_a_batchnorm_net(cli, trained, tmp_path):
     assert found and int(found.group(1)) == 50 and float(found.group(2)) < 1e-4, result.stdout
 
 
-def assert_readme_code_gives_caffes_class(cli, bundle, evaluated, start):
-    """The README's Python block that begins with ``start``, run on a validation image, prints Caffe's class."""
+def assert_readme_code_gives_caffes_class(cli, bundle, evaluated, start, model=None):
+    """The README's Python block that begins with ``start``, run on a validation image, prints the class Caffe gives
+    with ``model`` (default: the bundle)."""
     code = re.search(rf"```python\n({re.escape(start)}.*?)```", (bundle / "README.md").read_text(), re.S).group(1)
     image = evaluated_image(evaluated)
-    expected = json.loads(cli("predict", bundle, image, "--json").stdout)[0]["top"][0]["class"]
+    expected = json.loads(cli("predict", model or bundle, image, "--json").stdout)[0]["top"][0]["class"]
     done = subprocess.run([sys.executable, "-c", code.replace("image.jpg", image)], cwd=bundle, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr
@@ -456,14 +457,8 @@ def test_the_bundle_readmes_openvino_code_gives_caffes_class(cli, trained, evalu
     pytest.importorskip("cv2")
     bundle = tmp_path / "bundle"
     assert cli("export", trained, "-o", bundle, "--format", "onnx").returncode == 0
-    code = re.search(r"```python\n(import cv2\nimport numpy as np\nimport openvino\n.*?)```",
-                     (bundle / "README.md").read_text(), re.S).group(1)
-    image = evaluated_image(evaluated)
-    expected = json.loads(cli("predict", trained, image, "--json").stdout)[0]["top"][0]["class"]
-    done = subprocess.run([sys.executable, "-c", code.replace("image.jpg", image)], cwd=bundle, capture_output=True,
-                          text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == expected
+    assert_readme_code_gives_caffes_class(cli, bundle, evaluated, "import cv2\nimport numpy as np\nimport openvino\n",
+                                          trained)
 
 
 def test_evaluate_predict_export_on_a_cached_run(cli, caffe, images, tmp_path):
