@@ -204,19 +204,35 @@ def cached_job_speedup(caffe, work, images):
 
 
 def zoo_conversions(caffe, work):
-    """(nets verified, nets converted, the largest difference relative to its tolerance's kind): every zoo net of
-    tests/test_onnx_zoo.py converted with random weights and checked against real Caffe."""
+    """(nets verified, nets converted, the largest difference, each relative to its tolerance's kind): every zoo net
+    of tests/test_onnx_zoo.py converted with random weights and checked against real Caffe."""
     import test_onnx_zoo
-    verified, largest = 0, 0.0
-    for name, (path, side, fold_bn, batch) in test_onnx_zoo.ZOO_NETS.items():
+    checks = {}
+    for name, net, fold_bn, batch in zoo_nets(work):
         folder = work / "zoo" / name.replace(" ", "_")
-        folder.mkdir(parents=True)
-        net = test_onnx_zoo.deploy_of(read_net(corpus_folder() / path).net, side)
-        check, seconds = test_onnx_zoo.converted(caffe, folder, net, fold_bn, batch)
-        verified += all(item.passed for item in check.checks)
-        largest = max(largest, check.worst.measure)
-        print(f"onnx {name}: {seconds:.1f} s, largest difference '{check.worst.blob}' {check.worst.words()}")
-    return verified, len(test_onnx_zoo.ZOO_NETS), largest
+        folder.mkdir(parents=True, exist_ok=True)
+        checks[name], seconds = test_onnx_zoo.converted(caffe, folder, net, fold_bn, batch)
+        print(f"onnx {name}: {seconds:.1f} s, largest difference '{checks[name].worst.blob}' "
+              f"{checks[name].worst.words()}")
+    verified = sum(all(item.passed for item in check.checks) for check in checks.values())
+    return verified, len(checks), max(check.worst.measure for check in checks.values())
+
+
+def zoo_nets(work):
+    """(name, deploy net, --fold-bn, --batch) of each zoo net the tests convert: the list of tests/test_onnx_zoo.py,
+    DenseNet-121 through its fork's schema, and MobileNet-SSD up to its box convolutions."""
+    import test_onnx_zoo
+    from fork_schemas import densenet_for_caffe, ssd_proto
+
+    from caffegen.io.schema import load_fork_schema
+    for name, (path, side, fold_bn, batch) in test_onnx_zoo.ZOO_NETS.items():
+        yield name, test_onnx_zoo.deploy_of(read_net(corpus_folder() / path).net, side), fold_bn, batch
+    (work / "schemas").mkdir(exist_ok=True)
+    yield "DenseNet-121 --fold-bn", densenet_for_caffe(work / "schemas"), True, 1
+    ssd = read_net(corpus_folder() / "ssd_mobilenet/MobileNetSSD_deploy.prototxt",
+                   load_fork_schema(ssd_proto(work / "schemas" / "ssd.proto"))).net
+    part = BVLC.NetParameter.FromString(test_onnx_zoo.convertible_part(ssd).SerializeToString())
+    yield "MobileNet-SSD up to its boxes", part, False, None
 
 
 def main():
