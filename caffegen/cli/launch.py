@@ -42,6 +42,9 @@ def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, 
     from caffegen.run.target import resolve_target
     reporter = reporter_for_stderr()
     _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit)
+    if (report_to or mlflow_uri) and (slurm or features_only):
+        raise CaffegenError("--report-to follows a run training here; follow one on Slurm with: caffegen watch "
+                            "--report-to TRACKERS RUN_DIR")
     if slurm:
         _launch_on_slurm(cached_run(run_dir, resume, "--slurm"), shards, slurm_opts, caffe_path, gpu, evaluate_after,
                          no_submit, reporter)

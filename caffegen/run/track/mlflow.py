@@ -16,8 +16,10 @@ EXPERIMENT = "caffegen"
 STORE, ARTIFACTS = "mlflow.db", "mlartifacts"
 BATCH = 1000  # the most metrics one log_batch takes
 UNSAFE = re.compile(r"[^\w\-. /]")  # MLflow names: letters, digits, _ - . space and /
-# A tracking server that is down answers at once, not after MLflow's minutes of retries.
-QUICK_FAILURE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# A tracking server that is down answers at once, not after MLflow's minutes of retries; and MLflow prints no links
+# on standard output, which is the command's own.
+CLIENT_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                   "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 class MLflowTracker(Tracker):
@@ -35,7 +37,7 @@ class MLflowTracker(Tracker):
     def open(self, memo, params):
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
-        for name, value in QUICK_FAILURE.items():
+        for name, value in CLIENT_SETTINGS.items():
             os.environ.setdefault(name, value)
         for logger in ("mlflow", "alembic"):  # its database's creation and upgrades are not the user's business
             logging.getLogger(logger).setLevel(logging.WARNING)
