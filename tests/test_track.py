@@ -337,3 +337,65 @@ def test_a_server_restarted_mid_run_loses_nothing(caffe, images, tmp_path):
             assert history(client, tracked.info.run_id, name) == pytest.approx(points), name
     finally:
         stop(server)
+
+
+def test_a_2x2_sweep_is_compared_in_the_hparams_table_and_as_nested_mlflow_runs(caffe, images, tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    sweep = tmp_path / "sweep"
+    swept = run_caffegen("sweep", "--gpu", "cpu", "--net", DIGITS / "train_val.prototxt", "--weights",
+                         DIGITS / "digits.caffemodel", "--data", images, "--epochs", 1, "--freeze-upto", "conv1,conv2",
+                         "--lr", "0.01,0.001", "-o", sweep, "--report-to", "tensorboard,mlflow")
+    assert swept.returncode == 0, swept.stderr
+    members = [entry["run_dir"] for entry in json.loads((sweep / "sweep.json").read_text())["runs"]]
+    assert len(members) == 4 and sorted(path.name for path in (sweep / "tensorboard").iterdir()) == sorted(members)
+    for member in members:
+        result = json.loads((sweep / member / "result.json").read_text())
+        loaded = accumulator(sweep / "tensorboard" / member)
+        content = loaded.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        freeze, lr = start.hparams["freeze"].string_value, start.hparams["lr"].number_value
+        assert member == f"{freeze.replace(' ', '-')}_lr-{lr:g}"
+        assert scalars(sweep / "tensorboard" / member, "final/best_accuracy") == \
+            pytest.approx({result["iterations"]: result["best_accuracy"]})
+    client = mlflow_client(f"sqlite:///{sweep / 'mlflow.db'}")
+    parent = mlflow_run(client, sweep.name)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(child.info.run_name for child in children) == sorted(members)
+    for child in children:
+        assert child.data.params["freeze"] == child.info.run_name.split("_")[0].replace("-", " ")
+        curves = expected_curves(sweep / child.info.run_name)
+        assert history(client, child.info.run_id, "test/accuracy") == pytest.approx(curves["test/accuracy"])
+    assert parent.info.status == "FINISHED"
+
+
+def test_prepare_records_the_trackers_and_an_older_manifest_has_none(images, tmp_path):
+    from caffegen.job.rundir import RunDir
+    run = tmp_path / "run"
+    prepared = run_caffegen("prepare", "--gpu", "cpu", "--net", DIGITS / "train_val.prototxt", "--weights",
+                            DIGITS / "digits.caffemodel", "--data", images, "--report-to", "mlflow,tensorboard",
+                            "-o", run)
+    assert prepared.returncode == 0, prepared.stderr
+    assert json.loads((run / "manifest.json").read_text())["report_to"] == ["mlflow", "tensorboard"]
+    assert RunDir(run).manifest.report_to == ("mlflow", "tensorboard")
+    record = json.loads((run / "manifest.json").read_text())
+    del record["report_to"]
+    (run / "manifest.json").write_text(json.dumps(record))
+    assert RunDir(run).manifest.report_to == ()
+    refused = run_caffegen("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
+                           "--data", images, "--report-to", "neptune", "-o", tmp_path / "other")
+    assert refused.returncode == 2 and "unknown tracker neptune" in refused.stderr
+    assert not (tmp_path / "other").exists()
+
+
+def test_only_whole_lines_are_read_and_the_position_goes_on_from_there(tmp_path):
+    from caffegen.run.track.events import Position, read_events
+    whole = json.dumps({"event": "progress", "time": 1.0, "iteration": 0, "loss": 2.0, "rate": None})
+    half = json.dumps({"event": "progress", "time": 2.0, "iteration": 10, "loss": 1.0, "rate": 5.0})
+    (tmp_path / "events.jsonl").write_text(whole + "\n" + half[:20])
+    events, position = read_events(tmp_path, Position())
+    assert [event["iteration"] for event in events] == [0] and position.offset == len(whole) + 1
+    with (tmp_path / "events.jsonl").open("a") as log:
+        log.write(half[20:] + "\n")
+    events, position = read_events(tmp_path, position)
+    assert [event["iteration"] for event in events] == [10]
+    assert read_events(tmp_path, position) == ([], position)
