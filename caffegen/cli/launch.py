@@ -41,10 +41,7 @@ def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, 
     from caffegen.run.shards import parse_shard
     from caffegen.run.target import resolve_target
     reporter = reporter_for_stderr()
-    _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit)
-    if (report_to or mlflow_uri) and (slurm or features_only):
-        raise CaffegenError("--report-to follows a run training here; follow one on Slurm with: caffegen watch "
-                            "--report-to TRACKERS RUN_DIR")
+    _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit, report_to or mlflow_uri)
     if slurm:
         _launch_on_slurm(cached_run(run_dir, resume, "--slurm"), shards, slurm_opts, caffe_path, gpu, evaluate_after,
                          no_submit, reporter)
@@ -79,9 +76,12 @@ def _tracking(run_dir, report_to, mlflow_uri, reporter):
     return watching(tracked, names, tracking_settings(mlflow_uri), reporter)
 
 
-def _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit):
+def _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit, tracking):
     """Refuse options that cannot go together, before anything runs."""
     from caffegen.run.shards import parse_shard
+    if tracking and (slurm or features_only):
+        raise CaffegenError("--report-to follows a run training here; follow one on Slurm with: caffegen watch "
+                            "--report-to TRACKERS RUN_DIR")
     if (shards or slurm_opts or no_submit) and not slurm:
         raise CaffegenError("--shards, --slurm-opt and --no-submit go with --slurm")
     if slurm and (resume or features_only or shard):

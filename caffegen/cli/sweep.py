@@ -72,20 +72,15 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
             raise CaffegenError("--collect DIR gathers an existing sweep: give it without -o, --slurm or --gpus")
         _show(collect(collect_dir), collect_dir, reporter)
         return
-    _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit)
-    if report_to and slurm:
-        raise CaffegenError("--report-to follows runs that train here; follow a Slurm sweep with: caffegen watch "
-                            "--report-to TRACKERS DIR")
+    _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit, report_to)
     gpu_ids = _gpu_ids(gpus)
     target = _sweep_target(params, gpus, gpu_ids, slurm)
     runs = _prepared_runs(params, learning_rates, output, force, gpus, slurm_opts if slurm else None, target, reporter)
     if slurm:
         _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, reporter)
         return
-    from caffegen.run.track.watch import watching
-    from caffegen.strategies.sweep.tracked import sweep_runs
-    # Per GPU, or here, each run on the device it was prepared for.
-    with watching(sweep_runs(Path(output).resolve()), report_to, tracking_settings(mlflow_uri), reporter):
+    with _tracking(output, report_to, mlflow_uri, reporter):
+        # Per GPU, or here, each run on the device it was prepared for.
         errors = run_on_gpus(output, runs, gpu_ids, target.caffe, reporter) if gpu_ids else \
             run_here(output, runs, replace(target, device=None), reporter)
     rows = _show(collect(output, runs, errors), output, reporter)
@@ -117,8 +112,18 @@ def _sweep_target(params, gpus, gpu_ids, slurm):
     return target
 
 
-def _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit):
+def _tracking(output, report_to, mlflow_uri, reporter):
+    """While inside, a watch on a thread of its own sends the sweep's runs to the trackers ``report_to``."""
+    from caffegen.run.track.watch import watching
+    from caffegen.strategies.sweep.tracked import sweep_runs
+    return watching(sweep_runs(Path(output).resolve()), report_to, tracking_settings(mlflow_uri), reporter)
+
+
+def _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit, report_to):
     """Refuse option combinations that cannot mean anything, before anything is written."""
+    if report_to and slurm:
+        raise CaffegenError("--report-to follows runs that train here; follow a Slurm sweep with: caffegen watch "
+                            "--report-to TRACKERS DIR")
     if not output:
         raise CaffegenError("give the sweep directory to create with -o DIR (or gather one with --collect DIR)")
     if not params["net"] or not params["weights"]:
