@@ -3,6 +3,7 @@ live while real Caffe trains, compared across a sweep, and kept while a tracker 
 
 import json
 import signal
+import socket
 import time
 
 import pytest
@@ -263,3 +264,21 @@ def test_only_whole_lines_are_read_and_the_position_goes_on_from_there(tmp_path)
     assert [event["iteration"] for event in events] == [10]
     assert read_events(tmp_path, position) == ([], position)
 
+
+
+def test_a_tracker_that_does_not_answer_holds_up_neither_training_nor_the_other_tracker(caffe, images, tmp_path):
+    run = prepare_long(images, tmp_path / "run")
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with background(launched(run, "--report-to", "tensorboard,mlflow", "--mlflow-uri", uri)) as launch:
+            wait_for(lambda: (run / "tensorboard").is_dir() and "test/accuracy" in
+                     accumulator(run / "tensorboard").Tags()["scalars"], "a test pass in TensorBoard", timeout=120)
+            wait_for(lambda: len(scalars(run / "tensorboard", "test/accuracy")) >= 3, "three test passes", timeout=120)
+            still_training = launch.poll() is None
+            launch.send_signal(signal.SIGINT)
+            _, stderr = launch.communicate(timeout=60)
+    assert still_training and launch.returncode == 130, stderr
+    assert stderr.count("is not taking") == 1 and "caffegen report-to mlflow" in stderr, stderr
+    assert scalars(run / "tensorboard", "test/accuracy") == pytest.approx(expected_curves(run)["test/accuracy"])

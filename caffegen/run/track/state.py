@@ -3,6 +3,7 @@ sends nothing twice: per tracker and destination, the position in the events, th
 MLflow run) and the outcome last recorded."""
 
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 
 from caffegen.io.files import write_atomic
@@ -10,6 +11,7 @@ from caffegen.run.track.events import Position
 from caffegen.run.track.points import Axis
 
 STATE = ".track.json"
+WRITING = threading.Lock()  # the trackers' threads record into the same files
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,10 @@ def read_sent(folder, key):
 
 def record_sent(folder, key, sent):
     """Record ``sent`` in ``folder`` under ``key``, beside what the other keys hold."""
-    entries = _entries(folder)
-    entries[key] = asdict(sent)
-    write_atomic(folder / STATE, json.dumps(entries, indent=1, sort_keys=True) + "\n")
+    with WRITING:
+        entries = _entries(folder)
+        entries[key] = asdict(sent)
+        write_atomic(folder / STATE, json.dumps(entries, indent=1, sort_keys=True) + "\n")
 
 
 def _entries(folder):
