@@ -28,7 +28,12 @@ class Channel:
         if not events and position == self.sent.position:
             return True
         points, axis = points_of(events, self.sent.axis)
-        if not self._attempt(lambda: self._open() and (self.tracker.send(points) if points else None)):
+
+        def send():
+            self._open()
+            if points:
+                self.tracker.send(points)
+        if not self._attempt(send):
             return False
         self._record(replace(self.sent, position=position, axis=axis))
         return True
@@ -40,7 +45,11 @@ class Channel:
             return False
         if outcome.fingerprint() == self.sent.finished:
             return True
-        if not self._attempt(lambda: self._open() and self.tracker.finish(outcome)):
+
+        def finish():
+            self._open()
+            self.tracker.finish(outcome)
+        if not self._attempt(finish):
             return False
         self._record(replace(self.sent, finished=outcome.fingerprint()))
         return True
@@ -51,12 +60,12 @@ class Channel:
             self._attempt(self.tracker.close)
 
     def _open(self):
+        """Open the tracker's run once: a new one, or the one the memo recorded names."""
         if not self.opened:
             memo = self.tracker.open(self.sent.memo, run_params(self.tracked.run))
             self.opened = True
             if memo != self.sent.memo:
                 self._record(replace(self.sent, memo=memo))
-        return True
 
     def _attempt(self, action):
         """Run ``action`` against the tracker; one line when it first fails, one when it works again."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from caffegen.job.rundir import EVENTS, LOG, read_result
 from caffegen.reporting import event_line
+from caffegen.run.caffelog import parse_log
 
 EVENTS_SOURCE, LOG_SOURCE = "events", "log"
 
@@ -45,7 +46,6 @@ def _whole_lines(path, start):
 
 def _log_events(log):
     """The events of a whole train.log as events.jsonl would have held them, timed when the log was last written."""
-    from caffegen.run.caffelog import parse_log
     with log.open(encoding="utf-8", errors="replace") as lines:
         _, events = parse_log(lines)
     written = log.stat().st_mtime

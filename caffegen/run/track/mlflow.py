@@ -8,7 +8,7 @@ import os
 import re
 
 from caffegen.errors import CaffegenError
-from caffegen.job.rundir import read_result
+from caffegen.job.rundir import EVAL_DIR, read_result
 from caffegen.run.track.state import Sent, read_sent, record_sent
 from caffegen.run.track.tracker import Tracker
 
@@ -66,7 +66,7 @@ class MLflowTracker(Tracker):
         self.client.log_batch(self.run_id, metrics=[Metric(_name(name), value, now, outcome.step)
                                                     for name, value in outcome.metrics.items()])
         for path in outcome.artifacts:
-            self.client.log_artifact(self.run_id, str(path), path.parent.name if path.parent.name == "eval" else None)
+            self.client.log_artifact(self.run_id, str(path), EVAL_DIR if path.parent.name == EVAL_DIR else None)
         self.client.set_terminated(self.run_id, "FAILED" if outcome.failed else "FINISHED")
         if self.tracked.group and _all_ended(self.tracked.group):
             self.client.set_terminated(self._parent(self._experiment()), "FINISHED")

@@ -69,7 +69,8 @@ def _solver_params(run):
     from caffegen.net.wiring import phase_batch_sizes
     try:
         solver = read_solver(run.solver)
-        batches = phase_batch_sizes(read_net(run.train_val).net, SimpleNamespace(batch_size=None, val_batch_size=None))
+        no_override = SimpleNamespace(batch_size=None, val_batch_size=None)  # the net's own batches, as prepared
+        batches = phase_batch_sizes(read_net(run.train_val).net, no_override)
     except CaffegenError:
         return {}
     return {"batch": batches["TRAIN"], "iter_size": solver.iter_size, "lr_policy": solver.lr_policy,
