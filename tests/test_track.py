@@ -77,6 +77,16 @@ def test_a_run_without_events_jsonl_is_replayed_from_its_train_log(trained_digit
         assert scalars(run / "tensorboard", name) == pytest.approx(points, rel=1e-6), name
 
 
+def test_again_sends_everything_once_more_after_the_files_were_removed(trained_digits, tmp_path):
+    import shutil
+    run = copy_run(trained_digits, tmp_path)
+    assert run_caffegen("report-to", "tensorboard", run).returncode == 0
+    shutil.rmtree(run / "tensorboard")
+    assert run_caffegen("report-to", "tensorboard", run).returncode == 0 and not (run / "tensorboard").exists()
+    assert run_caffegen("report-to", "tensorboard", run, "--again").returncode == 0
+    assert scalars(run / "tensorboard", "test/accuracy") == pytest.approx(expected_curves(run)["test/accuracy"])
+
+
 def test_an_unknown_tracker_is_refused_in_one_line(trained_digits):
     refused = run_caffegen("report-to", "tensorboard,wandb", trained_digits)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1

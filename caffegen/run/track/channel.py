@@ -7,19 +7,20 @@ from dataclasses import replace
 from caffegen.errors import CaffegenError
 from caffegen.run.track.events import read_events
 from caffegen.run.track.points import points_of
-from caffegen.run.track.state import read_sent, record_sent
+from caffegen.run.track.state import Sent, read_sent, record_sent
 from caffegen.run.track.summary import run_outcome, run_params
 from caffegen.run.track.tracker import tracker_class
 
 
 class Channel:
-    """The run ``tracked`` (a :class:`Tracked`) on the tracker ``name``; ``reporter`` hears when it is down or back."""
+    """The run ``tracked`` (a :class:`Tracked`) on the tracker ``name``; ``reporter`` hears when it is down or back.
+    With ``again``, what was sent before is forgotten: everything goes again, as a new run."""
 
-    def __init__(self, name, tracked, settings, reporter):
+    def __init__(self, name, tracked, settings, reporter, again=False):
         self.name, self.tracked, self.reporter = name, tracked, reporter
         self.tracker = tracker_class(name)(tracked, settings)
         self.key = f"{name} {self.tracker.destination()}"
-        self.sent = read_sent(tracked.run.path, self.key)
+        self.sent = Sent() if again else read_sent(tracked.run.path, self.key)
         self.opened, self.down = False, False
 
     def deliver(self):

@@ -4,12 +4,13 @@ not sent yet (events.jsonl, or train.log parsed), the parameters, and the outcom
 from caffegen.run.track.channel import Channel
 
 
-def report_to(tracked, names, settings, reporter):
-    """Send the ``tracked`` runs to the trackers ``names``; return the channels that could not take it all."""
+def report_to(tracked, names, settings, reporter, again=False):
+    """Send the ``tracked`` runs to the trackers ``names`` (``again``: all of it, as new runs, whatever was sent
+    before); return the channels that could not take it all."""
     failed = []
     for run in tracked:
         for name in names:
-            channel = Channel(name, run, settings, reporter)
+            channel = Channel(name, run, settings, reporter, again)
             try:
                 if not (channel.deliver() and (run.run.result() is None or channel.finish())):
                     failed.append(channel)
