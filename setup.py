@@ -30,8 +30,13 @@ setup(
         "opencv": ["opencv-python-headless>=4.5,<5"],
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
         "openvino": ["openvino>=2024.0", "onnx>=1.15"],
+        # tensorboardX writes TensorBoard's files with numpy and protobuf only (no TensorFlow or PyTorch).
+        "tensorboard": ["tensorboardX>=2.6"],
+        # Not mlflow-skinny: it lacks the SQL store, and MLflow's file store is in maintenance mode.
+        "mlflow": ["mlflow>=3"],
         "test": ["pytest>=7", "pytest-xdist>=3.5", "grpcio-tools==1.85.1", "opencv-python-headless>=4.5,<5",
-                 "onnx>=1.15", "onnxruntime>=1.17", "openvino>=2024.0"],
+                 "onnx>=1.15", "onnxruntime>=1.17", "openvino>=2024.0", "tensorboardX>=2.6", "tensorboard>=2.14",
+                 "mlflow>=3"],
     },
     entry_points={"console_scripts": ["caffegen = caffegen.cli:main"]},
 )

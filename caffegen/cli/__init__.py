@@ -30,8 +30,10 @@ COMMANDS = {
     "lint": "caffegen.cli.lint:lint_command",
     "predict": "caffegen.cli.predict:predict_command",
     "prepare": "caffegen.cli.prepare:prepare_command",
+    "report-to": "caffegen.cli.reportto:report_to_command",
     "sweep": "caffegen.cli.sweep:sweep_command",
     "upgrade": "caffegen.cli.upgrade:upgrade_command",
+    "watch": "caffegen.cli.watch:watch_command",
     "zoo": "caffegen.cli.zoo:zoo_command",
 }
 TERMINATED = 128 + signal.SIGTERM

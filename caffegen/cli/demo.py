@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from caffegen.cli.options import CAFFE_OPTION, force_option
+from caffegen.cli.options import CAFFE_OPTION, force_option, tracking_options, tracking_settings
 from caffegen.defaults import EPOCHS
 from caffegen.reporting import reporter_for_stderr
 
@@ -14,8 +14,9 @@ from caffegen.reporting import reporter_for_stderr
               help="The run directory to create.")
 @force_option("Replace an existing directory.")
 @CAFFE_OPTION
+@tracking_options("Send the run to these trackers as it trains: tensorboard, mlflow.")
 @click.pass_context
-def demo_command(ctx, output, force, caffe_path):
+def demo_command(ctx, output, force, caffe_path, report_to, mlflow_uri):
     """Fine-tune the bundled digits model (trained on 0–4) to the digits 5–9 with real Caffe.
 
     Installs Caffe into the user prefix first when none is found. Leaves a complete run
@@ -28,7 +29,7 @@ def demo_command(ctx, output, force, caffe_path):
     from caffegen.run.runner import summary_lines
     from caffegen.strategies.demo import run_demo
     reporter = reporter_for_stderr()
-    result, metrics = run_demo(output, caffe_path, force, reporter)
+    result, metrics = run_demo(output, caffe_path, force, reporter, report_to, tracking_settings(mlflow_uri))
     for line in summary_lines(result, output):
         reporter.line(line)
     if metrics is not None:

@@ -2,7 +2,7 @@
 
 import click
 
-from caffegen.cli.options import CAFFE_OPTION, gpu_option, slurm_options
+from caffegen.cli.options import CAFFE_OPTION, gpu_option, slurm_options, tracking_options, tracking_settings
 from caffegen.errors import CaffegenError
 from caffegen.job.rundir import RunDir
 from caffegen.reporting import reporter_for_stderr
@@ -23,9 +23,10 @@ from caffegen.reporting import reporter_for_stderr
                "shard, then train the head in a job after it.", "both jobs' scripts")
 @click.option("--shards", type=click.IntRange(min=1), metavar="N",
               help="With --slurm: the number of shards (default: one per 1,000 images, at most 64).")
+@tracking_options("Send the run to these trackers while it trains: tensorboard, mlflow (default: as prepared).")
 @click.pass_context
 def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, evaluate_after, slurm, shards,
-                   slurm_opts, no_submit):
+                   slurm_opts, no_submit, report_to, mlflow_uri):
     """Run `caffe train` for RUN_DIR with a live progress bar, curves and plain-language diagnosis.
 
     Caffe's log goes to RUN_DIR/train.log, the curves to curves.csv and curves.png. Ctrl-C makes
@@ -40,7 +41,7 @@ def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, 
     from caffegen.run.shards import parse_shard
     from caffegen.run.target import resolve_target
     reporter = reporter_for_stderr()
-    _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit)
+    _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit, report_to or mlflow_uri)
     if slurm:
         _launch_on_slurm(cached_run(run_dir, resume, "--slurm"), shards, slurm_opts, caffe_path, gpu, evaluate_after,
                          no_submit, reporter)
@@ -57,17 +58,30 @@ def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, 
                       f"in {features.store.path}")
         return
     target = resolve_target(caffe_path, gpu)
-    result = launch(run_dir, target, resume, reporter)
-    for line in summary_lines(result, run_dir):
-        reporter.line(line)
-    if evaluate_after and result.exit_code == 0:
-        reporter.line(f"evaluation: {metrics_line(evaluate_validation(target, run_dir, reporter=reporter))}")
+    with _tracking(run_dir, report_to, mlflow_uri, reporter):
+        result = launch(run_dir, target, resume, reporter)
+        for line in summary_lines(result, run_dir):
+            reporter.line(line)
+        if evaluate_after and result.exit_code == 0:
+            reporter.line(f"evaluation: {metrics_line(evaluate_validation(target, run_dir, reporter=reporter))}")
     ctx.exit(result.exit_code)
 
 
-def _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit):
+def _tracking(run_dir, report_to, mlflow_uri, reporter):
+    """While inside, a watch on a thread of its own sends the run to the trackers asked for or prepared with."""
+    from caffegen.run.track.watch import watching
+    from caffegen.strategies.sweep.tracked import tracked_runs
+    tracked = tracked_runs([run_dir])
+    names = report_to or tracked[0].run.manifest.report_to
+    return watching(tracked, names, tracking_settings(mlflow_uri), reporter)
+
+
+def _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit, tracking):
     """Refuse options that cannot go together, before anything runs."""
     from caffegen.run.shards import parse_shard
+    if tracking and (slurm or features_only):
+        raise CaffegenError("--report-to follows a run training here; follow one on Slurm with: caffegen watch "
+                            "--report-to TRACKERS RUN_DIR")
     if (shards or slurm_opts or no_submit) and not slurm:
         raise CaffegenError("--shards, --slurm-opt and --no-submit go with --slurm")
     if slurm and (resume or features_only or shard):

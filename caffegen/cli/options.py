@@ -166,3 +166,33 @@ def slurm_options(slurm_help, scripts):
                                     "Repeatable.")(command)
         return click.option("--slurm", is_flag=True, help=slurm_help)(command)
     return add
+
+
+# --mlflow-uri: where MLflow runs go, for every command that sends runs to trackers.
+MLFLOW_URI_OPTION = click.option("--mlflow-uri", metavar="URI",
+                                 help="The MLflow tracking store or server (default: $MLFLOW_TRACKING_URI, else "
+                                      "sqlite:///DIR/mlflow.db in the run or sweep directory).")
+
+
+def report_to_option(words):
+    """--report-to: the trackers (tensorboard, mlflow) a command sends runs to, as ``words``, its help, says."""
+    return click.option("--report-to", "report_to", metavar="TRACKER[,TRACKER…]", callback=_trackers, help=words)
+
+
+def tracking_options(report_to_help):
+    """--report-to (``report_to_help``) and --mlflow-uri of the commands that send runs to trackers."""
+    def add(command):
+        return report_to_option(report_to_help)(MLFLOW_URI_OPTION(command))
+    return add
+
+
+def _trackers(ctx, param, value):
+    """The tracker names of --report-to, checked against the table of trackers; () when absent."""
+    from caffegen.run.track.tracker import tracker_names
+    return tracker_names(value) if value is not None else ()
+
+
+def tracking_settings(mlflow_uri):
+    """Where the trackers send, from --mlflow-uri."""
+    from caffegen.run.track.tracker import Settings
+    return Settings(mlflow_uri=mlflow_uri)

@@ -3,7 +3,7 @@
 import click
 
 from caffegen.cli.joboptions import job_from_options, job_options
-from caffegen.cli.options import force_option, report
+from caffegen.cli.options import force_option, report, report_to_option
 from caffegen.io.quoting import sh_command
 from caffegen.reporting import reporter_for_stderr
 
@@ -16,7 +16,8 @@ from caffegen.reporting import reporter_for_stderr
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="The run directory to create.")
 @force_option("Replace an existing run directory, and prepare a job whose estimated memory exceeds the machine's "
               "(RAM available, or the GPU's free memory).")
-def prepare_command(stages, output, force, **params):
+@report_to_option("Trackers that caffegen launch sends the run to: tensorboard, mlflow (recorded in the manifest).")
+def prepare_command(stages, output, force, report_to, **params):
     """Prepare a fine-tuning run: wired nets, epoch-based solver, image lists, train.sh/.bat, manifest.
 
     Labels are 0…K-1 in sorted class order; the classifier is retargeted to K classes. The peak memory
@@ -36,6 +37,9 @@ def prepare_command(stages, output, force, **params):
     job = prepare(options, output, force=force, caffe=target.caffe or "caffe", warn=reporter.line,
                   stages=parse_stages(stages) if stages else (), budget=memory_budget(options.device),
                   databases=databases)
+    if report_to:
+        from caffegen.job.rundir import RunDir
+        RunDir(job.run_dir).record(report_to=report_to)
     report(job.notes)
     images = job.manifest.images
     reporter.line(f"prepared {job.run_dir}: {len(job.manifest.classes)} classes, {images.train} training and "

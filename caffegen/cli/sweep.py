@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from caffegen.cli.joboptions import job_from_options, job_options
-from caffegen.cli.options import force_option, number_list, slurm_options
+from caffegen.cli.options import force_option, number_list, slurm_options, tracking_options, tracking_settings
 from caffegen.errors import CaffegenError
 from caffegen.io.quoting import sh_command
 from caffegen.reporting import reporter_for_stderr
@@ -45,8 +45,11 @@ def _names(value, option):
                "slurm.sh (and slurm_features.sh with --cache-features)")
 @click.option("--collect", "collect_dir", metavar="DIR", type=click.Path(path_type=str),
               help="Gather the results of the sweep in DIR (after Slurm, or any time).")
+@tracking_options("Send the runs to these trackers while they train: tensorboard (one log dir, HParams table), "
+                  "mlflow (a parent run, one child run each).")
 @click.pass_context
-def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, no_submit, collect_dir, **params):
+def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, no_submit, collect_dir, report_to,
+                  mlflow_uri, **params):
     """Fine-tune once per freeze point × learning rate and compare the runs.
 
     \b
@@ -69,16 +72,17 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
             raise CaffegenError("--collect DIR gathers an existing sweep: give it without -o, --slurm or --gpus")
         _show(collect(collect_dir), collect_dir, reporter)
         return
-    _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit)
+    _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit, report_to)
     gpu_ids = _gpu_ids(gpus)
     target = _sweep_target(params, gpus, gpu_ids, slurm)
     runs = _prepared_runs(params, learning_rates, output, force, gpus, slurm_opts if slurm else None, target, reporter)
     if slurm:
         _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, reporter)
         return
-    # Per GPU, or here, each run on the device it was prepared for.
-    errors = run_on_gpus(output, runs, gpu_ids, target.caffe, reporter) if gpu_ids else \
-        run_here(output, runs, replace(target, device=None), reporter)
+    with _tracking(output, report_to, mlflow_uri, reporter):
+        # Per GPU, or here, each run on the device it was prepared for.
+        errors = run_on_gpus(output, runs, gpu_ids, target.caffe, reporter) if gpu_ids else \
+            run_here(output, runs, replace(target, device=None), reporter)
     rows = _show(collect(output, runs, errors), output, reporter)
     statuses = {row["status"] for row in rows}
     ctx.exit(130 if "interrupted" in statuses else 0 if statuses == {"ok"} else 1)
@@ -108,8 +112,18 @@ def _sweep_target(params, gpus, gpu_ids, slurm):
     return target
 
 
-def _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit):
+def _tracking(output, report_to, mlflow_uri, reporter):
+    """While inside, a watch on a thread of its own sends the sweep's runs to the trackers ``report_to``."""
+    from caffegen.run.track.watch import watching
+    from caffegen.strategies.sweep.tracked import sweep_runs
+    return watching(sweep_runs(Path(output).resolve()), report_to, tracking_settings(mlflow_uri), reporter)
+
+
+def _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit, report_to):
     """Refuse option combinations that cannot mean anything, before anything is written."""
+    if report_to and slurm:
+        raise CaffegenError("--report-to follows runs that train here; follow a Slurm sweep with: caffegen watch "
+                            "--report-to TRACKERS DIR")
     if not output:
         raise CaffegenError("give the sweep directory to create with -o DIR (or gather one with --collect DIR)")
     if not params["net"] or not params["weights"]:

@@ -86,6 +86,7 @@ class Manifest:
     feature_store: str = None
     stage: int = None
     stages: tuple = ()
+    report_to: tuple = ()  # the trackers a launch sends the run to (tensorboard, mlflow)
     schema: int = MANIFEST_SCHEMA
 
     def to_record(self):
@@ -93,7 +94,7 @@ class Manifest:
         record = {"schema": self.schema}
         for item in fields(self):
             value = getattr(self, item.name)
-            if item.name == "schema" or value is None or value == () and item.name == "stages":
+            if item.name == "schema" or value is None or value == () and item.name in ("stages", "report_to"):
                 continue
             record.update(_manifest_entry(item.name, value))
         return record
@@ -118,8 +119,9 @@ class Manifest:
         if "stages" in record:
             values["stages"] = tuple(StageEntry(**dict(stage, freeze=Freeze.from_json(stage["freeze"])))
                                      for stage in record.pop("stages"))
-        if "command" in record:
-            values["command"] = tuple(record.pop("command"))
+        for name in ("command", "report_to"):
+            if name in record:
+                values[name] = tuple(record.pop(name))
         return cls(**values, **record)
 
 

@@ -11,7 +11,7 @@ from caffegen.errors import CaffegenError
 from caffegen.io.caffemodel import cut_short
 from caffegen.io.files import write_atomic
 from caffegen.io.lists import read_list
-from caffegen.io.locks import refuse_if_held, sole_lock
+from caffegen.io.locks import holder, refuse_if_held, sole_lock
 from caffegen.io.prototxt import read_net, read_solver, to_text
 from caffegen.io.quoting import sh_command
 from caffegen.job.device import Device
@@ -183,6 +183,11 @@ def manifest_file(manifest):
 def refuse_if_launched(run_dir, what):
     """Refuse to ``what`` (such as "replace it") while a caffegen launch trains in ``run_dir``."""
     refuse_if_held(Path(run_dir) / LAUNCH_LOCK, _launch_busy(run_dir, what))
+
+
+def is_training(run_dir):
+    """Whether a caffegen launch is training in ``run_dir`` now."""
+    return holder(Path(run_dir) / LAUNCH_LOCK) is not None
 
 
 def _launch_busy(run_dir, what):

@@ -6,10 +6,10 @@ lines without a prefix: the solver and net parameters Caffe echoes while it star
 parse errors, the stack trace of a fatal error and glibc's crash messages.
 
 A :class:`LogWatcher` is fed those lines one at a time and returns the events each completes:
-:class:`Progress` at every display, :class:`TestResult` when a test's outputs are complete,
-:class:`Snapshot` when a file is written, and :class:`~caffegen.run.diagnose.Diagnosis` when
-something went wrong. Its attributes hold what the log said so far. :func:`parse_log` reads a
-whole saved log at once.
+:class:`Progress` at every display, :class:`LearningRate` after it, :class:`TestResult` when a
+test's outputs are complete, :class:`Snapshot` when a file is written, and
+:class:`~caffegen.run.diagnose.Diagnosis` when something went wrong. Its attributes hold what the
+log said so far. :func:`parse_log` reads a whole saved log at once.
 
 Names in :attr:`LogWatcher.records`: ``loss`` is the loss of the display line (smoothed over
 the solver's ``average_loss`` iterations), ``lr`` the learning rate, ``train/<name>`` each
@@ -67,6 +67,14 @@ class TestResult:
     iteration: int
     net: int
     outputs: dict
+
+
+@dataclass(frozen=True)
+class LearningRate:
+    """The learning rate the solver used at ``iteration``, as Caffe prints it after a display."""
+
+    iteration: int
+    lr: float
 
 
 @dataclass(frozen=True)
@@ -208,8 +216,9 @@ class LogWatcher:
         return []
 
     def _on_learning_rate(self, match):
-        self._record(int(match[1]))["lr"] = float(match[2])
-        return []
+        iteration, lr = int(match[1]), float(match[2])
+        self._record(iteration)["lr"] = lr
+        return [LearningRate(iteration, lr)]
 
     def _on_testing(self, match):
         iteration, net = int(match[1]), int(match[2])

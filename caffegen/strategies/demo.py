@@ -19,6 +19,8 @@ from caffegen.run.evaluate import evaluate_validation
 from caffegen.run.install import default_prefix, install_caffe
 from caffegen.run.launch import launch_run
 from caffegen.run.target import Target, resolve_target
+from caffegen.run.track.tracker import Settings, Tracked
+from caffegen.run.track.watch import watching
 from caffegen.strategies.digits import write_digit_images
 
 NEW_TASK = range(5, 10)
@@ -37,8 +39,9 @@ def ensure_caffe(caffe, reporter):
         return Target(install_caffe(log=reporter.line), CPU)
 
 
-def run_demo(out_dir, caffe=None, force=False, reporter=None):
-    """Fine-tune the bundled digits model to new digits in ``out_dir`` and evaluate it.
+def run_demo(out_dir, caffe=None, force=False, reporter=None, report_to=(), settings=Settings()):
+    """Fine-tune the bundled digits model to new digits in ``out_dir`` and evaluate it, sent to the trackers
+    ``report_to`` (with ``settings``) as it goes.
 
     Returns the launch result and the evaluation's metrics (None when training failed).
     """
@@ -58,8 +61,10 @@ def run_demo(out_dir, caffe=None, force=False, reporter=None):
     for note in job.notes:
         reporter.line(note)
     reporter.line(f"prepared {out_dir}; training on the CPU")
-    result = launch_run(RunDir(out_dir), target, False, reporter)
-    if result.exit_code != 0:
-        return result, None
-    reporter.line("evaluating the trained model on the validation images")
-    return result, evaluate_validation(target, out_dir, reporter=reporter)
+    run = RunDir(out_dir)
+    with watching([Tracked(run, out_dir.name, run.path)], report_to, settings, reporter):
+        result = launch_run(run, target, False, reporter)
+        if result.exit_code != 0:
+            return result, None
+        reporter.line("evaluating the trained model on the validation images")
+        return result, evaluate_validation(target, out_dir, reporter=reporter)

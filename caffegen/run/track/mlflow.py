@@ -1,0 +1,100 @@
+"""MLflow: one MLflow run per run directory (a sweep's as children of one parent run), in the store of
+``--mlflow-uri``, of $MLFLOW_TRACKING_URI, or by default a local one: ``sqlite:///DIR/mlflow.db``, the backend
+MLflow recommends (its file store is in maintenance mode), with the artifacts in ``DIR/mlartifacts``."""
+
+import importlib.util
+import logging
+import os
+import re
+
+from caffegen.errors import CaffegenError
+from caffegen.job.rundir import EVAL_DIR, read_result
+from caffegen.run.track.state import Sent, read_sent, record_sent
+from caffegen.run.track.tracker import Tracker
+
+EXPERIMENT = "caffegen"
+STORE, ARTIFACTS = "mlflow.db", "mlartifacts"
+BATCH = 1000  # the most metrics one log_batch takes
+UNSAFE = re.compile(r"[^\w\-. /]")  # MLflow names: letters, digits, _ - . space and /
+# A tracking server that is down answers at once, not after MLflow's minutes of retries; and MLflow prints no links
+# on standard output, which is the command's own.
+CLIENT_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                   "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
+class MLflowTracker(Tracker):
+    """A run's curves as metric histories, its manifest as parameters, its files as artifacts."""
+
+    @classmethod
+    def check_installed(cls):
+        if importlib.util.find_spec("mlflow") is None:
+            raise CaffegenError("the mlflow tracker needs MLflow: pip install 'caffegen[mlflow]'")
+
+    def destination(self):
+        explicit = self.settings.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        return explicit or f"sqlite:///{self.tracked.home / STORE}"
+
+    def open(self, memo, params):
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+        for name, value in CLIENT_SETTINGS.items():
+            os.environ.setdefault(name, value)
+        for logger in ("mlflow", "alembic"):  # its database's creation and upgrades are not the user's business
+            logging.getLogger(logger).setLevel(logging.WARNING)
+        self.client = MlflowClient(self.destination())
+        self.run_id = memo.get("run_id")
+        if self.run_id is None:
+            experiment = self._experiment()
+            tags = {"mlflow.parentRunId": self._parent(experiment)} if self.tracked.group else {}
+            self.run_id = self.client.create_run(experiment, run_name=self.tracked.name, tags=tags).info.run_id
+            values = {**params, **{name: value for name, value in self.tracked.hparams.items() if value is not None}}
+            self.client.log_batch(self.run_id, params=[Param(_name(name), str(value)[:6000])
+                                                       for name, value in values.items()])
+        return {"run_id": self.run_id}
+
+    def send(self, points):
+        from mlflow.entities import Metric
+        metrics = [Metric(_name(point.name), point.value, int(point.time * 1000), point.step) for point in points]
+        for start in range(0, len(metrics), BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + BATCH])
+
+    def finish(self, outcome):
+        import time
+
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(_name(name), value, now, outcome.step)
+                                                    for name, value in outcome.metrics.items()])
+        for path in outcome.artifacts:
+            self.client.log_artifact(self.run_id, str(path), EVAL_DIR if path.parent.name == EVAL_DIR else None)
+        self.client.set_terminated(self.run_id, "FAILED" if outcome.failed else "FINISHED")
+        if self.tracked.group and _all_ended(self.tracked.group):
+            self.client.set_terminated(self._parent(self._experiment()), "FINISHED")
+
+    def _experiment(self):
+        """The id of the experiment caffegen's runs go to, created where missing (local artifacts beside the store)."""
+        found = self.client.get_experiment_by_name(EXPERIMENT)
+        if found is not None:
+            return found.experiment_id
+        local = self.destination().startswith("sqlite:")
+        location = (self.tracked.home / ARTIFACTS).as_uri() if local else None
+        return self.client.create_experiment(EXPERIMENT, artifact_location=location)
+
+    def _parent(self, experiment):
+        """The id of the group's parent run, created once and remembered in the group's folder."""
+        group, key = self.tracked.group, f"mlflow-parent {self.destination()}"
+        sent = read_sent(group.path, key)
+        if sent.memo.get("run_id"):
+            return sent.memo["run_id"]
+        run_id = self.client.create_run(experiment, run_name=group.name, tags={"caffegen.sweep": "true"}).info.run_id
+        record_sent(group.path, key, Sent(memo={"run_id": run_id}))
+        return run_id
+
+
+def _name(name):
+    """``name`` as MLflow accepts it: other characters (such as ``[1]`` of a blob's second value) become ``_``."""
+    return UNSAFE.sub("_", name)
+
+
+def _all_ended(group):
+    return all(read_result(group.path / member) is not None for member in group.members)

@@ -1,0 +1,294 @@
+"""Runs in TensorBoard and MLflow, read back with their own readers: replayed from the run directory, followed
+live while real Caffe trains, compared across a sweep, and kept while a tracker is down."""
+
+import json
+import signal
+import socket
+import time
+
+import pytest
+from conftest import DIGITS, copy_run, run_caffegen, wait_for
+from trackers import (
+    accumulator,
+    artifacts,
+    background,
+    expected_curves,
+    free_port,
+    history,
+    launched,
+    logged,
+    mlflow_client,
+    mlflow_run,
+    mlflow_server,
+    prepare_long,
+    scalars,
+    stop,
+    wait_for_tests,
+    watched,
+)
+
+from caffegen.run import caffelog
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(trained_digits, tmp_path_factory):
+    """A copy of the trained digits run, evaluated (eval/metrics.json, report.html, confusion matrix)."""
+    run = copy_run(trained_digits, tmp_path_factory.mktemp("evaluated"))
+    evaluated = run_caffegen("evaluate", run)
+    assert evaluated.returncode == 0, evaluated.stderr
+    return run
+
+
+def test_report_to_replays_a_finished_run_into_both_trackers(evaluated_run, tmp_path):
+    run = copy_run(evaluated_run, tmp_path)
+    sent = run_caffegen("report-to", "tensorboard,mlflow", run)
+    assert sent.returncode == 0, sent.stderr
+    curves = expected_curves(run)
+    assert len(curves["test/accuracy"]) >= 3 and len(curves["train/loss"]) >= 10
+    for name, points in curves.items():
+        assert scalars(run / "tensorboard", name) == pytest.approx(points, rel=1e-6), name
+    client = mlflow_client(f"sqlite:///{run / 'mlflow.db'}")
+    tracked = mlflow_run(client, run.name)
+    for name, points in curves.items():
+        assert history(client, tracked.info.run_id, name) == pytest.approx(points), name
+    params = tracked.data.params
+    assert params["freeze"] == "upto conv2" and params["classes"] == "5" and params["base_model"] == "digits.caffemodel"
+    assert {"batch", "iter_size", "base_lr", "lr_policy", "device", "strategy"} <= set(params)
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert tracked.data.metrics["eval/top1"] == pytest.approx(metrics["top1"])
+    assert tracked.data.metrics["final/best_accuracy"] == json.loads((run / "result.json").read_text())["best_accuracy"]
+    assert {"curves.png", "eval/report.html", "eval/confusion.png", "eval/confusion.csv"} <= \
+        artifacts(client, tracked.info.run_id)
+    assert tracked.info.status == "FINISHED"
+    assert "curves" in accumulator(run / "tensorboard").Tags()["images"]
+
+    again = run_caffegen("report-to", "mlflow,tensorboard", run)
+    assert again.returncode == 0, again.stderr
+    assert len(client.get_metric_history(tracked.info.run_id, "test/accuracy")) == len(curves["test/accuracy"])
+    assert scalars(run / "tensorboard", "test/accuracy") == pytest.approx(curves["test/accuracy"], rel=1e-6)
+
+
+def test_a_run_without_events_jsonl_is_replayed_from_its_train_log(trained_digits, tmp_path):
+    run = copy_run(trained_digits, tmp_path)
+    (run / "events.jsonl").unlink()
+    sent = run_caffegen("report-to", "tensorboard", run)
+    assert sent.returncode == 0, sent.stderr
+    for name, points in expected_curves(run).items():
+        assert scalars(run / "tensorboard", name) == pytest.approx(points, rel=1e-6), name
+
+
+def test_again_sends_everything_once_more_after_the_files_were_removed(trained_digits, tmp_path):
+    import shutil
+    run = copy_run(trained_digits, tmp_path)
+    assert run_caffegen("report-to", "tensorboard", run).returncode == 0
+    shutil.rmtree(run / "tensorboard")
+    assert run_caffegen("report-to", "tensorboard", run).returncode == 0 and not (run / "tensorboard").exists()
+    assert run_caffegen("report-to", "tensorboard", run, "--again").returncode == 0
+    assert scalars(run / "tensorboard", "test/accuracy") == pytest.approx(expected_curves(run)["test/accuracy"])
+
+
+def test_an_unknown_tracker_is_refused_in_one_line(trained_digits):
+    refused = run_caffegen("report-to", "tensorboard,wandb", trained_digits)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "unknown tracker wandb" in refused.stderr and "tensorboard, mlflow" in refused.stderr
+
+
+def test_staged_run_is_one_run_with_the_stage_boundary_marked(caffe, images, tmp_path):
+    run = tmp_path / "staged"
+    prepared = run_caffegen("prepare", "--net", DIGITS / "train_val.prototxt", "--weights",
+                            DIGITS / "digits.caffemodel", "--data", images, "--stages",
+                            "upto=fc1,lr=0.001,epochs=1;upto=conv1,lr=0.0005,epochs=1", "-o", run)
+    assert prepared.returncode == 0, prepared.stderr
+    assert run_caffegen("launch", run).returncode == 0
+    assert run_caffegen("report-to", "tensorboard", run).returncode == 0
+    boundary = json.loads((run / "manifest.json").read_text())["stages"][0]["max_iter"]
+    assert scalars(run / "tensorboard", "stage") == {0: 1, boundary: 2}
+    expected = {**expected_curves(run / "stage1")["test/accuracy"],
+                **expected_curves(run / "stage2", boundary)["test/accuracy"]}
+    assert scalars(run / "tensorboard", "test/accuracy") == pytest.approx(expected, rel=1e-6)
+
+
+def test_cached_run_logs_its_extraction_and_its_head_training(caffe, images, tmp_path):
+    run = tmp_path / "cached"
+    prepared = run_caffegen("prepare", "--net", DIGITS / "train_val.prototxt", "--weights",
+                            DIGITS / "digits.caffemodel", "--data", images, "--freeze-upto", "conv2", "--epochs", 2,
+                            "--cache-features", "-o", run)
+    assert prepared.returncode == 0, prepared.stderr
+    assert run_caffegen("launch", run).returncode == 0
+    assert run_caffegen("report-to", "mlflow", run).returncode == 0
+    client = mlflow_client(f"sqlite:///{run / 'mlflow.db'}")
+    tracked = mlflow_run(client, run.name)
+    chunks = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    chunks = [event for event in chunks if event["event"] == "chunk_computed"]
+    rates = history(client, tracked.info.run_id, "extraction/images_per_s")
+    assert rates == pytest.approx({number: event["images"] / event["seconds"] for number, event in enumerate(chunks)})
+    assert [tracked.data.params["engine"]] == list({event["engine"] for event in chunks})
+    assert tracked.data.params["strategy"] == "cached features"
+    assert history(client, tracked.info.run_id, "test/accuracy") == pytest.approx(expected_curves(run)["test/accuracy"])
+
+
+def test_watch_forwards_a_live_run_before_it_ends_and_a_second_watch_goes_on(caffe, images, tmp_path):
+    run = prepare_long(images, tmp_path / "run")
+    uri = f"sqlite:///{run / 'mlflow.db'}"
+    with background(launched(run)) as launch, background(watched(run, "mlflow,tensorboard")) as first:
+        started = wait_for_tests(uri, run, 1)  # the passes before MLflow's store was up wait for it
+        live = time.time()  # from now on the watch is up: the passes printed after are timed
+        seen = wait_for_tests(uri, run, len(started) + 5, dict(started))
+        first.send_signal(signal.SIGTERM)
+        _, said = first.communicate(timeout=60)
+        assert first.returncode == 143 and "goes on where this one stopped" in said, said
+        with background(watched(run, "mlflow,tensorboard")) as second:
+            wait_for_tests(uri, run, len(seen) + 3, dict(seen))
+            still_training = launch.poll() is None
+            assert len(scalars(run / "tensorboard", "test/accuracy")) >= 2
+            launch.send_signal(signal.SIGINT)
+            launch.communicate(timeout=60)
+            _, said = second.communicate(timeout=60)
+    assert still_training and launch.returncode == 130 and second.returncode == 0, said
+    client = mlflow_client(uri)
+    tracked = mlflow_run(client, run.name)
+    for name, points in expected_curves(run).items():
+        assert history(client, tracked.info.run_id, name) == pytest.approx(points), name
+    assert scalars(run / "tensorboard", "test/accuracy") == pytest.approx(expected_curves(run)["test/accuracy"])
+    delays = [seen_at - line_time for seen_at, line_time in seen.values() if line_time > live]
+    print(f"test result in train.log → in MLflow: {', '.join(f'{delay:.2f}' for delay in delays)} s")
+    assert max(delays) < 5
+
+
+def test_launch_report_to_sends_while_it_trains(caffe, images, tmp_path):
+    run = prepare_long(images, tmp_path / "run")
+    with background(launched(run, "--report-to", "tensorboard")) as launch:
+        wait_for(lambda: (run / "tensorboard").is_dir() and "test/accuracy" in
+                 accumulator(run / "tensorboard").Tags()["scalars"], "a test pass in TensorBoard", timeout=120)
+        still_training = launch.poll() is None
+        launch.send_signal(signal.SIGINT)
+        _, stderr = launch.communicate(timeout=60)
+    assert still_training and launch.returncode == 130, stderr
+    assert scalars(run / "tensorboard", "test/accuracy") == \
+        pytest.approx(expected_curves(run)["test/accuracy"], rel=1e-6)
+
+
+def test_a_tracking_server_down_loses_nothing(trained_digits, tmp_path):
+    run, port = copy_run(trained_digits, tmp_path), free_port()
+    uri = f"http://127.0.0.1:{port}"
+    down = run_caffegen("report-to", "mlflow", run, "--mlflow-uri", uri)
+    assert down.returncode == 1 and down.stderr.count("is not taking") == 1, down.stderr
+    assert "kept and sent when it is back" in down.stderr
+    server = mlflow_server(tmp_path, port)
+    try:
+        back = run_caffegen("report-to", "mlflow", run, "--mlflow-uri", uri)
+        assert back.returncode == 0, back.stderr
+        client = mlflow_client(uri)
+        tracked = mlflow_run(client, run.name)
+        for name, points in expected_curves(run).items():
+            assert history(client, tracked.info.run_id, name) == pytest.approx(points), name
+        assert "curves.png" in artifacts(client, tracked.info.run_id)
+    finally:
+        stop(server)
+
+
+def test_a_server_restarted_mid_run_loses_nothing(caffe, images, tmp_path):
+    run, port = prepare_long(images, tmp_path / "run"), free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = mlflow_server(tmp_path, port)
+    try:
+        with background(launched(run, "--report-to", "mlflow", "--mlflow-uri", uri)) as launch:
+            wait_for_tests(uri, run, 2)
+            stop(server)
+            tested = len(logged(run, caffelog.TestResult))
+            wait_for(lambda: len(logged(run, caffelog.TestResult)) >= tested + 2, "two test passes while it is down",
+                     timeout=120)
+            server = mlflow_server(tmp_path, port)
+            wait_for_tests(uri, run, tested + 3)
+            still_training = launch.poll() is None
+            launch.send_signal(signal.SIGINT)
+            _, stderr = launch.communicate(timeout=60)
+        assert still_training and launch.returncode == 130, stderr
+        assert stderr.count("is not taking") == 1 and stderr.count("is back;") == 1, stderr
+        client = mlflow_client(uri)
+        tracked = mlflow_run(client, run.name)
+        for name, points in expected_curves(run).items():
+            assert history(client, tracked.info.run_id, name) == pytest.approx(points), name
+    finally:
+        stop(server)
+
+
+def test_a_2x2_sweep_is_compared_in_the_hparams_table_and_as_nested_mlflow_runs(caffe, images, tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    sweep = tmp_path / "sweep"
+    swept = run_caffegen("sweep", "--gpu", "cpu", "--net", DIGITS / "train_val.prototxt", "--weights",
+                         DIGITS / "digits.caffemodel", "--data", images, "--epochs", 1, "--freeze-upto", "conv1,conv2",
+                         "--lr", "0.01,0.001", "-o", sweep, "--report-to", "tensorboard,mlflow")
+    assert swept.returncode == 0, swept.stderr
+    members = [entry["run_dir"] for entry in json.loads((sweep / "sweep.json").read_text())["runs"]]
+    assert len(members) == 4 and sorted(path.name for path in (sweep / "tensorboard").iterdir()) == sorted(members)
+    for member in members:
+        result = json.loads((sweep / member / "result.json").read_text())
+        loaded = accumulator(sweep / "tensorboard" / member)
+        content = loaded.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        freeze, lr = start.hparams["freeze"].string_value, start.hparams["lr"].number_value
+        assert member == f"{freeze.replace(' ', '-')}_lr-{lr:g}"
+        assert scalars(sweep / "tensorboard" / member, "final/best_accuracy") == \
+            pytest.approx({result["iterations"]: result["best_accuracy"]})
+    client = mlflow_client(f"sqlite:///{sweep / 'mlflow.db'}")
+    parent = mlflow_run(client, sweep.name)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(child.info.run_name for child in children) == sorted(members)
+    for child in children:
+        assert child.data.params["freeze"] == child.info.run_name.split("_")[0].replace("-", " ")
+        curves = expected_curves(sweep / child.info.run_name)
+        assert history(client, child.info.run_id, "test/accuracy") == pytest.approx(curves["test/accuracy"])
+    assert parent.info.status == "FINISHED"
+
+
+def test_prepare_records_the_trackers_and_an_older_manifest_has_none(images, tmp_path):
+    from caffegen.job.rundir import RunDir
+    run = tmp_path / "run"
+    prepared = run_caffegen("prepare", "--gpu", "cpu", "--net", DIGITS / "train_val.prototxt", "--weights",
+                            DIGITS / "digits.caffemodel", "--data", images, "--report-to", "mlflow,tensorboard",
+                            "-o", run)
+    assert prepared.returncode == 0, prepared.stderr
+    assert json.loads((run / "manifest.json").read_text())["report_to"] == ["mlflow", "tensorboard"]
+    assert RunDir(run).manifest.report_to == ("mlflow", "tensorboard")
+    record = json.loads((run / "manifest.json").read_text())
+    del record["report_to"]
+    (run / "manifest.json").write_text(json.dumps(record))
+    assert RunDir(run).manifest.report_to == ()
+    refused = run_caffegen("prepare", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
+                           "--data", images, "--report-to", "neptune", "-o", tmp_path / "other")
+    assert refused.returncode == 2 and "unknown tracker neptune" in refused.stderr
+    assert not (tmp_path / "other").exists()
+
+
+def test_only_whole_lines_are_read_and_the_position_goes_on_from_there(tmp_path):
+    from caffegen.run.track.events import Position, read_events
+    whole = json.dumps({"event": "progress", "time": 1.0, "iteration": 0, "loss": 2.0, "rate": None})
+    half = json.dumps({"event": "progress", "time": 2.0, "iteration": 10, "loss": 1.0, "rate": 5.0})
+    (tmp_path / "events.jsonl").write_text(whole + "\n" + half[:20])
+    events, position = read_events(tmp_path, Position())
+    assert [event["iteration"] for event in events] == [0] and position.offset == len(whole) + 1
+    with (tmp_path / "events.jsonl").open("a") as log:
+        log.write(half[20:] + "\n")
+    events, position = read_events(tmp_path, position)
+    assert [event["iteration"] for event in events] == [10]
+    assert read_events(tmp_path, position) == ([], position)
+
+
+
+def test_a_tracker_that_does_not_answer_holds_up_neither_training_nor_the_other_tracker(caffe, images, tmp_path):
+    run = prepare_long(images, tmp_path / "run")
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with background(launched(run, "--report-to", "tensorboard,mlflow", "--mlflow-uri", uri)) as launch:
+            wait_for(lambda: (run / "tensorboard").is_dir() and "test/accuracy" in
+                     accumulator(run / "tensorboard").Tags()["scalars"], "a test pass in TensorBoard", timeout=120)
+            wait_for(lambda: len(scalars(run / "tensorboard", "test/accuracy")) >= 3, "three test passes", timeout=120)
+            still_training = launch.poll() is None
+            launch.send_signal(signal.SIGINT)
+            _, stderr = launch.communicate(timeout=60)
+    assert still_training and launch.returncode == 130, stderr
+    assert stderr.count("is not taking") == 1 and "caffegen report-to mlflow" in stderr, stderr
+    assert scalars(run / "tensorboard", "test/accuracy") == pytest.approx(expected_curves(run)["test/accuracy"])
