@@ -125,7 +125,7 @@ def test_a_manifest_of_the_release_before_schema_versions_still_loads(images, tm
     prepare(JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=images),
             tmp_path / "run")
     written = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert written["schema"] == 2
+    assert written["schema"] == 3
     older = {key: value for key, value in written.items() if key not in ("schema", "task", "engine", "cache_features")}
     (tmp_path / "run" / "manifest.json").write_text(json.dumps(older))
     run = rundir.RunDir(tmp_path / "run")
@@ -134,8 +134,18 @@ def test_a_manifest_of_the_release_before_schema_versions_still_loads(images, tm
         (1, 1, 28, 28), False, "caffe", None)
 
 
+def test_a_manifest_of_schema_2_still_loads(images, tmp_path):
+    """Schema 2 had no report_to: such a manifest loads, and is written back as schema 3 with nothing lost."""
+    prepare(JobOptions(net=DIGITS / "train_val.prototxt", weights=DIGITS / "digits.caffemodel", data=images),
+            tmp_path / "run")
+    written = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(dict(written, schema=2)))
+    run = rundir.RunDir(tmp_path / "run")
+    assert run.manifest.to_record() == written and run.manifest.report_to == ()
+
+
 @pytest.mark.parametrize("change, words", [
-    ({"schema": 3}, "unreadable manifest.json (schema 3 is newer than this caffegen reads (2)); prepare the run again"),
+    ({"schema": 4}, "unreadable manifest.json (schema 4 is newer than this caffegen reads (3)); prepare the run again"),
     ({"images": {"train": 3}}, "unreadable manifest.json ("),
     ({"colour": "red"}, "unreadable manifest.json ("),
     ({"device": "gpu7"}, "unreadable manifest ("),

@@ -1,5 +1,6 @@
 """``caffegen sweep``: one fine-tuning run per freeze point and learning rate, here or on Slurm, compared."""
 
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -114,6 +115,8 @@ def _sweep_target(params, gpus, gpu_ids, slurm):
 
 def _tracking(output, report_to, mlflow_uri, reporter):
     """While inside, a watch on a thread of its own sends the sweep's runs to the trackers ``report_to``."""
+    if not report_to:  # nothing to watch: the runs' directories are not even read
+        return nullcontext()
     from caffegen.run.track.watch import watching
     from caffegen.strategies.sweep.tracked import sweep_runs
     return watching(sweep_runs(Path(output).resolve()), report_to, tracking_settings(mlflow_uri), reporter)

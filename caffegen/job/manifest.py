@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from caffegen.errors import CaffegenError
 from caffegen.job.options import CAFFE, CLASSIFICATION
 
-MANIFEST_SCHEMA = 2
+MANIFEST_SCHEMA = 3  # 3: report_to; 2: the first numbered; a manifest of either, or of none, loads
 RESULT_SCHEMA = 1
 
 
