@@ -106,6 +106,7 @@ def test_another_engine_gives_caffes_top1_once_it_agrees(cli, trained, evaluated
     assert re.search(r"^probabilities computed by onnxruntime at [0-9.]+ img/s$", result.stderr, re.M), result.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["engine"] == "onnxruntime" and metrics["images_per_second"] > 0
+    assert f"onnxruntime at {metrics['images_per_second']} img/s" in (tmp_path / "eval" / "report.html").read_text()
     assert metrics["images"] > 8 and metrics["top1"] == caffe_metrics["top1"]
     predicted = [row["predicted_label"] for row in csv.DictReader((tmp_path / "eval" / "predictions.csv").open())]
     assert predicted == [row["predicted_label"] for row in csv.DictReader((evaluated[0] / "predictions.csv").open())]

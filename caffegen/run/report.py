@@ -175,8 +175,11 @@ def contact_sheet_png(evaluation):
 def _report_html(metrics, plots, model):
     images = {name: "data:image/png;base64," + base64.b64encode(data).decode("ascii") for name, data in plots.items()}
     recorded = model.run.manifest.to_record() if model.run else {}
-    settings = {key: recorded[key] for key in ("freeze", "schedule", "base_lr", "device") if key in recorded}
+    settings = {key: recorded[key] for key in ("freeze", "schedule", "base_lr", "device", "features_engine")
+                if key in recorded}
     settings.update(weights=str(model.weights), preprocessing=model.preprocessing)
+    if "engine" in metrics:  # what computed the probabilities evaluated here, and how fast
+        settings["evaluated_by"] = f"{metrics['engine']} at {metrics['images_per_second']} img/s"
     return render_template("report.html.j2", metrics=metrics, images=images, source=str(model.source),
                            settings={key: json.dumps(value) for key, value in settings.items() if value is not None})
 
