@@ -292,3 +292,30 @@ def test_a_tracker_that_does_not_answer_holds_up_neither_training_nor_the_other_
     assert still_training and launch.returncode == 130, stderr
     assert stderr.count("is not taking") == 1 and "caffegen report-to mlflow" in stderr, stderr
     assert scalars(run / "tensorboard", "test/accuracy") == pytest.approx(expected_curves(run)["test/accuracy"])
+
+
+def test_watch_follows_a_slurm_sweep_as_its_tasks_run(slurm, caffe, images, tmp_path):
+    """A sweep on Slurm is watched as any directory is: its test passes reach TensorBoard while the job array runs,
+    and the watch ends once every task's run has ended."""
+    sweep = tmp_path / "sweep"
+    submitted = run_caffegen("sweep", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
+                             "--data", images, "--epochs", 40, "--freeze-upto", "conv1", "--lr", "0.01,0.001",
+                             "--slurm", "--slurm-opt=--time=10", "-o", sweep, env=slurm.env)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    members = [entry["run_dir"] for entry in json.loads((sweep / "sweep.json").read_text())["runs"]]
+
+    def forwarded():
+        return any((sweep / "tensorboard" / member).is_dir() and
+                   "test/accuracy" in accumulator(sweep / "tensorboard" / member).Tags()["scalars"]
+                   for member in members)
+    with background(watched(sweep, "tensorboard")) as watch:
+        wait_for(forwarded, "a test pass of a Slurm task in TensorBoard", timeout=240, every=0.5)
+        running = bool(slurm.client("squeue", "-h", "-j", job, "-o", "%i", check=False).stdout.strip())
+        slurm.wait_for_job(job, timeout=600)
+        _, said = watch.communicate(timeout=120)
+    assert running, "the job array ended before anything was forwarded: nothing shows the watch was live"
+    assert watch.returncode == 0, said
+    for member in members:
+        assert scalars(sweep / "tensorboard" / member, "test/accuracy") == \
+            pytest.approx(expected_curves(sweep / member)["test/accuracy"]), member
