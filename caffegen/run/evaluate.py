@@ -17,7 +17,7 @@ from caffegen.errors import CaffegenError
 from caffegen.job.dataset import labelled_images
 from caffegen.job.model import load_model
 from caffegen.job.options import CAFFE, CLASSIFICATION, SEGMENTATION
-from caffegen.job.rundir import EVAL_DIR
+from caffegen.job.rundir import CURVES_PNG, EVAL_DIR
 from caffegen.job.segmentation import checked_mask, pair_images, read_pairs
 from caffegen.reporting import SilentReporter
 from caffegen.run.engines.probabilities import model_probabilities
@@ -195,7 +195,7 @@ def evaluate_to(target, model, images, out_dir, batch_size=FORWARD_BATCH, device
     """Evaluate ``model`` on ``images`` with ``engine`` and write the evaluation's files into ``out_dir``; return its
     metrics."""
     evaluation = evaluate(target, model, images, batch_size, device, reporter, engine)
-    curves = model.source / "curves.png" if model.run else None
+    curves = model.source / CURVES_PNG if model.run else None
     return write_evaluation(evaluation, out_dir, model, curves)
 
 

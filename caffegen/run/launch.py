@@ -10,7 +10,17 @@ from dataclasses import dataclass
 from caffegen.errors import CaffegenError, Terminated
 from caffegen.io.prototxt import read_net
 from caffegen.job.memorycheck import run_check
-from caffegen.job.rundir import EVENTS, SNAPSHOT_NAME, RunDir, newest_snapshot, read_result, recorded_path, write_result
+from caffegen.job.rundir import (
+    CURVES_CSV,
+    CURVES_PNG,
+    EVENTS,
+    SNAPSHOT_NAME,
+    RunDir,
+    newest_snapshot,
+    read_result,
+    recorded_path,
+    write_result,
+)
 from caffegen.job.scripts import caffe_arguments
 from caffegen.net.inspect import preflight
 from caffegen.reporting import SilentReporter
@@ -134,8 +144,8 @@ def _joined(run_dir, results, offsets):
     joined = LaunchResult(last.exit_code, last.caffe_exit_code, last.watcher, records, last.diagnosis,
                           last.interrupted, sum(result.seconds for result in results), last.final_model)
     if records:
-        write_curves_csv(records, run_dir / "curves.csv")
-        plot_curves(records, run_dir / "curves.png", stage_boundaries=offsets[1:len(results)])
+        write_curves_csv(records, run_dir / CURVES_CSV)
+        plot_curves(records, run_dir / CURVES_PNG, stage_boundaries=offsets[1:len(results)])
     write_result(run_dir, result_summary(joined, run_dir))
     return joined
 

@@ -46,13 +46,13 @@ def extract(plan, target, device=None, reporter=None, seed=1, batch_size=CACHE_B
         todo = [chunk for chunk in store.work if chunk not in done]
         engine = checked_engine(target, plan, store, nets, todo, device, batch_size, reporter,
                                 derived=source is not None)
+        computing = Computing(target, plan, nets, store.path, engine, device, batch_size)
         with reporter.progress(sum(plan.images.values()), "img", "trunk features",
                                initial=sum(len(chunk.lines) for chunk in done)) as progress:
-            _compute_all(todo, Computing(target, plan, nets, store.path, engine, device, batch_size), progress,
-                         reporter)
+            _compute_all(todo, computing, progress, reporter)
         for chunk in store.work:  # parts left of chunks computed whole
             remove_parts(store.path, chunk)
-        store.engine = stored_engine(store, CAFFE if engine is None else engine.engine, source)
+        store.engine = stored_engine(store, computing.engine_name, source)
         write_atomic(store.path / STORE_RECORD, json.dumps(store_record(plan, store)) + "\n")
     return store, False
 
@@ -127,12 +127,12 @@ def extract_shard(plan, target, shard, shards, device=None, reporter=None, seed=
         for part in todo:
             write_atomic(store.path / part.path(".txt"), "".join(line.text() for line in part.lines))
         engine = checked_engine(target, plan, store, nets, todo, device, batch_size, reporter, derived=False)
+        computing = Computing(target, plan, nets, store.path, engine, device, batch_size)
         images = sum(len(part.lines) for part in todo)
         with reporter.progress(images, "img", f"shard {shard}/{shards}") as progress:
-            _compute_all(todo, Computing(target, plan, nets, store.path, engine, device, batch_size), progress,
-                         reporter)
+            _compute_all(todo, computing, progress, reporter)
         reporter.line(f"shard {shard}/{shards}: computed {images} images in {len(todo)} "
-                      f"part{'s' * (len(todo) > 1)} with {CAFFE if engine is None else engine.engine}")
+                      f"part{'s' * (len(todo) > 1)} with {computing.engine_name}")
     return store, images
 
 

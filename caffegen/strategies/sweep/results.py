@@ -10,7 +10,7 @@ from pathlib import Path
 
 from caffegen.io.files import write_atomic
 from caffegen.io.tables import text_table
-from caffegen.job.rundir import EVAL_DIR, read_result
+from caffegen.job.rundir import CURVES_CSV, EVAL_DIR, read_result
 from caffegen.run.plots import plain_text
 from caffegen.run.report import METRICS
 from caffegen.strategies.sweep.plan import load_sweep
@@ -75,7 +75,7 @@ def _number(value, spec, unit=""):
 
 def _accuracy_curve(run_dir):
     """(iterations, validation accuracies) from a run's curves.csv; empty when it has none."""
-    path = run_dir / "curves.csv"
+    path = run_dir / CURVES_CSV
     if not path.is_file():
         return [], []
     with path.open(newline="", encoding="utf-8") as stream:
