@@ -35,8 +35,21 @@ def wine(tmp_path_factory):
     exe = folder / "caffe.exe"
     subprocess.run(["x86_64-w64-mingw32-gcc", "-municode", "-O2", "-o", exe, RECORDER], check=True)
     env = dict(os.environ, WINEPREFIX=str(folder / "prefix"), WINEDEBUG="-all", WINEDLLOVERRIDES="mscoree,mshtml=")
-    subprocess.run(["wineboot", "--init"], env=env, check=True, capture_output=True, timeout=300)
+    boot_wine(env, folder / "prefix")
     return env, exe
+
+
+def boot_wine(env, prefix, tries=3):
+    """Create the wine prefix. wineboot can fail on a machine that just installed wine (its wineserver still
+    starting, or busy); it is tried again on a clean prefix, and its own words end the test where it never works."""
+    for _ in range(tries):
+        booted = subprocess.run(["wineboot", "--init"], env=env, capture_output=True, text=True, timeout=300)
+        subprocess.run(["wineserver", "-w"], env=env, capture_output=True, timeout=300)
+        if booted.returncode == 0:
+            return
+        shutil.rmtree(prefix, ignore_errors=True)
+    said = " | ".join((booted.stdout + booted.stderr).strip().splitlines()[-5:])
+    pytest.fail(f"wineboot --init failed {tries} times (exit {booted.returncode}): {said}")
 
 
 def windows_path(path):
