@@ -3,14 +3,16 @@ bit for bit, and launched as a real Slurm job array with the head's training aft
 
 import json
 import os
+import re
 import signal
 from types import SimpleNamespace
 
 import h5py
 import numpy as np
 import pytest
-from conftest import DIGITS, assert_one_line_error, run_caffegen
+from conftest import DIGITS, assert_one_line_error, run_caffegen, wait_for
 from test_cache import prepare_run
+from trackers import expected_curves, process_runs, scalars
 
 from caffegen.defaults import CACHE_BATCH
 from caffegen.io.locks import waiting_lock
@@ -260,8 +262,10 @@ def test_the_shards_mini_batch_fits_the_memory_asked_of_a_node(images, tmp_path)
 
 def test_slurm_computes_the_shards_in_a_job_array_and_trains_the_head_after_it(slurm, caffe, images, tmp_path):
     run = prepare_cached(images, tmp_path / "sharded run")
-    done = run_caffegen("launch", run, "--slurm", "--shards", "3", "--slurm-opt=--time=10", env=slurm.env)
+    done = run_caffegen("launch", run, "--slurm", "--shards", "3", "--slurm-opt=--time=10", "--report-to",
+                        "tensorboard", env=slurm.env)
     assert done.returncode == 0, done.stderr
+    watch = int(re.search(r"\(process (\d+);", done.stderr).group(1))
     head = done.stdout.strip()
     array = done.stderr.split("submitted the trunk features as job array ")[1].split(" ")[0]
     assert head.isdigit() and array.isdigit() and f"squeue -j {array},{head}" in done.stderr
@@ -278,6 +282,10 @@ def test_slurm_computes_the_shards_in_a_job_array_and_trains_the_head_after_it(s
     assert "merged the shards' parts of 2 chunks of features" in head_log
     assert "resuming: 2 of 2 chunks of features are already computed" in head_log
     assert json.loads((run / "result.json").read_text())["exit_code"] == 0
+    # The watch left where it was submitted sends the head's training; the head's own launch sends nothing.
+    wait_for(lambda: not process_runs(watch), "the watch to end after the head's job", timeout=120)
+    assert (run / "slurm_head.sh").read_text().splitlines()[-1].endswith(" --report-to none")
+    assert scalars(run / "tensorboard", "test/accuracy") == pytest.approx(expected_curves(run)["test/accuracy"])
 
     whole = prepare_cached(images, tmp_path / "whole run")
     assert run_caffegen("launch", whole, "--features-only").returncode == 0

@@ -2,6 +2,8 @@
 live while real Caffe trains, compared across a sweep, and kept while a tracker is down."""
 
 import json
+import os
+import re
 import signal
 import socket
 import time
@@ -12,6 +14,8 @@ from trackers import (
     accumulator,
     artifacts,
     background,
+    chromium_page,
+    compare_page,
     expected_curves,
     free_port,
     history,
@@ -21,6 +25,7 @@ from trackers import (
     mlflow_run,
     mlflow_server,
     prepare_long,
+    process_runs,
     scalars,
     stop,
     wait_for_tests,
@@ -170,6 +175,59 @@ def test_launch_report_to_sends_while_it_trains(caffe, images, tmp_path):
         pytest.approx(expected_curves(run)["test/accuracy"], rel=1e-6)
 
 
+def test_launch_evaluate_sends_the_evaluation_the_run_ends_with(caffe, images, tmp_path):
+    """The watch of a command follows the run past its training: the evaluation's metrics and report, written after
+    result.json, reach both trackers too."""
+    run = tmp_path / "run"
+    prepared = run_caffegen("prepare", "--gpu", "cpu", "--net", DIGITS / "train_val.prototxt", "--weights",
+                            DIGITS / "digits.caffemodel", "--data", images, "--freeze-upto", "conv2", "--epochs", 1,
+                            "-o", run, "--report-to", "tensorboard,mlflow")
+    assert prepared.returncode == 0, prepared.stderr
+    done = run_caffegen("launch", run, "--evaluate")
+    assert done.returncode == 0, done.stderr
+    top1 = json.loads((run / "eval" / "metrics.json").read_text())["top1"]
+    iterations = json.loads((run / "result.json").read_text())["iterations"]
+    assert scalars(run / "tensorboard", "eval/top1") == pytest.approx({iterations: top1})
+    client = mlflow_client(f"sqlite:///{run / 'mlflow.db'}")
+    tracked = mlflow_run(client, run.name)
+    assert tracked.data.metrics["eval/top1"] == pytest.approx(top1) and tracked.info.status == "FINISHED"
+    assert {"eval/report.html", "eval/confusion.png"} <= artifacts(client, tracked.info.run_id)
+
+
+def test_a_new_local_store_is_the_store_mlflow_makes(tmp_path):
+    """The watch starts a new local store as a copy of the one it made ahead: the same tables, indexes and schema
+    version as the store MLflow makes in place, and MLflow opens and writes it."""
+    import sqlite3
+
+    from caffegen.run.track.mlflow import STORE, MLflowTracker
+    from caffegen.run.track.tracker import Settings, Tracked
+
+    def schema(path):
+        with sqlite3.connect(path) as database:
+            return (sorted(database.execute("SELECT type, name, sql FROM sqlite_master")),
+                    database.execute("SELECT version_num FROM alembic_version").fetchall())
+    MLflowTracker.warm_up(Settings())
+    home = tmp_path / "run"
+    home.mkdir()
+    tracker = MLflowTracker(Tracked(None, "run", home), Settings())
+    memo = tracker.open({}, {"base_model": "digits"})
+    made_in_place = tmp_path / "in place.db"
+    mlflow_client(f"sqlite:///{made_in_place}").search_experiments()
+    assert schema(home / STORE) == schema(made_in_place)
+    assert mlflow_client(f"sqlite:///{home / STORE}").get_run(memo["run_id"]).data.params == {"base_model": "digits"}
+
+
+def test_report_to_none_sends_a_run_prepared_with_trackers_nowhere(caffe, images, tmp_path):
+    run = tmp_path / "run"
+    prepared = run_caffegen("prepare", "--gpu", "cpu", "--net", DIGITS / "train_val.prototxt", "--weights",
+                            DIGITS / "digits.caffemodel", "--data", images, "--epochs", 1, "-o", run,
+                            "--report-to", "tensorboard")
+    assert prepared.returncode == 0, prepared.stderr
+    done = run_caffegen("launch", run, "--report-to", "none")
+    assert done.returncode == 0, done.stderr
+    assert not (run / "tensorboard").exists() and not (run / ".track.json").exists()
+
+
 def test_a_tracking_server_down_loses_nothing(trained_digits, tmp_path):
     run, port = copy_run(trained_digits, tmp_path), free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -215,13 +273,20 @@ def test_a_server_restarted_mid_run_loses_nothing(caffe, images, tmp_path):
         stop(server)
 
 
-def test_a_2x2_sweep_is_compared_in_the_hparams_table_and_as_nested_mlflow_runs(caffe, images, tmp_path):
-    from tensorboard.plugins.hparams import plugin_data_pb2
-    sweep = tmp_path / "sweep"
+@pytest.fixture(scope="module")
+def compared_sweep(caffe, images, tmp_path_factory):
+    """A 2×2 sweep (two freeze points × two learning rates) sent to both trackers as it ran."""
+    sweep = tmp_path_factory.mktemp("compared") / "sweep"
     swept = run_caffegen("sweep", "--gpu", "cpu", "--net", DIGITS / "train_val.prototxt", "--weights",
                          DIGITS / "digits.caffemodel", "--data", images, "--epochs", 1, "--freeze-upto", "conv1,conv2",
                          "--lr", "0.01,0.001", "-o", sweep, "--report-to", "tensorboard,mlflow")
     assert swept.returncode == 0, swept.stderr
+    return sweep
+
+
+def test_a_2x2_sweep_is_compared_in_the_hparams_table_and_as_nested_mlflow_runs(compared_sweep):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    sweep = compared_sweep
     members = [entry["run_dir"] for entry in json.loads((sweep / "sweep.json").read_text())["runs"]]
     assert len(members) == 4 and sorted(path.name for path in (sweep / "tensorboard").iterdir()) == sorted(members)
     for member in members:
@@ -242,6 +307,29 @@ def test_a_2x2_sweep_is_compared_in_the_hparams_table_and_as_nested_mlflow_runs(
         curves = expected_curves(sweep / child.info.run_name)
         assert history(client, child.info.run_id, "test/accuracy") == pytest.approx(curves["test/accuracy"])
     assert parent.info.status == "FINISHED"
+
+
+def test_mlflow_s_own_page_compares_the_sweep_s_runs(compared_sweep, tmp_path):
+    """MLflow's UI, served by a real MLflow server from the sweep's store and drawn by headless Chromium, compares
+    the four runs: the page names each of them and the test accuracy, and its screenshot is a drawn page."""
+    from PIL import Image
+    store = f"sqlite:///{compared_sweep / 'mlflow.db'}"
+    client = mlflow_client(store)
+    parent = mlflow_run(client, compared_sweep.name)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    port = free_port()
+    server = mlflow_server(tmp_path, port, store)
+    try:
+        page = compare_page(port, parent.info.experiment_id, [child.info.run_id for child in children])
+        text, shot = chromium_page(page, tmp_path / "compare.png")
+    finally:
+        stop(server)
+    for child in children:
+        assert child.info.run_name in text, child.info.run_name
+    assert "test/accuracy" in text
+    with Image.open(shot) as image:
+        colours = image.convert("L").getextrema()
+    assert image.size == (1600, 1000) and colours[1] - colours[0] > 100  # drawn, not blank
 
 
 def test_prepare_records_the_trackers_and_an_older_manifest_has_none(images, tmp_path):
@@ -296,28 +384,34 @@ def test_a_tracker_that_does_not_answer_holds_up_neither_training_nor_the_other_
     assert scalars(run / "tensorboard", "test/accuracy") == pytest.approx(expected_curves(run)["test/accuracy"])
 
 
-def test_watch_follows_a_slurm_sweep_as_its_tasks_run(slurm, caffe, images, tmp_path):
-    """A sweep on Slurm is watched as any directory is: its test passes reach TensorBoard while the job array runs,
-    and the watch ends once every task's run has ended."""
+def test_a_slurm_sweep_reports_as_its_tasks_run(slurm, caffe, images, tmp_path):
+    """sweep --slurm --report-to leaves a watch running where it was submitted, which reads the sweep directory as
+    any watch does: the tasks' test passes reach TensorBoard while the job array runs, and the watch ends once every
+    task's run has ended."""
     sweep = tmp_path / "sweep"
     submitted = run_caffegen("sweep", "--net", DIGITS / "train_val.prototxt", "--weights", DIGITS / "digits.caffemodel",
                              "--data", images, "--epochs", 40, "--freeze-upto", "conv1", "--lr", "0.01,0.001",
-                             "--slurm", "--slurm-opt=--time=10", "-o", sweep, env=slurm.env)
+                             "--slurm", "--slurm-opt=--time=10", "-o", sweep, "--report-to", "tensorboard",
+                             env=slurm.env)
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip()
+    watch = int(re.search(r"\(process (\d+);", submitted.stderr).group(1))
     members = [entry["run_dir"] for entry in json.loads((sweep / "sweep.json").read_text())["runs"]]
 
     def forwarded():
         return any((sweep / "tensorboard" / member).is_dir() and
                    "test/accuracy" in accumulator(sweep / "tensorboard" / member).Tags()["scalars"]
                    for member in members)
-    with background(watched(sweep, "tensorboard")) as watch:
+    try:
         wait_for(forwarded, "a test pass of a Slurm task in TensorBoard", timeout=240, every=0.5)
         running = bool(slurm.client("squeue", "-h", "-j", job, "-o", "%i", check=False).stdout.strip())
         slurm.wait_for_job(job, timeout=600)
-        _, said = watch.communicate(timeout=120)
+        wait_for(lambda: not process_runs(watch), "the watch to end after the last task", timeout=120)
+    finally:
+        if process_runs(watch):
+            os.kill(watch, signal.SIGKILL)
     assert running, "the job array ended before anything was forwarded: nothing shows the watch was live"
-    assert watch.returncode == 0, said
     for member in members:
         assert scalars(sweep / "tensorboard" / member, "test/accuracy") == \
             pytest.approx(expected_curves(sweep / member)["test/accuracy"]), member
+    assert "not all" not in (sweep / "watch.log").read_text()

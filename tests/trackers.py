@@ -2,14 +2,18 @@
 running what feeds them (a launch, a watch, an MLflow server) in processes of their own."""
 
 import contextlib
+import html
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.parse
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -150,11 +154,13 @@ def free_port():
         return probe.bind(("127.0.0.1", 0)) or probe.getsockname()[1]
 
 
-def mlflow_server(folder, port):
-    """A real MLflow tracking server on 127.0.0.1:``port``, storing in ``folder``; returned once it answers."""
+def mlflow_server(folder, port, store=None):
+    """A real MLflow tracking server on 127.0.0.1:``port``, storing in ``folder`` (or serving the store ``store``);
+    returned once it answers."""
     server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
                                "--port", str(port), "--workers", "1", "--backend-store-uri",
-                               f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "art")],
+                               store or f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
+                               str(folder / "art")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_for(lambda: answers(port), "the MLflow server", timeout=120, every=0.5)
     return server
@@ -172,3 +178,38 @@ def stop(server):
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
 
+
+def process_runs(pid):
+    """Whether the process ``pid`` runs (not ended, nor a zombie no one reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def compare_page(port, experiment_id, run_ids):
+    """The address of the MLflow UI's page that compares ``run_ids``."""
+    query = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps([experiment_id])})
+    return f"http://127.0.0.1:{port}/#/compare-runs?{query}"
+
+
+def chromium_page(address, screenshot):
+    """The text of the page at ``address`` as headless Chromium draws it, and its screenshot (``screenshot``, a
+    1600×1000 PNG), once its scripts ran; Chromium is required under CI, and the test skips without it elsewhere."""
+    import pytest
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("headless Chromium is required in CI (apt-get install chromium)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    with tempfile.TemporaryDirectory() as profile:
+        common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  f"--user-data-dir={profile}", "--window-size=1600,1000", "--virtual-time-budget=30000",
+                  "--hide-scrollbars"]
+        drawn = subprocess.run([*common, f"--screenshot={screenshot}", address], capture_output=True, text=True,
+                               timeout=180)
+        assert drawn.returncode == 0 and Path(screenshot).is_file(), drawn.stderr[-2000:]
+        dumped = subprocess.run([*common, "--dump-dom", address], capture_output=True, text=True, timeout=180)
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    return html.unescape(re.sub(r"<[^>]+>", " ", dumped.stdout)), screenshot

@@ -43,8 +43,12 @@ def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, 
     reporter = reporter_for_stderr()
     _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit, report_to or mlflow_uri)
     if slurm:
-        _launch_on_slurm(cached_run(run_dir, resume, "--slurm"), shards, slurm_opts, caffe_path, gpu, evaluate_after,
-                         no_submit, reporter)
+        run = cached_run(run_dir, resume, "--slurm")
+        trackers = run.manifest.report_to if report_to is None else report_to
+        _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, no_submit, bool(trackers),
+                         reporter)
+        if trackers and not no_submit:
+            _watch_in_background(run, trackers, tracking_settings(mlflow_uri), reporter)
         return
     if features_only:
         run, target = cached_run(run_dir, resume, "--features-only"), resolve_target(caffe_path, gpu)
@@ -58,7 +62,8 @@ def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, 
                       f"in {features.store.path}")
         return
     target = resolve_target(caffe_path, gpu)
-    with _tracking(run_dir, report_to, mlflow_uri, reporter):
+    with _tracking(run_dir, report_to, mlflow_uri) as watch:
+        watch.follow([run_dir])
         result = launch(run_dir, target, resume, reporter)
         for line in summary_lines(result, run_dir):
             reporter.line(line)
@@ -67,21 +72,30 @@ def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, 
     ctx.exit(result.exit_code)
 
 
-def _tracking(run_dir, report_to, mlflow_uri, reporter):
-    """While inside, a watch on a thread of its own sends the run to the trackers asked for or prepared with."""
-    from caffegen.run.track.watch import watching
-    from caffegen.strategies.sweep.tracked import tracked_runs
-    tracked = tracked_runs([run_dir])
-    names = report_to or tracked[0].run.manifest.report_to
-    return watching(tracked, names, tracking_settings(mlflow_uri), reporter)
+def _tracking(run_dir, report_to, mlflow_uri):
+    """While inside, a watch process of its own sends the run to the trackers asked for or prepared with."""
+    from caffegen.strategies.watching import watching
+    return watching(RunDir(run_dir).manifest.report_to if report_to is None else report_to,
+                    tracking_settings(mlflow_uri))
+
+
+def _watch_in_background(run, trackers, settings, reporter):
+    """Leave a watch of the submitted run going here, which sends it to ``trackers`` as its jobs run."""
+    from caffegen.strategies.watching import watch_in_background
+    pid, log = watch_in_background([run.path], trackers, settings, run.path)
+    reporter.line(f"watching the run for {', '.join(trackers)} here, in the background, until it ends "
+                  f"(process {pid}; log: {log}); stop it with: kill {pid}")
 
 
 def _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit, tracking):
     """Refuse options that cannot go together, before anything runs."""
     from caffegen.run.shards import parse_shard
-    if tracking and (slurm or features_only):
-        raise CaffegenError("--report-to follows a run training here; follow one on Slurm with: caffegen watch "
-                            "--report-to TRACKERS RUN_DIR")
+    if tracking and features_only:
+        raise CaffegenError("--report-to follows a run as it trains; --features-only trains nothing (caffegen "
+                            "report-to sends its extraction later)")
+    if tracking and no_submit:
+        raise CaffegenError("--report-to follows the jobs once submitted; with --no-submit, follow them after sbatch "
+                            "with: caffegen watch --report-to TRACKERS RUN_DIR")
     if (shards or slurm_opts or no_submit) and not slurm:
         raise CaffegenError("--shards, --slurm-opt and --no-submit go with --slurm")
     if slurm and (resume or features_only or shard):
@@ -101,11 +115,14 @@ def cached_run(run_dir, resume, option="--features-only"):
     return run
 
 
-def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, no_submit, reporter):
+def _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, no_submit, watched, reporter):
+    """Write (and unless ``no_submit``, submit) the run's shards and head jobs; a run ``watched`` from here is not
+    also sent to trackers by its head's job."""
     from caffegen.strategies.cluster import default_shards, pin_cache_batch, submit_cluster, write_cluster_scripts
     from caffegen.strategies.slurm import FEATURES_SCRIPT, HEAD_SCRIPT, log_name, sbatch_line
     shards = shards or default_shards(run)
-    features, head = write_cluster_scripts(run, shards, slurm_opts, caffe_path, gpu, evaluate_after)
+    features, head = write_cluster_scripts(run, shards, slurm_opts, caffe_path, gpu, evaluate_after,
+                                           tracked_elsewhere=watched and not no_submit)
     batch = f"every shard runs {pin_cache_batch(run, slurm_opts).line()}, recorded in {run.manifest_path}"
     if no_submit:
         reporter.line(batch)

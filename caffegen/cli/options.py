@@ -187,9 +187,9 @@ def tracking_options(report_to_help):
 
 
 def _trackers(ctx, param, value):
-    """The tracker names of --report-to, checked against the table of trackers; () when absent."""
+    """The tracker names of --report-to, checked against the table of trackers; () for none, None when absent."""
     from caffegen.run.track.tracker import tracker_names
-    return tracker_names(value) if value is not None else ()
+    return tracker_names(value) if value is not None else None
 
 
 def tracking_settings(mlflow_uri):

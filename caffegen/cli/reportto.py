@@ -3,6 +3,7 @@
 import click
 
 from caffegen.cli.options import MLFLOW_URI_OPTION, tracking_settings
+from caffegen.errors import CaffegenError
 from caffegen.reporting import reporter_for_stderr
 
 
@@ -27,6 +28,8 @@ def report_to_command(ctx, trackers, folders, mlflow_uri, again):
     from caffegen.strategies.sweep.tracked import tracked_runs
     reporter = reporter_for_stderr()
     names = tracker_names(trackers)
+    if not names:
+        raise CaffegenError("give the trackers to send to: tensorboard, mlflow (comma-separated)")
     tracked = tracked_runs(folders)
     failed = report_to(tracked, names, tracking_settings(mlflow_uri), reporter, again)
     for run in tracked:

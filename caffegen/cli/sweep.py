@@ -1,6 +1,5 @@
 """``caffegen sweep``: one fine-tuning run per freeze point and learning rate, here or on Slurm, compared."""
 
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -76,11 +75,16 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
     _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit, report_to)
     gpu_ids = _gpu_ids(gpus)
     target = _sweep_target(params, gpus, gpu_ids, slurm)
-    runs = _prepared_runs(params, learning_rates, output, force, gpus, slurm_opts if slurm else None, target, reporter)
-    if slurm:
-        _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, reporter)
-        return
-    with _tracking(output, report_to, mlflow_uri, reporter):
+    settings = tracking_settings(mlflow_uri)
+    with _tracking(None if slurm else report_to, settings) as watch:
+        runs = _prepared_runs(params, learning_rates, output, force, gpus, slurm_opts if slurm else None, target,
+                              reporter)
+        if slurm:
+            _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, reporter)
+            if report_to:
+                _watch_in_background(output, report_to, settings, reporter)
+            return
+        watch.follow([Path(output).resolve()])
         # Per GPU, or here, each run on the device it was prepared for.
         errors = run_on_gpus(output, runs, gpu_ids, target.caffe, reporter) if gpu_ids else \
             run_here(output, runs, replace(target, device=None), reporter)
@@ -113,20 +117,25 @@ def _sweep_target(params, gpus, gpu_ids, slurm):
     return target
 
 
-def _tracking(output, report_to, mlflow_uri, reporter):
-    """While inside, a watch on a thread of its own sends the sweep's runs to the trackers ``report_to``."""
-    if not report_to:  # nothing to watch: the runs' directories are not even read
-        return nullcontext()
-    from caffegen.run.track.watch import watching
-    from caffegen.strategies.sweep.tracked import sweep_runs
-    return watching(sweep_runs(Path(output).resolve()), report_to, tracking_settings(mlflow_uri), reporter)
+def _tracking(report_to, settings):
+    """While inside, a watch process of its own gets ready to send the sweep's runs to the trackers ``report_to``."""
+    from caffegen.strategies.watching import watching
+    return watching(report_to, settings)
+
+
+def _watch_in_background(output, report_to, settings, reporter):
+    """Leave a watch of the submitted sweep running here, which sends its runs to ``report_to`` as the tasks run."""
+    from caffegen.strategies.watching import watch_in_background
+    pid, log = watch_in_background([Path(output).resolve()], report_to, settings, Path(output))
+    reporter.line(f"watching the sweep for {', '.join(report_to)} here, in the background, until its runs end "
+                  f"(process {pid}; log: {log}); stop it with: kill {pid}")
 
 
 def _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit, report_to):
     """Refuse option combinations that cannot mean anything, before anything is written."""
-    if report_to and slurm:
-        raise CaffegenError("--report-to follows runs that train here; follow a Slurm sweep with: caffegen watch "
-                            "--report-to TRACKERS DIR")
+    if report_to and no_submit:
+        raise CaffegenError("--report-to follows the runs once submitted; with --no-submit, follow them after "
+                            "sbatch with: caffegen watch --report-to TRACKERS DIR")
     if not output:
         raise CaffegenError("give the sweep directory to create with -o DIR (or gather one with --collect DIR)")
     if not params["net"] or not params["weights"]:

@@ -44,16 +44,19 @@ def pin_cache_batch(run, sbatch_options=()):
     return batch
 
 
-def write_cluster_scripts(run, shards, sbatch_options=(), caffe=None, gpu=None, evaluate=False):
-    """Write the job array of :class:`RunDir` ``run``'s feature shards and its head's job; return both scripts."""
+def write_cluster_scripts(run, shards, sbatch_options=(), caffe=None, gpu=None, evaluate=False,
+                          tracked_elsewhere=False):
+    """Write the job array of :class:`RunDir` ``run``'s feature shards and its head's job; return both scripts.
+    A run ``tracked_elsewhere`` (a watch follows it from where it was submitted) is sent to no tracker by its head."""
     check_slurm(run.path, sbatch_options)
     child = {"run_dir": run.path, "caffe": caffe, "gpu": gpu}
     features = write_sbatch_script(
         run.path, FEATURES_SCRIPT, "features", launch_command("--features-only", "--shard", **child),
         f"A cached fine-tuning run: task i computes shard i of {shards} of the trunk features", sbatch_options,
         tasks=shards, task_argument=f'"$SLURM_ARRAY_TASK_ID/{shards}"')
+    head_options = (["--evaluate"] if evaluate else []) + (["--report-to", "none"] if tracked_elsewhere else [])
     head = write_sbatch_script(
-        run.path, HEAD_SCRIPT, "head", launch_command(*(["--evaluate"] if evaluate else []), **child),
+        run.path, HEAD_SCRIPT, "head", launch_command(*head_options, **child),
         "A cached fine-tuning run: it merges the shards' features, trains the head and writes final.caffemodel",
         sbatch_options, after=FEATURES_SCRIPT)
     return features, head

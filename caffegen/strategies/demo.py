@@ -19,9 +19,9 @@ from caffegen.run.evaluate import evaluate_validation
 from caffegen.run.install import default_prefix, install_caffe
 from caffegen.run.launch import launch_run
 from caffegen.run.target import Target, resolve_target
-from caffegen.run.track.tracker import Settings, Tracked
-from caffegen.run.track.watch import watching
+from caffegen.run.track.tracker import Settings
 from caffegen.strategies.digits import write_digit_images
+from caffegen.strategies.watching import watching
 
 NEW_TASK = range(5, 10)
 FREEZE_UPTO = "conv2"
@@ -50,6 +50,18 @@ def run_demo(out_dir, caffe=None, force=False, reporter=None, report_to=(), sett
     if out_dir.exists() and not force:
         raise CaffegenError("exists; pass --force to replace it, or choose another directory with -o", out_dir)
     target = ensure_caffe(caffe, reporter)
+    with watching(report_to, settings) as watch:
+        _prepare_demo(out_dir, force, target, reporter)
+        watch.follow([out_dir])
+        result = launch_run(RunDir(out_dir), target, False, reporter)
+        if result.exit_code != 0:
+            return result, None
+        reporter.line("evaluating the trained model on the validation images")
+        return result, evaluate_validation(target, out_dir, reporter=reporter)
+
+
+def _prepare_demo(out_dir, force, target, reporter):
+    """Write the images of the new digits and prepare the run directory ``out_dir`` to fine-tune on them."""
     base = resource_dir("models") / "digits"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
@@ -61,10 +73,3 @@ def run_demo(out_dir, caffe=None, force=False, reporter=None, report_to=(), sett
     for note in job.notes:
         reporter.line(note)
     reporter.line(f"prepared {out_dir}; training on the CPU")
-    run = RunDir(out_dir)
-    with watching([Tracked(run, out_dir.name, run.path)], report_to, settings, reporter):
-        result = launch_run(run, target, False, reporter)
-        if result.exit_code != 0:
-            return result, None
-        reporter.line("evaluating the trained model on the validation images")
-        return result, evaluate_validation(target, out_dir, reporter=reporter)

@@ -1,11 +1,20 @@
 """MLflow: one MLflow run per run directory (a sweep's as children of one parent run), in the store of
 ``--mlflow-uri``, of $MLFLOW_TRACKING_URI, or by default a local one: ``sqlite:///DIR/mlflow.db``, the backend
-MLflow recommends (its file store is in maintenance mode), with the artifacts in ``DIR/mlartifacts``."""
+MLflow recommends (its file store is in maintenance mode), with the artifacts in ``DIR/mlartifacts``.
 
+The full ``mlflow`` package, not ``mlflow-skinny``: the skinny one lacks the SQL store. Most of what
+MLflow costs is its import and the making of a new store's tables (about 2 s each on 2 cores); a
+watch does both ahead, in a scratch store, while its command prepares, and a new local store starts
+as a copy of that one (the same tables, made by the same MLflow in the same process).
+"""
+
+import contextlib
 import importlib.util
 import logging
 import os
 import re
+import tempfile
+from pathlib import Path
 
 from caffegen.errors import CaffegenError
 from caffegen.job.rundir import EVAL_DIR, read_result
@@ -30,18 +39,22 @@ class MLflowTracker(Tracker):
         if importlib.util.find_spec("mlflow") is None:
             raise CaffegenError("the mlflow tracker needs MLflow: pip install 'caffegen[mlflow]'")
 
+    @classmethod
+    def warm_up(cls, settings):
+        client = _client_class()
+        if _explicit_uri(settings) is None:
+            cls.scratch = tempfile.TemporaryDirectory(prefix="caffegen-mlflow-")
+            client(f"sqlite:///{Path(cls.scratch.name) / STORE}").get_experiment_by_name(EXPERIMENT)  # its tables
+
     def destination(self):
-        explicit = self.settings.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        return explicit or f"sqlite:///{self.tracked.home / STORE}"
+        return _explicit_uri(self.settings) or f"sqlite:///{self.tracked.home / STORE}"
 
     def open(self, memo, params):
         from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
-        for name, value in CLIENT_SETTINGS.items():
-            os.environ.setdefault(name, value)
-        for logger in ("mlflow", "alembic"):  # its database's creation and upgrades are not the user's business
-            logging.getLogger(logger).setLevel(logging.WARNING)
-        self.client = MlflowClient(self.destination())
+        scratch = getattr(type(self), "scratch", None)
+        if scratch is not None and _explicit_uri(self.settings) is None:
+            _start_store_from(Path(scratch.name) / STORE, self.tracked.home / STORE)
+        self.client = _client_class()(self.destination())
         self.run_id = memo.get("run_id")
         if self.run_id is None:
             experiment = self._experiment()
@@ -89,6 +102,38 @@ class MLflowTracker(Tracker):
         run_id = self.client.create_run(experiment, run_name=group.name, tags={"caffegen.sweep": "true"}).info.run_id
         record_sent(group.path, key, Sent(memo={"run_id": run_id}))
         return run_id
+
+
+def _client_class():
+    """MLflow's client class, imported with caffegen's settings: quiet, and quick to give up on a server down."""
+    for name, value in CLIENT_SETTINGS.items():
+        os.environ.setdefault(name, value)
+    from mlflow.tracking import MlflowClient
+    for logger in ("mlflow", "alembic"):  # its database's creation and upgrades are not the user's business (set
+        logging.getLogger(logger).setLevel(logging.WARNING)  # once imported: MLflow's import sets its own level)
+    return MlflowClient
+
+
+def _explicit_uri(settings):
+    """The store asked for (--mlflow-uri, else $MLFLOW_TRACKING_URI); None for the local default."""
+    return settings.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def _start_store_from(scratch, store):
+    """Make the new local store ``store`` a copy of the store ``scratch`` (SQLite's backup: a consistent copy),
+    put in place in one step; a store that exists, or appears meanwhile, is left as it is."""
+    import sqlite3
+    if store.exists() or not scratch.is_file():
+        return
+    copy = store.with_name(f".{store.name}.{os.getpid()}")
+    try:
+        with contextlib.closing(sqlite3.connect(scratch)) as source, contextlib.closing(sqlite3.connect(copy)) as to:
+            source.backup(to)
+        os.link(copy, store)  # never replaces a store another watch made meanwhile
+    except (OSError, sqlite3.Error):
+        pass  # a file system without links, or a store made meanwhile: MLflow opens or makes it itself
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 def _name(name):

@@ -22,6 +22,10 @@ class TensorBoardTracker(Tracker):
         if importlib.util.find_spec("tensorboardX") is None:
             raise CaffegenError("the tensorboard tracker needs tensorboardX: pip install 'caffegen[tensorboard]'")
 
+    @classmethod
+    def warm_up(cls, settings):
+        import tensorboardX  # noqa: F401 - loaded ahead, while the runs are prepared
+
     def destination(self):
         tracked = self.tracked
         return str(tracked.group.path / FOLDER / tracked.name if tracked.group else tracked.run.path / FOLDER)

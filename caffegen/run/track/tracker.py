@@ -55,6 +55,11 @@ class Tracker:
     def check_installed(cls):
         """Refuse, in one line naming what to install, a tracker whose library is missing."""
 
+    @classmethod
+    def warm_up(cls, settings):
+        """Do ahead what every run sent with ``settings`` will need (import the library, make a store), while
+        the command that started the watch prepares the runs."""
+
     def destination(self):
         """Where this run goes, in words (a folder, a URI): what was sent there is remembered under it."""
         raise NotImplementedError
@@ -76,12 +81,15 @@ class Tracker:
 
 
 def tracker_names(text):
-    """The tracker names of ``text`` (``tensorboard,mlflow``), refusing one that is not in the table in one line."""
+    """The tracker names of ``text`` (``tensorboard,mlflow``; ``none`` for none), refusing one that is not in the
+    table in one line."""
+    if (text or "").strip().lower() == "none":
+        return ()
     names = tuple(dict.fromkeys(part.strip() for part in (text or "").split(",") if part.strip()))
     unknown = [name for name in names if name not in TRACKERS]
     if unknown or not names:
         raise CaffegenError(f"unknown tracker {', '.join(unknown) or repr(text)}; choose among "
-                            f"{', '.join(TRACKERS)} (comma-separated)")
+                            f"{', '.join(TRACKERS)} (comma-separated), or none")
     return names
 
 

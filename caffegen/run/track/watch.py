@@ -1,25 +1,24 @@
 """Following runs as they train: their events forwarded to the trackers as they are appended, until each run
 ended (result.json written, no launch training in it) or the watch is stopped; then its last events and outcome."""
 
-import contextlib
 import threading
 
-from caffegen.io.quoting import sh_command
 from caffegen.job.rundir import is_training
 from caffegen.run.track.channel import Channel
 
 POLL_S = 1.0  # how often the run directories are looked at
 
 
-def watch(tracked, names, settings, reporter, stop=None, poll_s=POLL_S):
+def watch(tracked, names, settings, reporter, stop=None, poll_s=POLL_S, until_stopped=False):
     """Forward the events of the ``tracked`` runs to the trackers ``names`` until every run ended or ``stop`` (a
-    threading.Event) is set; a run's outcome is recorded once it ended. Each tracker has a thread of its own, so a
-    slow one holds up no other. Returns the channels not done."""
+    threading.Event) is set; a run's outcome is recorded once it ended. With ``until_stopped``, an ended run is
+    followed on until ``stop`` (the command that trains it goes on: it evaluates, and the outcome is recorded
+    again). Each tracker has a thread of its own, so a slow one holds up no other. Returns the channels not done."""
     stop = stop or threading.Event()
     channels = [[Channel(name, run, settings, reporter) for run in tracked] for name in names]
     left = []
-    followers = [threading.Thread(target=_follow, args=(group, stop, poll_s, left), name=f"watch {name}", daemon=True)
-                 for name, group in zip(names, channels)]
+    followers = [threading.Thread(target=_follow, args=(group, stop, poll_s, left, until_stopped),
+                                  name=f"watch {name}", daemon=True) for name, group in zip(names, channels)]
     for follower in followers:
         follower.start()
     for follower in followers:
@@ -27,44 +26,20 @@ def watch(tracked, names, settings, reporter, stop=None, poll_s=POLL_S):
     return left
 
 
-def _follow(channels, stop, poll_s, left):
-    """Step ``channels`` (one tracker's) every ``poll_s`` until each is done or ``stop`` is set; add to ``left``
-    those that could not send everything."""
+def _follow(channels, stop, poll_s, left, until_stopped):
+    """Step ``channels`` (one tracker's) every ``poll_s`` until each is done (with ``until_stopped``, ever) or
+    ``stop`` is set; add to ``left`` those that could not send everything."""
     following = list(channels)
     try:
         while following and not stop.is_set():
-            following = [channel for channel in following if not _step(channel)]
+            stepped = [(channel, _step(channel)) for channel in following]
+            following = [channel for channel, done in stepped if until_stopped or not done]
             if following:
                 stop.wait(poll_s)
         left.extend(channel for channel in following if not _last_step(channel))
     finally:
         for channel in channels:
             channel.close()
-
-
-@contextlib.contextmanager
-def watching(tracked, names, settings, reporter):
-    """While inside, :func:`watch` runs on a thread of its own, reading the run directories (the training is not
-    touched); on leaving, it sends what is left and ends."""
-    if not names:
-        yield
-        return
-    stop = threading.Event()
-    thread = threading.Thread(target=_watch_and_say, args=(tracked, names, settings, reporter, stop), name="watch",
-                              daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _watch_and_say(tracked, names, settings, reporter, stop):
-    """:func:`watch`, then a line naming what a tracker did not take."""
-    for channel in watch(tracked, names, settings, reporter, stop):
-        reporter.line(f"{channel.name}: not all of {channel.tracked.name} was sent; send the rest with: "
-                      f"{sh_command('caffegen', 'report-to', channel.name, channel.tracked.run.path)}")
 
 
 def _step(channel):

@@ -1,0 +1,66 @@
+"""Benchmark: the time tracking adds to ``caffegen demo`` (goal: under 5 %).
+
+The demo (write 896 images, prepare, train 230 iterations with real Caffe, evaluate) runs as a user
+runs it, a fresh process each time, without tracking and with ``--report-to tensorboard``,
+``mlflow`` (a new local SQLite store each time, the costliest case: MLflow creates its schema) and
+both. The configurations take turns within each round, so a machine that slows down slows them
+all; the median of the rounds is kept, and each is printed against the median without tracking.
+
+Usage: python bench/tracking.py [--rounds N] [--dir FOLDER]
+"""
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CAFFEGEN = [sys.executable, "-m", "caffegen"]
+CONFIGURATIONS = {"none": [], "tensorboard": ["--report-to", "tensorboard"], "mlflow": ["--report-to", "mlflow"],
+                  "both": ["--report-to", "tensorboard,mlflow"]}
+GOAL = 0.05
+
+
+def demo_seconds(folder, options):
+    """The wall time of one ``caffegen demo`` into ``folder`` with ``options``; it must succeed."""
+    start = time.perf_counter()
+    done = subprocess.run([*CAFFEGEN, "demo", "-o", str(folder), *options], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"caffegen demo {' '.join(options)} failed: {done.stderr.strip()[-500:]}")
+    return seconds
+
+
+def measure(folder, rounds):
+    """{configuration: [seconds of each round]}, the configurations taking turns in a rotated order."""
+    names = list(CONFIGURATIONS)
+    times = {name: [] for name in names}
+    demo_seconds(folder / "warm-up", [])  # Caffe installed, caches warm, before anything is timed
+    for round_number in range(rounds):
+        for name in names[round_number % len(names):] + names[:round_number % len(names)]:
+            times[name].append(demo_seconds(folder / f"{name}-{round_number}", CONFIGURATIONS[name]))
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dir", type=Path, help="where the demos are written (default: a temporary folder)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        times = measure(Path(tmp), args.rounds)
+    base = statistics.median(times["none"])
+    print(f"caffegen demo, median of {args.rounds} rounds, fresh process each:")
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        added = median / base - 1
+        verdict = "" if name == "none" else f"  goal under {GOAL:.0%}: {'met' if added < GOAL else 'missed'}"
+        print(f"  {name:12} {median:6.2f} s ({', '.join(f'{value:.2f}' for value in seconds)})  "
+              f"{added:+.1%}{verdict}")
+
+
+if __name__ == "__main__":
+    main()
