@@ -18,7 +18,7 @@ from conftest import wait_for
 from caffegen.errors import CaffegenError, CaffeNotFound
 from caffegen.run import install, locate
 from caffegen.run.install import apt, default_prefix, install_caffe, libcaffe_path, wrappers
-from caffegen.run.locate import caffe_is_cpu_only, find_caffe
+from caffegen.run.locate import ask_caffe_version, caffe_is_cpu_only, find_caffe
 
 QUIET_GLOG = dict(os.environ, GLOG_logtostderr="1")
 
@@ -108,6 +108,15 @@ def test_caffe_reports_its_version(caffe):
     result = subprocess.run([str(caffe), "--version"], capture_output=True, text=True)
     assert result.returncode == 0
     assert result.stdout.strip() == "caffe version 1.0.0"
+
+
+def test_the_version_is_what_caffe_says_and_none_where_it_says_none(caffe, tmp_path):
+    assert ask_caffe_version(caffe)() == "1.0.0"
+    silent = tmp_path / "caffe"
+    silent.write_text("#!/bin/sh\necho 'no version here'\n")
+    silent.chmod(0o755)
+    assert ask_caffe_version(silent)() is None
+    assert ask_caffe_version(tmp_path / "missing")() is None
 
 
 def test_build_is_cpu_only(caffe, monkeypatch):

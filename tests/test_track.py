@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -25,6 +26,7 @@ from trackers import (
     mlflow_run,
     mlflow_server,
     prepare_long,
+    printed_test_times,
     process_runs,
     scalars,
     stop,
@@ -44,7 +46,7 @@ def evaluated_run(trained_digits, tmp_path_factory):
     return run
 
 
-def test_report_to_replays_a_finished_run_into_both_trackers(evaluated_run, tmp_path):
+def test_report_to_replays_a_finished_run_into_both_trackers(caffe, evaluated_run, tmp_path):
     run = copy_run(evaluated_run, tmp_path)
     sent = run_caffegen("report-to", "tensorboard,mlflow", run)
     assert sent.returncode == 0, sent.stderr
@@ -59,6 +61,8 @@ def test_report_to_replays_a_finished_run_into_both_trackers(evaluated_run, tmp_
     params = tracked.data.params
     assert params["freeze"] == "upto conv2" and params["classes"] == "5" and params["base_model"] == "digits.caffemodel"
     assert {"batch", "iter_size", "base_lr", "lr_policy", "device", "strategy"} <= set(params)
+    said = subprocess.run([caffe, "--version"], capture_output=True, text=True).stdout  # "caffe version 1.0.0"
+    assert params["caffe_version"] == json.loads((run / "result.json").read_text())["caffe_version"] == said.split()[-1]
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert tracked.data.metrics["eval/top1"] == pytest.approx(metrics["top1"])
     assert tracked.data.metrics["final/best_accuracy"] == json.loads((run / "result.json").read_text())["best_accuracy"]
@@ -164,15 +168,29 @@ def test_watch_forwards_a_live_run_before_it_ends_and_a_second_watch_goes_on(caf
 
 def test_launch_report_to_sends_while_it_trains(caffe, images, tmp_path):
     run = prepare_long(images, tmp_path / "run")
+    arrivals = []  # (when TensorBoard had a new test pass, its iteration), at the watch's own pace (1 s)
+
+    def arrived(count):
+        if (run / "tensorboard").is_dir() and "test/accuracy" in accumulator(run / "tensorboard").Tags()["scalars"]:
+            latest = max(scalars(run / "tensorboard", "test/accuracy"))
+            if not arrivals or arrivals[-1][1] != latest:
+                arrivals.append((time.time(), latest))
+        return len(arrivals) >= count
     with background(launched(run, "--report-to", "tensorboard")) as launch:
-        wait_for(lambda: (run / "tensorboard").is_dir() and "test/accuracy" in
-                 accumulator(run / "tensorboard").Tags()["scalars"], "a test pass in TensorBoard", timeout=120)
+        wait_for(lambda: arrived(4), "four test passes in TensorBoard", timeout=120, every=0.05)
         still_training = launch.poll() is None
-        launch.send_signal(signal.SIGINT)
+        os.killpg(launch.pid, signal.SIGINT)  # Ctrl-C: the whole foreground job
         _, stderr = launch.communicate(timeout=60)
     assert still_training and launch.returncode == 130, stderr
+    # What Caffe wrote on its way out got there too: the watch ends when the command does, not at Ctrl-C.
     assert scalars(run / "tensorboard", "test/accuracy") == \
         pytest.approx(expected_curves(run)["test/accuracy"], rel=1e-6)
+    iterations = json.loads((run / "result.json").read_text())["iterations"]
+    assert scalars(run / "tensorboard", "final/iterations") == {iterations: iterations}
+    printed = printed_test_times(run)
+    delays = [when - printed[step] for when, step in arrivals[1:]]  # the first may have waited for the watch
+    print(f"launch: test result in train.log → in TensorBoard: {', '.join(f'{delay:.2f}' for delay in delays)} s")
+    assert max(delays) < 5
 
 
 def test_launch_evaluate_sends_the_evaluation_the_run_ends_with(caffe, images, tmp_path):
@@ -398,12 +416,16 @@ def test_a_slurm_sweep_reports_as_its_tasks_run(slurm, caffe, images, tmp_path):
     watch = int(re.search(r"\(process (\d+);", submitted.stderr).group(1))
     members = [entry["run_dir"] for entry in json.loads((sweep / "sweep.json").read_text())["runs"]]
 
+    arrivals = {}  # member: (when TensorBoard first had a test pass of it, that pass's iteration)
+
     def forwarded():
-        return any((sweep / "tensorboard" / member).is_dir() and
-                   "test/accuracy" in accumulator(sweep / "tensorboard" / member).Tags()["scalars"]
-                   for member in members)
+        for member in members:
+            if member not in arrivals and (sweep / "tensorboard" / member).is_dir() and \
+                    "test/accuracy" in accumulator(sweep / "tensorboard" / member).Tags()["scalars"]:
+                arrivals[member] = (time.time(), max(scalars(sweep / "tensorboard" / member, "test/accuracy")))
+        return bool(arrivals)
     try:
-        wait_for(forwarded, "a test pass of a Slurm task in TensorBoard", timeout=240, every=0.5)
+        wait_for(forwarded, "a test pass of a Slurm task in TensorBoard", timeout=240, every=0.25)
         running = bool(slurm.client("squeue", "-h", "-j", job, "-o", "%i", check=False).stdout.strip())
         slurm.wait_for_job(job, timeout=600)
         wait_for(lambda: not process_runs(watch), "the watch to end after the last task", timeout=120)
@@ -415,3 +437,7 @@ def test_a_slurm_sweep_reports_as_its_tasks_run(slurm, caffe, images, tmp_path):
         assert scalars(sweep / "tensorboard" / member, "test/accuracy") == \
             pytest.approx(expected_curves(sweep / member)["test/accuracy"]), member
     assert "not all" not in (sweep / "watch.log").read_text()
+    member, (arrived, step) = next(iter(arrivals.items()))
+    delay = arrived - printed_test_times(sweep / member)[step]
+    print(f"Slurm: test result in train.log → in TensorBoard: {delay:.2f} s")
+    assert delay < 10

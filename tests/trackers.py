@@ -84,9 +84,10 @@ def artifacts(client, run_id):
 
 
 def launched(run, *extra):
-    """``caffegen launch RUN`` in a process of its own, as a user starts it."""
+    """``caffegen launch RUN`` in a process of its own, as a user starts it: the leader of its process group, as a
+    terminal's foreground job is (``os.killpg`` is a Ctrl-C)."""
     return subprocess.Popen([sys.executable, "-m", "caffegen", "launch", str(run), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0)
 
 
 def watched(run, trackers):

@@ -12,7 +12,7 @@ from caffegen.errors import CaffegenError
 from caffegen.job.options import CAFFE, CLASSIFICATION
 
 MANIFEST_SCHEMA = 3  # 3: report_to; 2: the first numbered; a manifest of either, or of none, loads
-RESULT_SCHEMA = 1
+RESULT_SCHEMA = 2  # 2: caffe_version
 
 
 @dataclass(frozen=True)
@@ -158,12 +158,14 @@ class RunResult:
     best_iteration: int = None
     final_model: str = None
     cache: dict = None
+    caffe_version: str = None  # what `caffe --version` said (such as 1.0.0); None where it said nothing
     schema: int = RESULT_SCHEMA
 
     def to_json(self):
         record = {item.name: getattr(self, item.name) for item in fields(self)}
-        if record["cache"] is None:
-            del record["cache"]
+        for optional in ("cache", "caffe_version"):
+            if record[optional] is None:
+                del record[optional]
         return json.dumps(record, indent=2) + "\n"
 
     @classmethod

@@ -142,7 +142,8 @@ def _joined(run_dir, results, offsets):
                for result, offset in zip(results, offsets) for record in result.records]
     last = results[-1]
     joined = LaunchResult(last.exit_code, last.caffe_exit_code, last.watcher, records, last.diagnosis,
-                          last.interrupted, sum(result.seconds for result in results), last.final_model)
+                          last.interrupted, sum(result.seconds for result in results), last.final_model,
+                          caffe_version=last.caffe_version)
     if records:
         write_curves_csv(records, run_dir / CURVES_CSV)
         plot_curves(records, run_dir / CURVES_PNG, stage_boundaries=offsets[1:len(results)])

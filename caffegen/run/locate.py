@@ -38,6 +38,27 @@ def find_caffe(explicit=None):
     )
 
 
+def ask_caffe_version(caffe):
+    """Start asking ``caffe`` its version (``caffe --version``), beside whatever runs meanwhile; the function
+    returned waits for the answer: such as ``1.0.0``, or None where it gives none."""
+    try:
+        asked = subprocess.Popen([str(caffe), "--version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True, errors="replace", env=dict(os.environ, GLOG_logtostderr="1"))
+    except OSError:
+        return lambda: None
+
+    def answer():
+        try:
+            said, _ = asked.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            asked.kill()
+            asked.communicate()
+            return None
+        words = said.strip().rpartition("caffe version ")
+        return words[2].split()[0] if words[1] and words[2].strip() else None
+    return answer
+
+
 def caffe_is_cpu_only(caffe):
     """Whether `caffe` is a CPU_ONLY build; the answer is cached per path for this process."""
     return _cpu_only(str(Path(caffe).absolute()))

@@ -22,6 +22,7 @@ from caffegen.job.rundir import CURVES_CSV, CURVES_PNG, EVENTS, LOG, newest_snap
 from caffegen.run.caffelog import LogWatcher, TestResult, parse_log
 from caffegen.run.curves import plot_curves, write_curves_csv
 from caffegen.run.diagnose import Diagnosis
+from caffegen.run.locate import ask_caffe_version
 
 INTERRUPTED = 130
 DIAGNOSED = 3
@@ -42,6 +43,7 @@ class LaunchResult:
     seconds: float = 0.0
     final_model: Path = None
     notes: list = field(default_factory=list)
+    caffe_version: str = None
 
 
 def run_caffe_train(caffe, arguments, run_dir, history, reporter, memory=None):
@@ -52,16 +54,18 @@ def run_caffe_train(caffe, arguments, run_dir, history, reporter, memory=None):
     end; after SIGTERM, the run's records written, Terminated is raised.
     """
     started = time.monotonic()
+    version = ask_caffe_version(caffe)
     watcher = LogWatcher(memory)
     env = dict(os.environ, GLOG_logtostderr="1")
     process = subprocess.Popen([str(caffe), *arguments], cwd=run_dir, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+    caffe_version = version()  # answered while Caffe starts; its output waits in the pipe
     interrupts, terminations = [], []
     with _signals_stop(process, interrupts, terminations):
         diagnosis, code = _follow(process, watcher, run_dir, history, reporter)
     stopped = bool(interrupts) or watcher.stopped_early  # Ctrl-C here, or a SIGINT sent to Caffe itself
     result = LaunchResult(code, code, watcher, history + watcher.records, diagnosis, stopped,
-                          time.monotonic() - started)
+                          time.monotonic() - started, caffe_version=caffe_version)
     _finish(result, run_dir)
     if terminations:
         raise Terminated(result)
@@ -248,6 +252,7 @@ def result_summary(result, run_dir):
         best_accuracy=best[1] if best else None,
         best_iteration=best[0] if best else None,
         final_model=relative_record(run_dir, result.final_model) if result.final_model else None,
+        caffe_version=result.caffe_version,
     )
 
 

@@ -39,8 +39,10 @@ def watching(names, settings):
         yield Watch(None)
         return
     _check_installed(names)
+    # A session of its own: Ctrl-C in the terminal, or a signal to the command's process group, stops the command's
+    # training, and the watch, which ends when its input closes, still sends what the training wrote on its way out.
     process = subprocess.Popen(watch_argv([], names, "--folders-from-stdin"), stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, env=_environment(settings))
+                               stdout=subprocess.PIPE, env=_environment(settings), start_new_session=True)
     try:
         yield Watch(process)
     finally:

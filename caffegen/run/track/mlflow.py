@@ -34,6 +34,8 @@ CLIENT_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_
 class MLflowTracker(Tracker):
     """A run's curves as metric histories, its manifest as parameters, its files as artifacts."""
 
+    scratch = None  # the folder of the store warm_up made ahead, which new local stores start as copies of
+
     @classmethod
     def check_installed(cls):
         if importlib.util.find_spec("mlflow") is None:
@@ -51,9 +53,8 @@ class MLflowTracker(Tracker):
 
     def open(self, memo, params):
         from mlflow.entities import Param
-        scratch = getattr(type(self), "scratch", None)
-        if scratch is not None and _explicit_uri(self.settings) is None:
-            _start_store_from(Path(scratch.name) / STORE, self.tracked.home / STORE)
+        if self.scratch is not None and _explicit_uri(self.settings) is None:
+            _start_store_from(Path(self.scratch.name) / STORE, self.tracked.home / STORE)
         self.client = _client_class()(self.destination())
         self.run_id = memo.get("run_id")
         if self.run_id is None:
@@ -74,10 +75,13 @@ class MLflowTracker(Tracker):
     def finish(self, outcome):
         import time
 
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, Param
         now = int(time.time() * 1000)
+        logged = self.client.get_run(self.run_id).data.params  # a parameter once logged cannot change in MLflow
         self.client.log_batch(self.run_id, metrics=[Metric(_name(name), value, now, outcome.step)
-                                                    for name, value in outcome.metrics.items()])
+                                                    for name, value in outcome.metrics.items()],
+                              params=[Param(_name(name), str(value)) for name, value in (outcome.params or {}).items()
+                                      if _name(name) not in logged])
         for path in outcome.artifacts:
             self.client.log_artifact(self.run_id, str(path), EVAL_DIR if path.parent.name == EVAL_DIR else None)
         self.client.set_terminated(self.run_id, "FAILED" if outcome.failed else "FINISHED")

@@ -18,17 +18,18 @@ RESULT_METRICS = ("best_accuracy", "last_accuracy", "best_iteration", "iteration
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended, for trackers: ``metrics`` {name: number}, ``artifacts`` (existing files), ``step`` (its last
-    iteration) and ``failed``."""
+    iteration), ``failed``, and ``params`` known only once it ran (the Caffe version)."""
 
     metrics: dict
     artifacts: tuple
     step: int
     failed: bool
+    params: dict = None
 
     def fingerprint(self):
         """What tells one outcome from another: a run evaluated again, or relaunched, is recorded again."""
         files = [(str(path), path.stat().st_mtime) for path in self.artifacts]
-        return json.dumps([sorted(self.metrics.items()), files], default=str)
+        return json.dumps([sorted(self.metrics.items()), files, sorted((self.params or {}).items())], default=str)
 
 
 def run_params(run):
@@ -87,7 +88,8 @@ def run_outcome(run):
     if evaluated.is_file():
         metrics.update(_numbers(json.loads(evaluated.read_text(encoding="utf-8")), "eval"))
     artifacts = tuple(run.path / name for name in ARTIFACTS if (run.path / name).is_file())
-    return Outcome(metrics, artifacts, result.iterations, result.exit_code != 0)
+    params = {"caffe_version": result.caffe_version} if result.caffe_version else {}
+    return Outcome(metrics, artifacts, result.iterations, result.exit_code != 0, params)
 
 
 def _numbers(record, prefix):

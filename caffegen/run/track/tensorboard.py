@@ -49,7 +49,7 @@ class TensorBoardTracker(Tracker):
         for name, value in outcome.metrics.items():
             self.writer.add_scalar(name, value, outcome.step)
         chosen = {**{name: value for name, value in self.params.items() if name != "class_names"},
-                  **self.tracked.hparams}
+                  **(outcome.params or {}), **self.tracked.hparams}
         for summary in hparams(_hparam_values(chosen), dict(outcome.metrics)):
             self.writer.file_writer.add_summary(summary)
         for path in outcome.artifacts:
