@@ -49,8 +49,8 @@ def run_demo(out_dir, caffe=None, force=False, reporter=None, report_to=(), sett
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise CaffegenError("exists; pass --force to replace it, or choose another directory with -o", out_dir)
-    target = ensure_caffe(caffe, reporter)
-    with watching(report_to, settings) as watch:
+    with watching(report_to, settings) as watch:  # first: the trackers get ready while the demo prepares
+        target = ensure_caffe(caffe, reporter)
         _prepare_demo(out_dir, force, target, reporter)
         watch.follow([out_dir])
         result = launch_run(RunDir(out_dir), target, False, reporter)
