@@ -48,7 +48,8 @@ def launch_command(ctx, run_dir, resume, gpu, caffe_path, features_only, shard, 
         _launch_on_slurm(run, shards, slurm_opts, caffe_path, gpu, evaluate_after, no_submit, bool(trackers),
                          reporter)
         if trackers and not no_submit:
-            _watch_in_background(run, trackers, tracking_settings(mlflow_uri), reporter)
+            from caffegen.strategies.watching import watch_in_background
+            watch_in_background(run.path, trackers, tracking_settings(mlflow_uri), reporter)
         return
     if features_only:
         run, target = cached_run(run_dir, resume, "--features-only"), resolve_target(caffe_path, gpu)
@@ -77,14 +78,6 @@ def _tracking(run_dir, report_to, mlflow_uri):
     from caffegen.strategies.watching import watching
     return watching(RunDir(run_dir).manifest.report_to if report_to is None else report_to,
                     tracking_settings(mlflow_uri))
-
-
-def _watch_in_background(run, trackers, settings, reporter):
-    """Leave a watch of the submitted run going here, which sends it to ``trackers`` as its jobs run."""
-    from caffegen.strategies.watching import watch_in_background
-    pid, log = watch_in_background([run.path], trackers, settings, run.path)
-    reporter.line(f"watching the run for {', '.join(trackers)} here, in the background, until it ends "
-                  f"(process {pid}; log: {log}); stop it with: kill {pid}")
 
 
 def _check_modes(resume, features_only, shard, slurm, shards, slurm_opts, no_submit, tracking):

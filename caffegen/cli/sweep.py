@@ -82,7 +82,8 @@ def sweep_command(ctx, learning_rates, output, force, gpus, slurm, slurm_opts, n
         if slurm:
             _submit(output, runs, slurm_opts, params["caffe_path"], no_submit, reporter)
             if report_to:
-                _watch_in_background(output, report_to, settings, reporter)
+                from caffegen.strategies.watching import watch_in_background
+                watch_in_background(output, report_to, settings, reporter)
             return
         watch.follow([Path(output).resolve()])
         # Per GPU, or here, each run on the device it was prepared for.
@@ -121,14 +122,6 @@ def _tracking(report_to, settings):
     """While inside, a watch process of its own gets ready to send the sweep's runs to the trackers ``report_to``."""
     from caffegen.strategies.watching import watching
     return watching(report_to, settings)
-
-
-def _watch_in_background(output, report_to, settings, reporter):
-    """Leave a watch of the submitted sweep running here, which sends its runs to ``report_to`` as the tasks run."""
-    from caffegen.strategies.watching import watch_in_background
-    pid, log = watch_in_background([Path(output).resolve()], report_to, settings, Path(output))
-    reporter.line(f"watching the sweep for {', '.join(report_to)} here, in the background, until its runs end "
-                  f"(process {pid}; log: {log}); stop it with: kill {pid}")
 
 
 def _check_modes(output, params, learning_rates, gpus, slurm, slurm_opts, no_submit, report_to):

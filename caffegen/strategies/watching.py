@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import subprocess
+from pathlib import Path
 
 from caffegen.run.track.tracker import tracker_class
 from caffegen.strategies.childlaunch import CAFFEGEN
@@ -27,8 +28,9 @@ class Watch:
     def follow(self, folders):
         """Start following ``folders``, ended runs too, until the command is done."""
         if self.process is not None:
-            self.process.stdin.write((json.dumps([str(folder) for folder in folders]) + "\n").encode())
-            self.process.stdin.flush()
+            with contextlib.suppress(BrokenPipeError):  # a watch that ended early said why; the training goes on
+                self.process.stdin.write((json.dumps([str(folder) for folder in folders]) + "\n").encode())
+                self.process.stdin.flush()
 
 
 @contextlib.contextmanager
@@ -46,21 +48,23 @@ def watching(names, settings):
     try:
         yield Watch(process)
     finally:
-        with contextlib.suppress(BrokenPipeError):  # a watch that ended early (its line said why)
+        with contextlib.suppress(BrokenPipeError):
             process.stdin.close()
         process.stdout.read()  # the watch closes it once all was sent; the end of its process is not waited for
         process.stdout.close()
 
 
-def watch_in_background(folders, names, settings, folder):
-    """Leave a ``caffegen watch`` of ``folders`` running on its own (in a session of its own, writing to
-    ``folder``/watch.log), which ends when every run has ended; return its process id and its log."""
+def watch_in_background(folder, names, settings, reporter):
+    """Leave a ``caffegen watch`` of the run or sweep directory ``folder`` running on its own (in a session of its
+    own, writing to ``folder``/watch.log), which ends when every run has ended; say how to stop it."""
     _check_installed(names)
+    folder = Path(folder).resolve()
     log = folder / WATCH_LOG
     with open(log, "ab") as output:
-        process = subprocess.Popen(watch_argv(folders, names), stdin=subprocess.DEVNULL, stdout=output,
+        process = subprocess.Popen(watch_argv([folder], names), stdin=subprocess.DEVNULL, stdout=output,
                                    stderr=subprocess.STDOUT, env=_environment(settings), start_new_session=True)
-    return process.pid, log
+    reporter.line(f"watching {folder.name} for {', '.join(names)} here, in the background, until its runs end "
+                  f"(process {process.pid}; log: {log}); stop it with: kill {process.pid}")
 
 
 def watch_argv(folders, names, *options):
