@@ -80,7 +80,7 @@ class MLflowTracker(Tracker):
         logged = self.client.get_run(self.run_id).data.params  # a parameter once logged cannot change in MLflow
         self.client.log_batch(self.run_id, metrics=[Metric(_name(name), value, now, outcome.step)
                                                     for name, value in outcome.metrics.items()],
-                              params=[Param(_name(name), str(value)) for name, value in (outcome.params or {}).items()
+                              params=[Param(_name(name), str(value)) for name, value in outcome.params.items()
                                       if _name(name) not in logged])
         for path in outcome.artifacts:
             self.client.log_artifact(self.run_id, str(path), EVAL_DIR if path.parent.name == EVAL_DIR else None)

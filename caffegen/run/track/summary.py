@@ -2,7 +2,7 @@
 final metrics (result.json and the evaluation's metrics.json) and its files (curves, report, confusion matrix)."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,12 +24,12 @@ class Outcome:
     artifacts: tuple
     step: int
     failed: bool
-    params: dict = None
+    params: dict = field(default_factory=dict)
 
     def fingerprint(self):
         """What tells one outcome from another: a run evaluated again, or relaunched, is recorded again."""
         files = [(str(path), path.stat().st_mtime) for path in self.artifacts]
-        return json.dumps([sorted(self.metrics.items()), files, sorted((self.params or {}).items())], default=str)
+        return json.dumps([sorted(self.metrics.items()), files, sorted(self.params.items())], default=str)
 
 
 def run_params(run):

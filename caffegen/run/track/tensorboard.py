@@ -24,7 +24,7 @@ class TensorBoardTracker(Tracker):
 
     @classmethod
     def warm_up(cls, settings):
-        import tensorboardX  # noqa: F401 - loaded ahead, while the runs are prepared
+        from tensorboardX import SummaryWriter  # noqa: F401 - loaded ahead, while the runs are prepared
 
     def destination(self):
         tracked = self.tracked
@@ -49,7 +49,7 @@ class TensorBoardTracker(Tracker):
         for name, value in outcome.metrics.items():
             self.writer.add_scalar(name, value, outcome.step)
         chosen = {**{name: value for name, value in self.params.items() if name != "class_names"},
-                  **(outcome.params or {}), **self.tracked.hparams}
+                  **outcome.params, **self.tracked.hparams}
         for summary in hparams(_hparam_values(chosen), dict(outcome.metrics)):
             self.writer.file_writer.add_summary(summary)
         for path in outcome.artifacts:
