@@ -15,6 +15,7 @@ from trackers import (
     accumulator,
     artifacts,
     background,
+    children,
     chromium_page,
     compare_page,
     expected_curves,
@@ -34,6 +35,7 @@ from trackers import (
     watched,
 )
 
+from caffegen.cli.watch import YIELDING_NICENESS
 from caffegen.run import caffelog
 
 
@@ -179,9 +181,13 @@ def test_launch_report_to_sends_while_it_trains(caffe, images, tmp_path):
     with background(launched(run, "--report-to", "tensorboard")) as launch:
         wait_for(lambda: arrived(4), "four test passes in TensorBoard", timeout=120, every=0.05)
         still_training = launch.poll() is None
+        watches = [pid for pid, argv in children(launch.pid).items() if "watch" in argv]
+        yielding = [os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, launch.pid)
+                    for pid in watches]
         os.killpg(launch.pid, signal.SIGINT)  # Ctrl-C: the whole foreground job
         _, stderr = launch.communicate(timeout=60)
     assert still_training and launch.returncode == 130, stderr
+    assert yielding == [YIELDING_NICENESS]  # one watch, and it gives way to the training
     # What Caffe wrote on its way out got there too: the watch ends when the command does, not at Ctrl-C.
     assert scalars(run / "tensorboard", "test/accuracy") == \
         pytest.approx(expected_curves(run)["test/accuracy"], rel=1e-6)
@@ -212,31 +218,59 @@ def test_launch_evaluate_sends_the_evaluation_the_run_ends_with(caffe, images, t
     assert {"eval/report.html", "eval/confusion.png"} <= artifacts(client, tracked.info.run_id)
 
 
-def test_a_new_local_store_is_the_store_mlflow_makes(tmp_path):
-    """The watch starts a new local store as a copy of the one it made ahead: the same tables and their columns, the
-    same indexes and schema version as the store MLflow makes in place, and MLflow opens and writes it. (Not the
-    same SQL text: MLflow writes a table's CHECK constraints in an order that changes from one process to another.)"""
+def test_a_new_local_store_is_the_store_mlflow_makes(tmp_path, monkeypatch):
+    """The watch starts a new local store as a copy of the one it made ahead, whose tables the first watch has MLflow
+    make and later ones copy from the template kept in caffegen's cache. Either way the store has the same tables,
+    columns, indexes, schema version and rows (times aside) as the store MLflow makes in place, and MLflow opens and
+    writes it. (Not the same SQL text: MLflow writes a table's CHECK constraints in an order that changes from one
+    process to another.)"""
     import sqlite3
 
-    from caffegen.run.track.mlflow import STORE, MLflowTracker
+    from caffegen.run.track.mlflow import STORE, MLflowTracker, store_template
     from caffegen.run.track.tracker import Settings, Tracked
 
-    def schema(path):
+    def store(path):
+        """The store's objects, the shape of each table and index, and each table's rows without their times."""
         with sqlite3.connect(path) as database:
             objects = sorted(database.execute("SELECT type, name, tbl_name FROM sqlite_master"))
             pragma = {"table": "table_info", "index": "index_info"}
             shapes = {name: database.execute(f"PRAGMA {pragma[kind]}('{name}')").fetchall()
                       for kind, name, _ in objects if kind in pragma}
-            return objects, shapes, database.execute("SELECT version_num FROM alembic_version").fetchall()
-    MLflowTracker.warm_up(Settings())
-    home = tmp_path / "run"
-    home.mkdir()
-    tracker = MLflowTracker(Tracked(None, "run", home), Settings())
-    memo = tracker.open({}, {"base_model": "digits"})
+            rows = {name: set(database.execute(f"SELECT {', '.join(untimed(shapes[name]))} FROM '{name}'"))
+                    for kind, name, _ in objects if kind == "table"}
+            return objects, shapes, rows
+
+    def untimed(columns):
+        return [column[1] for column in columns if "time" not in column[1]]
+
+    def new_store(name):
+        MLflowTracker.warm_up(Settings())
+        home = tmp_path / name
+        home.mkdir()
+        memo = MLflowTracker(Tracked(None, name, home), Settings()).open({}, {"base_model": "digits"})
+        assert mlflow_client(f"sqlite:///{home / STORE}").get_run(memo["run_id"]).data.params == {
+            "base_model": "digits"}
+        return home / STORE
+
+    monkeypatch.setenv("CAFFEGEN_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # MLflow's Default experiment keeps its artifacts in the working directory
     made_in_place = tmp_path / "in place.db"
     mlflow_client(f"sqlite:///{made_in_place}").search_experiments()
-    assert schema(home / STORE) == schema(made_in_place)
-    assert mlflow_client(f"sqlite:///{home / STORE}").get_run(memo["run_id"]).data.params == {"base_model": "digits"}
+    assert not store_template().exists()
+    first = new_store("first")
+    with sqlite3.connect(store_template()) as database:
+        assert database.execute("SELECT count(*) FROM experiments").fetchone() == (0,)
+    from_template = new_store("from template")
+    store_template().write_bytes(b"not a database")
+    after_damage = new_store("after a damaged template")  # MLflow makes the tables again, and a template is kept
+    with sqlite3.connect(store_template()) as database:
+        assert database.execute("SELECT count(*) FROM experiments").fetchone() == (0,)
+    objects, shapes, rows = store(made_in_place)
+    assert [row[1] for row in rows["experiments"]] == ["Default"]
+    assert str(tmp_path / "mlruns") in next(iter(rows["experiments"]))[2]
+    for made in (first, from_template, after_damage):
+        assert store(made)[:2] == (objects, shapes)
+        assert all(rows[name] <= made_rows for name, made_rows in store(made)[2].items())  # and the run's own rows
 
 
 def test_report_to_none_sends_a_run_prepared_with_trackers_nowhere(caffe, images, tmp_path):

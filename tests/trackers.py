@@ -90,6 +90,17 @@ def launched(run, *extra):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0)
 
 
+def children(pid):
+    """{pid: argv} of the processes whose parent is ``pid``."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after the command's name, which may hold ")"
+            if parent == pid:
+                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().decode().split("\0")
+    return found
+
+
 def watched(run, trackers):
     """``caffegen watch RUN --report-to trackers`` in a process of its own."""
     return subprocess.Popen([sys.executable, "-m", "caffegen", "watch", str(run), "--report-to", trackers,

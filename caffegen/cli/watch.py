@@ -14,6 +14,10 @@ from caffegen.errors import CaffegenError
 from caffegen.io.quoting import sh_command
 from caffegen.reporting import reporter_for_stderr
 
+# A watch beside a training takes the cores' spare time: at this niceness, Linux gives it a tenth of a core that
+# the training also wants, enough to send a run's curve as it is written.
+YIELDING_NICENESS = 10
+
 
 @click.command("watch")
 @click.argument("folders", metavar="DIR…", nargs=-1, type=click.Path(path_type=str))
@@ -23,8 +27,11 @@ from caffegen.reporting import reporter_for_stderr
 @click.option("--folders-from-stdin", "from_stdin", is_flag=True, hidden=True,
               help="Get ready, read the folders (a JSON list) from standard input's first line, and follow them, "
                    "ended runs too, until it closes: the watch a training command starts.")
+@click.option("--yield-cpu", is_flag=True, hidden=True,
+              help="Run at a lower CPU priority, so that the training beside it goes first: the watch a command "
+                   "starts or leaves running.")
 @click.pass_context
-def watch_command(ctx, folders, report_to, mlflow_uri, poll_s, from_stdin):
+def watch_command(ctx, folders, report_to, mlflow_uri, poll_s, from_stdin, yield_cpu):
     """Forward the events of run (or sweep) directories to TensorBoard and MLflow while they train.
 
     Ends when every run has ended (result.json written), or on Ctrl-C or SIGTERM, after sending what
@@ -36,6 +43,8 @@ def watch_command(ctx, folders, report_to, mlflow_uri, poll_s, from_stdin):
     reporter, settings = reporter_for_stderr(), tracking_settings(mlflow_uri)
     if not folders and not from_stdin:
         raise CaffegenError("give the run or sweep directories to watch")
+    if yield_cpu:
+        os.nice(YIELDING_NICENESS)
     stop, signals = threading.Event(), []
     with _stopped_by_signals(stop, signals):
         left = _watch(folders, report_to, settings, reporter, stop, poll_s, from_stdin)

@@ -3,8 +3,9 @@
 The watch is a process of its own: it reads the run directories, and the training shares neither a
 process, an interpreter lock nor a connection with a tracker. A command starts it first, before it
 writes images or prepares, so that the trackers' libraries load and their stores open on the core
-that this work leaves idle; the folders to follow are sent to it once they exist. That is why
-tracking costs a command little time, and a tracker that is down or slow holds up only the watch.
+that this work leaves idle; the folders to follow are sent to it once they exist. It runs at a lower
+CPU priority, so what it does while Caffe trains takes the time Caffe leaves. That is why tracking
+costs a command little time, and a tracker that is down or slow holds up only the watch.
 """
 
 import contextlib
@@ -43,7 +44,7 @@ def watching(names, settings):
     _check_installed(names)
     # A session of its own: Ctrl-C in the terminal, or a signal to the command's process group, stops the command's
     # training, and the watch, which ends when its input closes, still sends what the training wrote on its way out.
-    process = subprocess.Popen(watch_argv([], names, "--folders-from-stdin"), stdin=subprocess.PIPE,
+    process = subprocess.Popen(watch_argv([], names, "--folders-from-stdin", "--yield-cpu"), stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, env=_environment(settings), start_new_session=True)
     try:
         yield Watch(process)
@@ -61,7 +62,7 @@ def watch_in_background(folder, names, settings, reporter):
     folder = Path(folder).resolve()
     log = folder / WATCH_LOG
     with open(log, "ab") as output:
-        process = subprocess.Popen(watch_argv([folder], names), stdin=subprocess.DEVNULL, stdout=output,
+        process = subprocess.Popen(watch_argv([folder], names, "--yield-cpu"), stdin=subprocess.DEVNULL, stdout=output,
                                    stderr=subprocess.STDOUT, env=_environment(settings), start_new_session=True)
     reporter.line(f"watching {folder.name} for {', '.join(names)} here, in the background, until its runs end "
                   f"(process {process.pid}; log: {log}); stop it with: kill {process.pid}")

@@ -3,12 +3,16 @@
 MLflow recommends (its file store is in maintenance mode), with the artifacts in ``DIR/mlartifacts``.
 
 The full ``mlflow`` package, not ``mlflow-skinny``: the skinny one lacks the SQL store. Most of what
-MLflow costs is its import and the making of a new store's tables (about 2 s each on 2 cores); a
-watch does both ahead, in a scratch store, while its command prepares, and a new local store starts
-as a copy of that one (the same tables, made by the same MLflow in the same process).
+MLflow costs is its import (about 2 s on 2 cores), the import of its SQL store (1 s) and the making
+of a new store's tables (1.7 s). A watch does all of it ahead, while its command prepares, in a
+scratch store, and a new local store starts as a copy of that one (the same tables, made by the same
+MLflow in the same process). The tables are made once per installed MLflow: the scratch store starts
+as a copy of a template kept in caffegen's cache, the tables without the Default experiment, which
+MLflow adds when it opens the store, as it does to a store it makes in place.
 """
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -17,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from caffegen.errors import CaffegenError
+from caffegen.io.download import cache_home
 from caffegen.job.rundir import EVAL_DIR, read_result
 from caffegen.run.track.state import Sent, read_sent, record_sent
 from caffegen.run.track.tracker import Tracker
@@ -46,7 +51,7 @@ class MLflowTracker(Tracker):
         client = _client_class()
         if _explicit_uri(settings) is None:
             cls.scratch = tempfile.TemporaryDirectory(prefix="caffegen-mlflow-")
-            client(f"sqlite:///{Path(cls.scratch.name) / STORE}").get_experiment_by_name(EXPERIMENT)  # its tables
+            _make_scratch_store(client, Path(cls.scratch.name) / STORE)
 
     def destination(self):
         return _explicit_uri(self.settings) or f"sqlite:///{self.tracked.home / STORE}"
@@ -123,21 +128,69 @@ def _explicit_uri(settings):
     return settings.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
 
 
+def _make_scratch_store(client, scratch):
+    """Have MLflow open the new store ``scratch``, which loads its SQL store. Where caffegen's cache holds this
+    MLflow's template, the store starts as a copy of it; otherwise MLflow makes the tables, and a template is kept."""
+    import sqlite3
+    template, copied = store_template(), False
+    with contextlib.suppress(OSError, sqlite3.Error):  # no template, or an unreadable one: MLflow makes the tables
+        _copy_store(template, scratch)
+        copied = True
+    client(f"sqlite:///{scratch}").get_experiment_by_name(EXPERIMENT)
+    if not copied:
+        _keep_as_template(scratch, template)
+
+
+def store_template():
+    """Where caffegen keeps the tables of a new store made by the installed MLflow (and the database libraries it
+    makes them with)."""
+    versions = "-".join(f"{name}-{importlib.metadata.version(name)}" for name in ("mlflow", "sqlalchemy", "alembic"))
+    return cache_home() / "mlflow" / f"store-{versions}.db"
+
+
+def _keep_as_template(store, template):
+    """Keep a copy of the new store ``store`` without its experiments as ``template``, put in place in one step; a
+    cache that cannot be written is left alone (the next watch makes the tables again)."""
+    import sqlite3
+    part = template.with_name(f".{template.name}.{os.getpid()}")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        _copy_store(store, part)
+        with contextlib.closing(sqlite3.connect(part)) as database:
+            with database:
+                database.execute("DELETE FROM experiments")  # only Default, whose artifact folder is the cwd's
+            database.execute("VACUUM")
+        os.replace(part, template)
+    except (OSError, sqlite3.Error):
+        pass
+    finally:
+        part.unlink(missing_ok=True)
+
+
 def _start_store_from(scratch, store):
-    """Make the new local store ``store`` a copy of the store ``scratch`` (SQLite's backup: a consistent copy),
-    put in place in one step; a store that exists, or appears meanwhile, is left as it is."""
+    """Make the new local store ``store`` a copy of the store ``scratch``, put in place in one step; a store that
+    exists, or appears meanwhile, is left as it is."""
     import sqlite3
     if store.exists() or not scratch.is_file():
         return
     copy = store.with_name(f".{store.name}.{os.getpid()}")
     try:
-        with contextlib.closing(sqlite3.connect(scratch)) as source, contextlib.closing(sqlite3.connect(copy)) as to:
-            source.backup(to)
+        _copy_store(scratch, copy)
         os.link(copy, store)  # never replaces a store another watch made meanwhile
     except (OSError, sqlite3.Error):
         pass  # a file system without links, or a store made meanwhile: MLflow opens or makes it itself
     finally:
         copy.unlink(missing_ok=True)
+
+
+def _copy_store(source, destination):
+    """Copy the SQLite database ``source`` (opened read-only: one that is missing is an error, not made) to
+    ``destination`` with SQLite's backup: a consistent copy."""
+    import sqlite3
+    reading = f"{Path(source).resolve().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(reading, uri=True)) as database, \
+            contextlib.closing(sqlite3.connect(destination)) as copy:
+        database.backup(copy)
 
 
 def _name(name):
