@@ -79,11 +79,13 @@ def interval(ratios, seed=0):
 
 
 def judged(low, high):
+    """The goal's verdict from the interval: met or missed only when all of it says so."""
     if high < GOAL:
         return "met"
     if low >= GOAL:
         return "missed"
     return "unsettled at this noise (more rounds narrow the interval)"
+
 
 if __name__ == "__main__":
     main()

@@ -44,7 +44,7 @@ def watching(names, settings):
     _check_installed(names)
     # A session of its own: Ctrl-C in the terminal, or a signal to the command's process group, stops the command's
     # training, and the watch, which ends when its input closes, still sends what the training wrote on its way out.
-    process = subprocess.Popen(watch_argv([], names, "--folders-from-stdin", "--yield-cpu"), stdin=subprocess.PIPE,
+    process = subprocess.Popen(watch_argv([], names, "--folders-from-stdin"), stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, env=_environment(settings), start_new_session=True)
     try:
         yield Watch(process)
@@ -62,15 +62,16 @@ def watch_in_background(folder, names, settings, reporter):
     folder = Path(folder).resolve()
     log = folder / WATCH_LOG
     with open(log, "ab") as output:
-        process = subprocess.Popen(watch_argv([folder], names, "--yield-cpu"), stdin=subprocess.DEVNULL, stdout=output,
+        process = subprocess.Popen(watch_argv([folder], names), stdin=subprocess.DEVNULL, stdout=output,
                                    stderr=subprocess.STDOUT, env=_environment(settings), start_new_session=True)
     reporter.line(f"watching {folder.name} for {', '.join(names)} here, in the background, until its runs end "
                   f"(process {process.pid}; log: {log}); stop it with: kill {process.pid}")
 
 
 def watch_argv(folders, names, *options):
-    """argv of the ``caffegen watch`` of ``folders`` for the trackers ``names``."""
-    return [*CAFFEGEN, "watch", *map(str, folders), "--report-to", ",".join(names), *options]
+    """argv of the ``caffegen watch`` of ``folders`` for the trackers ``names``; a watch caffegen starts runs on the
+    CPU time that training leaves."""
+    return [*CAFFEGEN, "watch", *map(str, folders), "--report-to", ",".join(names), "--yield-cpu", *options]
 
 
 def _check_installed(names):
