@@ -199,14 +199,17 @@ def test_launch_report_to_sends_while_it_trains(caffe, images, tmp_path):
 
 def test_launch_evaluate_sends_the_evaluation_the_run_ends_with(caffe, images, tmp_path):
     """The watch of a command follows the run past its training: the evaluation's metrics and report, written after
-    result.json, reach both trackers too."""
+    result.json, reach both trackers too; then it has ended, its scratch store removed, before the command ends."""
     run = tmp_path / "run"
     prepared = run_caffegen("prepare", "--gpu", "cpu", "--net", DIGITS / "train_val.prototxt", "--weights",
                             DIGITS / "digits.caffemodel", "--data", images, "--freeze-upto", "conv2", "--epochs", 1,
                             "-o", run, "--report-to", "tensorboard,mlflow")
     assert prepared.returncode == 0, prepared.stderr
-    done = run_caffegen("launch", run, "--evaluate")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = run_caffegen("launch", run, "--evaluate", env=dict(os.environ, TMPDIR=str(scratch)))
     assert done.returncode == 0, done.stderr
+    assert [argv for argv in children(os.getpid()).values() if "watch" in argv] == [] and list(scratch.iterdir()) == []
     top1 = json.loads((run / "eval" / "metrics.json").read_text())["top1"]
     iterations = json.loads((run / "result.json").read_text())["iterations"]
     assert scalars(run / "tensorboard", "eval/top1") == pytest.approx({iterations: top1})

@@ -49,9 +49,10 @@ def watch_command(ctx, folders, report_to, mlflow_uri, poll_s, from_stdin, yield
                       f"{sh_command('caffegen', 'report-to', channel.name, channel.tracked.run.path)}")
     if signals and not from_stdin:  # the command that started a watch says how it stopped
         reporter.line("stopped; a watch started again goes on where this one stopped")
+    code = 128 + signals[0] if signals else 1 if left else 0
     if from_stdin:
-        _release_the_command()
-    ctx.exit(128 + signals[0] if signals else 1 if left else 0)
+        _end_now(report_to, code)
+    ctx.exit(code)
 
 
 def _watch(folders, names, settings, reporter, stop, poll_s, from_stdin):
@@ -93,16 +94,16 @@ def _yield_cpu():
         os.nice(19)
 
 
-def _release_the_command():
-    """Let the command that started this watch go on: close the pipe it waits on (standard output), and let go of
-    its standard error (a pipe that whoever runs the command may read to its end), leaving this process to end on
-    its own: unloading a tracker's library can take a second."""
+def _end_now(names, code):
+    """End the watch a command started (and waits for), all sent and its trackers closed, with ``code``, at once,
+    without the interpreter's teardown of the trackers' libraries: MLflow's alone takes about a second of CPU, which
+    the command, or the next one, would share."""
+    from caffegen.run.track.tracker import tracker_class
+    for name in names:
+        tracker_class(name).cool_down()
     sys.stdout.flush()
     sys.stderr.flush()
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
-        os.dup2(devnull, stream.fileno())
-    os.close(devnull)
+    os._exit(code)
 
 
 def _set_at_end_of_input(stop):

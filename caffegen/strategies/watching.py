@@ -45,14 +45,13 @@ def watching(names, settings):
     # A session of its own: Ctrl-C in the terminal, or a signal to the command's process group, stops the command's
     # training, and the watch, which ends when its input closes, still sends what the training wrote on its way out.
     process = subprocess.Popen(watch_argv([], names, "--folders-from-stdin"), stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, env=_environment(settings), start_new_session=True)
+                               stdout=subprocess.DEVNULL, env=_environment(settings), start_new_session=True)
     try:
         yield Watch(process)
     finally:
         with contextlib.suppress(BrokenPipeError):
             process.stdin.close()
-        process.stdout.read()  # the watch closes it once all was sent; the end of its process is not waited for
-        process.stdout.close()
+        process.wait()  # it ends once all was sent
 
 
 def watch_in_background(folder, names, settings, reporter):

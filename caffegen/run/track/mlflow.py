@@ -53,6 +53,12 @@ class MLflowTracker(Tracker):
             cls.scratch = tempfile.TemporaryDirectory(prefix="caffegen-mlflow-")
             _make_scratch_store(client, Path(cls.scratch.name) / STORE)
 
+    @classmethod
+    def cool_down(cls):
+        if cls.scratch is not None:
+            cls.scratch.cleanup()
+            cls.scratch = None
+
     def destination(self):
         return _explicit_uri(self.settings) or f"sqlite:///{self.tracked.home / STORE}"
 

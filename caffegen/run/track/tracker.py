@@ -60,6 +60,11 @@ class Tracker:
         """Do ahead what every run sent with ``settings`` will need (import the library, make a store), while
         the command that started the watch prepares the runs."""
 
+    @classmethod
+    def cool_down(cls):
+        """Remove what :meth:`warm_up` left (a scratch store), before a watch ends without the interpreter's
+        clean-up."""
+
     def destination(self):
         """Where this run goes, in words (a folder, a URI): what was sent there is remembered under it."""
         raise NotImplementedError
