@@ -219,6 +219,19 @@ def test_launch_evaluate_sends_the_evaluation_the_run_ends_with(caffe, images, t
     assert {"eval/report.html", "eval/confusion.png"} <= artifacts(client, tracked.info.run_id)
 
 
+def test_demo_sends_its_run_and_evaluation_to_both_trackers(caffe, tmp_path):
+    demo = tmp_path / "demo"
+    done = run_caffegen("demo", "-o", demo, "--report-to", "tensorboard,mlflow", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    top1 = json.loads((demo / "eval" / "metrics.json").read_text())["top1"]
+    assert scalars(demo / "tensorboard", "test/accuracy") == pytest.approx(expected_curves(demo)["test/accuracy"])
+    client = mlflow_client(f"sqlite:///{demo / 'mlflow.db'}")
+    tracked = mlflow_run(client, demo.name)
+    assert history(client, tracked.info.run_id, "train/loss") == pytest.approx(expected_curves(demo)["train/loss"])
+    assert tracked.data.metrics["eval/top1"] == pytest.approx(top1) and tracked.info.status == "FINISHED"
+    assert tracked.data.params["base_model"].endswith("digits.caffemodel"), tracked.data.params
+
+
 def test_a_new_local_store_is_the_store_mlflow_makes(tmp_path, monkeypatch):
     """The watch starts a new local store as a copy of the one it made ahead, whose tables the first watch has MLflow
     make and later ones copy from the template kept in caffegen's cache. Either way the store has the same tables,

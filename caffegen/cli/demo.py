@@ -23,13 +23,13 @@ def demo_command(ctx, output, force, caffe_path, report_to, mlflow_uri):
     directory (nets, solver, lists, train.log, curves, the final caffemodel, and eval/ with
     metrics and report.html) that `caffegen launch DIR` can run again.
     """
-    from caffegen.job.rundir import EVAL_DIR
-    from caffegen.run.evaluate import metrics_line
-    from caffegen.run.report import REPORT
-    from caffegen.run.runner import summary_lines
     from caffegen.strategies.demo import run_demo
     reporter = reporter_for_stderr()
     result, metrics = run_demo(output, caffe_path, force, reporter, report_to, tracking_settings(mlflow_uri))
+    from caffegen.job.rundir import EVAL_DIR  # loaded by the demo, after its watch started
+    from caffegen.run.evaluate import metrics_line
+    from caffegen.run.report import REPORT
+    from caffegen.run.runner import summary_lines
     for line in summary_lines(result, output):
         reporter.line(line)
     if metrics is not None:

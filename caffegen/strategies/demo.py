@@ -10,17 +10,8 @@ import tempfile
 from pathlib import Path
 
 from caffegen.errors import CaffegenError, CaffeNotFound
-from caffegen.io.resources import resource_dir
-from caffegen.job.device import CPU
-from caffegen.job.prepare import JobOptions, prepare
-from caffegen.job.rundir import RunDir
 from caffegen.reporting import SilentReporter
-from caffegen.run.evaluate import evaluate_validation
-from caffegen.run.install import default_prefix, install_caffe
-from caffegen.run.launch import launch_run
-from caffegen.run.target import Target, resolve_target
 from caffegen.run.track.tracker import Settings
-from caffegen.strategies.digits import write_digit_images
 from caffegen.strategies.watching import watching
 
 NEW_TASK = range(5, 10)
@@ -29,6 +20,9 @@ FREEZE_UPTO = "conv2"
 
 def ensure_caffe(caffe, reporter):
     """The Caffe to train with on the CPU, installed into the user prefix when none is found."""
+    from caffegen.job.device import CPU
+    from caffegen.run.install import default_prefix, install_caffe
+    from caffegen.run.target import Target, resolve_target
     try:
         return resolve_target(caffe, CPU.name)
     except CaffeNotFound:
@@ -43,13 +37,17 @@ def run_demo(out_dir, caffe=None, force=False, reporter=None, report_to=(), sett
     """Fine-tune the bundled digits model to new digits in ``out_dir`` and evaluate it, sent to the trackers
     ``report_to`` (with ``settings``) as it goes.
 
-    Returns the launch result and the evaluation's metrics (None when training failed).
+    Returns the launch result and the evaluation's metrics (None when training failed). The libraries the
+    demo needs load once the watch has started, so that the trackers get ready meanwhile.
     """
     reporter = reporter or SilentReporter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise CaffegenError("exists; pass --force to replace it, or choose another directory with -o", out_dir)
     with watching(report_to, settings) as watch:  # first: the trackers get ready while the demo prepares
+        from caffegen.job.rundir import RunDir
+        from caffegen.run.evaluate import evaluate_validation
+        from caffegen.run.launch import launch_run
         target = ensure_caffe(caffe, reporter)
         _prepare_demo(out_dir, force, target, reporter)
         watch.follow([out_dir])
@@ -62,6 +60,10 @@ def run_demo(out_dir, caffe=None, force=False, reporter=None, report_to=(), sett
 
 def _prepare_demo(out_dir, force, target, reporter):
     """Write the images of the new digits and prepare the run directory ``out_dir`` to fine-tune on them."""
+    from caffegen.io.resources import resource_dir
+    from caffegen.job.device import CPU
+    from caffegen.job.prepare import JobOptions, prepare
+    from caffegen.strategies.digits import write_digit_images
     base = resource_dir("models") / "digits"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
