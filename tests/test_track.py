@@ -223,11 +223,11 @@ def test_demo_sends_its_run_and_evaluation_to_both_trackers(caffe, tmp_path):
     demo = tmp_path / "demo"
     done = run_caffegen("demo", "-o", demo, "--report-to", "tensorboard,mlflow", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    top1 = json.loads((demo / "eval" / "metrics.json").read_text())["top1"]
-    assert scalars(demo / "tensorboard", "test/accuracy") == pytest.approx(expected_curves(demo)["test/accuracy"])
+    top1, curves = json.loads((demo / "eval" / "metrics.json").read_text())["top1"], expected_curves(demo)
+    assert scalars(demo / "tensorboard", "test/accuracy") == pytest.approx(curves["test/accuracy"])
     client = mlflow_client(f"sqlite:///{demo / 'mlflow.db'}")
     tracked = mlflow_run(client, demo.name)
-    assert history(client, tracked.info.run_id, "train/loss") == pytest.approx(expected_curves(demo)["train/loss"])
+    assert history(client, tracked.info.run_id, "train/loss") == pytest.approx(curves["train/loss"])
     assert tracked.data.metrics["eval/top1"] == pytest.approx(top1) and tracked.info.status == "FINISHED"
     assert tracked.data.params["base_model"].endswith("digits.caffemodel"), tracked.data.params
 
